@@ -110,11 +110,11 @@ class Task(ABC):
             raise XltError(f"empty dataset: {where}")
         return examples[:limit] if limit else examples
 
-    def local_path(self, relative: str, **fmt: str) -> str:
-        """Resolve a local file template against ``data.root``."""
+    def local_path(self, relative: str, lang: str | None = None, **fmt: str) -> str:
+        """Resolve a local file template (``{lang}`` filled) against ``data.root``."""
         import os
 
-        return os.path.join(self.data.root, relative.format(lang=self.lang, **fmt))
+        return os.path.join(self.data.root, relative.format(lang=lang or self.lang, **fmt))
 
 
 TASKS: dict[str, type[Task]] = {}

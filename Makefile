@@ -1,0 +1,39 @@
+# xlt: every target sets itself up on a fresh machine (venv + pinned ranges).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch: the CPU wheel that lies on disk here; any torch 2.x works on GPUs.
+TORCH   ?= torch==2.13.0
+
+.PHONY: help install test test-fast demo demo-sweep bench report clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "torch>=2.4,<3"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install xlt with its dependencies
+
+test: $(STAMP)  ## run the test suite (offline)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## tests without the end-to-end jobs
+	$(BIN)/pytest -m "not slow"
+
+demo: $(STAMP)  ## fine-tune e5_small on English NLI, evaluate XNLI + mixed XNLI (offline, CPU)
+	$(BIN)/python -m xlt.demo
+
+demo-sweep: $(STAMP)  ## a small offline sweep + report
+	$(BIN)/xlt -m experiment=demo_sweep
+
+bench: $(STAMP)  ## throughput benchmarks (bench/)
+	$(BIN)/python bench/run.py
+
+clean:  ## remove caches and outputs (not the venv)
+	rm -rf .cache outputs .pytest_cache

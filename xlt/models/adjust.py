@@ -1,0 +1,191 @@
+"""Cross-lingual adjustment (Eq. 1 of the paper, optimiser of Cao et al. 2020).
+
+    L = Σ_pairs ‖f(s_i) − f(t_i)‖²  +  λ · Σ_english ‖f(s_j) − f⁰(s_j)‖²
+
+``f`` is the encoder being trained, ``f⁰`` the frozen original.  Word vectors
+are span means of last-layer subword vectors (``xlt.models.pooling``), so
+every aggregation and token choice is just a different set of spans.
+
+Efficiency choices (measured in bench/):
+* English and target sentences of a batch go through the encoder as *one*
+  padded batch (one forward/backward instead of two);
+* ``f⁰`` runs once per English sentence, without gradients, on the English
+  half only; when sentences are revisited (continual learning samples with
+  replacement) its pooled vectors are cached per sentence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from xlt.models.pooling import pool_spans
+
+Batch = dict[str, torch.Tensor]
+
+
+def collate_aligned(examples: list[Any], pad_id: int, indices: list[int] | None = None) -> Batch:
+    """Pad English + target sentences into one batch and flatten all spans.
+
+    Target sentence b sits at row ``B + b``.  ``pair_*`` rows pair up; ``reg``
+    rows are the English vectors of the regularizer; ``index`` identifies the
+    sentence in its corpus (for the frozen-vector cache).
+    """
+    size = len(examples)
+    sequences = [e.en_ids for e in examples] + [e.tgt_ids for e in examples]
+    length = max(len(s) for s in sequences)
+    ids = torch.full((2 * size, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((2 * size, length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+
+    def flat(name: str, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [(b + offset, s, e) for b, ex in enumerate(examples) for s, e in getattr(ex, name)]
+        table = torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
+        return table[:, 0], table[:, 1:]
+
+    pair_en_row, pair_en = flat("pair_en")
+    pair_tgt_row, pair_tgt = flat("pair_tgt", offset=size)
+    reg_row, reg = flat("reg_en")
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pair_en_row": pair_en_row,
+        "pair_en": pair_en,
+        "pair_tgt_row": pair_tgt_row,
+        "pair_tgt": pair_tgt,
+        "reg_row": reg_row,
+        "reg": reg,
+        "index": torch.tensor(indices if indices is not None else list(range(size))),
+        "size": torch.tensor(size),
+    }
+
+
+class AlignmentLoss:
+    """Eq. 1 on a collated batch, with a frozen reference model.
+
+    ``target``: ``current`` pulls target words toward the English vectors of
+    the model being trained (gradient through both sides, the paper's code);
+    ``frozen`` pulls them toward the reference's English vectors (Cao et al.).
+    ``cache``: keep the reference's pooled English vectors per sentence (worth
+    it only when sentences are revisited).
+    """
+
+    def __init__(self, reference: PreTrainedModel, target: str = "current", cache: bool = False):
+        if target not in ("current", "frozen"):
+            raise ValueError(f"mode.target must be current or frozen, got {target}")
+        self.reference = reference.eval().requires_grad_(False)
+        self.target = target
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+
+    def to(self, device: torch.device) -> "AlignmentLoss":
+        self.reference.to(device)
+        return self
+
+    def __call__(self, encoder: PreTrainedModel, batch: Batch) -> dict[str, torch.Tensor]:
+        """Returns the mean per-sentence ``pairs`` and ``regularizer`` terms."""
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        size = int(batch["size"])
+        english = pool_spans(hidden, batch["pair_en_row"], batch["pair_en"])
+        target = pool_spans(hidden, batch["pair_tgt_row"], batch["pair_tgt"])
+        frozen_reg, frozen_pairs = self.reference_vectors(batch)
+        anchor = frozen_pairs if self.target == "frozen" else english
+        current_reg = pool_spans(hidden, batch["reg_row"], batch["reg"])
+        return {
+            "pairs": (anchor - target).pow(2).sum() / size,
+            "regularizer": (current_reg - frozen_reg).pow(2).sum() / size,
+        }
+
+    @torch.no_grad()
+    def reference_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen English vectors of the regularizer spans and of the pair spans,
+        in the batch's span order (spans are grouped by sentence)."""
+        size = int(batch["size"])
+        if self.cache is None:
+            (reg, _), (pairs, _) = self._reference_forward(batch, list(range(size)))
+            return reg, pairs
+        indices = batch["index"].tolist()
+        missing = [b for b, i in enumerate(indices) if i not in self.cache]
+        if missing:
+            pooled = self._reference_forward(batch, missing)
+            for b in missing:
+                self.cache[indices[b]] = tuple(v[owner == b].half().cpu() for v, owner in pooled)
+        device = batch["input_ids"].device
+        reg = torch.cat([self.cache[i][0] for i in indices]).to(device)
+        pairs = torch.cat([self.cache[i][1] for i in indices]).to(device)
+        return reg.float(), pairs.float()
+
+    def _reference_forward(self, batch: Batch, rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run f⁰ on the English sentences ``rows`` only, with padding trimmed.
+
+        Returns ``[(reg vectors, their rows), (pair vectors, their rows)]``.
+        """
+        device = batch["input_ids"].device
+        rows_t = torch.tensor(rows, device=device)
+        mask = batch["attention_mask"][rows_t]
+        length = int(mask.sum(dim=1).max())
+        hidden = self.reference(input_ids=batch["input_ids"][rows_t, :length], attention_mask=mask[:, :length]).last_hidden_state
+        remap = torch.full((int(batch["size"]),), -1, dtype=torch.long, device=device)
+        remap[rows_t] = torch.arange(len(rows), device=device)
+        pooled = []
+        for row_key, span_key in (("reg_row", "reg"), ("pair_en_row", "pair_en")):
+            owner = batch[row_key][torch.isin(batch[row_key], rows_t)]
+            spans = batch[span_key][torch.isin(batch[row_key], rows_t)]
+            pooled.append((pool_spans(hidden, remap[owner], spans).float(), owner))
+        return pooled
+
+
+def constant_after_warmup(warmup_steps: int):
+    """Linear warm-up to the base learning rate, then constant (Cao et al.)."""
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, warmup_steps))
+
+    return factor
+
+
+class AdjustModule(L.LightningModule):
+    """Trains the encoder with Eq. 1; the adjusted encoder is ``self.encoder``."""
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        loss: AlignmentLoss,
+        lr: float = 5e-5,
+        reg_weight: float = 1.0,
+        warmup_ratio: float = 0.1,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.loss = loss  # plain attribute: the frozen reference is not trained or checkpointed
+        self.lr, self.reg_weight, self.warmup_ratio = lr, reg_weight, warmup_ratio
+
+    def on_fit_start(self) -> None:
+        self.loss.to(self.device)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        terms = self.loss(self.encoder, batch)
+        total = terms["pairs"] + self.reg_weight * terms["regularizer"]
+        size = int(batch["size"])
+        self.log("adjust/loss", total, prog_bar=True, batch_size=size)
+        self.log("adjust/pairs", terms["pairs"], batch_size=size)
+        self.log("adjust/regularizer", terms["regularizer"], batch_size=size)
+        return total
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.encoder.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-9)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_after_warmup(int(self.warmup_ratio * total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def freeze_copy(encoder: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``encoder`` to serve as f⁰."""
+    import copy
+
+    return copy.deepcopy(encoder).eval().requires_grad_(False)

@@ -1,0 +1,126 @@
+"""Fine-tuning on an English task: encoder + the task's linear head.
+
+One LightningModule serves NLI, NER and QA: the task object supplies the
+head, the loss and the scoring.  Continual learning is the same module with an
+``AlignmentObjective`` attached: every training step then adds the adjustment
+loss on a fresh batch of aligned sentence pairs (see ``xlt.models.continual``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from xlt.tasks.base import Task
+
+
+class ListDataset(Dataset):
+    """A list of already tokenised features."""
+
+    def __init__(self, items: list[Any]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with ``seed + epoch``: the order of epoch k never depends on
+    what ran before it, so a run resumed from a checkpoint sees the same
+    batches as an uninterrupted one.  Lightning calls ``set_epoch``."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def task_loader(task: Task, tokenizer, features: list[dict], batch_size: int, seed: int | None, workers: int = 0) -> DataLoader:
+    """DataLoader with dynamic padding; shuffled by epoch when ``seed`` is given."""
+    sampler = EpochShuffleSampler(len(features), seed) if seed is not None else None
+    return DataLoader(
+        ListDataset(features),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=lambda batch: task.collate(tokenizer, batch),
+        num_workers=workers,
+    )
+
+
+class FineTuneModule(L.LightningModule):
+    """Encoder + linear head trained with AdamW and linear decay (HF scripts)."""
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        task: Task,
+        lr: float,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        seed: int = 1,
+        objective: Optional[Any] = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.head = task.head(encoder.config.hidden_size)
+        self.task = task
+        self.lr, self.weight_decay, self.warmup_ratio, self.seed = lr, weight_decay, warmup_ratio, seed
+        # Not a submodule: its frozen reference model must stay out of the
+        # optimiser and the checkpoint.
+        self.objective = objective
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return self.head(self.encoder(**inputs).last_hidden_state)
+
+    def on_train_epoch_start(self) -> None:
+        # Per-epoch RNG (dropout): resumed runs replay an epoch exactly.
+        torch.manual_seed(self.seed * 100_003 + self.current_epoch)
+
+    def on_fit_start(self) -> None:
+        if self.objective is not None:
+            self.objective.to(self.device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        task_loss = self.task.loss(self(batch), batch)
+        self.log("train/task_loss", task_loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        if self.objective is None:
+            return task_loss
+        align = self.objective.step_loss(self.encoder, self.global_step)
+        self.log_dict({f"train/{k}": v for k, v in align.items()}, batch_size=len(batch["input_ids"]))
+        loss = task_loss + align["weighted"]
+        self.log("train/loss", loss, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[torch.Tensor]:
+        logits = self(batch).float().cpu()
+        if logits.dim() == 2:
+            return list(logits)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        return [row[:length] for row, length in zip(logits, lengths)]
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.lr
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
