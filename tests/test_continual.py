@@ -1,0 +1,88 @@
+"""Continual learning: exact reduction to plain fine-tuning, real effect with alpha > 0."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from tests.helpers import PAD_TOKENIZER, synthetic_pairs, tiny_encoder
+from xlt.config import DataConfig, TaskConfig
+from xlt.models.adjust import AlignmentLoss, collate_aligned, freeze_copy
+from xlt.models.continual import ContinualObjective
+from xlt.models.finetune import FineTuneModule, task_loader
+from xlt.tasks.nli import NliTask
+
+
+def nli_features(n: int = 64) -> list[dict]:
+    """Label = whether English token 2 occurs: learnable by a tiny encoder."""
+    generator = torch.Generator().manual_seed(0)
+    features = []
+    for i in range(n):
+        ids = [1] + torch.randint(3, 30, (6,), generator=generator).tolist() + [1]
+        label = i % 2
+        if label:
+            ids[3] = 2
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": label, "example_index": i})
+    return features
+
+
+def finetune(objective=None, steps: int = 12, seed: int = 3):
+    L.seed_everything(seed, verbose=False)
+    encoder = tiny_encoder().train()
+    task = NliTask(TaskConfig(name="xnli"), "ru", DataConfig())
+    module = FineTuneModule(encoder, task, lr=1e-3, seed=seed, objective=objective)
+    loader = task_loader(task, PAD_TOKENIZER, nli_features(), batch_size=8, seed=seed)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(outputs["loss"].item())
+
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", callbacks=[Record()])
+    trainer.fit(module, loader)
+    return module, losses
+
+
+def objective(alpha: float, reg: float, seed: int = 3) -> ContinualObjective:
+    pairs = synthetic_pairs(40, seed=1)
+    loss = AlignmentLoss(freeze_copy(tiny_encoder()), "current", cache=True)
+    return ContinualObjective(pairs, 0, loss, alpha=alpha, reg_weight=reg, batch_size=16, seed=seed)
+
+
+def test_zero_weights_equal_plain_finetuning_step_for_step():
+    _, plain = finetune()
+    module, continual = finetune(objective(0.0, 0.0))
+    assert continual == plain  # exact: same batches, same dropout, zero extra gradient
+    plain_module, _ = finetune()
+    for a, b in zip(plain_module.parameters(), module.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_alpha_keeps_aligned_pairs_closer():
+    pairs = synthetic_pairs(40, seed=1)
+    batch = collate_aligned(pairs, 0)
+    plain, _ = finetune(steps=30)
+    continual, _ = finetune(objective(1.0, 0.01), steps=30)
+
+    def pair_distance(module):
+        module.encoder.eval()
+        with torch.no_grad():
+            return AlignmentLoss(freeze_copy(module.encoder))(module.encoder, batch)["pairs"].item()
+
+    assert pair_distance(continual) < 0.5 * pair_distance(plain)
+
+
+def test_sampler_is_deterministic_under_seed():
+    a, b, c = objective(0.01, 0.01, seed=5), objective(0.01, 0.01, seed=5), objective(0.01, 0.01, seed=6)
+    for step in (0, 1, 17):
+        assert torch.equal(a.batch(step)["index"], b.batch(step)["index"])
+    assert not torch.equal(a.batch(0)["index"], a.batch(1)["index"])  # fresh batch every step
+    assert not torch.equal(a.batch(0)["index"], c.batch(0)["index"])
+    assert len(a.batch(3)["index"]) == 16
+
+
+def test_empty_sample_rejected():
+    with pytest.raises(ValueError, match="at least one aligned sentence pair"):
+        ContinualObjective([], 0, AlignmentLoss(tiny_encoder()))
