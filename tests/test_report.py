@@ -1,0 +1,272 @@
+"""xlt-report end to end on a fake sweep tree with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ttest_rel
+
+from xlt import report
+from xlt.evaluation.significance import marker
+
+N_EXAMPLES = 60
+SEEDS = (1, 2, 3)
+LANGS = ("hi", "ru")
+# Per-mode, per-lang probability that an example is correct.
+ACCURACY = {("original", "ru"): 0.55, ("adjusted", "ru"): 0.8, ("original", "hi"): 0.5, ("adjusted", "hi"): 0.52}
+
+
+def _config(mode: str, lang: str, seed: int, task: str = "xnli", code_version: str = "0.1.0+gitabc",
+            size: int = 30000) -> dict:
+    return {
+        "model": "e5_small", "lang": lang, "task": task, "mode": mode, "corpus": "shared", "size": size,
+        "aggregation": "avg", "tokens": "all", "aligner": "fast_align", "seed": seed,
+        "config_hash": f"{task}-{mode}-{lang}-{size}", "code_version": code_version,
+        "data_checksums": {"xnli.test.tsv": "c0ffee"},
+    }
+
+
+def _correct(mode: str, lang: str, seed: int) -> list[int]:
+    rng = np.random.default_rng(zlib.crc32(f"{mode}/{lang}/{seed}".encode()))
+    return [int(x) for x in rng.random(N_EXAMPLES) < ACCURACY[(mode, lang)]]
+
+
+def write_job(root: Path, name: str, config: dict, metrics: dict | None, predictions: dict[str, list[dict]],
+              status: str = "ok", error: str = "") -> Path:
+    run = root / name
+    (run / "predictions").mkdir(parents=True)
+    data = {"config": config, "metrics": metrics or {}, "status": status, "runtime_s": 1.0}
+    if error:
+        data["error"] = error
+    (run / "results.json").write_text(json.dumps(data))
+    for eval_set, records in predictions.items():
+        (run / "predictions" / f"{eval_set}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def write_nli_job(root: Path, name: str, mode: str, lang: str, seed: int, **config_args: Any) -> list[int]:
+    correct = _correct(mode, lang, seed)
+    records = [{"id": f"{lang}-{i}", "gold": 0, "prediction": 1 - c, "correct": c} for i, c in enumerate(correct)]
+    metrics = {f"xnli.{lang}": {"accuracy": float(np.mean(correct)), "n": N_EXAMPLES}}
+    write_job(root, name, _config(mode, lang, seed, **config_args), metrics, {f"xnli.{lang}": records})
+    return correct
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> dict:
+    """2 modes × 3 seeds × 2 langs; adjusted/hi seed 2 failed, adjusted/ru seed 3 never ran."""
+    root = tmp_path / "multirun" / "2024-01-01" / "12-00-00"
+    correct: dict[tuple[str, str, int], list[int]] = {}
+    n = 0
+    for mode in ("original", "adjusted"):
+        for lang in LANGS:
+            for seed in SEEDS:
+                n += 1
+                if (mode, lang, seed) == ("adjusted", "ru", 3):
+                    continue
+                if (mode, lang, seed) == ("adjusted", "hi", 2):
+                    write_job(root, str(n), _config(mode, lang, seed), None, {}, status="failed",
+                              error="RuntimeError: CUDA out of memory")
+                    continue
+                correct[(mode, lang, seed)] = write_nli_job(root, str(n), mode, lang, seed)
+    return {"root": tmp_path / "multirun", "correct": correct, "out": tmp_path / "report"}
+
+
+def _hand_mean(correct: dict, mode: str, lang: str) -> tuple[float, float, list[int]]:
+    accs = [float(np.mean(c)) for (m, l, s), c in sorted(correct.items()) if (m, l) == (mode, lang)]
+    seeds = [s for (m, l, s) in sorted(correct) if (m, l) == (mode, lang)]
+    return float(np.mean(accs)), float(np.std(accs, ddof=1)), seeds
+
+
+def test_collect_rows_and_failed(sweep: dict) -> None:
+    df = report.collect([sweep["root"]])
+    assert len(df) == 10 + 1  # 10 ok jobs × 1 eval set × 1 metric, plus the failed job
+    failed = df[df["status"] == "failed"]
+    assert len(failed) == 1 and failed.iloc[0]["error"].startswith("RuntimeError")
+    assert set(df["metric"].dropna()) == {"accuracy"}
+
+
+def test_end_to_end_report(sweep: dict, capsys: pytest.CaptureFixture) -> None:
+    code = report.main([str(sweep["root"]), "--out", str(sweep["out"])])
+    assert code == 0
+    md = (sweep["out"] / "report.md").read_text()
+    assert capsys.readouterr().out == md
+    assert (sweep["out"] / "report.tex").read_text().count("\\begin{tabular}") >= 1
+
+    csv = pd.read_csv(sweep["out"] / "report.csv")
+    correct = sweep["correct"]
+    for mode in ("original", "adjusted"):
+        for lang in LANGS:
+            row = csv[(csv["mode"] == mode) & (csv["lang"] == lang)].iloc[0]
+            mean, std, seeds = _hand_mean(correct, mode, lang)
+            assert row["mean"] == pytest.approx(mean, abs=1e-12)
+            assert row["std"] == pytest.approx(std, abs=1e-12)
+            assert row["n_seeds"] == len(seeds)
+            assert row["expected_seeds"] == 3
+            assert row["missing_seeds"] == 3 - len(seeds)
+
+    # Significance: per-example means over the seeds both configurations have.
+    for lang in LANGS:
+        row = csv[(csv["mode"] == "adjusted") & (csv["lang"] == lang)].iloc[0]
+        common = [s for s in SEEDS if ("adjusted", lang, s) in correct]
+        a = np.mean([correct[("adjusted", lang, s)] for s in common], axis=0)
+        b = np.mean([correct[("original", lang, s)] for s in common], axis=0)
+        p = ttest_rel(a, b).pvalue
+        assert row["p_value"] == pytest.approx(p, rel=1e-9)
+        assert row["sig_seeds"] == 2
+        assert (row["marker"] if isinstance(row["marker"], str) else "") == marker(p)
+
+    ru = csv[(csv["mode"] == "adjusted") & (csv["lang"] == "ru")].iloc[0]
+    assert ru["p_value"] < 0.01  # 0.80 vs 0.55 over 60 examples
+    mean, std, _ = _hand_mean(correct, "adjusted", "ru")
+    assert f"{mean * 100:.1f} ± {std * 100:.1f}** (1/3 missing)" in md
+
+    assert "## Failed jobs (1)" in md
+    assert "xnli/e5_small/hi/adjusted seed 2 [failed]: RuntimeError: CUDA out of memory" in md
+    assert "## Provenance" in md and "xnli-adjusted-ru-30000" in md and "0.1.0+gitabc" in md
+    assert "WARNING" not in md
+
+
+def test_full_gap_shows_missing_count(tmp_path: Path) -> None:
+    """A configuration with no result at all for a language is a gap, not a crash."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        for lang in LANGS:
+            write_nli_job(root, f"o-{lang}-{seed}", "original", lang, seed)
+        write_nli_job(root, f"a-ru-{seed}", "adjusted", "ru", seed)  # adjusted/hi never ran
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    adjusted_line = next(line for line in md.splitlines() if line.startswith("| adjusted |"))
+    assert adjusted_line.split(" | ")[1] == "— (3/3 missing)"  # columns: hi, ru
+
+
+def test_mixed_code_versions_warn_and_mark(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_nli_job(root, f"o{seed}", "original", "ru", seed)
+        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed, code_version=f"0.1.0+git{seed}")
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Warnings" in md
+    warning = next(line for line in md.splitlines() if line.startswith("- WARNING"))
+    assert "0.1.0+git1" in warning and "0.1.0+git2" in warning
+    adjusted_line = next(line for line in md.splitlines() if line.startswith("| adjusted |"))
+    assert report.MIXED_MARK in adjusted_line
+    assert "% WARNING" in (tmp_path / "out" / "report.tex").read_text()
+
+
+def test_no_results_dir_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main([str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(empty) in err and "Traceback" not in err
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_unreadable_results_are_skipped(sweep: dict, caplog: pytest.LogCaptureFixture) -> None:
+    bad = sweep["root"] / "broken"
+    bad.mkdir()
+    (bad / "results.json").write_text("{not json")
+    df = report.collect([sweep["root"]])
+    assert len(df) == 11
+    assert any("broken" in s for s in df.attrs["skipped"])
+    assert "skipping" in caplog.text
+    assert report.main([str(sweep["root"]), "--out", str(sweep["out"])]) == 0
+    assert "## Skipped files (1)" in (sweep["out"] / "report.md").read_text()
+
+
+def _ner_qa_tree(root: Path) -> dict:
+    """NER (entity F1, permutation test) and QA (F1/EM in %, cross-lingual) jobs, 2 seeds."""
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "O"], ["B-LOC", "O", "O", "B-PER"]] * 40
+    qa = {}
+    for mode in ("original", "adjusted"):
+        for seed in (1, 2):
+            ner_pred = [list(s) if (mode == "adjusted" or i % 3) else ["O"] * len(s) for i, s in enumerate(gold)]
+            ner_records = [{"id": f"s{i}", "gold": g, "prediction": p} for i, (g, p) in enumerate(zip(gold, ner_pred))]
+            from seqeval.metrics import f1_score
+
+            ner_metrics = {"wikiann.hi": {"f1": float(f1_score(gold, ner_pred)), "precision": 1.0, "recall": 0.5,
+                                          "token_f1": 0.6, "n": len(gold)}}
+            write_job(root, f"ner-{mode}-{seed}", {**_config(mode, "hi", seed, task="ner")}, ner_metrics,
+                      {"wikiann.hi": ner_records})
+            f1s = [80.0 + 10 * (mode == "adjusted") + seed + (i * (3 + seed + (mode == "adjusted")) % 7) for i in range(30)]
+            qa[(mode, seed)] = f1s
+            qa_records = [{"id": f"q{i}", "prediction": "x", "f1": f, "em": float(f > 85)} for i, f in enumerate(f1s)]
+            qa_metrics = {
+                name: {"f1": float(np.mean(f1s)), "exact_match": float(np.mean([f > 85 for f in f1s]) * 100), "n": 30}
+                for name in ("xquad.ru", "xquad.q-ru.c-en")
+            }
+            write_job(root, f"qa-{mode}-{seed}", {**_config(mode, "ru", seed, task="qa")}, qa_metrics,
+                      {"xquad.ru": qa_records, "xquad.q-ru.c-en": qa_records})
+    return qa
+
+
+def test_ner_and_qa_tables(tmp_path: Path) -> None:
+    qa = _ner_qa_tree(tmp_path / "runs")
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--permutations", "200"]) == 0
+    csv = pd.read_csv(tmp_path / "out" / "report.csv")
+    ner = csv[(csv["eval_set"] == "wikiann.hi") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")].iloc[0]
+    assert ner["p_value"] == pytest.approx(1 / 201)  # perfect vs. a third of sentences emptied
+    assert math.isnan(csv[(csv["metric"] == "token_f1") & (csv["mode"] == "adjusted")].iloc[0]["p_value"])
+    qa_row = csv[(csv["eval_set"] == "xquad.q-ru.c-en") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")]
+    assert qa_row.iloc[0]["mean"] == pytest.approx(np.mean([np.mean(qa[("adjusted", s)]) for s in (1, 2)]))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Table 3 — wikiann F1" in md and "Table 4 — xquad F1" in md and "Table 4 — xquad EM" in md
+    qa_table = md[md.index("Table 4 — xquad F1"):]
+    header = qa_table.splitlines()[2]
+    assert header == "| | ru | q-ru.c-en |"
+    original = next(line for line in qa_table.splitlines() if line.startswith("| original |"))
+    assert f"{np.mean([np.mean(qa[('original', s)]) for s in (1, 2)]):.1f}" in original  # QA not rescaled
+
+
+def test_sweep_tables_show_gains(tmp_path: Path) -> None:
+    """Varying size gives a Table 5 of gains over the original."""
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_nli_job(root, f"o{seed}", "original", "ru", seed)
+        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed)
+        write_nli_job(root, f"s{seed}", "adjusted", "ru", seed, size=1000)
+    assert report.main([str(root), "--out", str(tmp_path / "out"), "--no-significance"]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Table 5 — xnli accuracy: gain over original by size" in md
+    csv = pd.read_csv(tmp_path / "out" / "report.csv")
+    small = csv[(csv["size"] == 1000)].iloc[0]
+    base = csv[(csv["mode"] == "original")].iloc[0]
+    assert small["gain"] == pytest.approx(small["mean"] - base["mean"])
+    assert f"| adjusted (size=1000) | {small['gain'] * 100:+.1f} |" in md
+
+
+def test_all_jobs_failed_and_odd_files_never_crash(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "runs"
+    write_job(root, "f1", _config("adjusted", "ru", 1), None, {}, status="failed", error="boom")
+    write_job(root, "odd", _config("original", "ru", 1), None, {})  # ok but no metrics
+    (root / "nocfg").mkdir()
+    (root / "nocfg" / "results.json").write_text('{"metrics": []}')
+    (root / "badmetrics").mkdir()
+    (root / "badmetrics" / "results.json").write_text(json.dumps({"config": _config("original", "ru", 2),
+                                                                   "metrics": ["x"]}))
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    md = capsys.readouterr().out
+    assert "## Failed jobs (2)" in md and "boom" in md and "results.json has no metrics" in md
+    assert "## Skipped files (2)" in md
+
+
+def test_duplicate_seed_counts_once(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_nli_job(root, f"o{seed}", "original", "ru", seed)
+        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed)
+    write_nli_job(root, "z-rerun", "adjusted", "ru", 2)  # a second run of seed 2
+    summary = report.summarize(report.collect([root]))
+    adjusted = summary[summary["mode"] == "adjusted"].iloc[0]
+    assert adjusted["n_seeds"] == 2 and adjusted["missing_seeds"] == 0
+    assert any("duplicate" in w for w in summary.attrs["warnings"])
