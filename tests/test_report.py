@@ -25,10 +25,13 @@ ACCURACY = {("original", "ru"): 0.55, ("adjusted", "ru"): 0.8, ("original", "hi"
 
 def _config(mode: str, lang: str, seed: int, task: str = "xnli", code_version: str = "0.1.0+gitabc",
             size: int = 30000) -> dict:
+    """As xlt.pipeline writes it: adjustment axes are null for mode=original."""
+    axes = {"corpus": "shared", "size": size, "aggregation": "avg", "tokens": "all", "aligner": "fast_align"}
+    if mode == "original":
+        axes = dict.fromkeys(axes)
     return {
-        "model": "e5_small", "lang": lang, "task": task, "mode": mode, "corpus": "shared", "size": size,
-        "aggregation": "avg", "tokens": "all", "aligner": "fast_align", "seed": seed,
-        "config_hash": f"{task}-{mode}-{lang}-{size}", "code_version": code_version,
+        "model": "e5_small", "lang": lang, "task": task, "mode": mode, **axes, "seed": seed,
+        "config_hash": f"{task}-{mode}-{lang}-{axes['size']}", "code_version": code_version,
         "data_checksums": {"xnli.test.tsv": "c0ffee"},
     }
 
