@@ -1,0 +1,116 @@
+"""Word spans and aligned examples for WordPiece (mBERT vocab) and SentencePiece (e5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xlt.config import TokensConfig
+from xlt.data.parallel import SentencePair
+from xlt.data.words import build_aligned_examples, encode_words, subword_pairs
+from xlt.errors import XltError
+
+EN = ["The", "unbelievably", "tall", "lighthouse", "stood", "."]
+RU = ["Невероятно", "высокий", "маяк", "стоял", "."]
+LINKS = [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)]
+ALL = TokensConfig(name="all", use_words=True, use_cls=True, use_sep=True)
+
+
+@pytest.fixture(scope="module")
+def mbert(shared_data: Path):
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(vocab=str(shared_data / "vocab/mbert_modified_vocab.txt"), do_lower_case=False)
+
+
+@pytest.fixture(params=["mbert", "e5"])
+def tokenizer(request):
+    return request.getfixturevalue("mbert" if request.param == "mbert" else "e5_tokenizer")
+
+
+def _pieces(tokenizer, ids: list[int], span: tuple[int, int]) -> str:
+    return "".join(tokenizer.convert_ids_to_tokens(ids[span[0]:span[1]])).replace("##", "").replace("▁", "")
+
+
+def test_word_spans_cover_each_word(tokenizer) -> None:
+    ids, spans = encode_words(tokenizer, EN, max_length=128)
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert [_pieces(tokenizer, ids, s) for s in spans] == EN
+    assert spans[0][0] == 1 and spans[-1][1] == len(ids) - 1
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, in order
+
+
+def test_mbert_spans_by_hand(mbert) -> None:
+    ids, spans = encode_words(mbert, EN, max_length=128)
+    assert mbert.convert_ids_to_tokens(ids) == ["[CLS]", "The", "un", "##beli", "##eva", "##bly", "tall",
+                                                "light", "##house", "stood", ".", "[SEP]"]
+    assert spans == [(1, 2), (2, 6), (6, 7), (7, 9), (9, 10), (10, 11)]
+
+
+def test_truncation_drops_cut_words(tokenizer) -> None:
+    full_ids, full = encode_words(tokenizer, EN, max_length=128)
+    cut_at = full[3][0] + 1  # keep only the first subword of "lighthouse"
+    ids, spans = encode_words(tokenizer, EN, max_length=cut_at + 1)
+    assert len(ids) == cut_at + 1 and ids[-1] == tokenizer.sep_token_id
+    assert spans[:3] == full[:3] and spans[3:] == [None, None, None]
+
+
+@pytest.mark.parametrize("aggregation", ["avg", "start", "end"])
+def test_aggregations(tokenizer, aggregation: str) -> None:
+    (ex,) = build_aligned_examples(tokenizer, [SentencePair(EN, RU)], [LINKS], aggregation, ALL)
+    _, en_spans = encode_words(tokenizer, EN, 128)
+    _, ru_spans = encode_words(tokenizer, RU, 128)
+    pick = {"avg": lambda s: s, "start": lambda s: (s[0], s[0] + 1), "end": lambda s: (s[1] - 1, s[1])}[aggregation]
+    assert ex.pair_en[:5] == [pick(en_spans[i]) for i, _ in LINKS]
+    assert ex.pair_tgt[:5] == [pick(ru_spans[j]) for _, j in LINKS]
+    n_en, n_ru = len(ex.en_ids), len(ex.tgt_ids)
+    assert ex.pair_en[5:] == [(0, 1), (n_en - 1, n_en)] and ex.pair_tgt[5:] == [(0, 1), (n_ru - 1, n_ru)]
+    assert ex.reg_en == [pick(s) for s in en_spans] + [(0, 1), (n_en - 1, n_en)]
+
+
+def test_token_choices(mbert) -> None:
+    pair, links = [SentencePair(EN, RU)], [LINKS]
+    cls = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("cls", False, True, False))[0]
+    assert (cls.pair_en, cls.pair_tgt, cls.reg_en) == ([(0, 1)], [(0, 1)], [(0, 1)])
+    cls_sep = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("cls_sep", False, True, True))[0]
+    assert cls_sep.pair_en == [(0, 1), (11, 12)] and cls_sep.pair_tgt[1][1] == len(cls_sep.tgt_ids)
+    words = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("words", True, False, False))[0]
+    assert len(words.pair_en) == 5 and len(words.reg_en) == len(EN)
+    # A pair whose only links are not one-to-one gives nothing with words only: skipped.
+    many = build_aligned_examples(mbert, pair, [[(1, 0), (2, 0)]], "avg", TokensConfig("words", True, False, False))
+    assert many == []
+
+
+def test_drop_identical_and_truncated_pairs(mbert) -> None:
+    en, ru = ["In", "2019", "."], ["В", "2019", "."]
+    words = TokensConfig("words", True, False, False)
+    links = [[(0, 0), (1, 1), (2, 2)]]
+    kept = build_aligned_examples(mbert, [SentencePair(en, ru)], links, "avg", words)[0]
+    dropped = build_aligned_examples(mbert, [SentencePair(en, ru)], links, "avg", words, drop_identical=True)[0]
+    assert len(kept.pair_en) == 3 and dropped.pair_en == [(1, 2)]
+    # max_length 4 keeps [CLS] In 2019 [SEP]: the "." link is gone on both sides.
+    short = build_aligned_examples(mbert, [SentencePair(en, ru)], links, "avg", words, max_length=4)[0]
+    assert len(short.en_ids) == 4 and len(short.pair_en) == 2
+
+
+def test_subword_aggregation(tokenizer) -> None:
+    (sub,) = subword_pairs(tokenizer, [SentencePair(EN, RU)])
+    ids, _ = encode_words(tokenizer, EN, 128)
+    assert tokenizer.convert_tokens_to_ids(sub.english) == ids[1:-1]
+    links = [(0, 0), (len(sub.english) - 1, len(sub.target) - 1)]
+    (ex,) = build_aligned_examples(tokenizer, [sub], [links], "subword", ALL)
+    assert ex.en_ids == ids
+    assert ex.pair_en[:2] == [(1, 2), (len(ids) - 2, len(ids) - 1)]
+    assert ex.pair_tgt[1] == (len(ex.tgt_ids) - 2, len(ex.tgt_ids) - 1)
+    assert len(ex.reg_en) == len(sub.english) + 2
+
+
+def test_errors(mbert) -> None:
+    pair = [SentencePair(EN, RU)]
+    with pytest.raises(XltError, match="2 alignments"):
+        build_aligned_examples(mbert, pair, [LINKS, LINKS], "avg", ALL)
+    with pytest.raises(XltError, match="unknown aggregation"):
+        build_aligned_examples(mbert, pair, [LINKS], "max", ALL)
+    with pytest.raises(XltError, match="outside"):
+        build_aligned_examples(mbert, pair, [[(9, 0)]], "avg", ALL)

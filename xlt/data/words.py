@@ -1,0 +1,202 @@
+"""From aligned word pairs to subword positions the adjustment loss can pool.
+
+The adjustment loss compares last-layer vectors of aligned words.  A word is
+one or more subwords, so each word becomes a half-open span of positions in
+the model's input ids (special tokens included); :mod:`xlt.models.pooling`
+then averages any span.  Every aggregation of the paper is a choice of span:
+``avg`` the whole word, ``start``/``end`` its first/last subword, ``subword``
+a single position (the aligner then ran on subwords, see
+:func:`subword_pairs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from xlt.config import TokensConfig
+from xlt.data.align import Alignment, one_to_one
+from xlt.data.parallel import SentencePair
+from xlt.errors import XltError
+
+Span = tuple[int, int]
+AGGREGATIONS = ("avg", "start", "end", "subword")
+
+
+@dataclass
+class AlignedExample:
+    """One sentence pair ready for the adjustment loss.
+
+    ``pair_en[k]`` and ``pair_tgt[k]`` are spans of vectors pulled together;
+    ``reg_en`` are English spans kept close to the frozen model.
+    """
+
+    en_ids: list[int]
+    tgt_ids: list[int]
+    pair_en: list[Span]
+    pair_tgt: list[Span]
+    reg_en: list[Span]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _spans_from_word_ids(word_ids: list[Optional[int]], n_words: int) -> list[Optional[Span]]:
+    spans: list[Optional[Span]] = [None] * n_words
+    for pos, word in enumerate(word_ids):
+        if word is not None:
+            start = spans[word][0] if spans[word] else pos
+            spans[word] = (start, pos + 1)
+    return spans
+
+
+def _n_trailing_specials(word_ids: list[Optional[int]]) -> int:
+    count = 0
+    for word in reversed(word_ids):
+        if word is not None:
+            break
+        count += 1
+    return count
+
+
+def _truncate(ids: list[int], spans: list[Optional[Span]], word_ids: list[Optional[int]],
+              max_length: int) -> tuple[list[int], list[Optional[Span]]]:
+    """Cut to ``max_length`` keeping the closing special token(s); any word
+    not wholly inside the kept part gets ``None`` (a half word is not a word)."""
+    if len(ids) <= max_length:
+        return ids, spans
+    tail = _n_trailing_specials(word_ids)
+    cut = max_length - tail
+    kept = ids[:cut] + (ids[len(ids) - tail:] if tail else [])
+    return kept, [s if s is not None and s[1] <= cut else None for s in spans]
+
+
+def encode_words(tokenizer, words: list[str], max_length: int) -> tuple[list[int], list[Optional[Span]]]:
+    """Input ids (with special tokens) and each word's subword span.
+
+    Uses the fast tokenizer's ``word_ids()`` on pre-split words, which is
+    correct for WordPiece and SentencePiece alike (a SentencePiece word may
+    start with a lone ``▁`` piece; it belongs to the word's span).  Words
+    with no subword at all, or cut by truncation, get ``None``.
+    """
+    return _encode_batch(tokenizer, [words], max_length)[0]
+
+
+def _encode_batch(tokenizer, batch: list[list[str]], max_length: int) -> list[tuple[list[int], list[Optional[Span]]]]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise XltError(f"{type(tokenizer).__name__} is not a fast tokenizer; word spans need word_ids()")
+    enc = tokenizer(batch, is_split_into_words=True, add_special_tokens=True, truncation=False, verbose=False)
+    out = []
+    for k, words in enumerate(batch):
+        word_ids = enc.word_ids(k)
+        spans = _spans_from_word_ids(word_ids, len(words))
+        out.append(_truncate(list(enc["input_ids"][k]), spans, word_ids, max_length))
+    return out
+
+
+def subword_pairs(tokenizer, pairs: list[SentencePair]) -> list[SentencePair]:
+    """Both sides as subword token strings, for aggregation=subword.
+
+    The aligner then links subwords directly; :func:`build_aligned_examples`
+    maps each such "word" back to its single position.
+    """
+    def pieces(batch: list[list[str]]) -> list[list[str]]:
+        enc = tokenizer(batch, is_split_into_words=True, add_special_tokens=False, verbose=False)
+        return [tokenizer.convert_ids_to_tokens(ids) for ids in enc["input_ids"]]
+
+    english, target = pieces([p.english for p in pairs]), pieces([p.target for p in pairs])
+    return [SentencePair(e, t) for e, t in zip(english, target)]
+
+
+def _special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids of the special tokens before and after the text ([CLS]/[SEP], <s>/</s>),
+    read off a one-word probe so it works for any fast tokenizer."""
+    enc = tokenizer([["a"]], is_split_into_words=True, add_special_tokens=True)
+    ids, word_ids = enc["input_ids"][0], enc.word_ids(0)
+    lead = word_ids.index(0)
+    tail = _n_trailing_specials(word_ids)
+    return list(ids[:lead]), list(ids[len(ids) - tail:]) if tail else []
+
+
+def encode_subwords(tokenizer, pieces: list[str], max_length: int) -> tuple[list[int], list[Optional[Span]]]:
+    """Ids and one-position spans for a sentence already split into subword strings."""
+    head, tail = _special_frame(tokenizer)
+    ids = head + list(tokenizer.convert_tokens_to_ids(pieces)) + tail
+    spans: list[Optional[Span]] = [(len(head) + k, len(head) + k + 1) for k in range(len(pieces))]
+    word_ids: list[Optional[int]] = [None] * len(head) + list(range(len(pieces))) + [None] * len(tail)
+    return _truncate(ids, spans, word_ids, max_length)
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def aggregate_span(span: Optional[Span], aggregation: str) -> Optional[Span]:
+    """The positions whose mean is the word vector under ``aggregation``."""
+    if span is None:
+        return None
+    start, end = span
+    if aggregation in ("avg", "subword"):
+        return span
+    if aggregation == "start":
+        return (start, start + 1)
+    if aggregation == "end":
+        return (end - 1, end)
+    raise XltError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+def _encode_side(tokenizer, sentences: list[list[str]], aggregation: str,
+                 max_length: int) -> list[tuple[list[int], list[Optional[Span]]]]:
+    if aggregation == "subword":
+        return [encode_subwords(tokenizer, s, max_length) for s in sentences]
+    aggregate_span(None, aggregation)  # validates the name
+    return [(ids, [aggregate_span(s, aggregation) for s in spans])
+            for ids, spans in _encode_batch(tokenizer, sentences, max_length)]
+
+
+def _word_links(pair: SentencePair, alignment: Alignment, en_spans: list[Optional[Span]],
+                tgt_spans: list[Optional[Span]], drop_identical: bool) -> tuple[list[Span], list[Span]]:
+    pair_en, pair_tgt = [], []
+    for i, j in one_to_one(alignment):
+        if i >= len(en_spans) or j >= len(tgt_spans):
+            raise XltError(f"alignment link {i}-{j} outside a pair of {len(en_spans)} English "
+                           f"and {len(tgt_spans)} target words")
+        if en_spans[i] is None or tgt_spans[j] is None:
+            continue
+        if drop_identical and pair.english[i] == pair.target[j]:
+            continue
+        pair_en.append(en_spans[i])
+        pair_tgt.append(tgt_spans[j])
+    return pair_en, pair_tgt
+
+
+def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: list[Alignment], aggregation: str,
+                           tokens: TokensConfig, max_length: int = 128,
+                           drop_identical: bool = False) -> list[AlignedExample]:
+    """Examples for the adjustment loss; pairs that yield nothing are skipped.
+
+    ``tokens.use_words`` adds the one-to-one aligned word pairs (both spans
+    complete after truncation), ``use_cls`` pairs position 0 with 0,
+    ``use_sep`` the last position with the last.  ``drop_identical`` drops
+    word pairs with equal strings (numbers, names): they are easy for the
+    model already and may dominate the loss on Latin-script pairs.
+    ``reg_en`` holds every complete English word span (if ``use_words``)
+    and the chosen special tokens.
+    """
+    if len(pairs) != len(alignments):
+        raise XltError(f"{len(pairs)} sentence pairs but {len(alignments)} alignments")
+    english = _encode_side(tokenizer, [p.english for p in pairs], aggregation, max_length)
+    target = _encode_side(tokenizer, [p.target for p in pairs], aggregation, max_length)
+    examples = []
+    for pair, alignment, (en_ids, en_spans), (tgt_ids, tgt_spans) in zip(pairs, alignments, english, target):
+        pair_en, pair_tgt, reg_en = [], [], []
+        if tokens.use_words:
+            pair_en, pair_tgt = _word_links(pair, alignment, en_spans, tgt_spans, drop_identical)
+            reg_en = [s for s in en_spans if s is not None]
+        if tokens.use_cls:
+            pair_en, pair_tgt, reg_en = pair_en + [(0, 1)], pair_tgt + [(0, 1)], reg_en + [(0, 1)]
+        if tokens.use_sep:
+            last_en, last_tgt = (len(en_ids) - 1, len(en_ids)), (len(tgt_ids) - 1, len(tgt_ids))
+            pair_en, pair_tgt, reg_en = pair_en + [last_en], pair_tgt + [last_tgt], reg_en + [last_en]
+        if pair_en:
+            examples.append(AlignedExample(list(en_ids), list(tgt_ids), pair_en, pair_tgt, reg_en))
+    return examples
