@@ -13,7 +13,8 @@ import sys
 import traceback
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from xlt.config import CONF_DIR
+
 GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "data", "experiment")
 
 log = logging.getLogger("xlt")
@@ -54,11 +55,32 @@ def _hydra_app():
     return app
 
 
+def quiet_libraries() -> None:
+    """Route Lightning's messages through Hydra's log handlers (console and
+    the job's log file) instead of printing each line twice, and drop its
+    advertising tips and known-harmless warnings."""
+    import warnings
+
+    import lightning  # noqa: F401 - installs its handlers on import; remove them after
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def dispatch(cfg) -> float | None:
     """Run the stage named by ``command``; turn bad input into one line."""
     from hydra.core.hydra_config import HydraConfig
 
     from xlt.errors import XltError
+
+    quiet_libraries()
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
     try:

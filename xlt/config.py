@@ -10,10 +10,13 @@ deep inside a training loop.  Adding a language or a model is one YAML file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
@@ -195,3 +198,16 @@ def register_configs() -> None:
     """Register the root schema; ``conf/config.yaml`` lists it first in its
     defaults, so every group's YAML is merged into a typed node and checked."""
     ConfigStore.instance().store(name="xlt_schema", node=XltConfig)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The composed job config outside a Hydra app (tests, ``xlt-analyze``).
+
+    ``paths.output_dir`` must be given: it defaults to Hydra's run dir,
+    which exists only inside an app.
+    """
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)

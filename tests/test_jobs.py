@@ -1,0 +1,118 @@
+"""End-to-end jobs on the tiny model and real (demo) data, offline.
+
+These run the real pipeline: Hydra composition, Lightning training with
+checkpoints, evaluation, results.json and per-example predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from xlt import pipeline
+from xlt.config import compose_config
+from xlt.models.finetune import FineTuneModule
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["model=tiny", "data=demo", "task.train_limit=64", "task.eval_limit=12", "task.epochs=2",
+         "trainer.enable_progress_bar=false"]
+
+pytestmark = pytest.mark.slow
+
+
+def compose_job(tmp_path: Path, cache: Path, *overrides: str):
+    return compose_config([*SMALL, f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache}", *overrides])
+
+
+def xlt(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "XLT_CACHE_DIR": str(REPO / ".cache" / "xlt-test"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "xlt", *args], cwd=cwd, capture_output=True, text=True,
+                          env=environment, timeout=600)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_job_writes_results_and_predictions(tmp_path, cache_dir):
+    cfg = compose_job(tmp_path / "run", cache_dir, "lang=hi", "seed=4")
+    results = pipeline.run_job(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["status"] == "ok" and saved["config"]["lang"] == "hi" and saved["config"]["seed"] == 4
+    assert set(saved["metrics"]) == {"xnli.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
+    records = read_jsonl(tmp_path / "run" / "predictions" / "xnli.hi.jsonl")
+    assert len(records) == 12
+    # The reported accuracy is the hand count over the saved predictions.
+    assert results["metrics"]["xnli.hi"]["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 12)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_killed_job_resumes_to_the_same_result(tmp_path, monkeypatch):
+    uninterrupted = pipeline.run_job(compose_job(tmp_path / "a", tmp_path / "cache_a"))
+
+    original_hook = FineTuneModule.on_train_epoch_start
+
+    def crash_in_second_epoch(self):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt("killed")  # as if the job were preempted
+        original_hook(self)
+
+    monkeypatch.setattr(FineTuneModule, "on_train_epoch_start", crash_in_second_epoch)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        pipeline.run_job(compose_job(tmp_path / "b", tmp_path / "cache_b"))
+    assert not (tmp_path / "b" / "results.json").exists()  # nothing half-written
+    monkeypatch.setattr(FineTuneModule, "on_train_epoch_start", original_hook)
+
+    resumed = pipeline.run_job(compose_job(tmp_path / "b", tmp_path / "cache_b"))
+    assert resumed["metrics"] == uninterrupted["metrics"]
+    for name in ("xnli.ru", "xnli_mixed_premise.ru"):
+        assert read_jsonl(tmp_path / "b" / "predictions" / f"{name}.jsonl") == read_jsonl(
+            tmp_path / "a" / "predictions" / f"{name}.jsonl"
+        )
+
+
+def test_unknown_choice_is_one_line():
+    result = xlt("lang=xx")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "xlt: error: unknown lang 'xx'; valid: es, hi, ru, vi"
+    result = xlt("model=foo")
+    assert result.returncode == 2 and result.stderr.strip().startswith("xlt: error: unknown model 'foo'; valid: e5_small")
+
+
+def test_missing_data_file_is_one_line(tmp_path):
+    result = xlt(*SMALL, f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"xlt: error: NLI file not found: {tmp_path}/nli/xnli/test-ru.tsv"]
+    failed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert failed["status"] == "failed" and "metrics" not in failed
+
+
+def test_sweep_survives_a_failing_job_and_reports(tmp_path):
+    partial = tmp_path / "data" / "nli" / "xnli"
+    partial.mkdir(parents=True)
+    for name in ("dev-en.tsv", "test-en.tsv", "test-ru.tsv"):  # no test-hi.tsv: the hi job fails
+        (partial / name).write_text((REPO / "data/demo/nli/xnli" / name).read_text())
+    sweep = tmp_path / "sweep"
+    result = xlt("-m", *SMALL, "lang=ru,hi", f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = {json.loads(p.read_text())["config"]["lang"]: json.loads(p.read_text())["status"]
+                for p in sweep.glob("*/results.json")}
+    assert statuses == {"ru": "ok", "hi": "failed"}
+    report = subprocess.run([sys.executable, "-c", "from xlt.report import main; raise SystemExit(main())", str(sweep)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "Failed jobs (1)" in report.stdout and (sweep / "report.md").exists()
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = xlt("-m", *SMALL, "task.epochs=1", "lang=ru,vi", "hydra/launcher=submitit_local",
+                 "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert sorted(r["config"]["lang"] for r in results) == ["ru", "vi"]
+    assert all(r["status"] == "ok" for r in results)
