@@ -50,11 +50,24 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
         try:
             builder(tmp)
+            _share(tmp)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _share(directory: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; a shared cache must
+    follow the user's umask like any other file they create."""
+    mask = _umask()
+    os.chmod(directory, 0o777 & ~mask)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

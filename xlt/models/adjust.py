@@ -161,7 +161,8 @@ class AdjustModule(L.LightningModule):
         warmup_ratio: float = 0.1,
     ):
         super().__init__()
-        self.encoder = encoder
+        # from_pretrained returns eval mode; training uses dropout as the HF scripts do.
+        self.encoder = encoder.train()
         self.loss = loss  # plain attribute: the frozen reference is not trained or checkpointed
         self.lr, self.reg_weight, self.warmup_ratio = lr, reg_weight, warmup_ratio
 

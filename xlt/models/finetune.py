@@ -76,7 +76,8 @@ class FineTuneModule(L.LightningModule):
         objective: Optional[Any] = None,
     ):
         super().__init__()
-        self.encoder = encoder
+        # from_pretrained returns eval mode; training uses dropout as the HF scripts do.
+        self.encoder = encoder.train()
         self.head = task.head(encoder.config.hidden_size)
         self.task = task
         self.lr, self.weight_decay, self.warmup_ratio, self.seed = lr, weight_decay, warmup_ratio, seed
