@@ -116,3 +116,17 @@ def test_submitit_local_launcher(tmp_path):
     results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
     assert sorted(r["config"]["lang"] for r in results) == ["ru", "vi"]
     assert all(r["status"] == "ok" for r in results)
+
+
+def test_adjusted_and_continual_share_one_adjustment(tmp_path):
+    cache = tmp_path / "cache"
+    adjust = ["corpus=demo", "corpus.size=120", "corpus.heldout=30", "lang=hi", "task.epochs=1"]
+    adjusted = pipeline.run_job(compose_job(tmp_path / "a", cache, "mode=adjusted", *adjust))
+    continual = pipeline.run_job(compose_job(tmp_path / "c", cache, "mode=continual", *adjust))
+    assert len(list((cache / "adjusted").glob("*/evidence.json"))) == 1  # built once, reused
+    assert len([p for p in (cache / "alignments").iterdir() if p.is_dir()]) == 1
+    evidence = adjusted["adjustment"]
+    assert 100 < evidence["pairs"] <= 120 and 20 < evidence["heldout_pairs"] <= 30  # pairs with >= 1 link
+    assert evidence["adjusted"]["english_drift_mean"] > 0 == evidence["original"]["english_drift_mean"]
+    assert continual["adjustment"] == evidence
+    assert adjusted["config"]["mode"] == "adjusted" and continual["config"]["mode"] == "continual"

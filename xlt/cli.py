@@ -63,7 +63,7 @@ def quiet_libraries() -> None:
 
     import lightning  # noqa: F401 - installs its handlers on import; remove them after
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)

@@ -132,6 +132,7 @@ def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
         "seed": cfg.seed,
         "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
         "subword_model": cfg.model.name if subword else None,
+        "joint_heldout_alignment": True,
     }
     name = f"{cfg.lang.code}-{cfg.corpus.name}-{cfg.corpus.size}-{cfg.aligner.name}{'-subword' if subword else ''}-s{cfg.seed}"
     target = Path(cfg.paths.cache_dir) / "alignments" / f"{name}-{config_hash(key)}"
@@ -142,10 +143,14 @@ def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
             raise XltError(f"the parallel corpus sample is empty: {corpus_path(cfg)}")
         if subword:
             train, heldout = subword_pairs(tokenizer, train), subword_pairs(tokenizer, heldout)
+        # One unsupervised alignment model for both parts: the held-out pairs
+        # are never trained on by the *encoder*, but aligning 100 sentences
+        # on their own would give fast_align too little data.
         log.info("aligning %d + %d held-out pairs with %s", len(train), len(heldout), cfg.aligner.name)
-        for split, pairs in (("train", train), ("heldout", heldout)):
+        alignments = align_corpus(train + heldout, cfg.aligner)
+        for split, pairs, links in (("train", train, alignments[: len(train)]), ("heldout", heldout, alignments[len(train) :])):
             write_pairs(tmp / f"{split}.tsv", pairs)
-            write_pharaoh(tmp / f"{split}.align", align_corpus(pairs, cfg.aligner) if pairs else [])
+            write_pharaoh(tmp / f"{split}.align", links)
         write_json(tmp / "key.json", key)
 
     path = build_once(target, build)
