@@ -81,6 +81,9 @@ class DataConfig:
 
     source: str = "local"  # local | hub
     root: str = "../shared/data"
+    # Skip an evaluation set whose local file is missing (warn, record it in
+    # results.json) instead of failing: offline folders rarely hold every set.
+    skip_missing_eval: bool = False
 
 
 @dataclass

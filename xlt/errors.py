@@ -9,12 +9,16 @@ class XltError(Exception):
     """
 
 
+class MissingFileError(XltError):
+    """A data file that does not exist (an evaluation set may then be skipped)."""
+
+
 def require_file(path: str, what: str = "file") -> str:
     """Return ``path`` if it is a readable file, else raise XltError naming it."""
     import os
 
     if not os.path.isfile(path):
-        raise XltError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     if not os.access(path, os.R_OK):
         raise XltError(f"{what} is not readable: {path}")
     return path

@@ -323,7 +323,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     started = time.time()
     task = build_task(cfg.task, cfg.lang.code, cfg.data, list(cfg.lang.eval_sets[cfg.task.name]))
-    eval_sets = task.eval_sets()  # read early: a missing file fails before training
+    eval_sets, skipped = load_eval_sets(task, cfg.data.skip_missing_eval)  # early: fail before training
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
 
     adjusted = adjust_stage(cfg) if cfg.mode.adjust and not (cfg.mode.continual and cfg.mode.init == "original") else None
@@ -351,6 +351,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "status": "ok",
         "runtime_s": round(time.time() - started, 1),
     }
+    if skipped:
+        results["skipped_eval_sets"] = skipped
     if adjusted:
         results["adjustment"] = json.loads((adjusted / "evidence.json").read_text())
     write_json(out / "results.json", results)
@@ -366,6 +368,27 @@ def format_metrics(results: dict[str, Any]) -> str:
         shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         lines.append(f"  {name:<28} {shown}")
     return "\n".join(lines)
+
+
+def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
+    """The task's evaluation sets; with ``skip_missing`` a set whose local file
+    is absent is left out with a warning (and reported) instead of failing."""
+    from xlt.errors import MissingFileError
+
+    names, sets, skipped = list(task.eval_set_names), [], {}
+    for name in names:
+        task.eval_set_names = [name]
+        try:
+            sets += task.eval_sets()
+        except MissingFileError as err:
+            if not skip_missing:
+                raise
+            skipped[name] = str(err)
+            log.warning("skipping evaluation set %s: %s", name, err)
+    task.eval_set_names = names
+    if not sets:
+        raise XltError(f"no evaluation set available for {task.name} lang={task.lang}: " + "; ".join(dict.fromkeys(skipped.values())))
+    return sets, skipped
 
 
 def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: Path) -> dict[str, dict[str, float]]:
@@ -401,7 +424,14 @@ def data_checksums(cfg: DictConfig) -> dict[str, str]:
     files: list[str] = []
     for value in cfg.task.local.values():
         templates = value.values() if isinstance(value, DictConfig) else value if not isinstance(value, str) else [value]
-        files += [os.path.join(cfg.data.root, str(t).format(lang=cfg.lang.code)) for t in templates]
+        files += [os.path.join(cfg.data.root, str(t).format_map(_Fill(lang=cfg.lang.code))) for t in templates]
     if cfg.mode.adjust:
         files.append(corpus_path(cfg))
     return {f: file_checksum(f) for f in sorted(set(files)) if os.path.isfile(f)}
+
+
+class _Fill(dict):
+    """``str.format_map`` filler that leaves unknown placeholders as they are."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
