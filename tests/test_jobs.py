@@ -152,3 +152,26 @@ def test_ner_and_qa_jobs(tmp_path, cache_dir, shared_data, task, lang, extra, se
     for name in sets:
         records = read_jsonl(tmp_path / "run" / "predictions" / f"{name}.jsonl")
         assert len(records) == 16 and all("id" in r for r in records)
+
+
+def test_slurm_launcher_without_partition_is_one_line():
+    result = xlt("-m", "hydra/launcher=slurm", "lang=ru")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "xlt: error: hydra/launcher=slurm needs hydra.launcher.partition "
+        "(pass it, or set it in conf/hydra/launcher/slurm.yaml)"
+    )
+
+
+def test_slurm_launcher_config_composes():
+    """With a partition the submitit Slurm launcher config is complete (not submitted here)."""
+    from hydra import compose, initialize_config_dir
+
+    from xlt.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3

@@ -40,6 +40,23 @@ def check_choices(argv: list[str]) -> None:
                 fail(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
 
 
+def check_launcher(argv: list[str]) -> None:
+    """A launcher config with required fields left as ``???`` (e.g. the Slurm
+    partition) fails with one line naming them, before any job is submitted."""
+    from omegaconf import OmegaConf
+
+    chosen = [a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")]
+    path = CONF_DIR / "hydra" / "launcher" / f"{chosen[-1]}.yaml" if chosen else None
+    if path is None or not path.is_file():
+        return
+    launcher = OmegaConf.load(path)
+    given = {a.split("=", 1)[0].removeprefix("hydra.launcher.") for a in argv if a.startswith("hydra.launcher.")}
+    missing = [k for k in launcher if k != "defaults" and OmegaConf.is_missing(launcher, k) and k not in given]
+    if missing:
+        fields = ", ".join(f"hydra.launcher.{k}" for k in missing)
+        fail(f"hydra/launcher={chosen[-1]} needs {fields} (pass it, or set it in {path.relative_to(CONF_DIR.parent)})")
+
+
 def _hydra_app():
     import hydra
     from omegaconf import DictConfig
@@ -141,6 +158,7 @@ def record_failure(cfg, message: str) -> None:
 def main() -> None:
     """``xlt [overrides]``: one job, or a sweep with ``-m``."""
     check_choices(sys.argv[1:])
+    check_launcher(sys.argv[1:])
     _hydra_app()()
 
 
