@@ -37,8 +37,11 @@ def test_loss_equals_direct_computation():
             for s, e in ex.reg_en:
                 reg_total += (h_en[s:e].mean(0) - h_ref[s:e].mean(0)).pow(2).sum().item()
     # Padding must not change the vectors: BERT masks padded keys.
-    assert terms["pairs"].item() == pytest.approx(pair_total / 3, rel=1e-4)
-    assert terms["regularizer"].item() == pytest.approx(reg_total / 3, rel=1e-4)
+    assert terms["pairs"].item() == pytest.approx(pair_total, rel=1e-4)  # Eq. 1: a sum
+    assert terms["regularizer"].item() == pytest.approx(reg_total, rel=1e-4)
+    pairs = sum(len(ex.pair_en) for ex in examples)
+    mean = AlignmentLoss(reference, "current", reduction="mean")(encoder, batch)
+    assert mean["pairs"].item() == pytest.approx(pair_total / pairs, rel=1e-4)
 
 
 def test_frozen_target_uses_reference_english():
@@ -94,3 +97,26 @@ def test_adjustment_training_pulls_pairs_together():
     assert after["pairs"].item() < 0.5 * before
     # The regularizer keeps English close: drift is small relative to the pair gain.
     assert after["regularizer"].item() < before
+
+
+def test_no_dropout_and_frozen_embeddings():
+    encoder = tiny_encoder().train()
+    examples = synthetic_pairs(32)
+    loss = AlignmentLoss(freeze_copy(encoder), "current")
+    module = AdjustModule(encoder, loss, lr=1e-3, dropout=False, freeze_embeddings=True)
+    embeddings = encoder.get_input_embeddings().weight.detach().clone()
+    first = []
+
+    class First(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                assert not pl_module.encoder.training  # dropout off
+                first.append(loss(pl_module.encoder, batch)["regularizer"].item())
+
+    loader = torch.utils.data.DataLoader(list(range(32)), batch_size=8,
+                                         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], 0, idx))
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu", callbacks=[First()]).fit(module, loader)
+    assert first == [pytest.approx(0.0, abs=1e-9)]  # f = f0 before the first update: the regularizer is exact
+    assert torch.equal(encoder.get_input_embeddings().weight, embeddings)
+    assert not torch.equal(encoder.encoder.layer[0].attention.self.query.weight, freeze_copy(loss.reference).encoder.layer[0].attention.self.query.weight)

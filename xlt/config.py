@@ -20,6 +20,22 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
+class AdjustDefaults:
+    """Adjustment settings that suit a model; ``conf/mode/*.yaml`` read them.
+
+    The paper's settings (the defaults here, kept for ``mbert``): lr 5e-5,
+    losses summed over the batch, dropout on (as in published code),
+    embeddings trained.  Smaller encoders may need gentler values (see
+    ``conf/model/e5_small.yaml``).
+    """
+
+    lr: float = 5e-5
+    reduction: str = "sum"  # sum over pairs/tokens (paper) | mean per term
+    dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
+    freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
+
+
+@dataclass
 class ModelConfig:
     """A multilingual encoder.
 
@@ -37,6 +53,7 @@ class ModelConfig:
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
     intermediate_size: int = 128
+    adjust: AdjustDefaults = field(default_factory=AdjustDefaults)
 
 
 @dataclass
@@ -150,6 +167,9 @@ class ModeConfig:
     warmup_ratio: float = 0.1
     reg_weight: float = 1.0  # lambda for the English regularizer
     target: str = "current"  # current (paper's code) | frozen (Cao et al.)
+    reduction: str = "sum"  # sum | mean  (yaml: from model.adjust)
+    dropout: bool = True  # (yaml: from model.adjust)
+    freeze_embeddings: bool = False  # (yaml: from model.adjust)
     # Continual learning.
     continual: bool = False
     init: str = "adjusted"  # adjusted | original

@@ -189,12 +189,17 @@ def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout:
 # ---------------------------------------------------------------------------
 # Stage 2: adjust the encoder (cached)
 # ---------------------------------------------------------------------------
+# The mode settings that change an adjusted model (continual-only ones do not).
+ADJUST_KEYS = ("lr", "batch_size", "epochs", "warmup_ratio", "reg_weight", "target", "reduction", "dropout", "freeze_embeddings")
+
+
 def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
+    """What an adjusted model depends on (its cache key)."""
     keys = ("model", "corpus", "aggregation", "tokens", "aligner")
     key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
     mode = cfg.mode
-    key.update(lang=cfg.lang.code, seed=cfg.seed, lr=mode.lr, batch_size=mode.batch_size, epochs=mode.epochs)
-    key.update(warmup_ratio=mode.warmup_ratio, reg_weight=mode.reg_weight, target=mode.target, data_root=cfg.data.root)
+    key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
+    key.update({k: mode[k] for k in ADJUST_KEYS})
     return key
 
 
@@ -226,8 +231,15 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     reference = freeze_copy(encoder)
     pad = tokenizer.pad_token_id
     before = distance_summary(encoder, probe, pad, reference) if probe else {}
+    mode = cfg.mode
     module = AdjustModule(
-        encoder, AlignmentLoss(reference, cfg.mode.target), cfg.mode.lr, cfg.mode.reg_weight, cfg.mode.warmup_ratio
+        encoder,
+        AlignmentLoss(reference, mode.target, reduction=mode.reduction),
+        mode.lr,
+        mode.reg_weight,
+        mode.warmup_ratio,
+        dropout=mode.dropout,
+        freeze_embeddings=mode.freeze_embeddings,
     )
     loader = torch.utils.data.DataLoader(
         ListDataset(list(range(len(examples)))),
@@ -296,7 +308,7 @@ def build_objective(cfg: DictConfig, tokenizer, encoder):
     if not examples:
         raise XltError(f"mode=continual: no aligned pairs in the sample of {corpus_path(cfg)}")
     reference = load_encoder(cfg.model, cfg.paths.cache_dir) if cfg.mode.reference == "original" else freeze_copy(encoder)
-    loss = AlignmentLoss(freeze_copy(reference), cfg.mode.target, cache=True)
+    loss = AlignmentLoss(freeze_copy(reference), cfg.mode.target, cache=True, reduction=cfg.mode.reduction)
     return ContinualObjective(
         examples, tokenizer.pad_token_id, loss, cfg.mode.alpha, cfg.mode.continual_reg_weight, cfg.mode.align_batch_size, cfg.seed
     )

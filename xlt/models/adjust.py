@@ -74,13 +74,18 @@ class AlignmentLoss:
     ``frozen`` pulls them toward the reference's English vectors (Cao et al.).
     ``cache``: keep the reference's pooled English vectors per sentence (worth
     it only when sentences are revisited).
+    ``reduction``: ``sum`` of squared distances over the batch (the paper's
+    Σ) or ``mean`` per term (scale independent of batch and sentence length).
     """
 
-    def __init__(self, reference: PreTrainedModel, target: str = "current", cache: bool = False):
+    def __init__(self, reference: PreTrainedModel, target: str = "current", cache: bool = False, reduction: str = "sum"):
         if target not in ("current", "frozen"):
             raise ValueError(f"mode.target must be current or frozen, got {target}")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"mode.reduction must be sum or mean, got {reduction}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
+        self.reduce = torch.sum if reduction == "sum" else torch.mean
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
     def to(self, device: torch.device) -> "AlignmentLoss":
@@ -88,17 +93,16 @@ class AlignmentLoss:
         return self
 
     def __call__(self, encoder: PreTrainedModel, batch: Batch) -> dict[str, torch.Tensor]:
-        """Returns the mean per-sentence ``pairs`` and ``regularizer`` terms."""
+        """Returns the ``pairs`` and ``regularizer`` terms of Eq. 1."""
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        size = int(batch["size"])
         english = pool_spans(hidden, batch["pair_en_row"], batch["pair_en"])
         target = pool_spans(hidden, batch["pair_tgt_row"], batch["pair_tgt"])
         frozen_reg, frozen_pairs = self.reference_vectors(batch)
         anchor = frozen_pairs if self.target == "frozen" else english
         current_reg = pool_spans(hidden, batch["reg_row"], batch["reg"])
         return {
-            "pairs": (anchor - target).pow(2).sum() / size,
-            "regularizer": (current_reg - frozen_reg).pow(2).sum() / size,
+            "pairs": self.reduce((anchor - target).pow(2).sum(dim=1)),
+            "regularizer": self.reduce((current_reg - frozen_reg).pow(2).sum(dim=1)),
         }
 
     @torch.no_grad()
@@ -159,15 +163,22 @@ class AdjustModule(L.LightningModule):
         lr: float = 5e-5,
         reg_weight: float = 1.0,
         warmup_ratio: float = 0.1,
+        dropout: bool = True,
+        freeze_embeddings: bool = False,
     ):
         super().__init__()
-        # from_pretrained returns eval mode; training uses dropout as the HF scripts do.
         self.encoder = encoder.train()
         self.loss = loss  # plain attribute: the frozen reference is not trained or checkpointed
-        self.lr, self.reg_weight, self.warmup_ratio = lr, reg_weight, warmup_ratio
+        self.lr, self.reg_weight, self.warmup_ratio, self.dropout = lr, reg_weight, warmup_ratio, dropout
+        if freeze_embeddings:
+            encoder.get_input_embeddings().weight.requires_grad_(False)
 
     def on_fit_start(self) -> None:
         self.loss.to(self.device)
+
+    def on_train_start(self) -> None:
+        # Without dropout f equals f0 at step 0, so the regularizer is exact.
+        self.encoder.train(self.dropout)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         terms = self.loss(self.encoder, batch)
@@ -179,7 +190,8 @@ class AdjustModule(L.LightningModule):
         return total
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.encoder.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-9)
+        trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=self.lr, betas=(0.9, 0.98), eps=1e-9)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_after_warmup(int(self.warmup_ratio * total)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
