@@ -156,13 +156,15 @@ def test_prepare_corpus_deterministic_disjoint(small_corpus, tmp_path: Path) -> 
     assert all(len(p.english) <= 10 and len(p.target) <= 10 for p in train + held)
 
 
-def test_prepare_corpus_small_uses_all_and_warns(small_corpus, tmp_path: Path, caplog) -> None:
+def test_prepare_corpus_too_small_says_how_many(small_corpus, tmp_path: Path) -> None:
     template, rows = small_corpus
     cfg = CorpusConfig(name="t", format="tsv", path=template, size=1000, heldout=5, max_words=10)
-    with caplog.at_level(logging.WARNING):
-        train, held = prepare_corpus(cfg, "ru", str(tmp_path), seed=1)
+    # 61 pairs, one with 21 words: 60 usable, 5 held out -> 55 for the sample.
+    with pytest.raises(XltError, match=r"corpus.size=1000 but .*en-ru.tsv has only 55 usable pairs \(at most 10 words"):
+        prepare_corpus(cfg, "ru", str(tmp_path), seed=1)
+    cfg.size = 55
+    train, held = prepare_corpus(cfg, "ru", str(tmp_path), seed=1)
     assert len(train) == 55 and len(held) == 5  # the 21-word pair is dropped
-    assert "using all of them" in caplog.text
     cfg.heldout = 60
     with pytest.raises(XltError, match="leaves none for training"):
         prepare_corpus(cfg, "ru", str(tmp_path), seed=1)

@@ -236,7 +236,7 @@ def prepare_corpus(cfg: CorpusConfig, lang: str, data_root: str,
                        f"corpus.heldout={cfg.heldout} leaves none for training")
     heldout, sample = kept[: cfg.heldout], kept[cfg.heldout:]
     if len(sample) < cfg.size:
-        log.warning("%s: only %d pairs left after %d held out (corpus.size=%d); using all of them",
-                    path, len(sample), cfg.heldout, cfg.size)
+        raise XltError(f"corpus.size={cfg.size} but {path} has only {len(sample)} usable pairs "
+                       f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
     log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), len(raw))
     return [tokens[i] for i in sorted(sample)], [tokens[i] for i in sorted(heldout)]

@@ -11,6 +11,7 @@ a single position (the aligner then ran on subwords, see
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,6 +19,8 @@ from xlt.config import TokensConfig
 from xlt.data.align import Alignment, one_to_one
 from xlt.data.parallel import SentencePair
 from xlt.errors import XltError
+
+log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
 AGGREGATIONS = ("avg", "start", "end", "subword")
@@ -154,19 +157,21 @@ def _encode_side(tokenizer, sentences: list[list[str]], aggregation: str,
 
 
 def _word_links(pair: SentencePair, alignment: Alignment, en_spans: list[Optional[Span]],
-                tgt_spans: list[Optional[Span]], drop_identical: bool) -> tuple[list[Span], list[Span]]:
-    pair_en, pair_tgt = [], []
+                tgt_spans: list[Optional[Span]], drop_identical: bool) -> tuple[list[Span], list[Span], int]:
+    """One-to-one links as span pairs, and how many were lost to truncation."""
+    pair_en, pair_tgt, truncated = [], [], 0
     for i, j in one_to_one(alignment):
         if i >= len(en_spans) or j >= len(tgt_spans):
             raise XltError(f"alignment link {i}-{j} outside a pair of {len(en_spans)} English "
                            f"and {len(tgt_spans)} target words")
         if en_spans[i] is None or tgt_spans[j] is None:
+            truncated += 1
             continue
         if drop_identical and pair.english[i] == pair.target[j]:
             continue
         pair_en.append(en_spans[i])
         pair_tgt.append(tgt_spans[j])
-    return pair_en, pair_tgt
+    return pair_en, pair_tgt, truncated
 
 
 def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: list[Alignment], aggregation: str,
@@ -186,11 +191,12 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
         raise XltError(f"{len(pairs)} sentence pairs but {len(alignments)} alignments")
     english = _encode_side(tokenizer, [p.english for p in pairs], aggregation, max_length)
     target = _encode_side(tokenizer, [p.target for p in pairs], aggregation, max_length)
-    examples = []
+    examples, truncated = [], 0
     for pair, alignment, (en_ids, en_spans), (tgt_ids, tgt_spans) in zip(pairs, alignments, english, target):
         pair_en, pair_tgt, reg_en = [], [], []
         if tokens.use_words:
-            pair_en, pair_tgt = _word_links(pair, alignment, en_spans, tgt_spans, drop_identical)
+            pair_en, pair_tgt, lost = _word_links(pair, alignment, en_spans, tgt_spans, drop_identical)
+            truncated += lost
             reg_en = [s for s in en_spans if s is not None]
         if tokens.use_cls:
             pair_en, pair_tgt, reg_en = pair_en + [(0, 1)], pair_tgt + [(0, 1)], reg_en + [(0, 1)]
@@ -199,4 +205,6 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
             pair_en, pair_tgt, reg_en = pair_en + [last_en], pair_tgt + [last_tgt], reg_en + [last_en]
         if pair_en:
             examples.append(AlignedExample(list(en_ids), list(tgt_ids), pair_en, pair_tgt, reg_en))
+    if truncated:
+        log.info("dropped %d aligned links beyond max_length=%d subwords", truncated, max_length)
     return examples
