@@ -131,6 +131,7 @@ def test_adjusted_and_continual_share_one_adjustment(tmp_path):
     assert 100 < evidence["pairs"] <= 120 and 20 < evidence["heldout_pairs"] <= 30  # pairs with >= 1 link
     assert evidence["adjusted"]["english_drift_mean"] > 0 == evidence["original"]["english_drift_mean"]
     assert continual["adjustment"] == evidence
+    assert [p["step"] for p in evidence["during"]] == sorted(p["step"] for p in evidence["during"]) and evidence["during"]
     assert adjusted["config"]["mode"] == "adjusted" and continual["config"]["mode"] == "continual"
 
 

@@ -247,7 +247,8 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         sampler=EpochShuffleSampler(len(examples), cfg.seed),
         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
     )
-    trainer = make_trainer(cfg, max_epochs=cfg.mode.epochs, checkpoint_dir=None, log_dir=out / "logs")
+    probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * mode.epochs // PROBES))
+    trainer = make_trainer(cfg, max_epochs=mode.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb])
     started = time.time()
     trainer.fit(module, loader)
     encoder = module.encoder.cpu()
@@ -261,20 +262,40 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         "seconds": round(time.time() - started, 1),
         "original": before,
         "adjusted": after,
+        "during": probe_cb.trajectory,
         "alignments": str(corpus.path),
     }
     write_json(out / "evidence.json", evidence)
     log.info("adjustment evidence: %s", json.dumps(evidence))
 
 
+PROBES, PROBE_PAIRS = 4, 100  # distance probes during adjustment, on this many held-out pairs
+
+
+class DistanceProbe(L.Callback):
+    """Records held-out related / unrelated distances and English drift every
+    ``every`` steps while adjusting (evidence *during* adjustment)."""
+
+    def __init__(self, examples: list[Any], pad_id: int, reference, every: int):
+        self.examples, self.pad_id, self.reference, self.every = examples, pad_id, reference, every
+        self.trajectory: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.examples and trainer.global_step % self.every == 0:
+            from xlt.analysis.distances import distance_summary
+
+            summary = distance_summary(pl_module.encoder, self.examples, self.pad_id, self.reference)
+            self.trajectory.append({"step": trainer.global_step, **summary})
+
+
 # ---------------------------------------------------------------------------
 # Stage 3 + 4: fine-tune on English, evaluate zero-shot
 # ---------------------------------------------------------------------------
-def make_trainer(cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path) -> L.Trainer:
+def make_trainer(cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path, callbacks=()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    callbacks = []
+    callbacks = list(callbacks)
     if checkpoint_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1))
     t = cfg.trainer
