@@ -1,0 +1,493 @@
+"""Throughput benchmarks for continual learning and cross-lingual adjustment.
+
+``make bench`` runs this script.  Three measurements, all on real data:
+
+1. **Continual overhead** -- seconds per training step of continual
+   fine-tuning (task batch 32 + aligned en-ru batch 16, alpha = 0.01, the
+   frozen-vector cache on, as ``pipeline.build_objective`` wires it) against
+   plain fine-tuning: same model, same task batches, same number of steps.
+   NLI uses the English XNLI dev pairs of ``data/demo``; NER the English
+   WikiANN training sentences of the shared data folder (skipped with a
+   message when it is absent).
+2. **Frozen reference cost** -- the same continual step with the frozen
+   reference's vector cache off, and with the cache already holding every
+   sentence of the timed steps (the steady state once sentences recur).
+3. **Adjustment step** -- one ``AdjustModule`` step (English + target in one
+   forward, batch ``mode.batch_size`` pairs): pairs/s and sentences/s.
+
+How steps are timed: a plain Python loop drives the real
+``LightningModule.training_step`` (so the task loss, the auxiliary loss and
+the RNG fork run exactly as in a job), then ``loss.backward()``, the
+optimiser step, the LR-scheduler step and ``zero_grad`` -- what Lightning's
+automatic optimisation does, without the Trainer's bookkeeping (progress bar,
+``self.log`` aggregation; ``self.log`` is a no-op without a Trainer).  The
+step counter that ``ContinualObjective`` sees (``global_step``) advances as
+in a Trainer, so every step draws a fresh aligned batch.  Fetching the task
+batch from the real ``task_loader`` (collation included) is inside the timed
+step.
+
+The variants of one task are measured *interleaved*: step i of every variant
+runs before step i+1 of any, in an order that rotates every step, so a busy
+shared machine slows all variants alike.  The first ``--warmup`` steps of
+every variant are discarded; reported are medians of the timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from transformers import get_linear_schedule_with_warmup  # noqa: E402
+
+from xlt import pipeline  # noqa: E402
+from xlt.config import compose_config  # noqa: E402
+from xlt.models.adjust import AdjustModule, AlignmentLoss, collate_aligned, constant_after_warmup, freeze_copy  # noqa: E402
+from xlt.models.continual import ContinualObjective  # noqa: E402
+from xlt.models.encoder import load_encoder, load_tokenizer  # noqa: E402
+from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader  # noqa: E402
+from xlt.tasks.base import build_task  # noqa: E402
+
+TASK_NAMES = {"nli": "xnli", "ner": "ner"}  # bench name -> conf/task name
+PAPER_SLOWDOWN = {"nli": 2.4, "ner": 5.0}  # the paper's code: continual vs plain fine-tuning
+TARGET_SLOWDOWN = 1.25
+
+
+# ---------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------
+class Stopwatch:
+    """Accumulates wall time of wrapped calls (reset per step)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
+
+
+class SteppedFineTune(FineTuneModule):
+    """``FineTuneModule`` whose ``global_step`` advances without a Trainer.
+
+    Only the step counter is replaced; ``training_step`` is the real one.
+    """
+
+    bench_step: int = 0
+
+    @property
+    def global_step(self) -> int:  # type: ignore[override]
+        return self.bench_step
+
+
+@dataclass
+class Variant:
+    """One way of training, stepped by :func:`run_interleaved`."""
+
+    name: str
+    step: Callable[[int], dict[str, float]]
+    times: list[dict[str, float]] = field(default_factory=list)
+
+
+def summarize(times: list[dict[str, float]]) -> dict[str, float]:
+    """Median of every phase over the timed steps (seconds)."""
+    return {phase: statistics.median(t[phase] for t in times) for phase in times[0]}
+
+
+def run_interleaved(variants: list[Variant], warmup: int, steps: int, label: str) -> None:
+    """Step all variants in turn, rotating the order each step; keep timed steps."""
+    for i in range(warmup + steps):
+        shift = i % len(variants)
+        last: dict[str, float] = {}
+        for variant in variants[shift:] + variants[:shift]:
+            timing = variant.step(i)
+            last[variant.name] = timing["total"]
+            if i >= warmup:
+                variant.times.append(timing)
+        shown = "  ".join(f"{v.name}={last[v.name]:.3f}s" for v in variants)
+        print(f"  [{label}] step {i + 1}/{warmup + steps}{' (warm-up)' if i < warmup else ''}: {shown}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning variants
+# ---------------------------------------------------------------------------
+def finetune_optimizer(module: FineTuneModule, total_steps: int):
+    """AdamW with decay/no-decay groups and linear decay, as ``configure_optimizers``
+    builds them (which needs a Trainer for ``estimated_stepping_batches``)."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": module.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=module.lr
+    )
+    return optimizer, get_linear_schedule_with_warmup(optimizer, 0, total_steps)
+
+
+def cycle(loader) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless iteration over a DataLoader (a new epoch when it runs out)."""
+    while True:
+        yield from loader
+
+
+def finetune_variant(
+    name: str, encoder, task, features, tokenizer, cfg, objective: Optional[ContinualObjective], total_steps: int
+) -> Variant:
+    """A FineTuneModule (own copy of ``encoder``) stepped by hand."""
+    module = SteppedFineTune(copy.deepcopy(encoder), task, cfg.task.lr, cfg.task.weight_decay, 0.0, cfg.seed, objective)
+    module.train()
+    optimizer, schedule = finetune_optimizer(module, total_steps)
+    batches = cycle(task_loader(task, tokenizer, features, cfg.task.batch_size, cfg.seed))
+    aux, reference = Stopwatch(), Stopwatch()
+    if objective is not None:  # instance-level wrappers: time the auxiliary parts
+        objective.step_loss = aux.wrap(objective.step_loss)  # type: ignore[method-assign]
+        objective.loss.reference_vectors = reference.wrap(objective.loss.reference_vectors)  # type: ignore[method-assign]
+
+    def step(i: int) -> dict[str, float]:
+        aux.seconds = reference.seconds = 0.0
+        module.bench_step = i
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        loss = module.training_step(batch, i)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        return {
+            "total": t4 - t0,
+            "data": t1 - t0,
+            "task_forward": t2 - t1 - aux.seconds,
+            "aux_forward": aux.seconds - reference.seconds,
+            "reference_forward": reference.seconds,
+            "backward": t3 - t2,
+            "optimizer": t4 - t3,
+        }
+
+    return Variant(name, step)
+
+
+def make_objective(examples, pad_id: int, reference, cfg, cache: bool) -> ContinualObjective:
+    """The continual objective as ``pipeline.build_objective`` builds it, with
+    the cache switch exposed.  The frozen ``reference`` is shared by all
+    variants (the pipeline gives each job a private copy; the compute is the
+    same, the memory of one e5_small copy per variant is not)."""
+    loss = AlignmentLoss(reference, cfg.mode.target, cache=cache)
+    return ContinualObjective(
+        examples, pad_id, loss, cfg.mode.alpha, cfg.mode.continual_reg_weight, cfg.mode.align_batch_size, cfg.seed
+    )
+
+
+def bench_task(task_name: str, args: argparse.Namespace, ctx: dict[str, Any], section: str) -> dict[str, Any]:
+    """Section 1 (``overhead``: plain vs continual as the pipeline wires it, cache
+    starting empty) or section 2 (``cache``: continual with the cache off vs
+    warm) for one task."""
+    cfg = compose(args, f"task={task_name}", *ctx["data_overrides"][task_name])
+    task = build_task(cfg.task, cfg.lang.code, cfg.data, [])
+    tokenizer = ctx["tokenizer"]
+    examples = task.train_examples()
+    features = task.features(tokenizer, examples, train=True)
+    lengths = [len(f["input_ids"]) for f in features]
+    steps, warmup = (args.steps, args.warmup) if section == "overhead" else (args.cache_steps, args.warmup)
+    total = warmup + steps
+    encoder, reference, aligned = ctx["encoder"], ctx["reference"], ctx["aligned"]
+    pad = tokenizer.pad_token_id
+
+    if section == "overhead":
+        variants = [
+            finetune_variant("plain", encoder, task, features, tokenizer, cfg, None, total),
+            finetune_variant("continual", encoder, task, features, tokenizer, cfg,
+                             make_objective(aligned, pad, reference, cfg, True), total),
+        ]
+    else:
+        warm = make_objective(aligned, pad, reference, cfg, True)
+        for i in range(total):  # pre-fill: every sentence of these steps was seen before
+            warm.loss.reference_vectors(warm.batch(i))
+        variants = [
+            finetune_variant("continual_nocache", encoder, task, features, tokenizer, cfg,
+                             make_objective(aligned, pad, reference, cfg, False), total),
+            finetune_variant("continual_warmcache", encoder, task, features, tokenizer, cfg, warm, total),
+        ]
+
+    print(f"\n== {section}/{task_name}: {len(features)} training sentences, {len(aligned)} aligned en-{cfg.lang.code} pairs",
+          flush=True)
+    run_interleaved(variants, warmup, steps, f"{section}/{task_name}")
+    result: dict[str, Any] = {
+        "train_file": task.local_path(cfg.task.local["train"]),
+        "train_sentences": len(features),
+        "mean_task_tokens": round(statistics.mean(lengths), 1),
+        "task_batch_size": cfg.task.batch_size,
+        "align_batch_size": cfg.mode.align_batch_size,
+        "alpha": cfg.mode.alpha,
+        "continual_reg_weight": cfg.mode.continual_reg_weight,
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "variants": {},
+    }
+    base = summarize(variants[0].times)["total"]
+    for variant in variants:
+        medians = summarize(variant.times)
+        result["variants"][variant.name] = {
+            "median_step_s": medians["total"],
+            "steps_per_s": 1.0 / medians["total"],
+            f"ratio_vs_{variants[0].name}": medians["total"] / base,
+            "median_phases_s": medians,
+            "step_s": [t["total"] for t in variant.times],
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Adjustment step
+# ---------------------------------------------------------------------------
+def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str, Any]:
+    """Section 3: AdjustModule steps (Adam, constant-after-warm-up LR) by hand."""
+    aligned, pad = ctx["aligned"], ctx["tokenizer"].pad_token_id
+    size = cfg.mode.batch_size
+    module = AdjustModule(copy.deepcopy(ctx["encoder"]), AlignmentLoss(ctx["reference"], cfg.mode.target),
+                          cfg.mode.lr, cfg.mode.reg_weight, cfg.mode.warmup_ratio)
+    optimizer = torch.optim.Adam(module.encoder.parameters(), lr=module.lr, betas=(0.9, 0.98), eps=1e-9)
+    total = args.adjust_warmup + args.adjust_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_after_warmup(int(module.warmup_ratio * total)))
+    order = list(EpochShuffleSampler(len(aligned), cfg.seed))
+    reference = Stopwatch()
+    module.loss.reference_vectors = reference.wrap(module.loss.reference_vectors)  # type: ignore[method-assign]
+    times, tokens = [], []
+    print(f"\n== adjustment: batch {size} pairs, {len(aligned)} aligned pairs", flush=True)
+    for i in range(total):
+        reference.seconds = 0.0
+        indices = [order[(i * size + k) % len(order)] for k in range(size)]
+        t0 = time.perf_counter()
+        batch = collate_aligned([aligned[j] for j in indices], pad, indices)
+        t1 = time.perf_counter()
+        loss = module.training_step(batch, i)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        print(f"  [adjust] step {i + 1}/{total}{' (warm-up)' if i < args.adjust_warmup else ''}: {t4 - t0:.3f}s", flush=True)
+        if i >= args.adjust_warmup:
+            times.append({"total": t4 - t0, "collate": t1 - t0, "forward": t2 - t1 - reference.seconds,
+                          "reference_forward": reference.seconds, "backward": t3 - t2, "optimizer": t4 - t3})
+            tokens.append(int(batch["attention_mask"].sum()))
+    medians = summarize(times)
+    return {
+        "batch_pairs": size,
+        "timed_steps": args.adjust_steps,
+        "warmup_steps": args.adjust_warmup,
+        "median_step_s": medians["total"],
+        "pairs_per_s": size / medians["total"],
+        "sentences_per_s": 2 * size / medians["total"],
+        "mean_real_tokens_per_batch": round(statistics.mean(tokens), 1),
+        "median_phases_s": medians,
+        "step_s": [t["total"] for t in times],
+    }
+
+
+# ---------------------------------------------------------------------------
+# Setup, report
+# ---------------------------------------------------------------------------
+def compose(args: argparse.Namespace, *overrides: str):
+    """The job config the benchmark mirrors: continual en->ru on the demo corpus."""
+    return compose_config(
+        [
+            f"model={args.model}",
+            "lang=ru",
+            "mode=continual",
+            "data=demo",
+            "corpus=demo",
+            f"seed={args.seed}",
+            f"paths.cache_dir={args.cache_dir}",
+            f"paths.output_dir={args.tmp}",
+            *overrides,
+        ]
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import lightning
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "load_average_start": os.getloadavg(),
+    }
+
+
+PHASES = ("data", "task_forward", "aux_forward", "reference_forward", "backward", "optimizer")
+
+
+def print_variants(section: dict[str, dict[str, Any]], title: str, base: str, note: Callable[[str, dict], str]) -> None:
+    """One block of the table: one row per (task, variant)."""
+    print(f"\n{title} (ratio: median s/step / that of {base})")
+    print(f"{'task':<5} {'variant':<20} {'s/step':>7} {'steps/s':>8} {'ratio':>9}   "
+          "median phases (s): data | task fwd | aux fwd | f0 fwd | backward | optimizer")
+    print("-" * 118)
+    for task_name, res in section.items():
+        if "skipped" in res:
+            print(f"{task_name:<5} skipped: {res['skipped']}")
+            continue
+        for name, v in res["variants"].items():
+            p = v["median_phases_s"]
+            phases = " | ".join(f"{p[k]:.3f}" for k in PHASES)
+            print(f"{task_name:<5} {name:<20} {v['median_step_s']:>7.3f} {v['steps_per_s']:>8.3f} "
+                  f"{v['ratio_vs_' + base]:>8.2f}x   {phases}")
+        print(f"{'':<5} {note(task_name, res)}")
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The human-readable summary."""
+    print("\n" + "=" * 118)
+    m = results["machine"]
+    load = lambda key: tuple(round(x, 2) for x in m[key])  # noqa: E731
+    print(f"model={results['model']}  torch {m['torch']}  threads={m['torch_threads']}  cpus={m['cpu_count']}  "
+          f"cpu={m['cpu']}  load avg start={load('load_average_start')} end={load('load_average_end')}")
+    print_variants(
+        results["overhead"], "1. Continual overhead: task batch 32 + aligned batch 16, alpha=0.01, cache on (empty at start); "
+        "interleaved", "plain",
+        lambda t, r: f"{r['timed_steps']} timed steps after {r['warmup_steps']} warm-up; mean task length "
+        f"{r['mean_task_tokens']} tokens; paper's code {PAPER_SLOWDOWN[t]}x, target <= {TARGET_SLOWDOWN}x")
+    if results.get("cache"):
+        print_variants(
+            results["cache"], "2. Frozen reference cost: continual step, cache off vs cache holding every sentence; "
+            "interleaved", "continual_nocache",
+            lambda t, r: f"{r['timed_steps']} timed steps after {r['warmup_steps']} warm-up")
+    if "adjust" in results:
+        a = results["adjust"]
+        p = a["median_phases_s"]
+        print(f"\n3. Adjustment step (batch {a['batch_pairs']} pairs, en+tgt in one forward, {a['timed_steps']} timed steps): "
+              f"{a['median_step_s']:.3f} s/step = {a['pairs_per_s']:.2f} pairs/s = {a['sentences_per_s']:.2f} sentences/s")
+        print("   median phases (s): " + " | ".join(f"{k} {v:.3f}" for k, v in p.items() if k != "total"))
+    print("=" * 118)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="See bench/README.md for what is measured and how.")
+    parser.add_argument("--model", default="e5_small", choices=["e5_small", "tiny"], help="encoder (tiny: a quick smoke run)")
+    parser.add_argument("--tasks", nargs="+", default=["nli", "ner"], choices=["nli", "ner"], help="tasks to benchmark")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per variant in section 1 (default: 5 for e5_small, 20 for tiny)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before timing (sections 1, 2)")
+    parser.add_argument("--cache-task", default="ner", choices=["nli", "ner", "none"],
+                        help="task of section 2 (cache off vs warm); none skips it (falls back to nli without NER data)")
+    parser.add_argument("--cache-steps", type=int, default=None,
+                        help="timed steps per variant in section 2 (default: 3 for e5_small, 20 for tiny)")
+    parser.add_argument("--adjust-steps", type=int, default=None,
+                        help="timed adjustment steps, 0 skips section 3 (default: 2 for e5_small, 10 for tiny)")
+    parser.add_argument("--adjust-warmup", type=int, default=1, help="untimed adjustment steps first")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-dir", default=os.environ.get("XLT_DATA_DIR", str(REPO.parent / "shared" / "data")),
+                        help="shared data folder with ner/wikiann/en/train.tsv (default: $XLT_DATA_DIR or ../shared/data)")
+    parser.add_argument("--cache-dir", default=os.environ.get("XLT_CACHE_DIR", str(REPO / ".cache" / "xlt")),
+                        help="model/alignment cache (default: $XLT_CACHE_DIR or .cache/xlt)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    small = args.model == "e5_small"  # defaults keep `make bench` near 10 minutes on 2 busy cores
+    args.steps = args.steps if args.steps is not None else (5 if small else 20)
+    args.cache_steps = args.cache_steps if args.cache_steps is not None else (3 if small else 20)
+    args.adjust_steps = args.adjust_steps if args.adjust_steps is not None else (2 if small else 10)
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # self.log is a no-op without a Trainer
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="xlt-bench-") as tmp:
+        args.tmp = tmp
+        results: dict[str, Any] = {"model": args.model, "machine": machine_info(), "method": (
+            "hand-driven loop: next(task_loader) + FineTuneModule.training_step + backward + optimizer/scheduler step "
+            "+ zero_grad; variants interleaved step by step (rotating order); medians of timed steps after warm-up")}
+        cfg = compose(args)
+        tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+        torch.manual_seed(args.seed)
+        encoder = load_encoder(cfg.model, cfg.paths.cache_dir)
+        corpus = pipeline.align_stage(cfg, tokenizer)
+        aligned = pipeline.aligned_examples(cfg, tokenizer, corpus)
+        ctx = {"tokenizer": tokenizer, "encoder": encoder, "reference": freeze_copy(encoder), "aligned": aligned,
+               "data_overrides": {"xnli": [], "ner": [f"data.root={args.data_dir}"]}}
+        results["aligned_pairs"] = len(aligned)
+        results["aligned_corpus"] = cfg.corpus.path.format(lang=cfg.lang.code)
+        ner_file = Path(args.data_dir) / "ner" / "wikiann" / "en" / "train.tsv"
+        results["overhead"], results["cache"] = {}, {}
+        for task_name in args.tasks:
+            if task_name == "ner" and not ner_file.is_file():
+                message = f"{ner_file} not found (set XLT_DATA_DIR or --data-dir)"
+                print(f"\n== ner: skipped, {message}")
+                results["overhead"]["ner"] = {"skipped": message}
+                continue
+            results["overhead"][task_name] = bench_task(TASK_NAMES[task_name], args, ctx, "overhead")
+            gc.collect()
+        cache_task = args.cache_task
+        if cache_task == "ner" and not ner_file.is_file():
+            print("\n== section 2 runs on nli: no NER data")
+            cache_task = "nli"
+        if cache_task != "none":
+            results["cache"][cache_task] = bench_task(TASK_NAMES[cache_task], args, ctx, "cache")
+            gc.collect()
+        if args.adjust_steps > 0:
+            results["adjust"] = bench_adjust(args, ctx, cfg)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["runtime_s"] = round(time.time() - started, 1)
+    print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out} ({results['runtime_s']} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
