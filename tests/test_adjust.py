@@ -120,3 +120,16 @@ def test_no_dropout_and_frozen_embeddings():
     assert first == [pytest.approx(0.0, abs=1e-9)]  # f = f0 before the first update: the regularizer is exact
     assert torch.equal(encoder.get_input_embeddings().weight, embeddings)
     assert not torch.equal(encoder.encoder.layer[0].attention.self.query.weight, freeze_copy(loss.reference).encoder.layer[0].attention.self.query.weight)
+
+
+def test_bucketed_forward_equals_one_padded_forward():
+    from xlt.models.adjust import bucketed_forward
+
+    encoder = tiny_encoder()
+    batch = collate_aligned(synthetic_pairs(9, seed=4), pad_id=0)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        whole = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        grouped = bucketed_forward(encoder, ids, mask, buckets=4)
+    real = mask.bool()
+    assert torch.allclose(whole[real], grouped[real], atol=1e-5)

@@ -120,7 +120,9 @@ class FineTuneModule(L.LightningModule):
         for name, param in self.named_parameters():
             (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.lr
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            fused=True,  # one kernel over all parameters: ~3x faster than the loop on CPU (bench/)
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
