@@ -110,13 +110,35 @@ def test_sweep_survives_a_failing_job_and_reports(tmp_path):
     assert "Failed jobs (1)" in report.stdout and (sweep / "report.md").exists()
 
 
-def test_submitit_local_launcher(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = xlt("-m", *SMALL, "task.epochs=1", "lang=ru,vi", "hydra/launcher=submitit_local",
-                 "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}")
+def test_demo_sweep_basic_launcher_and_report(tmp_path, e5_dir):
+    """The demo sweep (original/adjusted/continual x ru,hi), tiny model: every
+    job finishes, adjustment runs once per language (not per mode), the
+    report has the table."""
+    sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(Path(e5_dir).parent)  # reuse the converted tokenizer
+    result = xlt("-m", "experiment=demo_sweep", "model=tiny", "seed=1", "trainer.enable_progress_bar=false",
+                 f"hydra.sweep.dir={sweep}", env={"XLT_CACHE_DIR": str(cache)})
     assert result.returncode == 0, result.stderr[-2000:]
     results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
-    assert sorted(r["config"]["lang"] for r in results) == ["ru", "vi"]
+    assert sorted((r["config"]["mode"], r["config"]["lang"]) for r in results) == sorted(
+        (m, lang) for m in ("original", "adjusted", "continual") for lang in ("ru", "hi"))
+    assert all(r["status"] == "ok" for r in results)
+    assert len(list((cache / "adjusted").glob("*/evidence.json"))) == 2  # 6 jobs, 2 adjustments
+    assert len(list((cache / "checkpoints").glob("*/last.ckpt"))) == 5  # original trains once for both langs
+    report = subprocess.run([sys.executable, "-c", "from xlt.report import main; raise SystemExit(main())", str(sweep)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "| continual |" in report.stdout and "| original |" in report.stdout
+
+
+def test_demo_sweep_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = xlt("-m", "experiment=demo_sweep", "model=tiny", "lang=ru", "seed=1", "hydra/launcher=submitit_local",
+                 "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert sorted(r["config"]["mode"] for r in results) == ["adjusted", "continual", "original"]
     assert all(r["status"] == "ok" for r in results)
 
 
