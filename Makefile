@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # torch: the CPU wheel that lies on disk here; any torch 2.x works on GPUs.
 TORCH   ?= torch==2.13.0
 
-.PHONY: help install test test-fast demo demo-sweep bench report clean
+.PHONY: help install test test-fast demo demo-adjusted demo-sweep bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,8 +29,12 @@ test-fast: $(STAMP)  ## tests without the end-to-end jobs
 demo: $(STAMP)  ## fine-tune e5_small on English NLI, evaluate XNLI + mixed XNLI (offline, CPU)
 	$(BIN)/python -m xlt.demo
 
-demo-sweep: $(STAMP)  ## a small offline sweep + report
-	$(BIN)/xlt -m experiment=demo_sweep
+demo-adjusted: $(STAMP)  ## adjust e5_small on en-ru demo pairs, then fine-tune and evaluate (offline, CPU)
+	$(BIN)/xlt experiment=demo mode=adjusted lang=ru
+
+demo-sweep: $(STAMP)  ## original/adjusted/continual x ru,hi x 2 seeds (offline, CPU), then the report
+	$(BIN)/xlt -m experiment=demo_sweep hydra.sweep.dir=multirun/demo_sweep
+	$(BIN)/xlt-report multirun/demo_sweep
 
 bench: $(STAMP)  ## throughput benchmarks (bench/)
 	$(BIN)/python bench/run.py
