@@ -6,50 +6,92 @@ i+1 (an unpaired sentence), position by position.  *Drift* is the distance
 of an English word's vector from the frozen original model's vector.
 These are the paper's evidence that adjustment pulls translations together
 and that fine-tuning undoes it.
+
+On top of the raw distances this module measures how *separable* the two
+populations are (ROC AUC and histogram overlap) and how *concentrated* a
+distance is in a few coordinates (top-k dimension share), so that five model
+states can be compared with a handful of numbers (:func:`state_summary`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from xlt.models.adjust import collate_aligned
 from xlt.models.pooling import pool_spans
 
+Vectors = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int = 32) -> Vectors:
+    """Per example: (English pair vectors, target pair vectors, English regularizer vectors).
+
+    Runs in eval mode (no dropout) and then restores the encoder's mode, since
+    probes run in the middle of training (``pipeline.DistanceProbe``).
+    Batches are formed in order of sentence length (less padding, which is
+    most of the cost on CPU); the result is in the order of ``examples``.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return _pair_vectors(encoder, examples, pad_id, batch_size)
+    finally:
+        encoder.train(was_training)
+
 
 @torch.no_grad()
-def pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per example: (English pair vectors, target pair vectors, English regularizer vectors)."""
-    encoder.eval()
+def _pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int) -> Vectors:
     device = next(encoder.parameters()).device
-    out = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_aligned(chunk, pad_id).items()}
+    order = sorted(range(len(examples)), key=lambda i: max(len(examples[i].en_ids), len(examples[i].tgt_ids)))
+    out: list[Any] = [None] * len(examples)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_aligned([examples[i] for i in chunk], pad_id).items()}
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state.float()
         pooled = {
             name: (pool_spans(hidden, batch[f"{name}_row"], batch[name]).cpu(), batch[f"{name}_row"].cpu())
             for name in ("pair_en", "pair_tgt", "reg")
         }
         size = len(chunk)
-        for b in range(size):
-            out.append(tuple(vectors[rows == (b + size if name == "pair_tgt" else b)] for name, (vectors, rows) in pooled.items()))
+        for b, index in enumerate(chunk):
+            out[index] = tuple(vectors[rows == (b + size if name == "pair_tgt" else b)] for name, (vectors, rows) in pooled.items())
     return out
 
 
-def related_unrelated(vectors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
-    """Distances of aligned pairs, and of position-matched pairs across sentences."""
-    related = [torch.linalg.vector_norm(en - tgt, dim=1) for en, tgt, _ in vectors]
+def pair_differences(vectors: Vectors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinate differences ``en - tgt`` of related and unrelated pairs, ``[N, H]``.
+
+    Distances and top-k shares are both computed from these, so the two always
+    describe exactly the same pairs.  Unrelated: English words of sentence i
+    against target words of sentence i+1 (cyclically), matched by position,
+    as many as the shorter side has.
+    """
+    hidden = next((v.shape[1] for triple in vectors for v in triple[:2] if v.ndim == 2), 0)
+    related = [en - tgt for en, tgt, _ in vectors]
     unrelated = []
-    for i, (en, _, _) in enumerate(vectors):
-        other = vectors[(i + 1) % len(vectors)][1]
-        k = min(len(en), len(other))
-        if k and len(vectors) > 1:
-            unrelated.append(torch.linalg.vector_norm(en[:k] - other[:k], dim=1))
-    cat = lambda parts: torch.cat(parts).numpy() if parts else np.zeros(0)  # noqa: E731
+    if len(vectors) > 1:
+        for i, (en, _, _) in enumerate(vectors):
+            other = vectors[(i + 1) % len(vectors)][1]
+            k = min(len(en), len(other))
+            if k:
+                unrelated.append(en[:k] - other[:k])
+    cat = lambda parts: torch.cat(parts).float() if parts else torch.zeros(0, hidden)  # noqa: E731
     return cat(related), cat(unrelated)
+
+
+def related_unrelated(vectors: Vectors) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of aligned pairs, and of position-matched pairs across sentences."""
+    related, unrelated = pair_differences(vectors)
+    return norms(related), norms(unrelated)
+
+
+def norms(diffs: torch.Tensor) -> np.ndarray:
+    """Row-wise L2 norms of ``[N, H]`` differences as a float64 array."""
+    return torch.linalg.vector_norm(diffs.double(), dim=1).numpy() if len(diffs) else np.zeros(0)
 
 
 def drift(vectors, reference_vectors) -> np.ndarray:
@@ -69,4 +111,121 @@ def distance_summary(encoder, examples: list[Any], pad_id: int, reference=None) 
     }
     if reference is not None:
         summary["english_drift_mean"] = float(drift(vectors, pair_vectors(reference, examples, pad_id)).mean())
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# Where a distance lives: top-k dimension shares
+# ---------------------------------------------------------------------------
+def topk_share(diffs: torch.Tensor, k: int) -> float:
+    """Share of the squared distance held by a pair's k largest coordinates.
+
+    Definition (per pair, then averaged): for each pair ``d = u - v`` sort the
+    squared coordinate differences ``d_h**2`` in decreasing order and take
+    ``sum(top k) / sum(all)``; return the mean of that ratio over pairs (pairs
+    at distance 0 are left out).  The k dimensions may differ from pair to
+    pair.  This is the paper's "share of the distance held by the top-10 /
+    top-100 dimensions": with H equal coordinates it is ``k / H`` (2.6% and
+    26% for H=384), so values far above that mean a few coordinates dominate.
+    See :func:`fixed_topk_share` for the variant with one set of dimensions.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    squared = diffs.double().pow(2)
+    total = squared.sum(dim=1)
+    keep = total > 0
+    if not bool(keep.any()):
+        return float("nan")
+    top = squared[keep].topk(min(k, squared.shape[1]), dim=1).values.sum(dim=1)
+    return float((top / total[keep]).mean())
+
+
+def fixed_topk_share(diffs: torch.Tensor, k: int) -> float:
+    """Share of the *total* squared distance of all pairs held by the k
+    dimensions that contribute most over all pairs (one fixed set).
+
+    Close to :func:`topk_share` when the same "rogue" dimensions dominate
+    every pair; much lower when each pair's largest coordinates differ.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    per_dim = diffs.double().pow(2).sum(dim=0)
+    total = float(per_dim.sum())
+    if total == 0:
+        return float("nan")
+    return float(per_dim.topk(min(k, len(per_dim))).values.sum()) / total
+
+
+# ---------------------------------------------------------------------------
+# How well distance separates related from unrelated pairs
+# ---------------------------------------------------------------------------
+def separation_auc(related: np.ndarray, unrelated: np.ndarray) -> float:
+    """ROC AUC of "smaller distance => related": P(d_unrelated > d_related),
+    ties counting one half (the Mann-Whitney U statistic over n1 * n2).
+
+    1.0: every related pair is closer than every unrelated pair; 0.5: distance
+    says nothing.  Rank-based, so it is unaffected by the scale of the space,
+    which differs between model states.
+    """
+    related, unrelated = np.asarray(related, float), np.asarray(unrelated, float)
+    if not related.size or not unrelated.size:
+        return float("nan")
+    ranks = rankdata(np.concatenate([related, unrelated]))
+    n_rel, n_unrel = related.size, unrelated.size
+    u_unrelated = ranks[n_rel:].sum() - n_unrel * (n_unrel + 1) / 2
+    return float(u_unrelated / (n_rel * n_unrel))
+
+
+def histogram_overlap(related: np.ndarray, unrelated: np.ndarray, bins: int = 50) -> float:
+    """Overlap of the two normalised histograms on shared bins: sum of the
+    bin-wise minimum of the two probability masses.
+
+    1.0: identical histograms, 0.0: disjoint.  Unlike the AUC it sees the
+    shape the reader sees in the figure (bins spanning both samples' range).
+    """
+    related, unrelated = np.asarray(related, float), np.asarray(unrelated, float)
+    if not related.size or not unrelated.size:
+        return float("nan")
+    edges = shared_bins([related, unrelated], bins)
+    p = np.histogram(related, edges)[0] / related.size
+    q = np.histogram(unrelated, edges)[0] / unrelated.size
+    return float(np.minimum(p, q).sum())
+
+
+def shared_bins(samples: Sequence[np.ndarray], bins: int = 50) -> np.ndarray:
+    """Equal-width bin edges spanning all samples (one x axis for a figure)."""
+    values = [np.asarray(s, float) for s in samples if len(s)]
+    low = min((float(v.min()) for v in values), default=0.0)
+    high = max((float(v.max()) for v in values), default=1.0)
+    if high <= low:
+        high = low + 1.0
+    return np.linspace(low, high, bins + 1)
+
+
+# ---------------------------------------------------------------------------
+# One model state in numbers
+# ---------------------------------------------------------------------------
+def _stats(prefix: str, distances: np.ndarray, diffs: torch.Tensor) -> dict[str, float]:
+    empty = not distances.size
+    return {
+        f"{prefix}_n": int(distances.size),
+        f"{prefix}_mean": float("nan") if empty else float(distances.mean()),
+        f"{prefix}_median": float("nan") if empty else float(np.median(distances)),
+        f"{prefix}_std": float("nan") if empty else float(distances.std()),
+        f"{prefix}_top10_share": topk_share(diffs, 10) if not empty else float("nan"),
+        f"{prefix}_top100_share": topk_share(diffs, 100) if not empty else float("nan"),
+        f"{prefix}_top10_share_fixed": fixed_topk_share(diffs, 10) if not empty else float("nan"),
+        f"{prefix}_top100_share_fixed": fixed_topk_share(diffs, 100) if not empty else float("nan"),
+    }
+
+
+def state_summary(related_diffs: torch.Tensor, unrelated_diffs: torch.Tensor) -> dict[str, float]:
+    """Means, medians, top-k shares of both populations, their ratio, AUC and
+    histogram overlap: everything the figure shows, as numbers."""
+    related, unrelated = norms(related_diffs), norms(unrelated_diffs)
+    summary = {**_stats("related", related, related_diffs), **_stats("unrelated", unrelated, unrelated_diffs)}
+    summary["mean_ratio"] = summary["related_mean"] / summary["unrelated_mean"] if unrelated.size else float("nan")
+    summary["auc"] = separation_auc(related, unrelated)
+    summary["overlap"] = histogram_overlap(related, unrelated)
+    summary["hidden_size"] = int(related_diffs.shape[1]) if related_diffs.ndim == 2 else 0
     return summary

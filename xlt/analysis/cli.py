@@ -1,0 +1,238 @@
+"""``xlt-analyze [overrides]``: the paper's distance histograms per model state.
+
+Takes the same Hydra groups and overrides as ``xlt`` (so ``xlt-analyze
+lang=hi task=xnli task.train_limit=2000`` finds the checkpoints that
+``xlt lang=hi task=xnli task.train_limit=2000 mode=...`` wrote) plus:
+
+* ``lang=es,hi``            several languages: one more figure, the grid;
+* ``--out DIR`` / ``analysis.out=DIR``   output folder (default ``analysis``);
+* ``analysis.states=original,adjusted``  which built-in states (default all);
+* ``states.<name>=<dir|.ckpt>``           a state from an explicit path;
+* ``analysis.batch_size=N``              encoder batch size (default 32).
+
+Distances are measured on the *held-out* pairs of the aligned corpus sample
+(never the pairs the adjustment trained on), with word vectors aggregated
+as in the adjustment.  Writes ``<out>/<lang>/summary.json``,
+``histograms.png|pdf``, ``distances.npz`` and, for several languages,
+``<out>/grid.png|pdf``; prints a table.  Bad input: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from xlt.errors import XltError
+
+log = logging.getLogger("xlt.analysis")
+MODES = ("original", "adjusted", "continual")
+USAGE = __doc__
+DEFINITIONS = {
+    "related": "L2 distance of last-layer vectors of one-to-one aligned words of a held-out sentence pair",
+    "unrelated": "English word k of pair i vs target word k of pair i+1 (aligned-word order)",
+    "topK_share": "per pair: sum of the K largest squared coordinate differences / squared distance; mean over pairs",
+    "topK_share_fixed": "share of the total squared distance of all pairs held by the K overall largest dimensions",
+    "auc": "P(unrelated distance > related distance), ties 1/2",
+    "overlap": "sum over 50 shared bins of min(related mass, unrelated mass)",
+}
+
+
+@dataclass
+class Request:
+    """The command line split into what Hydra composes and what is ours."""
+
+    overrides: list[str] = field(default_factory=list)
+    langs: list[Optional[str]] = field(default_factory=lambda: [None])
+    out: Path = Path("analysis")
+    states: Optional[list[str]] = None
+    explicit: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 32
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> Request:
+    """Take our own options out; leave the rest to Hydra (``mode=`` is ours too:
+    every state fixes its own mode)."""
+    request = Request()
+    args = iter(argv)
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if arg == "--out":
+            request.out = Path(next(args, ""))
+        elif key in ("--out", "analysis.out") and eq:
+            request.out = Path(value)
+        elif key == "analysis.states" and eq:
+            request.states = [s for s in value.split(",") if s]
+        elif key == "analysis.batch_size" and eq:
+            request.batch_size = positive_int(key, value)
+        elif key.startswith("states.") and eq:
+            request.explicit[key[len("states."):]] = value
+        elif key == "lang" and eq:
+            request.langs = [v for v in value.split(",") if v] or [None]
+        elif key == "mode" and eq:
+            log.info("ignoring %s: every model state sets its own mode", arg)
+        elif arg.startswith("-"):
+            raise XltError(f"unknown option {arg}; see xlt-analyze --help")
+        else:
+            request.overrides.append(arg)
+    if str(request.out) == "":
+        raise XltError("--out needs a directory")
+    return request
+
+
+def positive_int(key: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise XltError(f"{key} must be a positive integer, got '{value}'")
+    return int(value)
+
+
+def check_choices(overrides: list[str]) -> None:
+    """An unknown group choice (``task=xx``) as one line naming the valid ones."""
+    from xlt.cli import CONF_DIR, GROUPS
+
+    for arg in overrides:
+        group, eq, value = arg.partition("=")
+        if eq and group in GROUPS and (CONF_DIR / group).is_dir() and value not in ("", "null"):
+            valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            if value not in valid:
+                raise XltError(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
+
+
+def compose_configs(overrides: list[str], lang: Optional[str], out: Path) -> dict[str, DictConfig]:
+    """The job config of each mode, composed exactly as ``xlt`` composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from xlt.cli import CONF_DIR
+    from xlt.config import register_configs
+
+    register_configs()
+    extra = ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="xlt-analyze"):
+            return {mode: compose("config", overrides=overrides + extra + [f"mode={mode}"]) for mode in MODES}
+    except (HydraException, OmegaConfBaseException) as err:
+        raise XltError(" ".join(str(err).split())) from None
+
+
+# ---------------------------------------------------------------------------
+# One language
+# ---------------------------------------------------------------------------
+def heldout_examples(cfg: DictConfig):
+    """Word-level examples of the held-out pairs, and the padding id."""
+    from xlt import pipeline
+    from xlt.models.encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    corpus = pipeline.align_stage(cfg, tokenizer)  # the same cached artifact the adjustment used
+    examples = pipeline.aligned_examples(cfg, tokenizer, corpus, heldout=True)
+    if not examples:
+        raise XltError(f"no aligned held-out word pairs for lang={cfg.lang.code} (corpus.heldout={cfg.corpus.heldout})")
+    return examples, tokenizer.pad_token_id, corpus
+
+
+def measure(state, examples, pad_id: int, batch_size: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Summary numbers and the two distance samples of one model state."""
+    from xlt.analysis.distances import norms, pair_differences, pair_vectors, state_summary
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = state.load().to(device)
+    related, unrelated = pair_differences(pair_vectors(encoder, examples, pad_id, batch_size))
+    del encoder
+    summary = {"label": state.label, "source": state.source, **state_summary(related, unrelated)}
+    return summary, norms(related), norms(unrelated)
+
+
+def analyze_language(request: Request, lang: Optional[str], warn) -> tuple[str, dict[str, Any], dict]:
+    """Measure every available state on one language's held-out pairs and
+    write its summary, distances and figure."""
+    from xlt.analysis.plots import plot_states
+    from xlt.analysis.states import label, resolve_states
+    from xlt.pipeline import identity
+
+    configs = compose_configs(request.overrides, lang, request.out)
+    base = configs["original"]
+    code = base.lang.code
+    states = resolve_states(configs, request.states, request.explicit, warn)
+    examples, pad_id, corpus = heldout_examples(base)
+    results, distances = {}, {}
+    for state in states:
+        log.info("en-%s: measuring %s (%s)", code, state.name, state.source)
+        results[state.name], *pair = measure(state, examples, pad_id, request.batch_size)
+        distances[state.name] = tuple(pair)
+    folder = request.out / code
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in identity(configs["adjusted"]).items() if k not in ("mode", "task")}
+    summary = {"config": {**config, "task": base.task.name}, "alignments": str(corpus.path),
+               "heldout_sentences": len(examples), "definitions": DEFINITIONS, "states": results}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    np.savez_compressed(folder / "distances.npz", **{f"{n}_{k}": d for n, pair in distances.items()
+                                                     for k, d in zip(("related", "unrelated"), pair)})
+    plot_states(distances, folder / "histograms", code, {n: label(n) for n in distances})
+    return code, summary, distances
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+COLUMNS = (("pairs", "related_n", "d"), ("rel mean", "related_mean", ".3f"), ("unrel mean", "unrelated_mean", ".3f"),
+           ("ratio", "mean_ratio", ".3f"), ("AUC", "auc", ".3f"), ("overlap", "overlap", ".3f"),
+           ("top10", "related_top10_share", ".3f"), ("top100", "related_top100_share", ".3f"))
+
+
+def format_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Language x state rows of the headline numbers (top-k: related pairs)."""
+    head = f"{'lang':<5} {'state':<21}" + "".join(f"{title:>11}" for title, _, _ in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for code, summary in summaries.items():
+        for values in summary["states"].values():
+            cells = "".join(f"{format(values[key], spec):>11}" for _, key, spec in COLUMNS)
+            lines.append(f"{code:<5} {values['label']:<21}{cells}")
+    return "\n".join(lines)
+
+
+def run(request: Request, warn) -> int:
+    from xlt.analysis.plots import plot_grid
+    from xlt.analysis.states import label
+
+    summaries, grid = {}, {}
+    for lang in request.langs:
+        code, summaries[code], grid[code] = analyze_language(request, lang, warn)
+    if len(grid) > 1:
+        names = {n for states in grid.values() for n in states}
+        plot_grid(grid, request.out / "grid", {n: label(n) for n in names})
+    print(format_table(summaries))
+    print(f"written to {request.out}/")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of ``xlt-analyze``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+
+    def warn(message: str) -> None:
+        print(f"xlt-analyze: warning: {message}", file=sys.stderr)
+
+    try:
+        request = parse_args(argv)
+        check_choices(request.overrides + [f"lang={v}" for v in request.langs if v])
+        return run(request, warn)
+    except XltError as err:
+        print(f"xlt-analyze: error: {err}", file=sys.stderr)
+        return 2
