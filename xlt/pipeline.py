@@ -89,6 +89,7 @@ def training_hash(cfg: DictConfig) -> str:
     payload["trainer"].pop("enable_progress_bar", None)
     for key in ("eval_limit", "eval_batch_size"):
         payload["task"].pop(key, None)
+    payload["data"].pop("skip_missing_eval", None)
     payload["lang"] = payload["lang"]["code"] if cfg.mode.adjust else None
     if not cfg.mode.adjust:
         for key in ("corpus", "aggregation", "tokens", "aligner"):
