@@ -112,7 +112,9 @@ class AlignedCorpus:
 
 
 def corpus_path(cfg: DictConfig) -> str:
-    return cfg.corpus.path.format(lang=cfg.lang.code, data_root=cfg.data.root)
+    from xlt.data import parallel
+
+    return parallel.corpus_path(cfg.corpus, cfg.lang.code, cfg.data.root)
 
 
 def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
