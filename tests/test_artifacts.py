@@ -47,9 +47,11 @@ def test_failed_build_leaves_nothing(tmp_path):
         build_once(tmp_path / "artifact", explode)
     assert not (tmp_path / "artifact").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("artifact.tmp")]
+    (tmp_path / "artifact.tmpKILLED").mkdir()  # what a SIGKILLed builder leaves
     # The next job builds it normally.
     built = build_once(tmp_path / "artifact", lambda tmp: (tmp / "x").write_text("1"))
     assert (built / "x").read_text() == "1"
+    assert not (tmp_path / "artifact.tmpKILLED").exists()
 
 
 def test_atomic_write_and_hash(tmp_path):

@@ -47,6 +47,8 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
         if path.is_dir():
             log.info("reusing %s (built by another job)", path)
             return path
+        for stale in path.parent.glob(path.name + ".tmp*"):  # left by a killed builder
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
         try:
             builder(tmp)
