@@ -155,6 +155,8 @@ def test_adjusted_and_continual_share_one_adjustment(tmp_path):
     assert continual["adjustment"] == evidence
     assert [p["step"] for p in evidence["during"]] == sorted(p["step"] for p in evidence["during"]) and evidence["during"]
     assert adjusted["config"]["mode"] == "adjusted" and continual["config"]["mode"] == "continual"
+    for results in (adjusted, continual):
+        assert results["finetuned_distances"]["pairs"] == evidence["adjusted"]["pairs"]  # same held-out probe
 
 
 @pytest.mark.parametrize(

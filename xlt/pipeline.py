@@ -391,6 +391,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         results["skipped_eval_sets"] = skipped
     if adjusted:
         results["adjustment"] = json.loads((adjusted / "evidence.json").read_text())
+    if cfg.mode.adjust:  # does fine-tuning undo the adjustment? (the paper's "forgetting")
+        results["finetuned_distances"] = finetuned_distances(cfg, tokenizer, module.encoder)
     write_json(out / "results.json", results)
     print(format_metrics(results))
     return results
@@ -404,6 +406,14 @@ def format_metrics(results: dict[str, Any]) -> str:
         shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         lines.append(f"  {name:<28} {shown}")
     return "\n".join(lines)
+
+
+def finetuned_distances(cfg: DictConfig, tokenizer, encoder) -> dict[str, float]:
+    """Held-out related / unrelated distances of the fine-tuned encoder."""
+    from xlt.analysis.distances import distance_summary
+
+    probe = aligned_examples(cfg, tokenizer, align_stage(cfg, tokenizer), heldout=True)
+    return distance_summary(encoder, probe, tokenizer.pad_token_id) if probe else {}
 
 
 def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
