@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 LANGS = "es,ru,vi,hi"
+COLUMNS = {"xnli": "XNLI", "xnli_mixed_premise": "mixed: en premise", "xnli_mixed_hypothesis": "mixed: en hypothesis"}
 
 
 def results_table(sweep: Path) -> pd.DataFrame:
@@ -29,7 +30,10 @@ def results_table(sweep: Path) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).pivot(index="lang", columns="set", values="accuracy")
-    return table.reindex([lang for lang in LANGS.split(",") if lang in table.index]).round(1)
+    table = table.reindex([lang for lang in LANGS.split(",") if lang in table.index])
+    table = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS).round(1)
+    table.columns.name = None
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
