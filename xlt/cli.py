@@ -121,7 +121,7 @@ def run_command(cfg) -> float | None:
 
     if cfg.command == "run":
         results = pipeline.run_job(cfg)
-        first = next(iter(results["metrics"].values()), {})
+        first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
         return next((v for k, v in first.items() if k != "n"), None)
     if cfg.command == "align":
         corpus = pipeline.align_stage(cfg, _tokenizer(cfg))

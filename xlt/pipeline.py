@@ -294,25 +294,28 @@ class DistanceProbe(L.Callback):
 # ---------------------------------------------------------------------------
 # Stage 3 + 4: fine-tune on English, evaluate zero-shot
 # ---------------------------------------------------------------------------
-def make_trainer(cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path, callbacks=()) -> L.Trainer:
+def make_trainer(
+    cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), **override: Any
+) -> L.Trainer:
+    """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     callbacks = list(callbacks)
     if checkpoint_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1))
-    t = cfg.trainer
+    t = {**OmegaConf.to_container(cfg.trainer), **override}
     epochs = int(max_epochs) if float(max_epochs).is_integer() else max(1, int(max_epochs + 0.999))
     return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        precision=t.precision,
-        num_nodes=t.num_nodes,
+        accelerator=t["accelerator"],
+        devices=t["devices"],
+        strategy=t["strategy"],
+        precision=t["precision"],
+        num_nodes=1 if override else t["num_nodes"],
         max_epochs=epochs,
-        max_steps=t.max_steps,
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar,
+        max_steps=t["max_steps"],
+        log_every_n_steps=t["log_every_n_steps"],
+        enable_progress_bar=t["enable_progress_bar"],
         enable_checkpointing=checkpoint_dir is not None,
         enable_model_summary=False,
         callbacks=callbacks,
@@ -378,6 +381,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         if resume.exists():
             log.info("resuming from %s", resume)
         trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None)
+    if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
+        if trainer.global_rank != 0:
+            return {}
+        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto")
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = {
