@@ -34,6 +34,11 @@ def xlt(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.Com
                           env=environment, timeout=600)
 
 
+def xlt_report(sweep: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from xlt.report import main; raise SystemExit(main())", str(sweep)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -104,8 +109,7 @@ def test_sweep_survives_a_failing_job_and_reports(tmp_path):
     statuses = {json.loads(p.read_text())["config"]["lang"]: json.loads(p.read_text())["status"]
                 for p in sweep.glob("*/results.json")}
     assert statuses == {"ru": "ok", "hi": "failed"}
-    report = subprocess.run([sys.executable, "-c", "from xlt.report import main; raise SystemExit(main())", str(sweep)],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    report = xlt_report(sweep)
     assert report.returncode == 0, report.stderr
     assert "Failed jobs (1)" in report.stdout and (sweep / "report.md").exists()
 
@@ -126,8 +130,7 @@ def test_demo_sweep_basic_launcher_and_report(tmp_path, e5_dir):
     assert all(r["status"] == "ok" for r in results)
     assert len(list((cache / "adjusted").glob("*/evidence.json"))) == 2  # 6 jobs, 2 adjustments
     assert len(list((cache / "checkpoints").glob("*/last.ckpt"))) == 5  # original trains once for both langs
-    report = subprocess.run([sys.executable, "-c", "from xlt.report import main; raise SystemExit(main())", str(sweep)],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    report = xlt_report(sweep)
     assert report.returncode == 0, report.stderr
     assert "| continual |" in report.stdout and "| original |" in report.stdout
 
