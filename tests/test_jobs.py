@@ -56,6 +56,14 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_gradient_accumulation_keeps_the_effective_batch(tmp_path, cache_dir):
+    import torch
+
+    pipeline.run_job(compose_job(tmp_path / "run", cache_dir, "trainer.accumulate_grad_batches=2"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 4  # 64 examples / batch 32 x 2 epochs, in micro-batches of 16
+
+
 def test_killed_job_resumes_to_the_same_result(tmp_path, monkeypatch):
     uninterrupted = pipeline.run_job(compose_job(tmp_path / "a", tmp_path / "cache_a"))
 

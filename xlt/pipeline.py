@@ -251,7 +251,9 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
     )
     probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * mode.epochs // PROBES))
-    trainer = make_trainer(cfg, max_epochs=mode.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb])
+    trainer = make_trainer(
+        cfg, max_epochs=mode.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1
+    )
     started = time.time()
     trainer.fit(module, loader)
     encoder = module.encoder.cpu()
@@ -314,6 +316,7 @@ def make_trainer(
         num_nodes=1 if override else t["num_nodes"],
         max_epochs=epochs,
         max_steps=t["max_steps"],
+        accumulate_grad_batches=t["accumulate_grad_batches"],
         log_every_n_steps=t["log_every_n_steps"],
         enable_progress_bar=t["enable_progress_bar"],
         enable_checkpointing=checkpoint_dir is not None,
@@ -372,7 +375,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective)
 
     train = task.features(tokenizer, task.train_examples(), train=True)
-    loader = task_loader(task, tokenizer, train, cfg.task.batch_size, cfg.seed, cfg.trainer.num_workers)
+    micro_batch = max(1, cfg.task.batch_size // cfg.trainer.accumulate_grad_batches)
+    loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     checkpoints = Path(cfg.paths.cache_dir) / "checkpoints" / training_hash(cfg)
     link_checkpoints(out, checkpoints)
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs")
