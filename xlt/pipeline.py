@@ -22,7 +22,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from xlt import __version__
-from xlt.artifacts import build_once, config_hash, file_checksum, write_json, write_jsonl
+from xlt.artifacts import atomic_write_text, build_once, config_hash, file_checksum, write_json, write_jsonl
 from xlt.config import TokensConfig
 from xlt.errors import XltError
 
@@ -164,8 +164,6 @@ def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
 
 
 def write_pairs(path: Path, pairs: list[Any]) -> None:
-    from xlt.artifacts import atomic_write_text
-
     atomic_write_text(path, "".join(" ".join(p.english) + "\t" + " ".join(p.target) + "\n" for p in pairs))
 
 
@@ -313,7 +311,7 @@ def make_trainer(
         devices=t["devices"],
         strategy=t["strategy"],
         precision=t["precision"],
-        num_nodes=1 if override else t["num_nodes"],
+        num_nodes=t["num_nodes"],
         max_epochs=epochs,
         max_steps=t["max_steps"],
         accumulate_grad_batches=t["accumulate_grad_batches"],
@@ -388,7 +386,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
         if trainer.global_rank != 0:
             return {}
-        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto")
+        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto", num_nodes=1)
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = {
