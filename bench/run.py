@@ -4,7 +4,7 @@
 
 1. **Continual overhead** -- seconds per training step of continual
    fine-tuning (task batch 32 + aligned en-ru batch 16, alpha = 0.01, the
-   frozen-vector cache on, as ``pipeline.build_objective`` wires it) against
+   frozen-vector cache on, as ``xlt.stages.job.build_objective`` wires it) against
    plain fine-tuning: same model, same task batches, same number of steps.
    NLI uses the English XNLI dev pairs of ``data/demo``; NER the English
    WikiANN training sentences of the shared data folder (skipped with a
@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
-from xlt import pipeline  # noqa: E402
+from xlt.stages import align as pipeline  # noqa: E402
 from xlt.config import compose_config  # noqa: E402
 from xlt.models.adjust import AdjustModule, AlignmentLoss, Batch, collate_aligned, constant_after_warmup, freeze_copy  # noqa: E402
 from xlt.models.continual import ContinualObjective  # noqa: E402
@@ -202,7 +202,7 @@ def finetune_variant(
 
 
 def make_objective(examples, pad_id: int, reference, cfg, cache: bool) -> ContinualObjective:
-    """The continual objective as ``pipeline.build_objective`` builds it, with
+    """The continual objective as ``xlt.stages.job.build_objective`` builds it, with
     the cache switch exposed.  The frozen ``reference`` is shared by all
     variants (the pipeline gives each job a private copy; the compute is the
     same, the memory of one e5_small copy per variant is not)."""

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from xlt import pipeline
+from xlt.stages import job as pipeline
 from xlt.config import compose_config
 from xlt.models.finetune import FineTuneModule
 

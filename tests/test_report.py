@@ -25,7 +25,7 @@ ACCURACY = {("original", "ru"): 0.55, ("adjusted", "ru"): 0.8, ("original", "hi"
 
 def _config(mode: str, lang: str, seed: int, task: str = "xnli", code_version: str = "0.1.0+gitabc",
             size: int = 30000) -> dict:
-    """As xlt.pipeline writes it: adjustment axes are null for mode=original."""
+    """As xlt.stages.job writes it: adjustment axes are null for mode=original."""
     axes = {"corpus": "shared", "size": size, "aggregation": "avg", "tokens": "all", "aligner": "fast_align"}
     if mode == "original":
         axes = dict.fromkeys(axes)

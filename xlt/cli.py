@@ -117,18 +117,20 @@ def dispatch(cfg) -> float | None:
 
 
 def run_command(cfg) -> float | None:
-    from xlt import pipeline
+    from xlt.stages.adjust import adjust_stage
+    from xlt.stages.align import align_stage
+    from xlt.stages.job import run_job
 
     if cfg.command == "run":
-        results = pipeline.run_job(cfg)
+        results = run_job(cfg)
         first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
         return next((v for k, v in first.items() if k != "n"), None)
     if cfg.command == "align":
-        corpus = pipeline.align_stage(cfg, _tokenizer(cfg))
+        corpus = align_stage(cfg, _tokenizer(cfg))
         print(f"alignments: {corpus.path} ({len(corpus.train)} pairs, {len(corpus.heldout)} held out)")
         return None
     if cfg.command == "adjust":
-        print(f"adjusted model: {pipeline.adjust_stage(cfg)}")
+        print(f"adjusted model: {adjust_stage(cfg)}")
         return None
     from xlt.errors import XltError
 
@@ -146,7 +148,7 @@ def record_failure(cfg, message: str) -> None:
     half-written result."""
     try:
         from xlt.artifacts import write_json
-        from xlt.pipeline import identity
+        from xlt.keys import identity
 
         out = Path(cfg.paths.output_dir)
         if cfg.command == "run" and not (out / "results.json").exists():

@@ -2,7 +2,7 @@
 
 Fine-tunes multilingual-e5-small once on the 2,490 English XNLI dev pairs
 shipped in ``data/demo`` (the four language jobs share that checkpoint, see
-``pipeline.training_hash``) and evaluates zero-shot on 300 XNLI test pairs
+``xlt.keys.training_hash``) and evaluates zero-shot on 300 XNLI test pairs
 per language, plus mixed-language XNLI.
 """
 

@@ -131,12 +131,12 @@ def compose_configs(overrides: list[str], lang: Optional[str], out: Path) -> dic
 # ---------------------------------------------------------------------------
 def heldout_examples(cfg: DictConfig):
     """Word-level examples of the held-out pairs, and the padding id."""
-    from xlt import pipeline
+    from xlt.stages.align import align_stage, aligned_examples
     from xlt.models.encoder import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    corpus = pipeline.align_stage(cfg, tokenizer)  # the same cached artifact the adjustment used
-    examples = pipeline.aligned_examples(cfg, tokenizer, corpus, heldout=True)
+    corpus = align_stage(cfg, tokenizer)  # the same cached artifact the adjustment used
+    examples = aligned_examples(cfg, tokenizer, corpus, heldout=True)
     if not examples:
         raise XltError(f"no aligned held-out word pairs for lang={cfg.lang.code} (corpus.heldout={cfg.corpus.heldout})")
     return examples, tokenizer.pad_token_id, corpus
@@ -159,7 +159,7 @@ def analyze_language(request: Request, lang: Optional[str], warn) -> tuple[str, 
     write its summary, distances and figure."""
     from xlt.analysis.plots import plot_states
     from xlt.analysis.states import label, resolve_states
-    from xlt.pipeline import identity
+    from xlt.keys import identity
 
     configs = compose_configs(request.overrides, lang, request.out)
     base = configs["original"]

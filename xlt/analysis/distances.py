@@ -31,7 +31,7 @@ def pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int = 32
     """Per example: (English pair vectors, target pair vectors, English regularizer vectors).
 
     Runs in eval mode (no dropout) and then restores the encoder's mode, since
-    probes run in the middle of training (``pipeline.DistanceProbe``).
+    probes run in the middle of training (``xlt.stages.adjust.DistanceProbe``).
     Batches are formed in order of sentence length (less padding, which is
     most of the cost on CPU); the result is in the order of ``examples``.
     """

@@ -7,7 +7,7 @@ the alignment loss kept on).  They are found where the pipeline left them, so
 analysing a finished sweep costs no training:
 
 * original: ``load_encoder(cfg.model)``;
-* adjusted: ``pipeline.adjust_stage(cfg)`` (cached; built if absent, since it
+* adjusted: ``adjust_stage(cfg)`` (cached; built if absent, since it
   is a deterministic function of the config like every other stage);
 * fine-tuned: ``<cache_dir>/checkpoints/<training_hash>/last.ckpt`` of the
   job with ``mode=original|adjusted|continual`` and the same other settings.
@@ -105,23 +105,23 @@ def path_state(name: str, path: str, cfg: DictConfig) -> ModelState:
 # Finding the states of a configuration
 # ---------------------------------------------------------------------------
 def checkpoint_path(cfg: DictConfig) -> Path:
-    """Where ``pipeline.run_job`` leaves the fine-tuned model of ``cfg``."""
-    from xlt.pipeline import training_hash
+    """Where ``xlt.stages.job.run_job`` leaves the fine-tuned model of ``cfg``."""
+    from xlt.keys import checkpoint_dir
 
-    return Path(cfg.paths.cache_dir) / "checkpoints" / training_hash(cfg) / "last.ckpt"
+    return checkpoint_dir(cfg) / "last.ckpt"
 
 
 def default_state(name: str, configs: Mapping[str, DictConfig]) -> Optional[ModelState]:
     """A built-in state located from the config of its mode; None when its
     fine-tuning checkpoint is not there (yet)."""
-    from xlt import pipeline
     from xlt.models.encoder import load_encoder
+    from xlt.stages.adjust import adjust_stage
 
     cfg = configs[STATES[name][1]]
     if name == "original":
         return ModelState(name, label(name), f"model={cfg.model.name}", lambda: load_encoder(cfg.model, cfg.paths.cache_dir))
     if name == "adjusted":
-        directory = pipeline.adjust_stage(cfg)
+        directory = adjust_stage(cfg)
         return ModelState(name, label(name), str(directory), lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(directory)))
     checkpoint = checkpoint_path(cfg)
     if not checkpoint.is_file():

@@ -1,0 +1,106 @@
+"""Stage 2: adjust the encoder with Eq. 1 on the aligned sample (cached)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from xlt.artifacts import build_once, write_json
+from xlt.errors import XltError
+from xlt.keys import adjusted_dir, corpus_path
+from xlt.stages.align import align_stage, aligned_examples
+from xlt.stages.trainer import make_trainer
+
+log = logging.getLogger(__name__)
+
+
+def adjust_stage(cfg: DictConfig) -> Path:
+    """The adjusted encoder's directory (built once per distinct setting)."""
+    from xlt.models.encoder import load_tokenizer
+
+    target = adjusted_dir(cfg)
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    return build_once(target, lambda tmp: train_adjustment(cfg, tokenizer, tmp))
+
+
+def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
+    """Align (cached), train Eq. 1 for one epoch, save encoder + evidence."""
+    from xlt.analysis.distances import distance_summary
+    from xlt.models.adjust import AdjustModule, AlignmentLoss, collate_aligned, freeze_copy
+    from xlt.models.encoder import load_encoder
+    from xlt.models.finetune import EpochShuffleSampler, ListDataset
+
+    corpus = align_stage(cfg, tokenizer)
+    examples = aligned_examples(cfg, tokenizer, corpus)
+    probe = aligned_examples(cfg, tokenizer, corpus, heldout=True)
+    if not examples:
+        raise XltError(f"no aligned word pairs in the sample of {corpus_path(cfg)}")
+    L.seed_everything(cfg.seed, verbose=False)
+    encoder = load_encoder(cfg.model, cfg.paths.cache_dir)
+    reference = freeze_copy(encoder)
+    pad = tokenizer.pad_token_id
+    before = distance_summary(encoder, probe, pad, reference) if probe else {}
+    mode = cfg.mode
+    module = AdjustModule(
+        encoder,
+        AlignmentLoss(reference, mode.target, reduction=mode.reduction),
+        mode.lr,
+        mode.reg_weight,
+        mode.warmup_ratio,
+        dropout=mode.dropout,
+        freeze_embeddings=mode.freeze_embeddings,
+    )
+    loader = torch.utils.data.DataLoader(
+        ListDataset(list(range(len(examples)))),
+        batch_size=cfg.mode.batch_size,
+        sampler=EpochShuffleSampler(len(examples), cfg.seed),
+        collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
+    )
+    probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * mode.epochs // PROBES))
+    trainer = make_trainer(
+        cfg, max_epochs=mode.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1
+    )
+    started = time.time()
+    trainer.fit(module, loader)
+    encoder = module.encoder.cpu()
+    after = distance_summary(encoder, probe, pad, reference.cpu()) if probe else {}
+    encoder.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    evidence = {
+        "pairs": len(examples),
+        "heldout_pairs": len(probe),
+        "steps": trainer.global_step,
+        "seconds": round(time.time() - started, 1),
+        "original": before,
+        "adjusted": after,
+        "during": probe_cb.trajectory,
+        "alignments": str(corpus.path),
+    }
+    write_json(out / "evidence.json", evidence)
+    log.info("adjustment evidence: %s", json.dumps(evidence))
+
+
+PROBES, PROBE_PAIRS = 4, 100  # distance probes during adjustment, on this many held-out pairs
+
+
+class DistanceProbe(L.Callback):
+    """Records held-out related / unrelated distances and English drift every
+    ``every`` steps while adjusting (evidence *during* adjustment)."""
+
+    def __init__(self, examples: list[Any], pad_id: int, reference, every: int):
+        self.examples, self.pad_id, self.reference, self.every = examples, pad_id, reference, every
+        self.trajectory: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.examples and trainer.global_step % self.every == 0:
+            from xlt.analysis.distances import distance_summary
+
+            summary = distance_summary(pl_module.encoder, self.examples, self.pad_id, self.reference)
+            self.trajectory.append({"step": trainer.global_step, **summary})
