@@ -19,7 +19,7 @@
    reference implemented here (English and target batches in two separate
    forwards, each padded to 128, the frozen model on the English batch, padded
    to 128, every step, plain Adam): same loss terms, weights, batches (batch
-   ``mode.batch_size`` = 32 pairs), interleaved.  Before timing, both losses
+   ``adjustment.batch_size`` = 32 pairs), interleaved.  Before timing, both losses
    are computed on one batch in eval mode and must agree to 1e-3 relative.
 
 How steps are timed: a plain Python loop drives the real
@@ -206,9 +206,9 @@ def make_objective(examples, pad_id: int, reference, cfg, cache: bool) -> Contin
     the cache switch exposed.  The frozen ``reference`` is shared by all
     variants (the pipeline gives each job a private copy; the compute is the
     same, the memory of one e5_small copy per variant is not)."""
-    loss = AlignmentLoss(reference, cfg.mode.target, cache=cache)
+    loss = AlignmentLoss(reference, cfg.adjustment.target, cache=cache)
     return ContinualObjective(
-        examples, pad_id, loss, cfg.mode.alpha, cfg.mode.continual_reg_weight, cfg.mode.align_batch_size, cfg.seed
+        examples, pad_id, loss, cfg.continual.alpha, cfg.continual.reg_weight, cfg.continual.align_batch_size, cfg.seed
     )
 
 
@@ -251,9 +251,9 @@ def bench_task(task_name: str, args: argparse.Namespace, ctx: dict[str, Any], se
         "train_sentences": len(features),
         "mean_task_tokens": round(statistics.mean(lengths), 1),
         "task_batch_size": cfg.task.batch_size,
-        "align_batch_size": cfg.mode.align_batch_size,
-        "alpha": cfg.mode.alpha,
-        "continual_reg_weight": cfg.mode.continual_reg_weight,
+        "align_batch_size": cfg.continual.align_batch_size,
+        "alpha": cfg.continual.alpha,
+        "continual_reg_weight": cfg.continual.reg_weight,
         "timed_steps": steps,
         "warmup_steps": warmup,
         "variants": {},
@@ -353,14 +353,14 @@ def check_same_loss(encoder, reference, aligned, pad: int, cfg, indices: list[in
             param.mul_(1 + 0.01 * torch.randn(param.shape, generator=generator))
     examples = [aligned[j] for j in indices]
     with torch.no_grad():
-        ours = AlignmentLoss(reference, cfg.mode.target, reduction=cfg.mode.reduction)(
+        ours = AlignmentLoss(reference, cfg.adjustment.target, reduction=cfg.adjustment.reduction)(
             model, collate_aligned(examples, pad, indices))
-        naive = NaiveAlignmentLoss(reference, cfg.mode.target, cfg.mode.reduction)(model, collate_fixed(examples, pad))
+        naive = NaiveAlignmentLoss(reference, cfg.adjustment.target, cfg.adjustment.reduction)(model, collate_fixed(examples, pad))
     values: dict[str, Any] = {}
     for name in ("pairs", "regularizer", "total"):
         if name == "total":
-            a = float(ours["pairs"] + cfg.mode.reg_weight * ours["regularizer"])
-            b = float(naive["pairs"] + cfg.mode.reg_weight * naive["regularizer"])
+            a = float(ours["pairs"] + cfg.adjustment.reg_weight * ours["regularizer"])
+            b = float(naive["pairs"] + cfg.adjustment.reg_weight * naive["regularizer"])
         else:
             a, b = float(ours[name]), float(naive[name])
         rel = abs(a - b) / max(abs(a), abs(b), 1e-12)
@@ -374,7 +374,7 @@ def check_same_loss(encoder, reference, aligned, pad: int, cfg, indices: list[in
 def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str, Any]:
     """Section 3: adjustment steps, xlt (``AdjustModule`` + ``AlignmentLoss``,
     fused Adam) against the naive reference, interleaved, same batches."""
-    aligned, pad, mode = ctx["aligned"], ctx["tokenizer"].pad_token_id, cfg.mode
+    aligned, pad, mode = ctx["aligned"], ctx["tokenizer"].pad_token_id, cfg.adjustment
     size = mode.batch_size
     total = args.adjust_warmup + args.adjust_steps
     order = list(EpochShuffleSampler(len(aligned), cfg.seed))  # the adjustment loader's order

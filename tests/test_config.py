@@ -10,16 +10,21 @@ from xlt.config import compose_config
 
 
 @pytest.mark.parametrize("mode", ["original", "adjusted", "continual"])
-def test_model_adjust_defaults_reach_the_mode(mode):
-    # xlt-adjust runs under any mode, so every mode reads model.adjust.
-    cfg = compose_config(["paths.output_dir=/tmp/x", f"mode={mode}", "model.adjust.dropout=false",
-                          "model.adjust.lr=1e-5", "model.adjust.freeze_embeddings=true"])
-    assert (cfg.mode.dropout, cfg.mode.lr, cfg.mode.freeze_embeddings) == (False, 1e-5, True)
+def test_adjustment_settings_are_read_under_every_mode(mode):
+    # xlt-adjust runs under any mode; a model YAML sets the defaults, the command line wins.
+    cfg = compose_config(["paths.output_dir=/tmp/x", f"mode={mode}", "model=mbert", "adjustment.dropout=false",
+                          "adjustment.lr=1e-5", "adjustment.freeze_embeddings=true"])
+    assert (cfg.adjustment.dropout, cfg.adjustment.lr, cfg.adjustment.freeze_embeddings) == (False, 1e-5, True)
+
+
+def test_model_yaml_sets_its_adjustment_defaults():
+    cfg = compose_config(["paths.output_dir=/tmp/x", "model=e5_small"])
+    assert (cfg.adjustment.dropout, cfg.adjustment.freeze_embeddings) == (False, True)
 
 
 def test_mbert_keeps_the_papers_adjustment_settings():
     cfg = compose_config(["paths.output_dir=/tmp/x", "model=mbert", "mode=adjusted"])
-    assert (cfg.mode.lr, cfg.mode.reduction, cfg.mode.dropout, cfg.mode.freeze_embeddings) == (5e-5, "sum", True, False)
+    assert (cfg.adjustment.lr, cfg.adjustment.reduction, cfg.adjustment.dropout, cfg.adjustment.freeze_embeddings) == (5e-5, "sum", True, False)
 
 
 def test_typed_schema_rejects_bad_values():

@@ -20,22 +20,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
-class AdjustDefaults:
-    """Adjustment settings that suit a model; ``conf/mode/*.yaml`` read them.
-
-    The paper's settings (the defaults here, kept for ``mbert``): lr 5e-5,
-    losses summed over the batch, dropout on (as in published code),
-    embeddings trained.  Smaller encoders may need gentler values (see
-    ``conf/model/e5_small.yaml``).
-    """
-
-    lr: float = 5e-5
-    reduction: str = "sum"  # sum over pairs/tokens (paper) | mean per term
-    dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
-    freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
-
-
-@dataclass
 class ModelConfig:
     """A multilingual encoder.
 
@@ -53,7 +37,6 @@ class ModelConfig:
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
     intermediate_size: int = 128
-    adjust: AdjustDefaults = field(default_factory=AdjustDefaults)
 
 
 @dataclass
@@ -152,31 +135,50 @@ class AlignerConfig:
 
 @dataclass
 class ModeConfig:
-    """original (no adjustment) | adjusted (adjust then fine-tune) | continual.
+    """original (no adjustment) | adjusted (adjust, then fine-tune) | continual
+    (adjust, then fine-tune with the adjustment loss as an auxiliary term).
 
-    Adjustment follows Cao et al. (2020): Adam(0.9, 0.98, eps 1e-9), lr 5e-5,
-    linear warm-up over 10% then constant, batch 32, one epoch.
+    Only switches: the settings of each step live in ``adjustment`` and
+    ``continual``, so every mode reads the same values.
     """
 
     name: str = "original"
     adjust: bool = False
-    # Adjustment hyperparameters.
+    continual: bool = False
+
+
+@dataclass
+class AdjustmentConfig:
+    """Training of Eq. 1 (the cached adjusted model depends on all of it).
+
+    Cao et al. (2020): Adam(0.9, 0.98, eps 1e-9), lr 5e-5, linear warm-up
+    over 10% then constant, batch 32, one epoch.  A model YAML sets the
+    defaults that suit it (``conf/model/*.yaml``); ``xlt-adjust`` and
+    ``xlt-analyze`` adjust under any mode with these values.
+    """
+
     lr: float = 5e-5
     batch_size: int = 32
     epochs: int = 1
     warmup_ratio: float = 0.1
     reg_weight: float = 1.0  # lambda for the English regularizer
     target: str = "current"  # current (paper's code) | frozen (Cao et al.)
-    reduction: str = "sum"  # sum | mean  (yaml: from model.adjust)
-    dropout: bool = True  # (yaml: from model.adjust)
-    freeze_embeddings: bool = False  # (yaml: from model.adjust)
-    # Continual learning.
-    continual: bool = False
-    init: str = "adjusted"  # adjusted | original
+    reduction: str = "sum"  # sum | mean
+    dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
+    freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
+
+
+@dataclass
+class ContinualConfig:
+    """Fine-tuning with L = L_task + alpha * pairs + reg_weight * regularizer,
+    a fresh batch of ``align_batch_size`` aligned pairs every step (read only
+    when ``mode.continual``)."""
+
+    init: str = "adjusted"  # start from the adjusted | original model
     alpha: float = 0.01  # weight of the aligned-pair term
-    continual_reg_weight: float = 0.01  # weight of the regularizer term
+    reg_weight: float = 0.01  # weight of the regularizer term
     align_batch_size: int = 16
-    reference: str = "original"  # frozen reference for the regularizer
+    reference: str = "original"  # frozen reference of the regularizer: original | init
 
 
 @dataclass
@@ -211,6 +213,8 @@ class XltConfig:
     lang: LangConfig = MISSING
     task: TaskConfig = MISSING
     mode: ModeConfig = MISSING
+    adjustment: AdjustmentConfig = field(default_factory=AdjustmentConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     corpus: CorpusConfig = MISSING
     aggregation: AggregationConfig = MISSING
     tokens: TokensConfig = MISSING

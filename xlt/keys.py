@@ -76,22 +76,19 @@ def training_hash(cfg: DictConfig) -> str:
     payload["data"].pop("skip_missing_eval", None)
     payload["lang"] = payload["lang"]["code"] if cfg.mode.adjust else None
     if not cfg.mode.adjust:
-        for key in ("corpus", "aggregation", "tokens", "aligner"):
+        for key in ("corpus", "aggregation", "tokens", "aligner", "adjustment"):
             payload.pop(key, None)
+    if not cfg.mode.continual:
+        payload.pop("continual", None)
     return config_hash(payload)
 
 
-# The mode settings that change an adjusted model (continual-only ones do not).
-ADJUST_KEYS = ("lr", "batch_size", "epochs", "warmup_ratio", "reg_weight", "target", "reduction", "dropout", "freeze_embeddings")
-
-
 def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
-    """What an adjusted model depends on (its cache key)."""
-    keys = ("model", "corpus", "aggregation", "tokens", "aligner")
+    """What an adjusted model depends on (its cache key): whole config
+    subtrees, no allow-list, so a new ``adjustment`` field changes the key."""
+    keys = ("model", "adjustment", "corpus", "aggregation", "tokens", "aligner")
     key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
-    mode = cfg.mode
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
-    key.update({k: mode[k] for k in ADJUST_KEYS})
     return key
 
 

@@ -90,9 +90,9 @@ class AlignmentLoss:
         buckets: int = 4,
     ):
         if target not in ("current", "frozen"):
-            raise ValueError(f"mode.target must be current or frozen, got {target}")
+            raise ValueError(f"adjustment.target must be current or frozen, got {target}")
         if reduction not in ("sum", "mean"):
-            raise ValueError(f"mode.reduction must be sum or mean, got {reduction}")
+            raise ValueError(f"adjustment.reduction must be sum or mean, got {reduction}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
         self.reduce = torch.sum if reduction == "sum" else torch.mean

@@ -47,25 +47,25 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     reference = freeze_copy(encoder)
     pad = tokenizer.pad_token_id
     before = distance_summary(encoder, probe, pad, reference) if probe else {}
-    mode = cfg.mode
+    settings = cfg.adjustment
     module = AdjustModule(
         encoder,
-        AlignmentLoss(reference, mode.target, reduction=mode.reduction),
-        mode.lr,
-        mode.reg_weight,
-        mode.warmup_ratio,
-        dropout=mode.dropout,
-        freeze_embeddings=mode.freeze_embeddings,
+        AlignmentLoss(reference, settings.target, reduction=settings.reduction),
+        settings.lr,
+        settings.reg_weight,
+        settings.warmup_ratio,
+        dropout=settings.dropout,
+        freeze_embeddings=settings.freeze_embeddings,
     )
     loader = torch.utils.data.DataLoader(
         ListDataset(list(range(len(examples)))),
-        batch_size=cfg.mode.batch_size,
+        batch_size=settings.batch_size,
         sampler=EpochShuffleSampler(len(examples), cfg.seed),
         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
     )
-    probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * mode.epochs // PROBES))
+    probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * settings.epochs // PROBES))
     trainer = make_trainer(
-        cfg, max_epochs=mode.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1
+        cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1
     )
     started = time.time()
     trainer.fit(module, loader)

@@ -39,20 +39,21 @@ def build_objective(cfg: DictConfig, tokenizer, encoder):
     examples = aligned_examples(cfg, tokenizer, corpus)
     if not examples:
         raise XltError(f"mode=continual: no aligned pairs in the sample of {corpus_path(cfg)}")
-    reference = load_encoder(cfg.model, cfg.paths.cache_dir) if cfg.mode.reference == "original" else freeze_copy(encoder)
-    loss = AlignmentLoss(freeze_copy(reference), cfg.mode.target, cache=True, reduction=cfg.mode.reduction)
+    continual = cfg.continual
+    reference = load_encoder(cfg.model, cfg.paths.cache_dir) if continual.reference == "original" else freeze_copy(encoder)
+    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=cfg.adjustment.reduction)
     return ContinualObjective(
-        examples, tokenizer.pad_token_id, loss, cfg.mode.alpha, cfg.mode.continual_reg_weight, cfg.mode.align_batch_size, cfg.seed
+        examples, tokenizer.pad_token_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed
     )
 
 
 def validate(cfg: DictConfig) -> None:
     """Checks that the schema's types cannot express."""
-    mode = cfg.mode
-    if mode.alpha < 0 or mode.continual_reg_weight < 0 or mode.reg_weight < 0:
-        raise XltError("mode.alpha, mode.reg_weight and mode.continual_reg_weight must be >= 0")
-    if mode.init not in ("adjusted", "original") or mode.reference not in ("original", "init"):
-        raise XltError("mode.init must be adjusted|original and mode.reference original|init")
+    continual = cfg.continual
+    if continual.alpha < 0 or continual.reg_weight < 0 or cfg.adjustment.reg_weight < 0:
+        raise XltError("continual.alpha, continual.reg_weight and adjustment.reg_weight must be >= 0")
+    if continual.init not in ("adjusted", "original") or continual.reference not in ("original", "init"):
+        raise XltError("continual.init must be adjusted|original and continual.reference original|init")
     if cfg.task.name not in cfg.lang.eval_sets:
         raise XltError(f"no {cfg.task.name} evaluation sets for lang={cfg.lang.code}; add them to conf/lang/{cfg.lang.code}.yaml")
 
@@ -70,7 +71,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     eval_sets, skipped = load_eval_sets(task, cfg.data.skip_missing_eval)  # early: fail before training
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
 
-    adjusted = adjust_stage(cfg) if cfg.mode.adjust and not (cfg.mode.continual and cfg.mode.init == "original") else None
+    adjusted = adjust_stage(cfg) if cfg.mode.adjust and not (cfg.mode.continual and cfg.continual.init == "original") else None
     L.seed_everything(cfg.seed, verbose=False)
     encoder = load_encoder(cfg.model, cfg.paths.cache_dir, str(adjusted) if adjusted else None)
     objective = build_objective(cfg, tokenizer, encoder) if cfg.mode.continual else None
