@@ -65,11 +65,12 @@ def test_paired_ttest_identical_is_one_and_too_short_is_nan() -> None:
 
 
 @pytest.mark.parametrize(
-    "p, mark",
-    [(0.049, "*"), (0.009, "**"), (0.05, ""), (0.01, "*"), (0.5, ""), (float("nan"), ""), (None, "")],
+    "p, alpha, symbol, mark",
+    [(0.049, 0.05, "*", "*"), (0.009, 0.01, "**", "**"), (0.05, 0.05, "*", ""), (0.01, 0.01, "**", ""),
+     (0.03, 0.05, "**", "**"), (0.5, 0.05, "*", ""), (float("nan"), 0.05, "*", ""), (None, 0.05, "*", "")],
 )
-def test_marker_thresholds(p: float | None, mark: str) -> None:
-    assert marker(p) == mark
+def test_marker_thresholds(p: float | None, alpha: float, symbol: str, mark: str) -> None:
+    assert marker(p, alpha, symbol) == mark
 
 
 # ---- NER permutation test ---------------------------------------------------------

@@ -147,12 +147,10 @@ def record_failure(cfg, message: str) -> None:
     """A failed job leaves results.json with its config and the error, never a
     half-written result."""
     try:
-        from xlt.artifacts import write_json
-        from xlt.keys import identity
+        from xlt import results
 
-        out = Path(cfg.paths.output_dir)
-        if cfg.command == "run" and not (out / "results.json").exists():
-            write_json(out / "results.json", {"config": identity(cfg), "status": "failed", "error": message})
+        if cfg.command == "run":
+            results.write_failed(cfg.paths.output_dir, cfg, message)
     except Exception:  # noqa: BLE001 - reporting a failure must not fail
         pass
 
