@@ -113,7 +113,10 @@ def test_sweep_survives_a_failing_job_and_reports(tmp_path):
         (partial / name).write_text((REPO / "data/demo/nli/xnli" / name).read_text())
     sweep = tmp_path / "sweep"
     result = xlt("-m", *SMALL, "lang=ru,hi", f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    # Both jobs ran; then the sweep exits non-zero with one line naming the failure.
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("xlt: error: 1 job(s) of the sweep did not finish ok") and "test-hi.tsv" in last
     statuses = {json.loads(p.read_text())["config"]["lang"]: json.loads(p.read_text())["status"]
                 for p in sweep.glob("*/results.json")}
     assert statuses == {"ru": "ok", "hi": "failed"}

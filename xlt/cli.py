@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from pathlib import Path
 
 from xlt.config import CONF_DIR
 
@@ -160,6 +159,12 @@ def main() -> None:
     check_choices(sys.argv[1:])
     check_launcher(sys.argv[1:])
     _hydra_app()()
+    from xlt.report.sweep import SweepOutcome
+
+    if SweepOutcome.problems:  # a multirun ran every job; say which did not end ok
+        problems = SweepOutcome.problems
+        fail(f"{len(problems)} job(s) of the sweep did not finish ok (first: {problems[0].splitlines()[0]}); "
+             "`xlt-report` on the sweep dir lists them", code=1)
 
 
 def align_main() -> None:

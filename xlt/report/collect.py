@@ -73,15 +73,19 @@ def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
     return df
 
 
-def _read(run_dir: Path) -> dict[str, Any]:
-    """results.json, or for a job without one a killed record from its Hydra config."""
+def _read(run_dir: Path) -> dict[str, Any] | None:
+    """results.json, or for a job without one a killed record from its Hydra config
+    (None for ``xlt-align`` / ``xlt-adjust`` jobs, which write no results)."""
     if (run_dir / results.RESULTS_FILE).exists():
         return results.read(run_dir)
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        config = results.describe(OmegaConf.load(run_dir / results.HYDRA_CONFIG))
+        cfg = OmegaConf.load(run_dir / results.HYDRA_CONFIG)
+        if cfg.get("command", "run") != "run":
+            return None
+        config = results.describe(cfg)
     except OmegaConfBaseException as err:
         raise ValueError(f"unreadable Hydra config: {err}") from err
     return {"config": config, "status": results.KILLED, "error": KILLED_ERROR}
@@ -90,6 +94,8 @@ def _read(run_dir: Path) -> dict[str, Any]:
 def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Rows of one job; raises ValueError/TypeError/KeyError on a malformed file."""
     data = _read(run_dir)
+    if data is None:
+        return []
     cfg = data["config"]
     base = {key: "" if cfg.get(key) is None else str(cfg[key]) for key in CONFIG_KEYS}
     base.update(
@@ -119,3 +125,4 @@ def _metric_rows(base: dict[str, Any], metrics: dict[str, Any]) -> Iterable[dict
         for metric, value in values.items():
             if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 yield {**base, "eval_set": eval_set, "metric": metric, "value": float(value), "n": values.get("n")}
+
