@@ -123,11 +123,15 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     groups = {key: group for key, group in cells.groupby(keys, sort=False, dropna=False)}
     baselines = list(dict.fromkeys(["original", *(m.baseline for m in markers)]))
     predictions = _Predictions()
+    by_setting = _index_by_setting(groups, keys)
     rows = []
     for key, group in groups.items():
         cell = dict(zip(keys, key))
-        picked = {mode: _pick_baseline(cell, mode, groups, keys, warnings) for mode in baselines}
-        bases = {mode: None if key is None else groups[key] for mode, key in picked.items()}
+        bases = {}
+        for mode in baselines:
+            base_key = _pick_baseline(cell, by_setting.get((mode, *(cell[k] for k in SAME_BASELINE)), []),
+                                      groups, keys, warnings)
+            bases[mode] = None if base_key is None else groups[base_key]
         rows.append(_summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers))
     p_columns = [f"{kind}_vs_{mode}" for mode in baselines for kind in ("p", "seeds")]
     summary = pd.DataFrame(rows, columns=keys + list(_SUMMARY_COLUMNS) + p_columns + ["marker", *_PROVENANCE])
@@ -190,21 +194,29 @@ def describe(row: Any) -> str:
     return f"{row['task']}/{row['model']}/{row['lang']}/{row['mode']}"
 
 
-def _pick_baseline(cell: dict[str, Any], mode: str, groups: dict[tuple, pd.DataFrame], keys: list[str],
-                   warnings: list[str]) -> tuple | None:
-    """The ``mode`` cell with the same other settings.
-
-    Same task, eval set, language, model and metric; every other value equal
-    unless the baseline does not use it (``""``: an original model has no
-    corpus size, an adjusted one no ``continual.alpha``).  Exact matches are
-    preferred, else the candidate with the most seeds (with a warning).
-    """
-    candidates = []
+def _index_by_setting(groups: dict[tuple, pd.DataFrame], keys: list[str]) -> dict[tuple, list[tuple]]:
+    """Cells by (mode, task, eval set, lang, model, metric): where baselines are looked up."""
+    index: dict[tuple, list[tuple]] = {}
     for key in groups:
+        cell = dict(zip(keys, key))
+        index.setdefault((cell["mode"], *(cell[k] for k in SAME_BASELINE)), []).append(key)
+    return index
+
+
+def _pick_baseline(cell: dict[str, Any], same_setting: list[tuple], groups: dict[tuple, pd.DataFrame],
+                   keys: list[str], warnings: list[str]) -> tuple | None:
+    """Among the baseline mode's cells of the same task, eval set, language,
+    model and metric (``same_setting``), the one with the same other settings.
+
+    Every other value must be equal unless the baseline does not use it
+    (``""``: an original model has no corpus size, an adjusted one no
+    ``continual.alpha``).  Exact matches are preferred, else the candidate
+    with the most seeds (with a warning).
+    """
+    rest = [k for k in keys if k not in SAME_BASELINE and k != "mode"]
+    candidates = []
+    for key in same_setting:
         other = dict(zip(keys, key))
-        if other["mode"] != mode or any(other[k] != cell[k] for k in SAME_BASELINE):
-            continue
-        rest = [k for k in keys if k not in SAME_BASELINE and k != "mode"]
         if all(other[k] in ("", cell[k]) for k in rest):
             candidates.append((all(other[k] == cell[k] for k in rest), key))
     if not candidates:
@@ -212,6 +224,7 @@ def _pick_baseline(cell: dict[str, Any], mode: str, groups: dict[tuple, pd.DataF
     exact = [key for same, key in candidates if same]
     if exact:
         return exact[0]
+    mode = dict(zip(keys, candidates[0][1]))["mode"]
     if len(candidates) > 1 and cell["mode"] != mode:
         warnings.append(f"several {mode} cells match {cell['task']} {cell['eval_set']} {cell['model']} "
                         f"{cell['mode']}: compared with the one with most seeds")
