@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from xlt.stages import job as pipeline
 from xlt.config import compose_config
 from xlt.models.finetune import FineTuneModule
@@ -48,6 +49,8 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     results = pipeline.run_job(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "ok" and saved["config"]["lang"] == "hi" and saved["config"]["seed"] == 4
+    resolved = saved["config"]["resolved"]  # the whole job config, for xlt-report to compare
+    assert resolved["task"]["lr"] == cfg.task.lr and resolved["trainer"] == OmegaConf.to_container(cfg.trainer) and "paths" not in resolved
     assert set(saved["metrics"]) == {"xnli.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
     records = read_jsonl(tmp_path / "run" / "predictions" / "xnli.hi.jsonl")
     assert len(records) == 12
