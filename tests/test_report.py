@@ -425,3 +425,14 @@ def test_significance_test_is_chosen_by_task(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setitem(significance.TESTS, "retrieval", lambda metric, a, b, iterations: 0.001)
     summary = report.summarise(report.collect([root]), iterations=300)
     assert summary[summary["mode"] == "adjusted"].iloc[0]["p_vs_original"] == 0.001
+
+
+def test_old_results_without_resolved_config_do_not_split_cells(tmp_path: Path) -> None:
+    """A failed job recorded before results.json held the resolved config joins its cell."""
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_composed_job(root, f"s{seed}", ["model=tiny", "lang=ru", f"seed={seed}"], [1, 0, 1, 1])
+    identity = {"model": "tiny", "lang": "ru", "task": "xnli", "mode": "original", "seed": 3}
+    write_job(root, "old", identity, None, {}, status="failed", error="boom")
+    summary = report.summarise(report.collect([root]))
+    assert len(summary) == 1 and summary.iloc[0]["missing_seeds"] == 1 and summary.attrs["axes"] == []

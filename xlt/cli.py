@@ -3,7 +3,8 @@
 
 Errors the user can fix (``XltError``, an unknown config choice) print one
 line and exit with code 2.  In a multirun (``-m``) a failing job writes a
-``results.json`` with ``status: failed`` and the sweep goes on.
+``results.json`` with ``status: failed`` and the sweep goes on; once every
+job has run, ``xlt`` exits 1 if any failed or was killed.
 """
 
 from __future__ import annotations

@@ -69,13 +69,15 @@ def swept_axes(df: pd.DataFrame) -> list[str]:
 
     Values a run's identity already determines (``lang.name`` for ``lang``)
     are not axes; anything else that differs (``task.lr``) is.  Killed jobs
-    are left out: their config is read back from Hydra's copy, where
-    environment defaults may resolve differently.
+    are left out (their config is read back from Hydra's copy, where
+    environment defaults may resolve differently), and so are results.json
+    files without a resolved config (older xlt versions).
     """
     columns = list(df.attrs.get("config_columns", []))
     runs = df[df["status"] != results.KILLED].drop_duplicates("run_dir")
     if not columns or runs.empty:
         return []
+    runs = runs[runs[columns].notna().any(axis=1)]  # files from before the resolved config was recorded
     counts = _labels(runs, columns).groupby(list(CONFIG_KEYS), dropna=False)[columns].nunique()
     return [c for c in columns if int(counts[c].max()) > 1]
 
