@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from xlt.artifacts import write_json
 
@@ -60,7 +61,7 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     subset = OmegaConf.masked_copy(cfg, keep)
     try:
         return OmegaConf.to_container(subset, resolve=True)
-    except Exception:  # noqa: BLE001 - any resolver error: keep the raw values
+    except OmegaConfBaseException:  # e.g. an unset environment variable: keep the raw values
         return OmegaConf.to_container(subset, resolve=False)
 
 
@@ -104,6 +105,8 @@ def read(run_dir: str | Path) -> dict[str, Any]:
     if "seed" not in data["config"]:
         raise ValueError("config has no 'seed'")
     data.setdefault("status", OK)
+    if data["status"] not in STATUSES:
+        raise ValueError(f"status {data['status']!r} is not one of {', '.join(STATUSES)}")
     if not isinstance(data.get("metrics", {}), dict):
         raise ValueError("'metrics' is not an object")
     return data
