@@ -204,9 +204,11 @@ def _jobs_with(jobs: pd.DataFrame, killed: bool) -> pd.DataFrame:
     return bad.drop_duplicates(subset=["run_dir"]).sort_values(["task", "model", "lang", "mode", "seed"])
 
 
-def legend(summary: pd.DataFrame) -> str:
+def legend(summary: pd.DataFrame, latex: bool = False) -> str:
     """What the markers mean, from the markers the summary was computed with."""
     markers = summary.attrs.get("markers", DEFAULT_MARKERS)
+    if latex:
+        return "; ".join(f"$^{{{_tex(m.symbol)}}}$ p $<$ {m.alpha:g} vs.\\ {_tex(m.baseline)}" for m in markers)
     return "; ".join(m.describe() for m in markers)
 
 
@@ -323,7 +325,7 @@ def render_latex(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence[st
             out.write(_tex(label) + " & " + " & ".join(format_cell(c, table.scale, table.gains, latex=True) for c in cells)
                       + " \\\\\n")
         out.write("\\bottomrule\n\\end{tabular}\n")
-        out.write(f"\\caption{{{_tex(table.title)}. {_tex(legend(summary))}; "
+        out.write(f"\\caption{{{_tex(table.title)}. {legend(summary, latex=True)}; "
                   "$^\\dagger$ mixed code versions or data.}\n\\end{table}\n")
     return out.getvalue()
 
