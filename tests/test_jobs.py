@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from xlt.stages import job as pipeline
 from xlt.config import compose_config
 from xlt.models.finetune import FineTuneModule
@@ -48,6 +49,8 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     results = pipeline.run_job(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "ok" and saved["config"]["lang"] == "hi" and saved["config"]["seed"] == 4
+    resolved = saved["config"]["resolved"]  # the whole job config, for xlt-report to compare
+    assert resolved["task"]["lr"] == cfg.task.lr and resolved["trainer"] == OmegaConf.to_container(cfg.trainer) and "paths" not in resolved
     assert set(saved["metrics"]) == {"xnli.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
     records = read_jsonl(tmp_path / "run" / "predictions" / "xnli.hi.jsonl")
     assert len(records) == 12
@@ -113,7 +116,10 @@ def test_sweep_survives_a_failing_job_and_reports(tmp_path):
         (partial / name).write_text((REPO / "data/demo/nli/xnli" / name).read_text())
     sweep = tmp_path / "sweep"
     result = xlt("-m", *SMALL, "lang=ru,hi", f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    # Both jobs ran; then the sweep exits non-zero with one line naming the failure.
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("xlt: error: 1 job(s) of the sweep did not finish ok") and "test-hi.tsv" in last
     statuses = {json.loads(p.read_text())["config"]["lang"]: json.loads(p.read_text())["status"]
                 for p in sweep.glob("*/results.json")}
     assert statuses == {"ru": "ok", "hi": "failed"}

@@ -122,14 +122,14 @@ def test_end_to_end_report(sweep: dict, capsys: pytest.CaptureFixture) -> None:
         a = np.mean([correct[("adjusted", lang, s)] for s in common], axis=0)
         b = np.mean([correct[("original", lang, s)] for s in common], axis=0)
         p = ttest_rel(a, b).pvalue
-        assert row["p_value"] == pytest.approx(p, rel=1e-9)
-        assert row["sig_seeds"] == 2
-        assert (row["marker"] if isinstance(row["marker"], str) else "") == marker(p)
+        assert row["p_vs_original"] == pytest.approx(p, rel=1e-9)
+        assert row["seeds_vs_original"] == 2
+        assert (row["marker"] if isinstance(row["marker"], str) else "") == marker(p, 0.05, "*")
 
     ru = csv[(csv["mode"] == "adjusted") & (csv["lang"] == "ru")].iloc[0]
-    assert ru["p_value"] < 0.01  # 0.80 vs 0.55 over 60 examples
+    assert ru["p_vs_original"] < 0.01  # 0.80 vs 0.55 over 60 examples
     mean, std, _ = _hand_mean(correct, "adjusted", "ru")
-    assert f"{mean * 100:.1f} ± {std * 100:.1f}** (1/3 missing)" in md
+    assert f"{mean * 100:.1f} ± {std * 100:.1f}* (1/3 missing)" in md
 
     assert "## Failed jobs (1)" in md
     assert "xnli/e5_small/hi/adjusted seed 2 [failed]: RuntimeError: CUDA out of memory" in md
@@ -218,8 +218,8 @@ def test_ner_and_qa_tables(tmp_path: Path) -> None:
     assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--permutations", "200"]) == 0
     csv = pd.read_csv(tmp_path / "out" / "report.csv")
     ner = csv[(csv["eval_set"] == "wikiann.hi") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")].iloc[0]
-    assert ner["p_value"] == pytest.approx(1 / 201)  # perfect vs. a third of sentences emptied
-    assert math.isnan(csv[(csv["metric"] == "token_f1") & (csv["mode"] == "adjusted")].iloc[0]["p_value"])
+    assert ner["p_vs_original"] == pytest.approx(1 / 201)  # perfect vs. a third of sentences emptied
+    assert math.isnan(csv[(csv["metric"] == "token_f1") & (csv["mode"] == "adjusted")].iloc[0]["p_vs_original"])
     qa_row = csv[(csv["eval_set"] == "xquad.q-ru.c-en") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")]
     assert qa_row.iloc[0]["mean"] == pytest.approx(np.mean([np.mean(qa[("adjusted", s)]) for s in (1, 2)]))
     md = (tmp_path / "out" / "report.md").read_text()
@@ -269,7 +269,170 @@ def test_duplicate_seed_counts_once(tmp_path: Path) -> None:
         write_nli_job(root, f"o{seed}", "original", "ru", seed)
         write_nli_job(root, f"a{seed}", "adjusted", "ru", seed)
     write_nli_job(root, "z-rerun", "adjusted", "ru", 2)  # a second run of seed 2
-    summary = report.summarize(report.collect([root]))
+    summary = report.summarise(report.collect([root]))
     adjusted = summary[summary["mode"] == "adjusted"].iloc[0]
     assert adjusted["n_seeds"] == 2 and adjusted["missing_seeds"] == 0
     assert any("duplicate" in w for w in summary.attrs["warnings"])
+
+
+# ---- configs written by the real writer (xlt.results) -----------------------------
+
+
+def write_composed_job(root: Path, name: str, overrides: list[str], correct: list[int] | None,
+                       eval_set: str = "xnli.ru") -> Path:
+    """A job directory as a real job leaves it: .hydra/config.yaml, and unless
+    ``correct`` is None (a killed job) results.json and predictions via ``xlt.results``."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from xlt import results
+    from xlt.config import compose_config
+
+    run = root / name
+    cfg = compose_config([*overrides, f"paths.output_dir={run}"])
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    if correct is not None:
+        records = [{"id": f"ex{i}", "gold": 0, "prediction": 1 - c, "correct": c} for i, c in enumerate(correct)]
+        (run / "predictions").mkdir()
+        (run / "predictions" / f"{eval_set}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        metrics = {eval_set: {"accuracy": float(np.mean(correct)), "n": len(correct)}}
+        results.write(run, results.ok_results(cfg, metrics, time.time(), {}))
+    return run
+
+
+def test_lr_sweep_gives_two_cells(tmp_path: Path) -> None:
+    """`task.lr=5e-5,1e-2` used to merge into one cell ("duplicate results"); now each lr is a row."""
+    root, correct = tmp_path / "runs", {}
+    for lr, accuracy in (("5e-5", 0.8), ("1e-2", 0.3)):
+        for seed in (1, 2):
+            rng = np.random.default_rng(seed)
+            correct[(lr, seed)] = [int(x) for x in rng.random(40) < accuracy]
+            write_composed_job(root, f"lr{lr}-s{seed}", ["model=tiny", "lang=ru", f"task.lr={lr}", f"seed={seed}"],
+                               correct[(lr, seed)])
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    csv = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert len(csv) == 2 and sorted(csv["task.lr"]) == [5e-5, 1e-2]
+    for lr, value in (("5e-5", 5e-5), ("1e-2", 1e-2)):
+        row = csv[csv["task.lr"] == value].iloc[0]
+        assert row["n_seeds"] == 2
+        assert row["mean"] == pytest.approx(np.mean([np.mean(correct[(lr, s)]) for s in (1, 2)]))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| original (task.lr=5e-05) |" in md and "| original (task.lr=0.01) |" in md
+    assert "duplicate" not in md
+
+
+def test_killed_job_is_listed_and_counted(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_composed_job(root, f"s{seed}", ["model=tiny", "lang=ru", f"seed={seed}"], [1, 0, 1, 1])
+    write_composed_job(root, "s3", ["model=tiny", "lang=ru", "seed=3"], None)  # killed: no results.json
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "3 jobs read: 2 ok, 0 failed, 1 killed/incomplete" in md
+    assert "## Killed or incomplete jobs (1)" in md and "xnli/tiny/ru/original seed 3 [killed]" in md
+    assert "75.0 ± 0.0 (1/3 missing)" in md
+
+
+def test_sweep_problems_names_failed_and_killed_jobs(tmp_path: Path) -> None:
+    from xlt.report.sweep import sweep_problems
+
+    root = tmp_path / "sweep"
+    write_composed_job(root, "0", ["model=tiny", "lang=ru"], [1, 0])
+    write_composed_job(root, "1", ["model=tiny", "lang=hi"], None)
+    failed = write_composed_job(root, "2", ["model=tiny", "lang=es"], None)
+    (failed / "results.json").write_text(json.dumps({"config": {"seed": 1}, "status": "failed", "error": "boom"}))
+    problems = sweep_problems(root, before={})
+    assert [p.split(": ", 1)[0] for p in problems] == [str(root / "1"), str(root / "2")]
+    assert "killed" in problems[0] and problems[1].endswith("failed: boom")
+    assert sweep_problems(root, before={d: (d / ".hydra/config.yaml").stat().st_mtime_ns
+                                        for d in root.iterdir()}) == []  # not started by this sweep
+
+
+def test_unknown_metric_exit_2_one_line(sweep: dict, capsys: pytest.CaptureFixture) -> None:
+    assert report.main([str(sweep["root"]), "--out", str(sweep["out"]), "--metric", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err == "xlt-report: error: unknown metric 'bogus'; available: accuracy\n"
+    assert not (sweep["out"] / "report.md").exists()
+
+
+def _flip(vector: list[int], ones_to_zero: int, zeros_to_one: int, offset: int) -> list[int]:
+    """``vector`` with the first n ones (from ``offset``) set to 0 and m zeros set to 1."""
+    out, ones, zeros = list(vector), 0, 0
+    for i in range(offset, len(out)):
+        if out[i] == 1 and ones < ones_to_zero:
+            out[i], ones = 0, ones + 1
+        elif out[i] == 0 and zeros < zeros_to_one:
+            out[i], zeros = 1, zeros + 1
+    return out
+
+
+def test_continual_beats_adjusted_not_original_gets_double_star(tmp_path: Path) -> None:
+    """The paper's markers: ** = continual vs adjusted at p < 0.05, * = vs original."""
+    root = tmp_path / "runs"
+    continual = [int(x) for x in np.random.default_rng(0).random(100) < 0.6]
+    adjusted = _flip(continual, 5, 0, offset=0)  # 5 examples worse: p ~ 0.03
+    original = _flip(continual, 3, 1, offset=50)  # 3 worse, 1 better: p ~ 0.3
+    vectors = {"original": original, "adjusted": adjusted, "continual": continual}
+    common = ["model=tiny", "lang=ru", "corpus=demo"]
+    for mode, vector in vectors.items():
+        for seed in (1, 2):
+            write_composed_job(root, f"{mode}-{seed}", [*common, f"mode={mode}", f"seed={seed}"], vector)
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    csv = pd.read_csv(tmp_path / "out" / "report.csv").fillna({"marker": ""})
+    row = csv[csv["mode"] == "continual"].iloc[0]
+    p_adjusted, p_original = ttest_rel(continual, adjusted).pvalue, ttest_rel(continual, original).pvalue
+    assert 0.02 < p_adjusted < 0.04 and p_original > 0.05
+    assert row["p_vs_adjusted"] == pytest.approx(p_adjusted, rel=1e-9)
+    assert row["p_vs_original"] == pytest.approx(p_original, rel=1e-9)
+    assert row["marker"] == "**"
+    assert csv[csv["mode"] == "original"].iloc[0]["marker"] == ""
+    line = next(l for l in (tmp_path / "out" / "report.md").read_text().splitlines() if l.startswith("| continual"))
+    assert line.endswith(f"| {np.mean(continual) * 100:.1f} ± 0.0** |")
+
+    # Thresholds and baselines are options: only "* vs original at 0.5" now.
+    assert report.main([str(root), "--out", str(tmp_path / "out2"), "--marker", "*=original:0.5"]) == 0
+    csv = pd.read_csv(tmp_path / "out2" / "report.csv").fillna({"marker": ""})
+    assert csv[csv["mode"] == "continual"].iloc[0]["marker"] == "*"
+    assert "p_vs_adjusted" not in csv
+
+
+def test_bad_marker_option_exit_2(sweep: dict, capsys: pytest.CaptureFixture) -> None:
+    assert report.main([str(sweep["root"]), "--marker", "**=adjusted"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SYMBOL=MODE:ALPHA" in err
+
+
+def test_significance_test_is_chosen_by_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """retrieval: paired permutation on per-query correctness; a registered test replaces it."""
+    from xlt.evaluation import significance
+
+    root = tmp_path / "runs"
+    vectors = {}
+    for mode, p in (("original", 0.4), ("adjusted", 0.6)):
+        for seed in (1, 2):
+            vectors[(mode, seed)] = [int(x) for x in np.random.default_rng(seed + 10 * (mode == "adjusted")).random(50) < p]
+            records = [{"id": f"q{i}", "gold": i, "prediction": i, "correct": c} for i, c in enumerate(vectors[(mode, seed)])]
+            write_job(root, f"{mode}-{seed}", _config(mode, "ru", seed, task="retrieval"),
+                      {"retrieval.ru": {"accuracy": float(np.mean(vectors[(mode, seed)])), "n": 50}},
+                      {"retrieval.ru": records})
+    means = {m: np.mean([vectors[(m, s)] for s in (1, 2)], axis=0) for m in ("original", "adjusted")}
+    expected = significance.paired_permutation(means["adjusted"], means["original"], iterations=300, seed=0)
+    summary = report.summarise(report.collect([root]), iterations=300)
+    assert summary[summary["mode"] == "adjusted"].iloc[0]["p_vs_original"] == expected
+
+    monkeypatch.setitem(significance.TESTS, "retrieval", lambda metric, a, b, iterations: 0.001)
+    summary = report.summarise(report.collect([root]), iterations=300)
+    assert summary[summary["mode"] == "adjusted"].iloc[0]["p_vs_original"] == 0.001
+
+
+def test_old_results_without_resolved_config_do_not_split_cells(tmp_path: Path) -> None:
+    """A failed job recorded before results.json held the resolved config joins its cell."""
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_composed_job(root, f"s{seed}", ["model=tiny", "lang=ru", f"seed={seed}"], [1, 0, 1, 1])
+    identity = {"model": "tiny", "lang": "ru", "task": "xnli", "mode": "original", "seed": 3}
+    write_job(root, "old", identity, None, {}, status="failed", error="boom")
+    summary = report.summarise(report.collect([root]))
+    assert len(summary) == 1 and summary.iloc[0]["missing_seeds"] == 1 and summary.attrs["axes"] == []

@@ -65,11 +65,12 @@ def test_paired_ttest_identical_is_one_and_too_short_is_nan() -> None:
 
 
 @pytest.mark.parametrize(
-    "p, mark",
-    [(0.049, "*"), (0.009, "**"), (0.05, ""), (0.01, "*"), (0.5, ""), (float("nan"), ""), (None, "")],
+    "p, alpha, symbol, mark",
+    [(0.049, 0.05, "*", "*"), (0.009, 0.01, "**", "**"), (0.05, 0.05, "*", ""), (0.01, 0.01, "**", ""),
+     (0.03, 0.05, "**", "**"), (0.5, 0.05, "*", ""), (float("nan"), 0.05, "*", ""), (None, 0.05, "*", "")],
 )
-def test_marker_thresholds(p: float | None, mark: str) -> None:
-    assert marker(p) == mark
+def test_marker_thresholds(p: float | None, alpha: float, symbol: str, mark: str) -> None:
+    assert marker(p, alpha, symbol) == mark
 
 
 # ---- NER permutation test ---------------------------------------------------------
@@ -133,3 +134,18 @@ def test_permutation_default_metric_is_entity_f1() -> None:
 def test_permutation_length_mismatch() -> None:
     with pytest.raises(ValueError):
         permutation_test([["O"]], [["O"]], [], seqeval_f1)
+
+
+def test_paired_permutation_approaches_exact_sign_flip_p() -> None:
+    """Against the exact test: all 2^10 sign assignments enumerated."""
+    import itertools
+
+    from xlt.evaluation.significance import paired_permutation
+
+    a = [1.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 1.0, 0.5]
+    b = [0.0, 0.5, 0.5, 0.0, 0.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+    d = np.subtract(a, b)
+    flips = [abs(np.dot(signs, d)) >= abs(d.sum()) - 1e-12 for signs in itertools.product((1, -1), repeat=len(d))]
+    exact = float(np.mean(flips))
+    assert paired_permutation(a, b, iterations=20000, seed=0) == pytest.approx(exact, abs=0.01)
+    assert paired_permutation(a, a, iterations=100) == 1.0

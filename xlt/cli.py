@@ -3,7 +3,8 @@
 
 Errors the user can fix (``XltError``, an unknown config choice) print one
 line and exit with code 2.  In a multirun (``-m``) a failing job writes a
-``results.json`` with ``status: failed`` and the sweep goes on.
+``results.json`` with ``status: failed`` and the sweep goes on; once every
+job has run, ``xlt`` exits 1 if any failed or was killed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from pathlib import Path
 
 from xlt.config import CONF_DIR
 
@@ -147,12 +147,10 @@ def record_failure(cfg, message: str) -> None:
     """A failed job leaves results.json with its config and the error, never a
     half-written result."""
     try:
-        from xlt.artifacts import write_json
-        from xlt.keys import identity
+        from xlt import results
 
-        out = Path(cfg.paths.output_dir)
-        if cfg.command == "run" and not (out / "results.json").exists():
-            write_json(out / "results.json", {"config": identity(cfg), "status": "failed", "error": message})
+        if cfg.command == "run":
+            results.write_failed(cfg.paths.output_dir, cfg, message)
     except Exception:  # noqa: BLE001 - reporting a failure must not fail
         pass
 
@@ -162,6 +160,12 @@ def main() -> None:
     check_choices(sys.argv[1:])
     check_launcher(sys.argv[1:])
     _hydra_app()()
+    from xlt.report.sweep import SweepOutcome
+
+    if SweepOutcome.problems:  # a multirun ran every job; say which did not end ok
+        problems = SweepOutcome.problems
+        fail(f"{len(problems)} job(s) of the sweep did not finish ok (first: {problems[0].splitlines()[0]}); "
+             "`xlt-report` on the sweep dir lists them", code=1)
 
 
 def align_main() -> None:

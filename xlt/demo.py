@@ -8,13 +8,14 @@ per language, plus mixed-language XNLI.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from xlt import results
 
 LANGS = "es,ru,vi,hi"
 COLUMNS = {"xnli": "XNLI", "xnli_mixed_premise": "mixed: en premise", "xnli_mixed_hypothesis": "mixed: en hypothesis"}
@@ -23,10 +24,9 @@ COLUMNS = {"xnli": "XNLI", "xnli_mixed_premise": "mixed: en premise", "xnli_mixe
 def results_table(sweep: Path) -> pd.DataFrame:
     """Accuracy per language (rows) and evaluation set (columns)."""
     rows = []
-    for path in sorted(sweep.glob("*/results.json")):
-        results = json.loads(path.read_text())
-        for name, metrics in results.get("metrics", {}).items():
-            rows.append({"lang": results["config"]["lang"], "set": name.split(".")[0], "accuracy": 100 * metrics["accuracy"]})
+    for job in results.iter_ok(sweep):
+        for name, metrics in job["metrics"].items():
+            rows.append({"lang": job["config"]["lang"], "set": name.split(".")[0], "accuracy": 100 * metrics["accuracy"]})
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).pivot(index="lang", columns="set", values="accuracy")

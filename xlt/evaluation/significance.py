@@ -1,14 +1,18 @@
-"""Significance of a configuration against ``mode=original``, as in the paper.
+"""Significance of one configuration against another, as in the paper.
 
-* NLI and QA: a paired t-test over evaluation examples.  Each example's score
-  (NLI ``correct``, QA ``f1`` or ``em``) is first averaged over the seeds both
-  configurations have, so the test compares the two *configurations* and not
-  one lucky seed.
+* NLI and QA (the default): a paired t-test over evaluation examples.  Each
+  example's score (NLI ``correct``, QA ``f1`` or ``em``) is first averaged
+  over the seeds both configurations have, so the test compares the two
+  *configurations* and not one lucky seed.
 * NER: entity F1 is not a mean of per-sentence scores, so a t-test does not
   apply; the paper uses approximate randomization instead.  Sentence lists of
   all common seeds are concatenated and each sentence's prediction is swapped
   between the systems at random.
+* Retrieval: per-query correctness (0/1) averaged over seeds, compared by a
+  paired sign-flip permutation test (exact for any score distribution).
 
+Which test a task uses is looked up in ``TESTS`` by task name, so a new task
+registers its test (``register``) without touching the report.
 ``marker`` turns a p-value into the stars printed next to a table cell.
 """
 
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 
 Sentences = Sequence[Sequence[str]]
 Metric = Callable[[list[list[str]], list[list[str]]], float]
+Records = list[list[dict[str, Any]]]  # per seed, the prediction records of one eval set
+# test(metric, records of A by seed, records of B by seed, iterations) -> p-value (NaN: not testable)
+SignificanceTest = Callable[[str, Records, Records, int], float]
 
 
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
@@ -79,15 +86,92 @@ def paired_ttest_records(
     return paired_ttest([means_a[i] for i in common], [means_b[i] for i in common])
 
 
-def marker(p: float | None) -> str:
-    """``**`` for p < 0.01, ``*`` for p < 0.05, else ``""`` (also for NaN/None)."""
+def marker(p: float | None, alpha: float = 0.05, symbol: str = "*") -> str:
+    """``symbol`` when ``p < alpha``, else ``""`` (also for NaN/None)."""
     if p is None or not isinstance(p, (int, float)) or math.isnan(p):
         return ""
-    if p < 0.01:
-        return "**"
-    if p < 0.05:
-        return "*"
-    return ""
+    return symbol if p < alpha else ""
+
+
+def paired_permutation(a: Sequence[float], b: Sequence[float], iterations: int = 1000, seed: int = 0) -> float:
+    """Two-sided paired sign-flip permutation p-value of mean(a − b).
+
+    Each example's difference keeps or flips its sign at random; p counts
+    the flips whose |sum| reaches the observed one, (count + 1) / (iterations + 1).
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 5_000_000 // d.size)
+    sums = [(np.where(rng.random((min(chunk, iterations - s), d.size)) < 0.5, -d, d)).sum(axis=1)
+            for s in range(0, iterations, chunk)]
+    return _p_value(float(d.sum()), np.concatenate(sums) if sums else np.empty(0))
+
+
+# ---- per-task tests on prediction records ----------------------------------------
+
+
+def _score_key(metric: str, records: Records) -> str | None:
+    """The per-example field averaging to ``metric``, if the records have it."""
+    from xlt.results import SCORE_KEYS
+
+    key = SCORE_KEYS.get(metric)
+    return key if key is not None and records and records[0] and key in records[0][0] else None
+
+
+def ttest_test(metric: str, recs_a: Records, recs_b: Records, iterations: int) -> float:
+    """Default: paired t-test on per-example scores averaged over seeds."""
+    key = _score_key(metric, recs_a)
+    return math.nan if key is None else paired_ttest_records(recs_a, recs_b, key)
+
+
+def permutation_records_test(metric: str, recs_a: Records, recs_b: Records, iterations: int) -> float:
+    """Paired sign-flip permutation on per-example scores averaged over seeds."""
+    key = _score_key(metric, recs_a)
+    if key is None:
+        return math.nan
+    means_a, means_b = per_example_means(recs_a, key), per_example_means(recs_b, key)
+    common = [ident for ident in means_a if ident in means_b]
+    return paired_permutation([means_a[i] for i in common], [means_b[i] for i in common], iterations, seed=0)
+
+
+def entity_f1_test(metric: str, recs_a: Records, recs_b: Records, iterations: int) -> float:
+    """NER: approximate randomization of entity F1 on seed-concatenated sentences."""
+    if metric != "f1":  # only entity F1 is recomputed under permutation
+        return math.nan
+    gold, pred_a, pred_b = concat_sentences(recs_a, recs_b)
+    return permutation_test(gold, pred_a, pred_b, None, iterations=iterations, seed=0)
+
+
+def concat_sentences(recs_a: Records, recs_b: Records) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """Seed-concatenated (gold, A, B) sentence lists, sentences matched by id within a seed."""
+    gold: list[list[str]] = []
+    pred_a: list[list[str]] = []
+    pred_b: list[list[str]] = []
+    for seed_a, seed_b in zip(recs_a, recs_b):
+        by_id = {r["id"]: r for r in seed_b}
+        for record in seed_a:
+            other = by_id.get(record["id"])
+            if other is not None:
+                gold.append(record["gold"])
+                pred_a.append(record["prediction"])
+                pred_b.append(other["prediction"])
+    return gold, pred_a, pred_b
+
+
+TESTS: dict[str, SignificanceTest] = {"ner": entity_f1_test, "retrieval": permutation_records_test}
+DEFAULT_TEST: SignificanceTest = ttest_test
+
+
+def register(task: str, test: SignificanceTest) -> None:
+    """Use ``test`` for ``task``'s cells (a new task plugs in here)."""
+    TESTS[task] = test
+
+
+def compare(task: str, metric: str, recs_a: Records, recs_b: Records, iterations: int = 1000) -> float:
+    """p-value of A vs B on one eval set with the test registered for ``task``."""
+    return TESTS.get(task, DEFAULT_TEST)(metric, recs_a, recs_b, iterations)
 
 
 # ---- NER: approximate randomization ------------------------------------------

@@ -19,9 +19,10 @@ import lightning as L
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from xlt.artifacts import file_checksum, write_json, write_jsonl
+from xlt import results as results_file
+from xlt.artifacts import file_checksum, write_jsonl
 from xlt.errors import XltError
-from xlt.keys import checkpoint_dir, code_version, corpus_path, identity, job_hash
+from xlt.keys import checkpoint_dir, corpus_path
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
 from xlt.stages.trainer import make_trainer
@@ -94,20 +95,14 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto", num_nodes=1)
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
-    results = {
-        "config": {**identity(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
-                   "data_checksums": data_checksums(cfg)},
-        "metrics": metrics,
-        "status": "ok",
-        "runtime_s": round(time.time() - started, 1),
-    }
+    results = results_file.ok_results(cfg, metrics, started, data_checksums(cfg))
     if skipped:
         results["skipped_eval_sets"] = skipped
     if adjusted:
         results["adjustment"] = json.loads((adjusted / "evidence.json").read_text())
     if cfg.mode.adjust:  # does fine-tuning undo the adjustment? (the paper's "forgetting")
         results["finetuned_distances"] = finetuned_distances(cfg, tokenizer, module.encoder)
-    write_json(out / "results.json", results)
+    results_file.write(out, results)
     print(format_metrics(results))
     return results
 

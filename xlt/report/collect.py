@@ -1,0 +1,128 @@
+"""Find the job directories of a sweep and read them into one long table.
+
+A job directory is one with ``results.json`` (finished: ok or failed) or
+with ``.hydra/config.yaml`` only (killed, or still running).  Every one of
+them is a row, so no job silently drops out of a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from xlt import results
+from xlt.errors import XltError
+
+log = logging.getLogger(__name__)
+
+AXES = ("corpus", "size", "aggregation", "tokens", "aligner")
+CONFIG_KEYS = ("task", "model", "lang", "mode", *AXES)
+JOB_COLUMNS = (
+    *CONFIG_KEYS, "seed", "eval_set", "metric", "value", "n", "status", "error",
+    "config_hash", "code_version", "data_checksums", "runtime_s", "run_dir",
+)
+KILLED_ERROR = "no results.json: killed or still running"
+
+
+def job_dirs(directory: str | Path) -> Iterator[Path]:
+    """Job directories below ``directory`` (symlinks such as ``checkpoints`` not followed)."""
+    for root, dirs, files in os.walk(directory):
+        hydra_config = ".hydra" in dirs and os.path.isfile(os.path.join(root, results.HYDRA_CONFIG))
+        if results.RESULTS_FILE in files or hydra_config:
+            yield Path(root)
+        dirs[:] = sorted(d for d in dirs if d not in (".hydra", results.PREDICTIONS_DIR))
+
+
+def check_dirs(dirs: Iterable[str]) -> None:
+    """Each DIR must exist and hold at least one job directory (else one clear line)."""
+    for directory in dirs:
+        if not Path(directory).is_dir():
+            raise XltError(f"not a directory: {directory}")
+        if next(job_dirs(directory), None) is None:
+            raise XltError(f"no job directory (results.json or .hydra/config.yaml) found under {directory}")
+
+
+def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per job × eval set × metric; failed and killed jobs one row each.
+
+    Columns: ``JOB_COLUMNS`` plus one column per comparable config value
+    (``task.lr``, ...; listed in ``df.attrs["config_columns"]``).  Unreadable
+    or malformed files are skipped with a warning and listed in
+    ``df.attrs["skipped"]``.
+    """
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for directory in dirs:
+        for run_dir in job_dirs(directory):
+            try:
+                rows.extend(_job_rows(run_dir))
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                path = run_dir / (results.RESULTS_FILE if (run_dir / results.RESULTS_FILE).exists() else results.HYDRA_CONFIG)
+                log.warning("skipping %s: %s", path, err)
+                skipped.append(f"{path}: {err}")
+    config_columns = sorted({k for row in rows for k in row} - set(JOB_COLUMNS))
+    df = pd.DataFrame(rows, columns=[*JOB_COLUMNS, *config_columns])
+    df.attrs.update(skipped=skipped, config_columns=config_columns)
+    return df
+
+
+def _read(run_dir: Path) -> dict[str, Any] | None:
+    """results.json, or for a job without one a killed record from its Hydra config
+    (None for ``xlt-align`` / ``xlt-adjust`` jobs, which write no results)."""
+    if (run_dir / results.RESULTS_FILE).exists():
+        return results.read(run_dir)
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.load(run_dir / results.HYDRA_CONFIG)
+        if cfg.get("command", "run") != "run":
+            return None
+        config = results.describe(cfg)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"unreadable Hydra config: {err}") from err
+    return {"config": config, "status": results.KILLED, "error": KILLED_ERROR}
+
+
+def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of one job; raises ValueError/TypeError/KeyError on a malformed file."""
+    data = _read(run_dir)
+    if data is None:
+        return []
+    cfg = data["config"]
+    base = {key: "" if cfg.get(key) is None else str(cfg[key]) for key in CONFIG_KEYS}
+    base.update(
+        seed=int(cfg["seed"]),
+        status=str(data["status"]),
+        error=str(data.get("error", "") or ""),
+        config_hash=str(cfg.get("config_hash", "")),
+        code_version=str(cfg.get("code_version", "")),
+        data_checksums=json.dumps(cfg.get("data_checksums") or {}, sort_keys=True),
+        runtime_s=data.get("runtime_s"),
+        run_dir=str(run_dir),
+        **results.comparable(cfg),
+    )
+    rows = list(_metric_rows(base, data.get("metrics") or {})) if base["status"] == results.OK else []
+    if not rows:
+        if base["status"] == results.OK:
+            base.update(status="empty", error="results.json has no metrics")
+        rows = [{**base, "eval_set": None, "metric": None, "value": math.nan, "n": None}]
+    return rows
+
+
+def _metric_rows(base: dict[str, Any], metrics: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """One row per numeric metric of each eval set (``n`` rides along as a column)."""
+    for eval_set, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        for metric, value in values.items():
+            if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield {**base, "eval_set": eval_set, "metric": metric, "value": float(value), "n": values.get("n")}
+

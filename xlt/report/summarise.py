@@ -1,0 +1,298 @@
+"""Per-cell statistics: mean ± std over seeds, missing seeds, significance.
+
+A *cell* is every config value that can change a result except the seed:
+the identity columns (task, eval set, lang, model, mode, corpus, size,
+aggregation, tokens, aligner, metric) plus every config value that differs
+among runs with the same identity (``swept_axes``: a ``task.lr`` sweep gives
+one cell per learning rate, never a merged one).
+
+Significance follows the paper: ``*`` = p < 0.05 against the original model,
+``**`` = p < 0.05 of continual against adjusted with the same other
+settings.  Each ``Marker`` names its symbol, baseline mode and threshold, so
+both are configurable; a cell is tested against a baseline mode that comes
+before its own (original < adjusted < continual), with the test registered
+for its task in ``xlt.evaluation.significance``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xlt import results
+from xlt.errors import XltError
+from xlt.evaluation import significance
+from xlt.report.collect import AXES, CONFIG_KEYS
+
+log = logging.getLogger(__name__)
+
+CELL = ("task", "eval_set", "lang", "model", "mode", *AXES, "metric")
+MODE_ORDER = {"original": 0, "adjusted": 1, "continual": 2}
+SAME_BASELINE = ("task", "eval_set", "lang", "model", "metric")
+
+
+@dataclass(frozen=True)
+class Marker:
+    """``symbol`` when a cell beats its ``baseline`` mode at p < ``alpha``."""
+
+    symbol: str
+    baseline: str
+    alpha: float
+
+    @classmethod
+    def parse(cls, text: str) -> Marker:
+        """``SYMBOL=MODE:ALPHA``, e.g. ``**=adjusted:0.05``."""
+        symbol, _, rest = text.partition("=")
+        mode, _, alpha = rest.partition(":")
+        try:
+            value = float(alpha)
+        except ValueError:
+            value = math.nan
+        if not symbol or not mode or not 0 < value < 1:
+            raise XltError(f"--marker {text!r}: expected SYMBOL=MODE:ALPHA with 0 < ALPHA < 1, e.g. '**=adjusted:0.05'")
+        return cls(symbol, mode, value)
+
+    def describe(self) -> str:
+        return f"{self.symbol} p < {self.alpha:g} vs {self.baseline}"
+
+
+DEFAULT_MARKERS = (Marker("*", "original", 0.05), Marker("**", "adjusted", 0.05))
+
+
+def swept_axes(df: pd.DataFrame) -> list[str]:
+    """Config columns that differ among finished runs with the same identity.
+
+    Values a run's identity already determines (``lang.name`` for ``lang``)
+    are not axes; anything else that differs (``task.lr``) is.  Killed jobs
+    are left out (their config is read back from Hydra's copy, where
+    environment defaults may resolve differently), and so are results.json
+    files without a resolved config (older xlt versions).
+    """
+    columns = list(df.attrs.get("config_columns", []))
+    runs = df[df["status"] != results.KILLED].drop_duplicates("run_dir")
+    if not columns or runs.empty:
+        return []
+    runs = runs[runs[columns].notna().any(axis=1)]  # files from before the resolved config was recorded
+    counts = _labels(runs, columns).groupby(list(CONFIG_KEYS), dropna=False)[columns].nunique()
+    return [c for c in columns if int(counts[c].max()) > 1]
+
+
+def _labels(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Config values as text labels ("" for unset), so NaN groups and compares."""
+    return df.assign(**{c: df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+                        for c in columns})
+
+
+class _Predictions:
+    """Reads ``predictions/<eval set>.jsonl`` once per run (cells share baselines)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
+
+    def get(self, run_dir: str, eval_set: str) -> list[dict[str, Any]] | None:
+        key = (run_dir, eval_set)
+        if key not in self._cache:
+            try:
+                self._cache[key] = results.read_predictions(run_dir, eval_set)
+            except (OSError, ValueError) as err:
+                log.warning("unreadable predictions of %s in %s: %s", eval_set, run_dir, err)
+                self._cache[key] = None
+        return self._cache[key]
+
+
+def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool = True,
+              markers: tuple[Marker, ...] = DEFAULT_MARKERS) -> pd.DataFrame:
+    """Mean ± std over seeds per cell, missing seeds, p-values and markers.
+
+    * ``std`` is the sample std (ddof=1); NaN for a single seed.
+    * ``expected_seeds`` = seeds seen in this cell or its original baseline
+      (failed and killed jobs included); ``missing_seeds`` = expected − seeds
+      with a result.
+    * ``p_vs_<mode>`` / ``seeds_vs_<mode>``: p-value against each marker's
+      baseline on the seeds both cells have; NaN when not tested.
+    * ``gain`` is over the original cell; ``mixed_provenance``: the seeds come
+      from different code versions or data checksums.
+    """
+    warnings: list[str] = []
+    axes = swept_axes(df)
+    keys = [*CELL, *axes]
+    cells = _dedupe_seeds(_with_failed_cells(_labels(df, axes)), keys, warnings)
+    groups = {key: group for key, group in cells.groupby(keys, sort=False, dropna=False)}
+    baselines = list(dict.fromkeys(["original", *(m.baseline for m in markers)]))
+    predictions = _Predictions()
+    by_setting = _index_by_setting(groups, keys)
+    rows = []
+    for key, group in groups.items():
+        cell = dict(zip(keys, key))
+        bases = {}
+        for mode in baselines:
+            base_key = _pick_baseline(cell, by_setting.get((mode, *(cell[k] for k in SAME_BASELINE)), []),
+                                      groups, keys, warnings)
+            bases[mode] = None if base_key is None else groups[base_key]
+        rows.append(_summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers))
+    p_columns = [f"{kind}_vs_{mode}" for mode in baselines for kind in ("p", "seeds")]
+    summary = pd.DataFrame(rows, columns=keys + list(_SUMMARY_COLUMNS) + p_columns + ["marker", *_PROVENANCE])
+    summary = summary.sort_values(by=keys, key=sort_key, kind="stable").reset_index(drop=True)
+    summary.attrs.update(warnings=warnings, axes=axes, markers=markers)
+    return summary
+
+
+_SUMMARY_COLUMNS = ("mean", "std", "n_seeds", "expected_seeds", "missing_seeds", "seeds", "failed",
+                    "baseline_mean", "gain")
+_PROVENANCE = ("code_versions", "data_checksums", "config_hashes", "mixed_provenance")
+
+
+def sort_key(column: pd.Series) -> pd.Series:
+    """Natural order: modes as in the paper, numbers numerically, else text."""
+    if column.name == "mode":
+        return column.map(lambda v: (MODE_ORDER.get(v, 9), str(v)))
+    return column.map(lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _with_failed_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Give failed and killed jobs the (eval set, metric) pairs their task and language have.
+
+    Such a job wrote no metrics, but its seed still belongs to the cells it
+    would have filled; without this it would silently vanish from the counts.
+    """
+    ok = df[(df["status"] == results.OK) & df["eval_set"].notna()]
+    failed = df[df["status"] != results.OK]
+    if failed.empty:
+        return ok
+    targets = ok[["task", "lang", "eval_set", "metric"]].drop_duplicates()
+    expanded = failed.drop(columns=["eval_set", "metric"]).merge(targets, on=["task", "lang"], how="inner")
+    return pd.concat([ok, expanded[list(df.columns)]], ignore_index=True)
+
+
+def _dedupe_seeds(cells: pd.DataFrame, keys: list[str], warnings: list[str]) -> pd.DataFrame:
+    """Keep one result per cell and seed (a rerun of the same config must not count twice).
+
+    An ``ok`` result wins over a failed attempt; among ok results the last
+    run directory in sort order (usually the newest) wins, with a warning.
+    """
+    cells = cells.assign(_ok=cells["status"] == results.OK).sort_values(["_ok", "run_dir"], kind="stable")
+    ok = cells[cells["_ok"]]
+    dup = ok.duplicated(subset=[*keys, "seed"], keep="last")
+    for _, row in ok[dup].drop_duplicates(subset=[*keys, "seed"]).iterrows():
+        warnings.append(f"duplicate results for {describe(row)} seed {row['seed']} (identical configs): "
+                        "kept the last run directory")
+    return cells.drop_duplicates(subset=[*keys, "seed"], keep="last").drop(columns="_ok")
+
+
+def describe(row: Any) -> str:
+    return f"{row['task']}/{row['model']}/{row['lang']}/{row['mode']}"
+
+
+def _index_by_setting(groups: dict[tuple, pd.DataFrame], keys: list[str]) -> dict[tuple, list[tuple]]:
+    """Cells by (mode, task, eval set, lang, model, metric): where baselines are looked up."""
+    index: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        cell = dict(zip(keys, key))
+        index.setdefault((cell["mode"], *(cell[k] for k in SAME_BASELINE)), []).append(key)
+    return index
+
+
+def _pick_baseline(cell: dict[str, Any], same_setting: list[tuple], groups: dict[tuple, pd.DataFrame],
+                   keys: list[str], warnings: list[str]) -> tuple | None:
+    """Among the baseline mode's cells of the same task, eval set, language,
+    model and metric (``same_setting``), the one with the same other settings.
+
+    Every other value must be equal unless the baseline does not use it
+    (``""``: an original model has no corpus size, an adjusted one no
+    ``continual.alpha``).  Exact matches are preferred, else the candidate
+    with the most seeds (with a warning).
+    """
+    rest = [k for k in keys if k not in SAME_BASELINE and k != "mode"]
+    candidates = []
+    for key in same_setting:
+        other = dict(zip(keys, key))
+        if all(other[k] in ("", cell[k]) for k in rest):
+            candidates.append((all(other[k] == cell[k] for k in rest), key))
+    if not candidates:
+        return None
+    exact = [key for same, key in candidates if same]
+    if exact:
+        return exact[0]
+    mode = dict(zip(keys, candidates[0][1]))["mode"]
+    if len(candidates) > 1 and cell["mode"] != mode:
+        warnings.append(f"several {mode} cells match {cell['task']} {cell['eval_set']} {cell['model']} "
+                        f"{cell['mode']}: compared with the one with most seeds")
+    return max((key for _, key in candidates), key=lambda k: _ok_seeds(groups[k]).size)
+
+
+def _ok_seeds(group: pd.DataFrame) -> np.ndarray:
+    return np.unique(group.loc[group["status"] == results.OK, "seed"].to_numpy())
+
+
+def _summary_row(cell: dict[str, Any], group: pd.DataFrame, bases: dict[str, pd.DataFrame | None],
+                 predictions: _Predictions, iterations: int, markers: tuple[Marker, ...]) -> dict[str, Any]:
+    """Statistics of one cell (see ``summarise``); ``bases`` = baseline group per mode."""
+    ok = group[group["status"] == results.OK]
+    values = ok["value"].astype(float)
+    seeds = set(int(s) for s in ok["seed"])
+    expected = set(int(s) for s in group["seed"])
+    row: dict[str, Any] = {**cell}
+    for mode, base in bases.items():
+        base_ok = base[base["status"] == results.OK] if base is not None else None
+        if mode == "original":
+            if base is not None:
+                expected |= set(int(s) for s in base["seed"])
+            row["baseline_mean"] = float(base_ok["value"].mean()) if base_ok is not None and len(base_ok) else math.nan
+        tested = base_ok is not None and iterations > 0 and MODE_ORDER.get(cell["mode"], 9) > MODE_ORDER.get(mode, 9)
+        row[f"p_vs_{mode}"], row[f"seeds_vs_{mode}"] = (
+            _significance(cell, ok, base_ok, predictions, iterations) if tested else (math.nan, 0))
+    versions, checksums = sorted(set(ok["code_version"])), sorted(set(ok["data_checksums"]))
+    mean = float(values.mean()) if len(values) else math.nan
+    row.update(
+        mean=mean,
+        std=float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+        n_seeds=len(seeds), expected_seeds=len(expected), missing_seeds=len(expected - seeds),
+        seeds=",".join(str(s) for s in sorted(seeds)),
+        failed=int((group["status"] != results.OK).sum()),
+        gain=mean - row["baseline_mean"],
+        marker=marker_text(row, markers),
+        code_versions=";".join(versions), data_checksums=";".join(checksums),
+        config_hashes=";".join(sorted(set(ok["config_hash"]))),
+        mixed_provenance=len(versions) > 1 or len(checksums) > 1,
+    )
+    return row
+
+
+def marker_text(row: dict[str, Any], markers: tuple[Marker, ...]) -> str:
+    """The symbols of every marker the cell earns, comma-separated.
+
+    Against one baseline only the strictest earned marker is shown (so
+    ``*``/``**`` at 0.05/0.01 vs original print one of them, as before).
+    """
+    hits: dict[str, Marker] = {}
+    for m in markers:
+        if significance.marker(row.get(f"p_vs_{m.baseline}"), m.alpha, m.symbol):
+            if m.baseline not in hits or m.alpha < hits[m.baseline].alpha:
+                hits[m.baseline] = m
+    return ",".join(m.symbol for m in markers if hits.get(m.baseline) is m)
+
+
+def _significance(cell: dict[str, Any], ok: pd.DataFrame, base_ok: pd.DataFrame, predictions: _Predictions,
+                  iterations: int) -> tuple[float, int]:
+    """p-value of the cell vs its baseline on their common seeds, and how many seeds that was."""
+    runs_a = dict(zip(ok["seed"].astype(int), ok["run_dir"]))
+    runs_b = dict(zip(base_ok["seed"].astype(int), base_ok["run_dir"]))
+    common = sorted(set(runs_a) & set(runs_b))
+    recs_a = [predictions.get(runs_a[s], cell["eval_set"]) for s in common]
+    recs_b = [predictions.get(runs_b[s], cell["eval_set"]) for s in common]
+    if not common or any(not r for r in recs_a + recs_b):
+        return math.nan, 0
+    return significance.compare(cell["task"], cell["metric"], recs_a, recs_b, iterations), len(common)

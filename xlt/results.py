@@ -1,0 +1,158 @@
+"""The results.json contract: what a job writes and what readers may rely on.
+
+One job directory holds
+
+* ``results.json``::
+
+      {"status": "ok" | "failed",
+       "config": {<identity: model, lang, task, mode, corpus, size, aggregation,
+                   tokens, aligner, seed>, "config_hash", "code_version",
+                  "data_checksums", "resolved": {<the whole resolved job config,
+                  without paths and command>}},
+       "metrics": {"<eval set>": {"<metric>": float, ..., "n": int}},   # ok only
+       "error": "...",                                                    # failed only
+       "runtime_s": float, ...extras (adjustment evidence, skipped sets)}
+
+* ``predictions/<eval set>.jsonl``: one record per example with ``id``,
+  ``gold``, ``prediction`` and the per-example score of each averaged metric
+  (``SCORE_KEYS``: ``correct`` for accuracy, ``f1``, ``em`` for exact match).
+
+The identity keys label table cells; ``resolved`` is what ``xlt-report``
+compares, so two runs whose configs differ in any value (a ``task.lr``
+sweep) are never merged.  The job writer (``xlt.stages.job``), the failure
+recorder (``xlt.cli``), ``xlt-report`` and the demo all go through here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xlt.artifacts import write_json
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_DIR = "predictions"
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+OK, FAILED, KILLED = "ok", "failed", "killed"
+STATUSES = (OK, FAILED)
+# Per-example field of a prediction record whose mean over examples is the metric.
+SCORE_KEYS = {"accuracy": "correct", "f1": "f1", "exact_match": "em"}
+# Top-level config nodes that do not change a job's result.
+NOT_RESULT = ("paths", "command")
+# Display settings that never change a result.
+DISPLAY_ONLY = ("trainer.enable_progress_bar", "trainer.log_every_n_steps")
+# Config subtrees that a mode does not use (their values must not split cells).
+UNUSED_BY = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjustment"), "continual": ("continual",)}
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The whole job config, resolved, minus the nodes in ``NOT_RESULT``.
+
+    Falls back to unresolved values when an interpolation cannot be resolved
+    (a failure may be exactly that), so a failed job still records its config.
+    """
+    keep = [k for k in cfg if k not in NOT_RESULT]
+    subset = OmegaConf.masked_copy(cfg, keep)
+    try:
+        return OmegaConf.to_container(subset, resolve=True)
+    except OmegaConfBaseException:  # e.g. an unset environment variable: keep the raw values
+        return OmegaConf.to_container(subset, resolve=False)
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """The ``config`` block every results.json has: identity plus resolved config."""
+    from xlt.keys import identity
+
+    return {**identity(cfg), "resolved": resolved_config(cfg)}
+
+
+def ok_results(cfg: DictConfig, metrics: dict[str, dict[str, float]], started: float,
+               data_checksums: dict[str, str]) -> dict[str, Any]:
+    """The results.json of a finished job (extras may be added before ``write``)."""
+    from xlt.keys import code_version, job_hash
+
+    config = {**describe(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
+              "data_checksums": data_checksums}
+    return {"config": config, "metrics": metrics, "status": OK, "runtime_s": round(time.time() - started, 1)}
+
+
+def write(run_dir: str | Path, results: dict[str, Any]) -> None:
+    """Write results.json atomically (a reader never sees half of it)."""
+    write_json(Path(run_dir) / RESULTS_FILE, results)
+
+
+def write_failed(run_dir: str | Path, cfg: DictConfig, error: str) -> None:
+    """Record a failed job unless it already wrote a result."""
+    if not (Path(run_dir) / RESULTS_FILE).exists():
+        write(run_dir, {"config": describe(cfg), "status": FAILED, "error": error})
+
+
+def read(run_dir: str | Path) -> dict[str, Any]:
+    """A job's results.json, checked against the contract.
+
+    Raises ``OSError`` or ``ValueError`` (naming the problem) for an unreadable
+    or malformed file; readers skip those with a warning.
+    """
+    data = json.loads((Path(run_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ValueError("no 'config' object")
+    if "seed" not in data["config"]:
+        raise ValueError("config has no 'seed'")
+    data.setdefault("status", OK)
+    if data["status"] not in STATUSES:
+        raise ValueError(f"status {data['status']!r} is not one of {', '.join(STATUSES)}")
+    if not isinstance(data.get("metrics", {}), dict):
+        raise ValueError("'metrics' is not an object")
+    return data
+
+
+def read_predictions(run_dir: str | Path, eval_set: str) -> list[dict[str, Any]] | None:
+    """Per-example records of one eval set; None when the file is absent."""
+    path = Path(run_dir) / PREDICTIONS_DIR / f"{eval_set}.jsonl"
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def iter_ok(sweep: str | Path) -> Iterator[dict[str, Any]]:
+    """Readable ``ok`` results of the job directories directly under ``sweep``."""
+    for path in sorted(Path(sweep).glob(f"*/{RESULTS_FILE}")):
+        try:
+            data = read(path.parent)
+        except (OSError, ValueError):
+            continue
+        if data["status"] == OK:
+            yield data
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``{"task.lr": 5e-05, ...}`` of the values that can change a result.
+
+    Subtrees the job's mode does not use (``UNUSED_BY``) are left out, so the
+    corpus size of an original-mode job never splits its cells; lists become
+    JSON text so every value is hashable.  Empty for results.json files written
+    before the resolved config was recorded.
+    """
+    resolved = config.get("resolved")
+    if not isinstance(resolved, dict):
+        return {}
+    mode = resolved.get("mode") or {}
+    unused = {node for switch, nodes in UNUSED_BY.items() if not mode.get(switch, True) for node in nodes}
+    flat: dict[str, Any] = {}
+    _flatten({k: v for k, v in resolved.items() if k not in unused and k != "seed"}, "", flat)
+    return {k: v for k, v in flat.items() if k not in DISPLAY_ONLY}
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            _flatten(value, f"{prefix}{key}.", out)
+    else:
+        out[prefix[:-1]] = json.dumps(node, sort_keys=True) if isinstance(node, (list, dict)) else node
