@@ -1,0 +1,97 @@
+"""Agreement of xlt's fast_align with the reference tool's output (golden files).
+
+For each language pool in ``$XLT_DATA_DIR/golden/fast_align`` (default
+``../shared/data``) and each flag set (``dov`` = ``-d -o -v``, ``dv`` = ``-d -v``)
+this trains ``xlt.data.fast_align`` on the whole pool (the exact input the tool
+saw), then counts the lines whose forward, reverse and intersect links equal the
+tool's.  Prints a table and writes JSON (``--out``).
+
+    .venv/bin/python bench/golden_align.py [--langs ru hi] [--flags dov dv] [--lines N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xlt.data.fast_align import FastAlignSettings, fast_align  # noqa: E402
+
+FLAG_SETS = {"dov": FastAlignSettings(), "dv": FastAlignSettings(optimize_tension=False)}
+
+
+def golden_dir() -> Path:
+    return Path(os.environ.get("XLT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "golden" / "fast_align"
+
+
+def read_corpus(path: Path, lines: int | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    """``src ||| trg`` split as the tool splits (space/tab tokens, first bare ``|||``)."""
+    src, trg = [], []
+    with open(path, encoding="utf-8") as handle:
+        for n, line in enumerate(handle):
+            if lines is not None and n >= lines:
+                break
+            words = line.rstrip("\n").replace("\t", " ").split(" ")
+            words = [w for w in words if w]
+            cut = words.index("|||") if "|||" in words else len(words)
+            src.append(words[:cut])
+            trg.append(words[cut + 1:])
+    return src, trg
+
+
+def read_links(path: Path, lines: int | None = None) -> list[frozenset[tuple[int, int]]]:
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for n, line in enumerate(handle):
+            if lines is not None and n >= lines:
+                break
+            out.append(frozenset(tuple(map(int, link.split("-"))) for link in line.split()))
+    return out
+
+
+def align_pool(lang: str, flags: str, lines: int | None = None) -> dict[str, list[frozenset[tuple[int, int]]]]:
+    """Forward, reverse and intersect links in the tool's orientation (``i`` = left side)."""
+    src, trg = read_corpus(golden_dir() / f"corpus.{lang}-en", lines)
+    settings = FLAG_SETS[flags]
+    forward = [frozenset(links) for links in fast_align(src, trg, settings)]
+    reverse = [frozenset((i, j) for j, i in links) for links in fast_align(trg, src, settings)]
+    return {"forward": forward, "reverse": reverse, "intersect": [f & r for f, r in zip(forward, reverse)]}
+
+
+def agreement(lang: str, flags: str, lines: int | None = None) -> dict[str, float]:
+    """Share of lines equal to the golden file, per direction, and the runtime."""
+    start = time.perf_counter()
+    ours = align_pool(lang, flags, lines)
+    seconds = time.perf_counter() - start
+    result: dict[str, float] = {"lines": len(ours["forward"]), "seconds": round(seconds, 1)}
+    for direction, links in ours.items():
+        golden = read_links(golden_dir() / f"{lang}-en.{flags}.{direction}.align", lines)
+        assert len(golden) == len(links), f"{lang} {flags} {direction}: {len(golden)} golden lines, {len(links)} ours"
+        result[direction] = sum(a == b for a, b in zip(links, golden)) / len(links)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--langs", nargs="+", default=["ru", "hi"])
+    parser.add_argument("--flags", nargs="+", default=list(FLAG_SETS), choices=list(FLAG_SETS))
+    parser.add_argument("--out", default=str(Path(__file__).with_name("golden_align.json")))
+    args = parser.parse_args()
+    results = {}
+    print(f"{'pool':<10}{'lines':>8}{'forward':>10}{'reverse':>10}{'intersect':>11}{'seconds':>9}")
+    for lang in args.langs:
+        for flags in args.flags:
+            r = agreement(lang, flags)
+            results[f"{lang}.{flags}"] = r
+            print(f"{lang + '.' + flags:<10}{r['lines']:>8}{r['forward']:>10.2%}{r['reverse']:>10.2%}"
+                  f"{r['intersect']:>11.2%}{r['seconds']:>9}", flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
