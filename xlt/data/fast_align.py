@@ -170,9 +170,11 @@ def _build_cells(src: list[list[str]], trg: list[list[str]]) -> _Cells:
     trg_off = np.concatenate([[0], np.cumsum(m)[:-1]])
     f = trg_flat[trg_off[row_line] + row_j][cell_row]
     keys, param = np.unique(e * max(len(trg_vocab), 1) + f, return_inverse=True)
-    return _Cells(param=param.astype(np.int64), param_row=keys // max(len(trg_vocab), 1), row_start=row_start,
-                  cell_row=cell_row, is_null=pos_i == 0, pos_i=pos_i, pos_j=row_j[cell_row],
-                  len_n=n[line], len_m=m[line], row_line=row_line, row_j=row_j, row_m=m[row_line], row_n=n[row_line])
+    small = np.int16 if max(n.max(initial=0), m.max(initial=0)) < 2 ** 15 else np.int64  # memory: ~20 cells a word
+    return _Cells(param=param.astype(np.int32), param_row=keys // max(len(trg_vocab), 1), row_start=row_start,
+                  cell_row=cell_row.astype(np.int32), is_null=pos_i == 0, pos_i=pos_i.astype(small),
+                  pos_j=row_j[cell_row].astype(small), len_n=n[line].astype(small), len_m=m[line].astype(small),
+                  row_line=row_line, row_j=row_j, row_m=m[row_line], row_n=n[row_line])
 
 
 # --------------------------------------------------------------------------- EM
@@ -223,7 +225,7 @@ def _normalize(counts: np.ndarray, rows: np.ndarray, s: FastAlignSettings) -> np
 def _viterbi(cells: _Cells, probs: np.ndarray, n_lines: int) -> list[list[tuple[int, int]]]:
     """First maximum of each row (null wins ties, as the tool's strict ``>``)."""
     best = np.maximum.reduceat(probs, cells.row_start)
-    local = cells.pos_i
+    local = cells.pos_i.astype(np.int64)
     first = np.where(probs == best[cells.cell_row], local, np.iinfo(np.int64).max)
     choice = np.minimum.reduceat(first, cells.row_start)
     links: list[list[tuple[int, int]]] = [[] for _ in range(n_lines)]
