@@ -99,8 +99,8 @@ def test_moses_mismatch_and_empty_line(tmp_path: Path) -> None:
     write(tmp_path / "m.ru", "а\nб\n")
     with pytest.raises(XltError, match=r"m\.ru:3: line counts differ"):
         read_pairs("moses", str(tmp_path / "m"), "ru")
-    write(tmp_path / "e.en", "a\n\n")
-    write(tmp_path / "e.ru", "а\nб\n")
+    write(tmp_path / "e.en", "a\n\nc\n")
+    write(tmp_path / "e.ru", "а\nб\nв\n")
     with pytest.raises(XltError, match=r"e\.en:2: empty line"):
         read_pairs("moses", str(tmp_path / "e"), "ru")
 
