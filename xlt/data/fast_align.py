@@ -122,14 +122,10 @@ def digamma(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Cells:
-    """Every (target word j, source position i or null) of the corpus, target-major.
+    """Every (target word j, source position i or null) of a block of lines,
+    target-major: row r = one target token, its cells contiguous, null first,
+    then the source words in order (exactly fast_align's ``probs`` vector)."""
 
-    Row r = one target token; its cells are contiguous: null first, then the
-    source words in order (exactly fast_align's ``probs`` vector).
-    """
-
-    param: np.ndarray       # cell -> table entry (e, f)
-    param_row: np.ndarray   # table entry -> e (its conditioning word; 0 = null)
     row_start: np.ndarray   # row -> first cell
     cell_row: np.ndarray    # cell -> row
     is_null: np.ndarray     # cell is the null word
@@ -137,44 +133,80 @@ class _Cells:
     pos_j: np.ndarray       # cell -> 0-based target position
     len_n: np.ndarray       # cell -> source length
     len_m: np.ndarray       # cell -> target length
-    row_line: np.ndarray    # row -> corpus line
+    cell_line: np.ndarray   # cell -> line (in the block)
+    row_line: np.ndarray    # row -> line (in the block)
     row_j: np.ndarray       # row -> target position
     row_m: np.ndarray
     row_n: np.ndarray
 
 
-def _ids(sentences: list[list[str]], vocab: dict[str, int]) -> list[np.ndarray]:
-    return [np.fromiter((vocab.setdefault(w, len(vocab)) for w in s), np.int64, len(s)) for s in sentences]
+def _geometry(n: np.ndarray, m: np.ndarray) -> _Cells:
+    """Cell layout of lines with source lengths ``n`` and target lengths ``m``."""
+    row_line = np.repeat(np.arange(len(m)), m)
+    row_j = np.arange(len(row_line)) - np.repeat(np.cumsum(m) - m, m)
+    row_width = (n + 1)[row_line]
+    row_start = np.cumsum(row_width) - row_width
+    cell_row = np.repeat(np.arange(len(row_line)), row_width)
+    pos_i = np.arange(int(row_width.sum())) - row_start[cell_row]
+    line = row_line[cell_row]
+    return _Cells(row_start=row_start, cell_row=cell_row, is_null=pos_i == 0, pos_i=pos_i, pos_j=row_j[cell_row],
+                  len_n=n[line], len_m=m[line], cell_line=line, row_line=row_line, row_j=row_j,
+                  row_m=m[row_line], row_n=n[row_line])
 
 
-def _build_cells(src: list[list[str]], trg: list[list[str]]) -> _Cells:
+@dataclass
+class _Corpus:
+    """The corpus as word ids, cut into blocks of lines (bounded memory), with
+    every block's cells mapped to the table entries ``(e, f)`` they read."""
+
+    n: np.ndarray                   # source lengths
+    m: np.ndarray                   # target lengths
+    blocks: list[tuple[int, int]]   # line ranges
+    params: list[np.ndarray]        # per block: its distinct table entries
+    local: list[np.ndarray]         # per block: cell -> index into its entries
+    param_row: np.ndarray           # table entry -> e (its conditioning word; 0 = null)
+
+
+BLOCK_CELLS = 2_000_000  # cells per block: ~0.25 GB of temporaries
+
+
+def _ids(sentences: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
+    return np.fromiter((vocab.setdefault(w, len(vocab)) for s in sentences for w in s), np.int64)
+
+
+def _blocks(cells_per_line: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    ends = np.cumsum(cells_per_line)
+    blocks, lo = [], 0
+    while lo < len(ends):
+        base = ends[lo - 1] if lo else 0
+        hi = max(int(np.searchsorted(ends, base + limit, side="right")), lo + 1)
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def _build_corpus(src: list[list[str]], trg: list[list[str]], block_cells: int = BLOCK_CELLS) -> _Corpus:
+    """fast_align's initial pass: one table entry per co-occurring (e, f) and (null, f)."""
     src_vocab: dict[str, int] = {"<eps>": 0}
     trg_vocab: dict[str, int] = {}
-    src_ids, trg_ids = _ids(src, src_vocab), _ids(trg, trg_vocab)
     n = np.array([len(s) for s in src], np.int64)
     m = np.array([len(t) for t in trg], np.int64)
-    width = n + 1
-    row_line = np.repeat(np.arange(len(src)), m)
-    row_j = np.concatenate([np.arange(k) for k in m]) if len(m) else np.zeros(0, np.int64)
-    row_width = width[row_line]
-    row_start = np.concatenate([[0], np.cumsum(row_width)[:-1]]).astype(np.int64)
-    total = int(row_width.sum())
-    cell_row = np.repeat(np.arange(len(row_line)), row_width)
-    pos_i = np.arange(total, dtype=np.int64) - row_start[cell_row]
-    line = row_line[cell_row]
-    # source word id per cell: flatten each line's [null, src...] and index by line offset
-    src_flat = np.concatenate([np.concatenate([[0], s]) for s in src_ids]) if src_ids else np.zeros(0, np.int64)
-    src_off = np.concatenate([[0], np.cumsum(width)[:-1]])
-    e = src_flat[src_off[line] + pos_i]
-    trg_flat = np.concatenate(trg_ids) if trg_ids else np.zeros(0, np.int64)
-    trg_off = np.concatenate([[0], np.cumsum(m)[:-1]])
-    f = trg_flat[trg_off[row_line] + row_j][cell_row]
-    keys, param = np.unique(e * max(len(trg_vocab), 1) + f, return_inverse=True)
-    small = np.int16 if max(n.max(initial=0), m.max(initial=0)) < 2 ** 15 else np.int64  # memory: ~20 cells a word
-    return _Cells(param=param.astype(np.int32), param_row=keys // max(len(trg_vocab), 1), row_start=row_start,
-                  cell_row=cell_row.astype(np.int32), is_null=pos_i == 0, pos_i=pos_i.astype(small),
-                  pos_j=row_j[cell_row].astype(small), len_n=n[line].astype(small), len_m=m[line].astype(small),
-                  row_line=row_line, row_j=row_j, row_m=m[row_line], row_n=n[row_line])
+    src_flat = _ids([["<eps>"] + s for s in src], src_vocab)  # each line's [null, words...]
+    trg_flat = _ids(trg, trg_vocab)
+    src_off, trg_off = np.cumsum(n + 1) - (n + 1), np.cumsum(m) - m
+    width = max(len(trg_vocab), 1)
+    blocks = _blocks((n + 1) * m, block_cells)
+    uniques, local = [], []
+    for lo, hi in blocks:
+        cells = _geometry(n[lo:hi], m[lo:hi])
+        e = src_flat[src_off[lo + cells.cell_line] + cells.pos_i]
+        f = trg_flat[trg_off[lo + cells.row_line] + cells.row_j][cells.cell_row]
+        keys, inverse = np.unique(e * width + f, return_inverse=True)
+        uniques.append(keys)
+        local.append(inverse.astype(np.int32))
+    table_keys = np.unique(np.concatenate(uniques)) if uniques else np.zeros(0, np.int64)
+    params = [np.searchsorted(table_keys, keys) for keys in uniques]
+    return _Corpus(n=n, m=m, blocks=blocks, params=params, local=local, param_row=table_keys // width)
 
 
 # --------------------------------------------------------------------------- EM
@@ -222,47 +254,55 @@ def _normalize(counts: np.ndarray, rows: np.ndarray, s: FastAlignSettings) -> np
     return counts / total[rows]
 
 
-def _viterbi(cells: _Cells, probs: np.ndarray, n_lines: int) -> list[list[tuple[int, int]]]:
+def _viterbi(cells: _Cells, probs: np.ndarray, links: list[list[tuple[int, int]]], first_line: int) -> None:
     """First maximum of each row (null wins ties, as the tool's strict ``>``)."""
     best = np.maximum.reduceat(probs, cells.row_start)
-    local = cells.pos_i.astype(np.int64)
-    first = np.where(probs == best[cells.cell_row], local, np.iinfo(np.int64).max)
+    first = np.where(probs == best[cells.cell_row], cells.pos_i, np.iinfo(np.int64).max)
     choice = np.minimum.reduceat(first, cells.row_start)
-    links: list[list[tuple[int, int]]] = [[] for _ in range(n_lines)]
     for line, j, i in zip(cells.row_line.tolist(), cells.row_j.tolist(), choice.tolist()):
         if i > 0:
-            links[line].append((i - 1, j))
-    return links
+            links[first_line + line].append((i - 1, j))
 
 
-def fast_align(src: list[list[str]], trg: list[list[str]], settings: FastAlignSettings) -> list[list[tuple[int, int]]]:
+def fast_align(src: list[list[str]], trg: list[list[str]], settings: FastAlignSettings,
+               block_cells: int = BLOCK_CELLS) -> list[list[tuple[int, int]]]:
     """Train fast_align on the pairs and return the final iteration's Viterbi links
-    ``(i_src, j_trg)`` per line, as ``fast_align -i src|||trg`` prints them."""
+    ``(i_src, j_trg)`` per line, as ``fast_align -i src|||trg`` prints them.
+
+    Memory: 4 bytes per (source word + 1) x target word of the corpus, the
+    table, and temporaries of one block of ``block_cells`` cells.
+    """
     if settings.variational_bayes and settings.alpha <= 0:
         raise ValueError("fast_align: alpha must be > 0 with variational_bayes")
     start = time.perf_counter()
-    cells = _build_cells(src, trg)
-    n_tokens = float(len(cells.row_line))
+    corpus = _build_corpus(src, trg, block_cells)
+    n_tokens = float(corpus.m.sum())
     sizes = _size_table(src, trg) if settings.favor_diagonal and settings.optimize_tension else None
-    emp_cell = np.where(cells.is_null, 0.0, _feature(cells.pos_j, cells.pos_i, cells.len_m, cells.len_n))
     table = None
     tension = settings.diagonal_tension
+    links: list[list[tuple[int, int]]] = [[] for _ in src]
     for iteration in range(settings.iterations):
-        prior = _prior(cells, settings, tension)
-        t = np.full(len(cells.param), FLAT_PROB) if table is None else table[cells.param]
-        probs = t * prior
-        if not settings.use_null:
-            probs[cells.is_null] = 0.0
-        if iteration == settings.iterations - 1:
-            links = _viterbi(cells, probs if settings.use_null else np.where(cells.is_null, -1.0, probs), len(src))
-            log.info("fast_align: %d pairs, %d iterations, tension %.4f, %.1fs",
-                     len(src), settings.iterations, tension, time.perf_counter() - start)
-            return links
-        posterior = probs / np.add.reduceat(probs, cells.row_start)[cells.cell_row]
-        emp_feat = float((emp_cell * posterior).sum()) / n_tokens
-        counts = np.bincount(cells.param, weights=posterior, minlength=len(cells.param_row))
+        final = iteration == settings.iterations - 1
+        counts = np.zeros(len(corpus.param_row))
+        emp_feat = 0.0
+        for (lo, hi), params, local in zip(corpus.blocks, corpus.params, corpus.local):
+            cells = _geometry(corpus.n[lo:hi], corpus.m[lo:hi])
+            t = np.full(len(local), FLAT_PROB) if table is None else table[params][local]
+            probs = t * _prior(cells, settings, tension)
+            if not settings.use_null:
+                probs[cells.is_null] = -1.0 if final else 0.0
+            if final:
+                _viterbi(cells, probs, links, lo)
+                continue
+            posterior = probs / np.add.reduceat(probs, cells.row_start)[cells.cell_row]
+            feature = np.where(cells.is_null, 0.0, _feature(cells.pos_j, cells.pos_i, cells.len_m, cells.len_n))
+            emp_feat += float((feature * posterior).sum())
+            counts[params] += np.bincount(local, weights=posterior, minlength=len(params))
+        if final:
+            break
         if sizes is not None and iteration > 0:
-            tension = _tension_step(sizes, emp_feat, tension, n_tokens)
-        table = _normalize(counts, cells.param_row, settings)
-        del prior, t, probs, posterior
-    return [[] for _ in src]  # iterations == 0: fast_align prints nothing
+            tension = _tension_step(sizes, emp_feat / n_tokens, tension, n_tokens)
+        table = _normalize(counts, corpus.param_row, settings)
+    log.info("fast_align: %d pairs, %d iterations, tension %.4f, %.1fs",
+             len(src), settings.iterations, tension, time.perf_counter() - start)
+    return links
