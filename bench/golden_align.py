@@ -21,57 +21,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xlt.data.fast_align import FastAlignSettings, fast_align  # noqa: E402
+from xlt.config import AlignerConfig  # noqa: E402
+from xlt.data.align import fast_align_directions, intersect  # noqa: E402
+from xlt.data.parallel import read_numbered_pairs, tokenize_pair  # noqa: E402
 
-FLAG_SETS = {"dov": FastAlignSettings(), "dv": FastAlignSettings(optimize_tension=False)}
+FLAG_SETS = {"dov": AlignerConfig(), "dv": AlignerConfig(optimize_tension=False)}
 
 
 def golden_dir() -> Path:
     return Path(os.environ.get("XLT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "golden" / "fast_align"
 
 
-def read_corpus(path: Path, lines: int | None = None) -> tuple[list[list[str]], list[list[str]]]:
-    """``src ||| trg`` split as the tool splits (space/tab tokens, first bare ``|||``)."""
-    src, trg = [], []
+def read_links(path: Path) -> list[frozenset[tuple[int, int]]]:
     with open(path, encoding="utf-8") as handle:
-        for n, line in enumerate(handle):
-            if lines is not None and n >= lines:
-                break
-            words = line.rstrip("\n").replace("\t", " ").split(" ")
-            words = [w for w in words if w]
-            cut = words.index("|||") if "|||" in words else len(words)
-            src.append(words[:cut])
-            trg.append(words[cut + 1:])
-    return src, trg
+        return [frozenset(tuple(map(int, link.split("-"))) for link in line.split()) for line in handle]
 
 
-def read_links(path: Path, lines: int | None = None) -> list[frozenset[tuple[int, int]]]:
-    out = []
-    with open(path, encoding="utf-8") as handle:
-        for n, line in enumerate(handle):
-            if lines is not None and n >= lines:
-                break
-            out.append(frozenset(tuple(map(int, link.split("-"))) for link in line.split()))
-    return out
+def align_pool(lang: str, flags: str) -> dict[str, list[frozenset[tuple[int, int]]]]:
+    """Forward, reverse and intersect links of the pool as xlt computes them (reader,
+    whitespace tokens, both directions), in the tool's orientation (target-English)."""
+    rows = read_numbered_pairs("fast_align", str(golden_dir() / f"corpus.{lang}-en"), lang)
+    pairs = [tokenize_pair("fast_align", english, target, lang) for _, english, target in rows]
+    forward, reverse = fast_align_directions(pairs, FLAG_SETS[flags])
+    links = {"forward": forward, "reverse": reverse, "intersect": [intersect(f, r) for f, r in zip(forward, reverse)]}
+    return {name: [frozenset((j, i) for i, j in line) for line in lines] for name, lines in links.items()}
 
 
-def align_pool(lang: str, flags: str, lines: int | None = None) -> dict[str, list[frozenset[tuple[int, int]]]]:
-    """Forward, reverse and intersect links in the tool's orientation (``i`` = left side)."""
-    src, trg = read_corpus(golden_dir() / f"corpus.{lang}-en", lines)
-    settings = FLAG_SETS[flags]
-    forward = [frozenset(links) for links in fast_align(src, trg, settings)]
-    reverse = [frozenset((i, j) for j, i in links) for links in fast_align(trg, src, settings)]
-    return {"forward": forward, "reverse": reverse, "intersect": [f & r for f, r in zip(forward, reverse)]}
-
-
-def agreement(lang: str, flags: str, lines: int | None = None) -> dict[str, float]:
+def agreement(lang: str, flags: str) -> dict[str, float]:
     """Share of lines equal to the golden file, per direction, and the runtime."""
     start, cpu = time.perf_counter(), time.process_time()
-    ours = align_pool(lang, flags, lines)
+    ours = align_pool(lang, flags)
     result: dict[str, float] = {"lines": len(ours["forward"]), "seconds": round(time.perf_counter() - start, 1),
                                 "cpu_seconds": round(time.process_time() - cpu, 1)}
     for direction, links in ours.items():
-        golden = read_links(golden_dir() / f"{lang}-en.{flags}.{direction}.align", lines)
+        golden = read_links(golden_dir() / f"{lang}-en.{flags}.{direction}.align")
         assert len(golden) == len(links), f"{lang} {flags} {direction}: {len(golden)} golden lines, {len(links)} ours"
         result[direction] = sum(a == b for a, b in zip(links, golden)) / len(links)
     return result

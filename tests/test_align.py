@@ -14,7 +14,7 @@ import pytest
 from xlt.config import AlignerConfig, TokensConfig, compose_config
 from xlt.data import align as A
 from xlt.data import fast_align as F
-from xlt.data.parallel import SentencePair
+from xlt.data.parallel import SentencePair, read_numbered_pairs, tokenize_pair
 from xlt.errors import XltError
 from xlt.stages.align import align_stage
 
@@ -118,8 +118,8 @@ def test_fast_align_equals_the_reference_tool(shared_data: Path) -> None:
     ``-d -o -v``: forward, reverse and intersection equal the tool's output on
     >= 99% of lines (99.7 / 99.7 / 99.8% when written; the full figures for ru and
     hi and both flag sets come from bench/golden_align.py)."""
-    corpus = (shared_data / "golden/fast_align/corpus.hi-en").read_text(encoding="utf-8").splitlines()
-    pairs = [SentencePair(english.split(), target.split()) for target, english in (l.split(" ||| ") for l in corpus)]
+    rows = read_numbered_pairs("fast_align", str(shared_data / "golden/fast_align/corpus.hi-en"), "hi")
+    pairs = [tokenize_pair("fast_align", english, target, "hi") for _, english, target in rows]
     forward, reverse = A.fast_align_directions(pairs, AlignerConfig())
     ours = {"forward": forward, "reverse": reverse, "intersect": [A.intersect(f, r) for f, r in zip(forward, reverse)]}
     for direction, links in ours.items():
