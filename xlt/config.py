@@ -91,9 +91,11 @@ class CorpusConfig:
     """A parallel corpus English-{lang} and how it is sampled.
 
     ``format``: ``tsv`` (english TAB target), ``wikimatrix`` (score TAB src TAB
-    tgt), ``fast_align`` (``target ||| english``), ``moses`` (two line-aligned
-    files ``path.en`` / ``path.<lang>``) or ``hub``.  ``{lang}`` and
-    ``{data_root}`` in ``path`` are filled in.
+    tgt), ``fast_align`` (``target ||| english``, already tokenised: split on
+    spaces, not re-tokenised), ``moses`` (two line-aligned files ``path.en`` /
+    ``path.<lang>``) or ``hub``.  ``{lang}`` and ``{data_root}`` in ``path``
+    are filled in.  The whole filtered corpus is aligned once; ``size`` and
+    ``heldout`` pairs are then sampled from it per seed.
     """
 
     name: str = MISSING
