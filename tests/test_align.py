@@ -226,3 +226,10 @@ def test_identical_strings_are_not_linked_by_default(tmp_path: Path, e5_tokenize
     assert len(example.pair_en) == 1  # Moscow-Москва only
     [kept] = build_aligned_examples(e5_tokenizer, [pair], [[(0, 0), (1, 1)]], "avg", words, drop_identical=False)
     assert len(kept.pair_en) == 2
+
+
+def test_eflomal_backend() -> None:
+    pytest.importorskip("eflomal")
+    pairs = [SentencePair(e.split(), t.split()) for e, t in [("a b", "x y"), ("b c", "y z"), ("a c", "x z")] * 20]
+    links = A.align_corpus(pairs, AlignerConfig(name="eflomal"))
+    assert links[:3] == [[(0, 0), (1, 1)]] * 3
