@@ -21,7 +21,6 @@ import logging
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import fields
 
 from xlt.artifacts import atomic_write_text
@@ -169,8 +168,7 @@ def eflomal_directions(pairs: list[SentencePair], workdir: str | None = None) ->
         raise XltError("aligner=eflomal needs the eflomal package: pip install eflomal "
                        "(or pip install 'xlt[eflomal]')") from None
     start = time.perf_counter()
-    scratch = nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="xlt-eflomal-")
-    with scratch as directory:
+    with tempfile.TemporaryDirectory(prefix="xlt-eflomal-", dir=workdir) as directory:
         fwd_path, rev_path = os.path.join(directory, "fwd"), os.path.join(directory, "rev")
         eflomal.Aligner().align([" ".join(p.english) for p in pairs], [" ".join(p.target) for p in pairs],
                                 links_filename_fwd=fwd_path, links_filename_rev=rev_path, quiet=True)
