@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # torch: the CPU wheel that lies on disk here; any torch 2.x works on GPUs.
 TORCH   ?= torch==2.13.0
 
-.PHONY: help install test test-fast demo demo-adjusted demo-sweep bench clean
+.PHONY: help install test test-fast demo demo-adjusted demo-sweep bench bench-align clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,9 @@ demo-sweep: $(STAMP)  ## original/adjusted/continual x ru,hi x 2 seeds (offline,
 
 bench: $(STAMP)  ## throughput benchmarks (bench/)
 	$(BIN)/python bench/run.py
+
+bench-align: $(STAMP)  ## fast_align port vs the reference tool's output (ru, hi; ~4 min)
+	$(BIN)/python bench/golden_align.py
 
 clean:  ## remove caches and outputs (not the venv)
 	rm -rf .cache outputs .pytest_cache

@@ -99,8 +99,8 @@ def test_moses_mismatch_and_empty_line(tmp_path: Path) -> None:
     write(tmp_path / "m.ru", "а\nб\n")
     with pytest.raises(XltError, match=r"m\.ru:3: line counts differ"):
         read_pairs("moses", str(tmp_path / "m"), "ru")
-    write(tmp_path / "e.en", "a\n\n")
-    write(tmp_path / "e.ru", "а\nб\n")
+    write(tmp_path / "e.en", "a\n\nc\n")
+    write(tmp_path / "e.ru", "а\nб\nв\n")
     with pytest.raises(XltError, match=r"e\.en:2: empty line"):
         read_pairs("moses", str(tmp_path / "e"), "ru")
 
@@ -177,3 +177,31 @@ def test_prepare_corpus_real_data_root(shared_data: Path) -> None:
     assert len(train) == 300 and len(held) == 50
     assert max(max(len(p.english), len(p.target)) for p in train) <= 30
     assert not {_key(p) for p in train} & {_key(p) for p in held}
+
+
+# --------------------------------------------------------------------------- truncated files
+
+
+@pytest.mark.parametrize("fmt, text, where", [
+    ("tsv", "Hello .\tПривет .\nTwo cats", r"c\.txt:2: expected 2 TAB-separated columns, found 1"),
+    ("fast_align", "Привет . ||| Hello .\nДве кошки ||", r"c\.txt:2: expected 2 '\|\|\|'-separated columns, found 1"),
+    ("fast_align", "Привет . ||| Hello .\nДве кошки |||", r"c\.txt:2: empty English side"),
+])
+def test_truncated_last_line_is_an_error_at_its_line(tmp_path: Path, fmt: str, text: str, where: str) -> None:
+    with pytest.raises(XltError, match=where):
+        read_pairs(fmt, write(tmp_path / "c.txt", text), "ru")
+
+
+def test_one_trailing_blank_line_is_accepted(tmp_path: Path) -> None:
+    assert read_pairs("tsv", write(tmp_path / "c.tsv", "Hello .\tПривет .\n\n"), "ru") == [("Hello .", "Привет .")]
+    assert read_pairs("fast_align", write(tmp_path / "c.fa", "Дом . ||| A house .\n\n"), "ru") == [("A house .", "Дом .")]
+    with pytest.raises(XltError, match=r"c\.tsv:2: expected 2"):  # blank lines inside the file are not
+        read_pairs("tsv", write(tmp_path / "c.tsv", "Hello .\tПривет .\n\n\n"), "ru")
+
+
+def test_fast_align_format_is_not_retokenised(tmp_path: Path) -> None:
+    """``target ||| English`` is already tokenised: split on spaces/tabs only."""
+    from xlt.data.parallel import tokenize_pair
+
+    pair = tokenize_pair("fast_align", "It's \"big\"  (2019).", "Это\t«большой» .", "ru")
+    assert pair.english == ["It's", '"big"', "(2019)."] and pair.target == ["Это", "«большой»", "."]

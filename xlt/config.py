@@ -91,9 +91,11 @@ class CorpusConfig:
     """A parallel corpus English-{lang} and how it is sampled.
 
     ``format``: ``tsv`` (english TAB target), ``wikimatrix`` (score TAB src TAB
-    tgt), ``fast_align`` (``target ||| english``), ``moses`` (two line-aligned
-    files ``path.en`` / ``path.<lang>``) or ``hub``.  ``{lang}`` and
-    ``{data_root}`` in ``path`` are filled in.
+    tgt), ``fast_align`` (``target ||| english``, already tokenised: split on
+    spaces, not re-tokenised), ``moses`` (two line-aligned files ``path.en`` /
+    ``path.<lang>``) or ``hub``.  ``{lang}`` and ``{data_root}`` in ``path``
+    are filled in.  The whole filtered corpus is aligned once; ``size`` and
+    ``heldout`` pairs are then sampled from it per seed.
     """
 
     name: str = MISSING
@@ -125,12 +127,26 @@ class TokensConfig:
 
 @dataclass
 class AlignerConfig:
-    """Word aligner: fast_align (systran-align) or eflomal; or a Pharaoh file."""
+    """Word aligner: fast_align (in-process port) or eflomal; or a Pharaoh file.
+
+    The whole filtered corpus is aligned once (cached), then sampled.  The
+    fast_align fields are the tool's flags; the default is its recommended
+    ``-d -o -v`` (5 iterations, p_null 0.08, alpha 0.01, tension 4).
+    """
 
     name: str = "fast_align"
     symmetrization: str = "intersect"  # intersect | grow-diag-final-and
-    drop_identical: bool = False
-    pharaoh_path: Optional[str] = None  # use precomputed alignments instead
+    drop_identical: bool = True  # drop links between identical strings (the paper's code)
+    pharaoh_path: Optional[str] = None  # links per corpus line (target-English i-j) instead of aligning
+    export: Optional[str] = None  # write the symmetrised links of every corpus line here
+    favor_diagonal: bool = True  # -d
+    optimize_tension: bool = True  # -o
+    variational_bayes: bool = True  # -v
+    iterations: int = 5  # -I
+    p_null: float = 0.08  # -q (older builds: -p)
+    alpha: float = 0.01  # -a
+    diagonal_tension: float = 4.0  # -T (initial value under -o)
+    null_word: bool = True  # false = -N
 
 
 @dataclass

@@ -99,24 +99,39 @@ def corpus_path(cfg: DictConfig) -> str:
     return parallel.corpus_path(cfg.corpus, cfg.lang.code, cfg.data.root)
 
 
+# Aligner settings that do not change the links of the aligned corpus.
+ALIGNMENT_FREE = ("drop_identical", "export", "pharaoh_path")
+
+
 def alignment_key(cfg: DictConfig) -> dict[str, Any]:
-    """What a sampled, aligned corpus depends on."""
-    subword = cfg.aggregation.name == "subword"
+    """What the aligned corpus depends on: the corpus *content* (checksums, so a
+    moved file is reused and an edited one realigned), how it is read and
+    filtered, the language, the aligner settings (a Pharaoh file by checksum)
+    and, for ``aggregation=subword``, the tokenizer.  Not the sample size or
+    seed: every sample is drawn from the one aligned corpus."""
+    from xlt.artifacts import file_checksum
+    from xlt.data.parallel import corpus_files
+    from xlt.errors import require_file
+
+    files = corpus_files(cfg.corpus.format, corpus_path(cfg), cfg.lang.code) if cfg.corpus.format != "hub" else []
+    aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
+    pharaoh = aligner.get("pharaoh_path")
+    if pharaoh:
+        aligner = {"pharaoh_sha256": file_checksum(require_file(pharaoh, "aligner.pharaoh_path file"))}
     return {
-        "corpus": OmegaConf.to_container(cfg.corpus, resolve=True),
-        "resolved_path": corpus_path(cfg),
+        "corpus_sha256": [file_checksum(require_file(f, "parallel corpus file")) for f in files],
+        "corpus": {k: cfg.corpus.get(k) for k in ("format", "min_score", "max_words")},
         "lang": cfg.lang.code,
-        "seed": cfg.seed,
-        "aligner": OmegaConf.to_container(cfg.aligner, resolve=True),
-        "subword_model": cfg.model.name if subword else None,
-        "joint_heldout_alignment": True,
+        "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
+        "subword_model": cfg.model.name if cfg.aggregation.name == "subword" else None,
     }
 
 
 def alignment_dir(cfg: DictConfig) -> Path:
-    """Where the aligned sample of ``cfg`` lives in the cache."""
-    subword = cfg.aggregation.name == "subword"
-    name = f"{cfg.lang.code}-{cfg.corpus.name}-{cfg.corpus.size}-{cfg.aligner.name}{'-subword' if subword else ''}-s{cfg.seed}"
+    """Where the aligned corpus of ``cfg`` lives in the cache."""
+    subword = "-subword" if cfg.aggregation.name == "subword" else ""
+    source = "pharaoh" if cfg.aligner.get("pharaoh_path") else cfg.aligner.name
+    name = f"{cfg.lang.code}-{cfg.corpus.name}-{source}{subword}"
     return Path(cfg.paths.cache_dir) / "alignments" / f"{name}-{config_hash(alignment_key(cfg))}"
 
 

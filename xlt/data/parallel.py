@@ -12,9 +12,11 @@ import gzip
 import html
 import logging
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import IO, Iterator
+from itertools import islice
+from typing import IO, Callable, Iterator
 
 from xlt.config import CorpusConfig
 from xlt.errors import XltError, require_file
@@ -44,8 +46,12 @@ def _open_binary(path: str) -> IO[bytes]:
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` with the line ending removed.
 
-    Decodes line by line so that invalid UTF-8 is reported at its line.
+    Decodes line by line so that invalid UTF-8 is reported at its line.  One
+    blank last line (an editor's extra newline) is skipped; any other blank
+    line reaches the parser, which reports it.  A file cut mid-line (its last
+    line lacks a column) fails in the parser at ``file:line``.
     """
+    pending: tuple[int, str] | None = None
     with _open_binary(path) as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -54,7 +60,11 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 raise XltError(f"{path}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
             if number == 1:
                 text = text.lstrip("\ufeff")  # byte-order mark
-            yield number, text.rstrip("\r\n")
+            if pending is not None:
+                yield pending
+            pending = (number, text.rstrip("\r\n"))
+    if pending is not None and (pending[0] == 1 or pending[1].strip()):
+        yield pending
 
 
 def _columns(path: str, number: int, line: str, expected: int, sep: str = "\t") -> list[str]:
@@ -72,16 +82,19 @@ def _pair(path: str, number: int, english: str, target: str) -> tuple[str, str]:
     return english, target
 
 
-def _read_tsv(path: str) -> list[tuple[str, str]]:
-    return [_pair(path, n, *_columns(path, n, line, 2)) for n, line in _lines(path)]
+Numbered = list[tuple[int, str, str]]  # (1-based corpus line, english, target)
 
 
-def _read_fast_align(path: str) -> list[tuple[str, str]]:
+def _read_tsv(path: str) -> Numbered:
+    return [(n, *_pair(path, n, *_columns(path, n, line, 2))) for n, line in _lines(path)]
+
+
+def _read_fast_align(path: str) -> Numbered:
     """``target ||| english`` lines (fast_align's input, target = its source)."""
     out = []
     for n, line in _lines(path):
         target, english = _columns(path, n, line, 2, sep="|||")
-        out.append(_pair(path, n, english, target))
+        out.append((n, *_pair(path, n, english, target)))
     return out
 
 
@@ -97,7 +110,7 @@ def wikimatrix_english_column(lang: str) -> int:
     return 1 if "en" <= lang else 2
 
 
-def _read_wikimatrix(path: str, lang: str, min_score: float | None) -> list[tuple[str, str]]:
+def _read_wikimatrix(path: str, lang: str, min_score: float | None) -> Numbered:
     en_col = wikimatrix_english_column(lang)
     out = []
     for n, line in _lines(path):
@@ -108,11 +121,11 @@ def _read_wikimatrix(path: str, lang: str, min_score: float | None) -> list[tupl
             raise XltError(f"{path}:{n}: score {cols[0]!r} is not a number") from None
         pair = _pair(path, n, cols[en_col], cols[3 - en_col])
         if min_score is None or score >= min_score:
-            out.append(pair)
+            out.append((n, *pair))
     return out
 
 
-def _read_moses(prefix: str, lang: str) -> list[tuple[str, str]]:
+def _read_moses(prefix: str, lang: str) -> Numbered:
     """Two line-aligned files ``<prefix>.en`` and ``<prefix>.<lang>``."""
     en_path, xx_path = f"{prefix}.en", f"{prefix}.{lang}"
     en_lines = [line for _, line in _lines(en_path)]
@@ -128,7 +141,7 @@ def _read_moses(prefix: str, lang: str) -> list[tuple[str, str]]:
         where = en_path if not english.strip() else xx_path
         if not english.strip() or not target.strip():
             raise XltError(f"{where}:{n}: empty line (the other side has text)")
-        out.append((english.strip(), target.strip()))
+        out.append((n, english.strip(), target.strip()))
     return out
 
 
@@ -138,6 +151,12 @@ def read_pairs(fmt: str, path: str, lang: str, min_score: float | None = None) -
     ``min_score`` filters WikiMatrix pairs by LASER margin score (the paper's
     corpus is thresholded); formats without a score ignore it.
     """
+    return [(english, target) for _, english, target in read_numbered_pairs(fmt, path, lang, min_score)]
+
+
+def read_numbered_pairs(fmt: str, path: str, lang: str, min_score: float | None = None) -> Numbered:
+    """:func:`read_pairs` with each pair's 1-based line in the corpus file
+    (what a Pharaoh file's line k refers to)."""
     if fmt == "tsv":
         pairs = _read_tsv(path)
     elif fmt == "wikimatrix":
@@ -195,42 +214,58 @@ def corpus_path(cfg: CorpusConfig, lang: str, data_root: str) -> str:
     return str(cfg.path).replace("{lang}", lang).replace("{data_root}", data_root)
 
 
-def _dedupe(raw: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Drop exact repeats so a held-out pair cannot reappear in the sample."""
+def corpus_files(fmt: str, path: str, lang: str) -> list[str]:
+    """The file(s) a corpus is read from (moses: two), for checksums."""
+    return [f"{path}.en", f"{path}.{lang}"] if fmt == "moses" else [path]
+
+
+def count_lines(fmt: str, path: str, lang: str) -> int:
+    """Data lines of the corpus file: line k of a Pharaoh file aligns line k."""
+    return sum(1 for _ in _lines(corpus_files(fmt, path, lang)[0]))
+
+
+def _dedupe(raw: Numbered) -> Numbered:
+    """Drop exact repeats (first kept) so a held-out pair cannot reappear in the sample."""
     seen: set[tuple[str, str]] = set()
-    out = [p for p in raw if not (p in seen or seen.add(p))]
+    out = [p for p in raw if not (p[1:] in seen or seen.add(p[1:]))]
     if len(out) < len(raw):
         log.info("dropped %d duplicate sentence pairs", len(raw) - len(out))
     return out
 
 
-def prepare_corpus(cfg: CorpusConfig, lang: str, data_root: str,
-                   seed: int) -> tuple[list[SentencePair], list[SentencePair]]:
-    """Return ``(train_sample, heldout)`` word-tokenized pairs.
+_WHITESPACE = re.compile(r"[ \t]+")
 
-    Pairs are visited in an order shuffled by ``random.Random(seed)``; each is
-    tokenized and kept if neither side is longer than ``cfg.max_words`` words.
-    The first ``cfg.heldout`` kept pairs are held out, the next ``cfg.size``
-    form the sample.  This equals sampling from the filtered corpus, is
-    deterministic, and tokenizes only what it needs (fast for small samples).
-    Both lists are returned in corpus order.
-    """
+
+def tokenize_pair(fmt: str, english: str, target: str, lang: str) -> SentencePair:
+    """Words of a pair: a ``fast_align`` corpus is already tokenised (split on
+    spaces and tabs, as fast_align does); other formats go through Moses."""
+    if fmt == "fast_align":
+        return SentencePair(_WHITESPACE.split(english.strip(" \t")), _WHITESPACE.split(target.strip(" \t")))
+    return SentencePair(word_tokenize(english, "en"), word_tokenize(target, lang))
+
+
+def _usable(pair: SentencePair, max_words: int) -> bool:
+    return 0 < len(pair.english) <= max_words and 0 < len(pair.target) <= max_words
+
+
+def _read_corpus(cfg: CorpusConfig, lang: str, data_root: str) -> tuple[str, Numbered]:
     if cfg.format == "hub":
         read_pairs("hub", "", lang)  # raises with the explanation
     path = corpus_path(cfg, lang, data_root)
-    raw = _dedupe(read_pairs(cfg.format, path, lang, cfg.min_score))
-    order = list(range(len(raw)))
+    return path, _dedupe(read_numbered_pairs(cfg.format, path, lang, cfg.min_score))
+
+
+def _sample_ranks(n: int, cfg: CorpusConfig, seed: int, usable: Callable[[int], bool],
+                  path: str) -> tuple[list[int], list[int]]:
+    """``(heldout, sample)`` ranks among the ``n`` de-duplicated pairs.
+
+    Pairs are visited in an order shuffled by ``random.Random(seed)``; the first
+    ``cfg.heldout`` usable ones are held out, the next ``cfg.size`` form the
+    sample.  This equals sampling from the filtered corpus and is deterministic.
+    """
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    need = cfg.heldout + cfg.size
-    kept: list[int] = []
-    tokens: dict[int, SentencePair] = {}
-    for index in order:
-        pair = SentencePair(word_tokenize(raw[index][0], "en"), word_tokenize(raw[index][1], lang))
-        if 0 < len(pair.english) <= cfg.max_words and 0 < len(pair.target) <= cfg.max_words:
-            kept.append(index)
-            tokens[index] = pair
-            if len(kept) == need:
-                break
+    kept = list(islice((rank for rank in order if usable(rank)), cfg.heldout + cfg.size))
     if len(kept) <= cfg.heldout:
         raise XltError(f"{path}: only {len(kept)} pairs with at most {cfg.max_words} words per side; "
                        f"corpus.heldout={cfg.heldout} leaves none for training")
@@ -238,5 +273,58 @@ def prepare_corpus(cfg: CorpusConfig, lang: str, data_root: str,
     if len(sample) < cfg.size:
         raise XltError(f"corpus.size={cfg.size} but {path} has only {len(sample)} usable pairs "
                        f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
-    log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), len(raw))
-    return [tokens[i] for i in sorted(sample)], [tokens[i] for i in sorted(heldout)]
+    log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), n)
+    return sorted(heldout), sorted(sample)
+
+
+def prepare_corpus(cfg: CorpusConfig, lang: str, data_root: str,
+                   seed: int) -> tuple[list[SentencePair], list[SentencePair]]:
+    """Return ``(train_sample, heldout)`` word-tokenized pairs, in corpus order.
+
+    The same sample as :func:`sample_pool` on :func:`load_pool`, but it
+    tokenizes only the pairs it visits (fast for small samples, no alignment).
+    """
+    path, raw = _read_corpus(cfg, lang, data_root)
+    tokens: dict[int, SentencePair] = {}
+
+    def usable(rank: int) -> bool:
+        tokens[rank] = tokenize_pair(cfg.format, raw[rank][1], raw[rank][2], lang)
+        return _usable(tokens[rank], cfg.max_words)
+
+    heldout, sample = _sample_ranks(len(raw), cfg, seed, usable, path)
+    return [tokens[r] for r in sample], [tokens[r] for r in heldout]
+
+
+@dataclass
+class Pool:
+    """Every usable pair of a corpus (de-duplicated, at most ``max_words`` words
+    a side), in corpus order: what is word-aligned once and sampled from."""
+
+    pairs: list[SentencePair]
+    lines: list[int]   # 1-based corpus line of each pair
+    ranks: list[int]   # index among the de-duplicated pairs (the sampling unit)
+    n_read: int        # de-duplicated pairs read
+    n_lines: int       # data lines of the corpus file
+    path: str
+
+
+def load_pool(cfg: CorpusConfig, lang: str, data_root: str) -> Pool:
+    """Read, de-duplicate, tokenize and filter the whole corpus."""
+    path, raw = _read_corpus(cfg, lang, data_root)
+    pool = Pool([], [], [], len(raw), count_lines(cfg.format, path, lang), path)
+    for rank, (line, english, target) in enumerate(raw):
+        pair = tokenize_pair(cfg.format, english, target, lang)
+        if _usable(pair, cfg.max_words):
+            pool.pairs.append(pair)
+            pool.lines.append(line)
+            pool.ranks.append(rank)
+    log.info("corpus %s: %d usable pairs of %d lines", path, len(pool.pairs), pool.n_lines)
+    return pool
+
+
+def sample_pool(pool: Pool, cfg: CorpusConfig, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, heldout)`` indices into ``pool.pairs`` (sorted): the pairs
+    :func:`prepare_corpus` returns for the same corpus settings and seed."""
+    index = {rank: k for k, rank in enumerate(pool.ranks)}
+    heldout, sample = _sample_ranks(pool.n_read, cfg, seed, index.__contains__, pool.path)
+    return [index[r] for r in sample], [index[r] for r in heldout]

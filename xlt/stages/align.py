@@ -1,4 +1,10 @@
-"""Stage 1: sample ``corpus.size`` pairs and word-align them (cached)."""
+"""Stage 1: word-align the whole filtered corpus once (cached), then sample
+``corpus.size`` pairs (+ held out) *with their links* for the job's seed.
+
+Aligning the corpus rather than the sample keeps alignment quality
+independent of ``corpus.size`` (fast_align learns from every pair), and one
+artifact serves every size and seed.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from omegaconf import DictConfig
 from xlt.artifacts import atomic_write_text, build_once, write_json
 from xlt.config import TokensConfig
 from xlt.errors import XltError
-from xlt.keys import alignment_dir, alignment_key, corpus_path
+from xlt.keys import alignment_dir, alignment_key
 
 log = logging.getLogger(__name__)
 
@@ -28,53 +34,94 @@ class AlignedCorpus:
     path: Path
 
 
+def _pool_links(cfg: DictConfig, pool, workdir: Path) -> list[list[tuple[int, int]]]:
+    """Links of every pool pair: from ``aligner.pharaoh_path`` (line k = corpus
+    line k) or from the aligner run on the whole pool."""
+    from xlt.data.align import align_corpus, check_bounds, read_pharaoh
+
+    pharaoh = cfg.aligner.pharaoh_path
+    if not pharaoh:
+        log.info("aligning all %d usable pairs of %s with %s", len(pool.pairs), pool.path, cfg.aligner.name)
+        return align_corpus(pool.pairs, cfg.aligner, str(workdir))
+    if cfg.aggregation.name == "subword":
+        raise XltError(f"aligner.pharaoh_path={pharaoh} holds word links; aggregation=subword needs subword links "
+                       f"(unset aligner.pharaoh_path to align subwords)")
+    lines = read_pharaoh(pharaoh, pool.n_lines, what=f"lines in the corpus {pool.path}")
+    links = [lines[n - 1] for n in pool.lines]
+    check_bounds(links, pool.pairs, [f"{pharaoh}:{n}" for n in pool.lines])
+    log.info("using the alignments in aligner.pharaoh_path=%s instead of aligning (%d corpus lines)",
+             pharaoh, pool.n_lines)
+    return links
+
+
+def _build_pool(cfg: DictConfig, tokenizer, tmp: Path) -> None:
+    """The aligned corpus: usable pairs (corpus order) with their lines and links."""
+    from xlt.data.align import write_pharaoh
+    from xlt.data.parallel import load_pool
+    from xlt.data.words import subword_pairs
+
+    pool = load_pool(cfg.corpus, cfg.lang.code, cfg.data.root)
+    if not pool.pairs:
+        raise XltError(f"{pool.path}: no usable sentence pairs (at most {cfg.corpus.max_words} words per side)")
+    if cfg.aggregation.name == "subword":
+        pool.pairs = subword_pairs(tokenizer, pool.pairs)
+    links = _pool_links(cfg, pool, tmp)
+    atomic_write_text(tmp / "pairs.tsv", "".join(
+        f"{line}\t{rank}\t{' '.join(p.english)}\t{' '.join(p.target)}\n"
+        for line, rank, p in zip(pool.lines, pool.ranks, pool.pairs)))
+    write_pharaoh(tmp / "links.align", links)
+    write_json(tmp / "meta.json", {"n_read": pool.n_read, "n_lines": pool.n_lines, "path": pool.path,
+                                   "key": alignment_key(cfg)})
+
+
+def load_aligned_pool(path: Path):
+    """The cached aligned corpus as ``(Pool, links)``."""
+    import json
+
+    from xlt.data.align import read_pharaoh
+    from xlt.data.parallel import Pool, SentencePair
+
+    meta = json.loads((path / "meta.json").read_text())
+    pool = Pool([], [], [], meta["n_read"], meta["n_lines"], meta["path"])
+    with open(path / "pairs.tsv", encoding="utf-8") as handle:
+        for row in handle:
+            line, rank, english, target = row.rstrip("\n").split("\t")
+            pool.pairs.append(SentencePair(english.split(" "), target.split(" ")))
+            pool.lines.append(int(line))
+            pool.ranks.append(int(rank))
+    return pool, read_pharaoh(str(path / "links.align"), len(pool.pairs))
+
+
+def export_alignments(path: str, pool, links: list[list[tuple[int, int]]]) -> None:
+    """Pharaoh file with one line per corpus line (empty where the line is not
+    used: a duplicate, too long, below ``min_score``), so that it can be read
+    back as ``aligner.pharaoh_path``."""
+    from xlt.data.align import format_pharaoh
+
+    lines = [""] * pool.n_lines
+    for line, alignment in zip(pool.lines, links):
+        lines[line - 1] = format_pharaoh(alignment)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    log.info("wrote the alignments of %d corpus lines (%d aligned) to %s", pool.n_lines, len(links), path)
+
+
 def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
-    """Sample ``corpus.size`` pairs with the job's seed and align them, once.
+    """Align the whole corpus once, then sample ``corpus.size`` + held-out pairs.
 
     With ``aggregation=subword`` the aligner runs on subword tokens of the
     model's tokenizer, so the artifact is keyed by the model too.
     """
-    from xlt.data.align import align_corpus, read_pharaoh, write_pharaoh
-    from xlt.data.parallel import prepare_corpus
-    from xlt.data.words import subword_pairs
+    from xlt.data.parallel import sample_pool
 
-    subword = cfg.aggregation.name == "subword"
-    key = alignment_key(cfg)
-    target = alignment_dir(cfg)
-
-    def build(tmp: Path) -> None:
-        train, heldout = prepare_corpus(cfg.corpus, cfg.lang.code, cfg.data.root, cfg.seed)
-        if not train:
-            raise XltError(f"the parallel corpus sample is empty: {corpus_path(cfg)}")
-        if subword:
-            train, heldout = subword_pairs(tokenizer, train), subword_pairs(tokenizer, heldout)
-        # One unsupervised alignment model for both parts: the held-out pairs
-        # are never trained on by the *encoder*, but aligning 100 sentences
-        # on their own would give fast_align too little data.
-        log.info("aligning %d + %d held-out pairs with %s", len(train), len(heldout), cfg.aligner.name)
-        alignments = align_corpus(train + heldout, cfg.aligner)
-        for split, pairs, links in (("train", train, alignments[: len(train)]), ("heldout", heldout, alignments[len(train) :])):
-            write_pairs(tmp / f"{split}.tsv", pairs)
-            write_pharaoh(tmp / f"{split}.align", links)
-        write_json(tmp / "key.json", key)
-
-    path = build_once(target, build)
-    train, heldout = read_pairs(path / "train.tsv"), read_pairs(path / "heldout.tsv")
-    return AlignedCorpus(
-        train, read_pharaoh(path / "train.align", len(train)), heldout, read_pharaoh(path / "heldout.align", len(heldout)), path
-    )
-
-
-def write_pairs(path: Path, pairs: list[Any]) -> None:
-    atomic_write_text(path, "".join(" ".join(p.english) + "\t" + " ".join(p.target) + "\n" for p in pairs))
-
-
-def read_pairs(path: Path) -> list[Any]:
-    from xlt.data.parallel import SentencePair
-
-    with open(path, encoding="utf-8") as handle:
-        rows = [line.rstrip("\n").split("\t") for line in handle if line.strip()]
-    return [SentencePair(english.split(" "), target.split(" ")) for english, target in rows]
+    path = build_once(alignment_dir(cfg), lambda tmp: _build_pool(cfg, tokenizer, tmp))
+    if cfg.aligner.pharaoh_path:
+        log.info("alignments from aligner.pharaoh_path=%s (not aligning), cached in %s", cfg.aligner.pharaoh_path, path)
+    pool, links = load_aligned_pool(path)
+    if cfg.aligner.get("export"):
+        export_alignments(cfg.aligner.export, pool, links)
+    train, heldout = sample_pool(pool, cfg.corpus, cfg.seed)
+    return AlignedCorpus([pool.pairs[k] for k in train], [links[k] for k in train],
+                         [pool.pairs[k] for k in heldout], [links[k] for k in heldout], path)
 
 
 def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout: bool = False):
