@@ -163,7 +163,13 @@ class AdjustmentConfig:
     warmup_ratio: float = 0.1
     reg_weight: float = 1.0  # lambda for the English regularizer
     target: str = "current"  # current (paper's code) | frozen (Cao et al.)
-    reduction: str = "sum"  # sum | mean
+    # Per-term reduction: mse (paper code, F.mse_loss = mean over every
+    # element) | sum (Eq. 1 as printed) | vector_mean (mean of ||d||^2).
+    reduction: str = "mse"
+    # English vectors kept close to f0: all (paper code: every English word,
+    # aggregated as for the pairs, plus [CLS] and [SEP], whatever `tokens`) |
+    # chosen (only the vectors `tokens` selects).
+    regularize: str = "all"
     dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
     freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
 
@@ -172,11 +178,15 @@ class AdjustmentConfig:
 class ContinualConfig:
     """Fine-tuning with L = L_task + alpha * pairs + reg_weight * regularizer,
     a fresh batch of ``align_batch_size`` aligned pairs every step (read only
-    when ``mode.continual``)."""
+    when ``mode.continual``).  Defaults = the paper code (``utils_alignment.py``
+    ``comp_align_loss``: ``align_wght · F.mse_loss(pairs) + base_diff_wght ·
+    F.mse_loss(English, original English)``, scripts ``train_*_multi_task_no_trainer.sh``:
+    align_wght 0.01, base_diff_wght 1, align_batch_size 16)."""
 
     init: str = "adjusted"  # start from the adjusted | original model
-    alpha: float = 0.01  # weight of the aligned-pair term
-    reg_weight: float = 0.01  # weight of the regularizer term
+    reduction: str = "mse"  # mse (paper code) | sum | vector_mean, as adjustment.reduction
+    alpha: float = 0.01  # weight of the aligned-pair term (align_wght)
+    reg_weight: float = 1.0  # weight of the regularizer term (base_diff_wght)
     align_batch_size: int = 16
     reference: str = "original"  # frozen reference of the regularizer: original | init
 

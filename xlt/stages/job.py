@@ -41,7 +41,7 @@ def build_objective(cfg: DictConfig, tokenizer, encoder):
         raise XltError(f"mode=continual: no aligned pairs in the sample of {corpus_path(cfg)}")
     continual = cfg.continual
     reference = load_encoder(cfg.model, cfg.paths.cache_dir) if continual.reference == "original" else freeze_copy(encoder)
-    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=cfg.adjustment.reduction)
+    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=continual.reduction)
     return ContinualObjective(
         examples, tokenizer.pad_token_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed
     )
@@ -52,6 +52,10 @@ def validate(cfg: DictConfig) -> None:
     continual = cfg.continual
     if continual.alpha < 0 or continual.reg_weight < 0 or cfg.adjustment.reg_weight < 0:
         raise XltError("continual.alpha, continual.reg_weight and adjustment.reg_weight must be >= 0")
+    from xlt.models.adjust import check_reduction
+
+    check_reduction(continual.reduction, "continual.reduction")
+    check_reduction(cfg.adjustment.reduction, "adjustment.reduction")
     if continual.init not in ("adjusted", "original") or continual.reference not in ("original", "init"):
         raise XltError("continual.init must be adjusted|original and continual.reference original|init")
     if cfg.task.name not in cfg.lang.eval_sets:
