@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 LANGS = "es,ru,vi,hi"
-COLUMNS = {"xnli": "XNLI", "xnli_mixed_premise": "mixed: en premise", "xnli_mixed_hypothesis": "mixed: en hypothesis"}
+COLUMNS = {"xnli": "XNLI", "xnli_mixed": "mixed", "xnli_mixed_premise": "mixed: en premise", "xnli_mixed_hypothesis": "mixed: en hypothesis"}
 
 
 def results_table(sweep: Path) -> pd.DataFrame:
