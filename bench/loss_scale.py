@@ -52,7 +52,7 @@ def task_loss(encoder, tokenizer) -> float:
     examples = read_nli_tsv(str(DATA / "nli" / "xnli" / "dev-en.tsv"), "dev")[:32]
     batch = task.collate(tokenizer, task.features(tokenizer, examples, train=True))
     torch.manual_seed(0)
-    head = task.head(encoder.config.hidden_size)
+    head = task.head(encoder.config)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     with torch.no_grad():
         return task.loss(head(encoder(**inputs).last_hidden_state), batch).item()

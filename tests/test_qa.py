@@ -369,7 +369,7 @@ def test_tiny_finetune_lowers_the_loss(shared_data: Path, mbert_tokenizer) -> No
         BertConfig(vocab_size=len(mbert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
         add_pooling_layer=False,
     )
-    head = task.head(32)
+    head = task.head(encoder.config)
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     batch = task.collate(mbert_tokenizer, features)

@@ -66,6 +66,12 @@ class TaskConfig:
     max_length: int = 128
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
+    # AdamW epsilon: the paper code uses transformers.AdamW (eps 1e-6);
+    # torch.optim.AdamW's default is 1e-8.
+    adam_eps: float = 1e-8
+    # Head structure: bert (AutoModelFor* of a BERT checkpoint, the paper
+    # code) | linear (one linear layer); see xlt/tasks/heads.py.
+    head: str = "linear"
     train_limit: Optional[int] = None
     eval_limit: Optional[int] = None
     # Where the data comes from: hub ids and local file templates.

@@ -124,8 +124,7 @@ class NliTask(Task):
         ]
 
     # ---- model --------------------------------------------------------------
-    def head(self, hidden_size: int) -> nn.Module:
-        return FirstTokenHead(hidden_size, len(LABELS))
+    num_labels = len(LABELS)
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, batch["labels"])
@@ -142,14 +141,3 @@ class NliTask(Task):
             for f, g, p in zip(features, gold.tolist(), preds.tolist())
         ]
         return {"accuracy": accuracy, "n": len(records)}, records
-
-
-class FirstTokenHead(nn.Module):
-    """Linear layer on the first token's vector ([CLS] / <s>), as in the paper."""
-
-    def __init__(self, hidden_size: int, num_labels: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, num_labels)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden[:, 0])

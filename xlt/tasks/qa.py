@@ -428,8 +428,8 @@ class QaTask(Task):
         return fitted
 
     # ---- model --------------------------------------------------------------
-    def head(self, hidden_size: int) -> nn.Module:
-        return nn.Linear(hidden_size, 2)  # [B, T, H] -> [B, T, 2]: start, end logits
+    head_shape = "span"  # [B, T, H] -> [B, T, 2]: start, end logits
+    num_labels = 2
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of start and end cross-entropy (BertForQuestionAnswering)."""
