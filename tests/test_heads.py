@@ -110,7 +110,7 @@ def test_mbert_preset_is_the_paper_code_and_e5_keeps_its_head():
     assert mbert["qa"].task.options.doc_stride == 128
     cfg = mbert["xnli"]
     assert (cfg.continual.reduction, cfg.continual.alpha, cfg.continual.reg_weight, cfg.continual.align_batch_size) == ("mse", 0.01, 1.0, 16)
-    assert (cfg.adjustment.reduction, cfg.adjustment.regularize) == ("mse", "all")
+    assert (cfg.adjustment.reduction, cfg.adjustment.split_batch, cfg.adjustment.regularize) == ("mse", 4, "all")
     assert OmegaConf.select(cfg, "trainer.gradient_clip_val") is None  # the scripts never clip
     e5 = compose_config(["paths.output_dir=/tmp/x", "model=e5_small"])
     assert (e5.task.head, e5.task.adam_eps, e5.continual.reduction, e5.continual.reg_weight) == ("linear", 1e-8, "mse", 1.0)

@@ -118,6 +118,18 @@ def test_adjustment_terms_equal_the_paper_code(ru_pairs, models, e5_tokenizer):
     assert regularizer > 1e-4 and pairs > 1e-3  # both terms are real, not zero
 
 
+def test_adjustment_sums_the_means_of_splits_of_four_sentences(ru_pairs, models, e5_tokenizer):
+    """``align_bert_multiple``: ``loss += F.mse_loss(...) + base_rate * F.mse_loss(...)`` per split of
+    ``splitbatch_size=4`` sentences of the batch (here 6 pairs: splits 0-3 and 4-5)."""
+    encoder, reference = models
+    batch = collate_aligned(xlt_examples(ru_pairs, e5_tokenizer, TokensConfig()), e5_tokenizer.pad_token_id)
+    with torch.no_grad():
+        terms = AlignmentLoss(reference, "current", reduction="mse", split=4)(encoder, batch)
+    splits = [paper_terms(*ru_pairs, chunk, encoder, reference, e5_tokenizer, clssep=True) for chunk in (range(4), range(4, 6))]
+    assert terms["pairs"].item() == pytest.approx(sum(p for p, _ in splits), abs=1e-6)
+    assert terms["regularizer"].item() == pytest.approx(sum(r for _, r in splits), abs=1e-6)
+
+
 def test_regulariser_covers_every_english_word_whatever_the_token_choice(ru_pairs, models, e5_tokenizer):
     """tokens=cls_sep: only [CLS]/[SEP] are pulled together, but the paper code
     still keeps every English word (and [CLS]/[SEP]) close to f0."""

@@ -172,6 +172,9 @@ class AdjustmentConfig:
     # Per-term reduction: mse (paper code, F.mse_loss = mean over every
     # element) | sum (Eq. 1 as printed) | vector_mean (mean of ||d||^2).
     reduction: str = "mse"
+    # Reduce per group of this many sentences and sum the groups (the paper
+    # code's splitbatch_size=4 in align_bert_multiple); 0: the whole batch.
+    split_batch: int = 4
     # English vectors kept close to f0: all (paper code: every English word,
     # aggregated as for the pairs, plus [CLS] and [SEP], whatever `tokens`) |
     # chosen (only the vectors `tokens` selects).

@@ -61,6 +61,20 @@ def reduce_squared(diff: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_vector.sum() if reduction == "sum" else per_vector.mean()
 
 
+def reduce_split(diff: torch.Tensor, rows: torch.Tensor, reduction: str, split: int) -> torch.Tensor:
+    """:func:`reduce_squared` per group of ``split`` sentences, summed over groups.
+
+    The paper code's adjustment (``align_bert_multiple``) splits each batch of
+    32 into ``splitbatch_size=4`` sentences, takes ``F.mse_loss`` per split and
+    sums the splits; ``split`` = 0 reduces the whole batch at once.  ``rows``
+    gives each vector's sentence.
+    """
+    if split <= 0:
+        return reduce_squared(diff, reduction)
+    groups = torch.div(rows, split, rounding_mode="floor")
+    return sum(reduce_squared(diff[groups == g], reduction) for g in groups.unique().tolist())
+
+
 def collate_aligned(examples: list[Any], pad_id: int, indices: list[int] | None = None) -> Batch:
     """Pad English + target sentences into one batch and flatten all spans.
 
@@ -108,7 +122,8 @@ class AlignmentLoss:
     ``cache``: keep the reference's pooled English vectors per sentence (worth
     it only when sentences are revisited).
     ``reduction``: how each term's squared differences are reduced, one of
-    :data:`REDUCTIONS` (see :func:`reduce_squared`).
+    :data:`REDUCTIONS` (see :func:`reduce_squared`), per group of ``split``
+    sentences and summed over the groups (:func:`reduce_split`; 0: one group).
     ``buckets``: the batch's sentences run through the encoder in this many
     length-sorted groups, each padded only to its own longest sentence.
     """
@@ -120,12 +135,14 @@ class AlignmentLoss:
         cache: bool = False,
         reduction: str = "mse",
         buckets: int = 4,
+        split: int = 0,
     ):
         if target not in ("current", "frozen"):
             raise ValueError(f"adjustment.target must be current or frozen, got {target}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
         self.reduction = check_reduction(reduction, "adjustment.reduction")
+        self.split = split
         self.buckets = buckets
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
@@ -142,8 +159,8 @@ class AlignmentLoss:
         anchor = frozen_pairs if self.target == "frozen" else english
         current_reg = pool_spans(hidden, batch["reg_row"], batch["reg"])
         return {
-            "pairs": reduce_squared(anchor - target, self.reduction),
-            "regularizer": reduce_squared(current_reg - frozen_reg, self.reduction),
+            "pairs": reduce_split(anchor - target, batch["pair_en_row"], self.reduction, self.split),
+            "regularizer": reduce_split(current_reg - frozen_reg, batch["reg_row"], self.reduction, self.split),
         }
 
     @torch.no_grad()
