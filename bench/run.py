@@ -65,7 +65,7 @@ from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
 from xlt.stages import align as pipeline  # noqa: E402
 from xlt.config import compose_config  # noqa: E402
-from xlt.models.adjust import AdjustModule, AlignmentLoss, Batch, collate_aligned, constant_after_warmup, freeze_copy  # noqa: E402
+from xlt.models.adjust import AdjustModule, AlignmentLoss, Batch, collate_aligned, constant_after_warmup, freeze_copy, reduce_squared  # noqa: E402
 from xlt.models.continual import ContinualObjective  # noqa: E402
 from xlt.models.encoder import load_encoder, load_tokenizer  # noqa: E402
 from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader  # noqa: E402
@@ -310,8 +310,7 @@ class NaiveAlignmentLoss:
     span pooling (``pool_spans``) and reduction as ``AlignmentLoss``."""
 
     def __init__(self, reference, target: str = "current", reduction: str = "sum"):
-        self.reference, self.target = reference, target
-        self.reduce = torch.sum if reduction == "sum" else torch.mean
+        self.reference, self.target, self.reduction = reference, target, reduction
         self.reference_seconds = 0.0
 
     def __call__(self, encoder, batch: Batch) -> dict[str, torch.Tensor]:
@@ -324,10 +323,10 @@ class NaiveAlignmentLoss:
         english = pool_spans(en, batch["pair_en_row"], batch["pair_en"])
         target = pool_spans(tgt, batch["pair_tgt_row"], batch["pair_tgt"])
         anchor = pool_spans(frozen, batch["pair_en_row"], batch["pair_en"]) if self.target == "frozen" else english
+        english_reg = pool_spans(en, batch["reg_row"], batch["reg"]) - pool_spans(frozen, batch["reg_row"], batch["reg"])
         return {
-            "pairs": self.reduce((anchor - target).pow(2).sum(dim=1)),
-            "regularizer": self.reduce((pool_spans(en, batch["reg_row"], batch["reg"])
-                                        - pool_spans(frozen, batch["reg_row"], batch["reg"])).pow(2).sum(dim=1)),
+            "pairs": reduce_squared(anchor - target, self.reduction),
+            "regularizer": reduce_squared(english_reg, self.reduction),
         }
 
 

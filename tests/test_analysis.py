@@ -144,7 +144,7 @@ def short_adjustment(encoder, examples, pad_id: int, steps: int = 10, batch: int
     """Eq. 1 for a few steps on the top layers only (CPU budget of a test)."""
     from xlt.models.adjust import AlignmentLoss, collate_aligned, freeze_copy
 
-    loss = AlignmentLoss(freeze_copy(encoder))
+    loss = AlignmentLoss(freeze_copy(encoder), reduction="sum")  # the setting the thresholds below were measured with
     encoder.requires_grad_(False)
     trained = encoder.encoder.layer[-top_layers:]
     trained.requires_grad_(True)

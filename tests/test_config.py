@@ -24,7 +24,7 @@ def test_model_yaml_sets_its_adjustment_defaults():
 
 def test_mbert_keeps_the_papers_adjustment_settings():
     cfg = compose_config(["paths.output_dir=/tmp/x", "model=mbert", "mode=adjusted"])
-    assert (cfg.adjustment.lr, cfg.adjustment.reduction, cfg.adjustment.dropout, cfg.adjustment.freeze_embeddings) == (5e-5, "sum", True, False)
+    assert (cfg.adjustment.lr, cfg.adjustment.reduction, cfg.adjustment.dropout, cfg.adjustment.freeze_embeddings) == (5e-5, "mse", True, False)
 
 
 def test_typed_schema_rejects_bad_values():

@@ -51,7 +51,7 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     assert saved["status"] == "ok" and saved["config"]["lang"] == "hi" and saved["config"]["seed"] == 4
     resolved = saved["config"]["resolved"]  # the whole job config, for xlt-report to compare
     assert resolved["task"]["lr"] == cfg.task.lr and resolved["trainer"] == OmegaConf.to_container(cfg.trainer) and "paths" not in resolved
-    assert set(saved["metrics"]) == {"xnli.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
+    assert set(saved["metrics"]) == {"xnli.hi", "xnli_mixed.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
     records = read_jsonl(tmp_path / "run" / "predictions" / "xnli.hi.jsonl")
     assert len(records) == 12
     # The reported accuracy is the hand count over the saved predictions.

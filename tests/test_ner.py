@@ -278,7 +278,7 @@ def test_tiny_fine_tune_lowers_loss(shared_data, mbert_tokenizer):
     config = BertConfig(
         vocab_size=len(mbert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
-    encoder, head = BertModel(config, add_pooling_layer=False), task.head(32)
+    encoder, head = BertModel(config, add_pooling_layer=False), task.head(config)
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     full = task.collate(mbert_tokenizer, features)

@@ -31,26 +31,43 @@ def test_reads_real_xnli(shared_data):
 def test_mixed_language_replaces_exactly_one_side(shared_data):
     target = read_nli_tsv(str(shared_data / "nli/xnli/test-ru.tsv"), "ru")[:200]
     english = read_nli_tsv(str(shared_data / "nli/xnli/test-en.tsv"), "en")[:200]
-    premise, hypothesis = mixed_language(target, english, seed=0)
-    assert len(premise) + len(hypothesis) == 200 and premise and hypothesis
-    by_id = {e["id"]: (t, e2) for t, e2, e in zip(target, english, target)}
-    for row in premise:
-        tgt, eng = by_id[row["id"]]
-        assert row["premise"] == eng["premise"] and row["hypothesis"] == tgt["hypothesis"]
-        assert row["label"] == tgt["label"]
-    for row in hypothesis:
-        tgt, eng = by_id[row["id"]]
-        assert row["hypothesis"] == eng["hypothesis"] and row["premise"] == tgt["premise"]
-    again = mixed_language(target, english, seed=0)
-    assert [r["id"] for r in again[0]] == [r["id"] for r in premise]  # deterministic
-    other = mixed_language(target, english, seed=1)
-    assert [r["id"] for r in other[0]] != [r["id"] for r in premise]  # the seed matters
+    mixed = mixed_language(target, english, seed=0)
+    assert [r["id"] for r in mixed] == [t["id"] for t in target]  # one row per pair, in order
+    sides = [r["replaced"] for r in mixed]
+    assert 60 < sides.count("premise") < 140 and set(sides) == {"premise", "hypothesis"}  # a fair coin
+    for row, tgt, eng in zip(mixed, target, english):
+        kept = "hypothesis" if row["replaced"] == "premise" else "premise"
+        assert row[row["replaced"]] == eng[row["replaced"]] and row[kept] == tgt[kept] and row["label"] == tgt["label"]
+    assert mixed_language(target, english, seed=0) == mixed  # deterministic
+    assert [r["replaced"] for r in mixed_language(target, english, seed=1)] != sides  # the seed matters
 
 
 def test_eval_sets_and_limit(shared_data):
     sets = nli_task(shared_data, "vi", eval_limit=30).eval_sets()
-    assert [s.name for s in sets] == ["xnli.vi", "xnli_mixed_premise.vi", "xnli_mixed_hypothesis.vi"]
+    assert [s.name for s in sets] == ["xnli.vi", "xnli_mixed.vi", "xnli_mixed_premise.vi", "xnli_mixed_hypothesis.vi"]
     assert all(len(s.examples) == 30 for s in sets)
+    with pytest.raises(XltError, match=r"unknown NLI evaluation set\(s\) \['xnli_mix'\]"):
+        nli_task(shared_data, "vi", sets=["xnli_mix"]).eval_sets()
+
+
+def test_xnli_mixed_is_the_papers_one_set_per_language(shared_data):
+    """xnli_mixed holds every pair once (each with one English side) and its
+    accuracy is the pooled hand count, not the mean of the two halves."""
+    sets = {s.name: s for s in nli_task(shared_data, "ru", eval_limit=None).eval_sets()}
+    mixed, premise, hypothesis = sets["xnli_mixed.ru"], sets["xnli_mixed_premise.ru"], sets["xnli_mixed_hypothesis.ru"]
+    assert len(mixed.examples) == len(sets["xnli.ru"].examples) == 5010
+    assert len(premise.examples) + len(hypothesis.examples) == 5010
+    assert {e["id"] for e in premise.examples} | {e["id"] for e in hypothesis.examples} == {e["id"] for e in mixed.examples}
+    task = nli_task(shared_data)
+    # Predict "entailment" everywhere: correct exactly on the entailment pairs.
+    first = mixed.examples[:10]
+    subset = EvalSet("xnli_mixed.ru", first)
+    features = [{"labels": e["label"], "example_index": i} for i, e in enumerate(first)]
+    metrics, records = task.score(subset, features, [np.eye(3)[0]] * len(first))
+    by_hand = sum(1 for e in first if e["label"] == 0)
+    assert metrics == {"accuracy": pytest.approx(by_hand / 10), "n": 10}
+    assert [r["id"] for r in records] == [e["id"] for e in first]  # per-example predictions for significance
+    assert sum(r["correct"] for r in records) == by_hand
 
 
 def test_accuracy_equals_hand_count(shared_data):

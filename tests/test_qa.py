@@ -133,6 +133,25 @@ def test_metric_language_per_set() -> None:
     assert metric_language("mlqa.es") == "es"
     assert metric_language("mlqa.q-hi.c-en") == "en"  # answers are English context spans
     assert metric_language("mlqa.q-en.c-vi") == "vi"
+    assert metric_language("mlqa.es", "squad") is None  # the paper's run_qa.py: SQuAD v1.1 everywhere
+    with pytest.raises(XltError, match=r"task.options.mlqa_metric must be one of mlqa \| squad, got 'v2'"):
+        metric_language("mlqa.es", "v2")
+
+
+@pytest.mark.parametrize("option, f1, em", [(None, 100.0, 100.0), ("mlqa", 100.0, 100.0), ("squad", 80.0, 0.0)])
+def test_mlqa_metric_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option, f1, em) -> None:
+    """"¿el Real Madrid?" vs "Real Madrid" on mlqa.es: the official MLQA script
+    drops "¿" (Unicode punctuation) and the Spanish article "el" (EM 100);
+    SQuAD v1.1 keeps the token "¿el" (P 2/3, R 1: F1 80, EM 0)."""
+    import xlt.tasks.qa as qa
+
+    task = make_task(tmp_path, "es", ["mlqa"], **({"options.mlqa_metric": option} if option else {}))
+    examples = [{"id": "q1", "answers": {"text": ["Real Madrid"], "answer_start": [0]}}]
+    monkeypatch.setattr(qa, "postprocess_predictions", lambda *args, **kwargs: {"q1": "¿el Real Madrid?"})
+    metrics, records = task.score(EvalSet("mlqa.es", examples), [], [])
+    assert (metrics["f1"], metrics["exact_match"]) == (pytest.approx(f1), em) and records[0]["em"] == em
+    with pytest.raises(XltError, match="task.options.mlqa_metric must be one of"):
+        make_task(tmp_path, "es", ["mlqa"], **{"options.mlqa_metric": "official"}).eval_sets()
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -350,7 +369,7 @@ def test_tiny_finetune_lowers_the_loss(shared_data: Path, mbert_tokenizer) -> No
         BertConfig(vocab_size=len(mbert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
         add_pooling_layer=False,
     )
-    head = task.head(32)
+    head = task.head(encoder.config)
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     batch = task.collate(mbert_tokenizer, features)

@@ -71,12 +71,16 @@ def test_aggregations(tokenizer, aggregation: str) -> None:
 
 def test_token_choices(mbert) -> None:
     pair, links = [SentencePair(EN, RU)], [LINKS]
-    cls = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("cls", False, True, False))[0]
+    cls = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("cls", False, True, False), regularize="chosen")[0]
     assert (cls.pair_en, cls.pair_tgt, cls.reg_en) == ([(0, 1)], [(0, 1)], [(0, 1)])
     cls_sep = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("cls_sep", False, True, True))[0]
     assert cls_sep.pair_en == [(0, 1), (11, 12)] and cls_sep.pair_tgt[1][1] == len(cls_sep.tgt_ids)
-    words = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("words", True, False, False))[0]
+    words = build_aligned_examples(mbert, pair, links, "avg", TokensConfig("words", True, False, False), regularize="chosen")[0]
     assert len(words.pair_en) == 5 and len(words.reg_en) == len(EN)
+    # regularize=all (the paper code, default): every English word + [CLS] + [SEP], whatever the choice.
+    for tokens in (TokensConfig("cls", False, True, False), TokensConfig("words", True, False, False)):
+        ex = build_aligned_examples(mbert, pair, links, "avg", tokens)[0]
+        assert len(ex.reg_en) == len(EN) + 2 and ex.reg_en[-2:] == [(0, 1), (11, 12)]
     # A pair whose only links are not one-to-one gives nothing with words only: skipped.
     many = build_aligned_examples(mbert, pair, [[(1, 0), (2, 0)]], "avg", TokensConfig("words", True, False, False))
     assert many == []

@@ -66,6 +66,12 @@ class TaskConfig:
     max_length: int = 128
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
+    # AdamW epsilon: the paper code uses transformers.AdamW (eps 1e-6);
+    # torch.optim.AdamW's default is 1e-8.
+    adam_eps: float = 1e-8
+    # Head structure: bert (AutoModelFor* of a BERT checkpoint, the paper
+    # code) | linear (one linear layer); see xlt/tasks/heads.py.
+    head: str = "linear"
     train_limit: Optional[int] = None
     eval_limit: Optional[int] = None
     # Where the data comes from: hub ids and local file templates.
@@ -179,7 +185,16 @@ class AdjustmentConfig:
     warmup_ratio: float = 0.1
     reg_weight: float = 1.0  # lambda for the English regularizer
     target: str = "current"  # current (paper's code) | frozen (Cao et al.)
-    reduction: str = "sum"  # sum | mean
+    # Per-term reduction: mse (paper code, F.mse_loss = mean over every
+    # element) | sum (Eq. 1 as printed) | vector_mean (mean of ||d||^2).
+    reduction: str = "mse"
+    # Reduce per group of this many sentences and sum the groups (the paper
+    # code's splitbatch_size=4 in align_bert_multiple); 0: the whole batch.
+    split_batch: int = 4
+    # English vectors kept close to f0: all (paper code: every English word,
+    # aggregated as for the pairs, plus [CLS] and [SEP], whatever `tokens`) |
+    # chosen (only the vectors `tokens` selects).
+    regularize: str = "all"
     dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
     freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
 
@@ -188,11 +203,15 @@ class AdjustmentConfig:
 class ContinualConfig:
     """Fine-tuning with L = L_task + alpha * pairs + reg_weight * regularizer,
     a fresh batch of ``align_batch_size`` aligned pairs every step (read only
-    when ``mode.continual``)."""
+    when ``mode.continual``).  Defaults = the paper code (``utils_alignment.py``
+    ``comp_align_loss``: ``align_wght · F.mse_loss(pairs) + base_diff_wght ·
+    F.mse_loss(English, original English)``, scripts ``train_*_multi_task_no_trainer.sh``:
+    align_wght 0.01, base_diff_wght 1, align_batch_size 16)."""
 
     init: str = "adjusted"  # start from the adjusted | original model
-    alpha: float = 0.01  # weight of the aligned-pair term
-    reg_weight: float = 0.01  # weight of the regularizer term
+    reduction: str = "mse"  # mse (paper code) | sum | vector_mean, as adjustment.reduction
+    alpha: float = 0.01  # weight of the aligned-pair term (align_wght)
+    reg_weight: float = 1.0  # weight of the regularizer term (base_diff_wght)
     align_batch_size: int = 16
     reference: str = "original"  # frozen reference of the regularizer: original | init
 

@@ -18,7 +18,7 @@ import pandas as pd
 from xlt import results
 
 LANGS = "es,ru,vi,hi"
-COLUMNS = {"xnli": "XNLI", "xnli_mixed_premise": "mixed: en premise", "xnli_mixed_hypothesis": "mixed: en hypothesis"}
+COLUMNS = {"xnli": "XNLI", "xnli_mixed": "mixed", "xnli_mixed_premise": "mixed: en premise", "xnli_mixed_hypothesis": "mixed: en hypothesis"}
 
 
 def results_table(sweep: Path) -> pd.DataFrame:

@@ -174,9 +174,30 @@ def _word_links(pair: SentencePair, alignment: Alignment, en_spans: list[Optiona
     return pair_en, pair_tgt, truncated
 
 
+REGULARIZE = ("all", "chosen")
+
+
+def regularized_spans(regularize: str, chosen: list[Span], en_spans: list[Optional[Span]], n_ids: int) -> list[Span]:
+    """English spans of the regulariser.
+
+    ``all`` is the paper code: ``F.mse_loss(ann_2, ann_2_base)`` over the
+    whole packed output of ``WordLevelBert.forward`` (``word_level_bert.py``,
+    ``include_clssep=True`` by default there), i.e. every English word
+    vector, aggregated by the same mode as the pairs (avg/start/end), plus
+    [CLS] and [SEP] as one vector each, padding excluded, whatever
+    ``--include_clssep`` says about the *pairs*.  ``chosen``: only the
+    vectors the token choice puts into the loss.
+    """
+    if regularize == "chosen":
+        return chosen
+    if regularize != "all":
+        raise XltError(f"adjustment.regularize must be one of {' | '.join(REGULARIZE)}, got {regularize!r}")
+    return [s for s in en_spans if s is not None] + [(0, 1), (n_ids - 1, n_ids)]
+
+
 def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: list[Alignment], aggregation: str,
                            tokens: TokensConfig, max_length: int = 128,
-                           drop_identical: bool = False) -> list[AlignedExample]:
+                           drop_identical: bool = False, regularize: str = "all") -> list[AlignedExample]:
     """Examples for the adjustment loss; pairs that yield nothing are skipped.
 
     ``tokens.use_words`` adds the one-to-one aligned word pairs (both spans
@@ -184,9 +205,12 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
     ``use_sep`` the last position with the last.  ``drop_identical`` drops
     word pairs with equal strings (numbers, names): they are easy for the
     model already and may dominate the loss on Latin-script pairs.
-    ``reg_en`` holds every complete English word span (if ``use_words``)
-    and the chosen special tokens.
+    ``reg_en`` (see :func:`regularized_spans`): with ``regularize=all``
+    every complete English word span plus the first and last special token;
+    with ``chosen`` the English spans of the chosen vectors (every complete
+    word if ``use_words``, plus the chosen special tokens).
     """
+    regularized_spans(regularize, [], [], 0)  # validates the name before any work
     if len(pairs) != len(alignments):
         raise XltError(f"{len(pairs)} sentence pairs but {len(alignments)} alignments")
     english = _encode_side(tokenizer, [p.english for p in pairs], aggregation, max_length)
@@ -204,6 +228,7 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
             last_en, last_tgt = (len(en_ids) - 1, len(en_ids)), (len(tgt_ids) - 1, len(tgt_ids))
             pair_en, pair_tgt, reg_en = pair_en + [last_en], pair_tgt + [last_tgt], reg_en + [last_en]
         if pair_en:
+            reg_en = regularized_spans(regularize, reg_en, en_spans, len(en_ids))
             examples.append(AlignedExample(list(en_ids), list(tgt_ids), pair_en, pair_tgt, reg_en))
     if truncated:
         log.info("dropped %d aligned links beyond max_length=%d subwords", truncated, max_length)

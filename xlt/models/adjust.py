@@ -1,6 +1,15 @@
 """Cross-lingual adjustment (Eq. 1 of the paper, optimiser of Cao et al. 2020).
 
-    L = Σ_pairs ‖f(s_i) − f(t_i)‖²  +  λ · Σ_english ‖f(s_j) − f⁰(s_j)‖²
+    L = R_pairs(f(s_i) − f(t_i))  +  λ · R_english(f(s_j) − f⁰(s_j))
+
+``R`` is the reduction (``adjustment.reduction``, see :data:`REDUCTIONS`):
+``mse`` is the paper code's ``F.mse_loss`` (mean over every element of the
+[N, H] difference; ``alignment/bert_finetuning_alignment.py``
+``align_bert_multiple`` and ``utils_alignment.py`` ``comp_align_loss``),
+``sum`` is Eq. 1 as printed (Σ‖d‖²), ``vector_mean`` the mean of ‖d‖² over
+vectors.  Under Adam the overall scale hardly matters, but the reductions
+weight the two terms differently (pairs vs. all English words), which moves
+the optimum.
 
 ``f`` is the encoder being trained, ``f⁰`` the frozen original.  Word vectors
 are span means of last-layer subword vectors (``xlt.models.pooling``), so
@@ -24,9 +33,46 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from xlt.errors import XltError
 from xlt.models.pooling import pool_spans
 
 Batch = dict[str, torch.Tensor]
+
+# adjustment.reduction / continual.reduction values.
+REDUCTIONS = ("mse", "sum", "vector_mean")
+
+
+def check_reduction(reduction: str, where: str) -> str:
+    """``reduction`` if valid, else a one-line error naming the config key."""
+    if reduction not in REDUCTIONS:
+        raise XltError(f"{where} must be one of {' | '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
+
+
+def reduce_squared(diff: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce the squared differences ``diff [N, H]`` of one loss term.
+
+    ``mse``: ``F.mse_loss`` (mean over N·H elements, the paper code);
+    ``sum``: Σ_n ‖d_n‖² (Eq. 1 as printed); ``vector_mean``: mean_n ‖d_n‖².
+    """
+    if reduction == "mse":
+        return torch.nn.functional.mse_loss(diff, torch.zeros_like(diff), reduction="mean")
+    per_vector = diff.pow(2).sum(dim=1)
+    return per_vector.sum() if reduction == "sum" else per_vector.mean()
+
+
+def reduce_split(diff: torch.Tensor, rows: torch.Tensor, reduction: str, split: int) -> torch.Tensor:
+    """:func:`reduce_squared` per group of ``split`` sentences, summed over groups.
+
+    The paper code's adjustment (``align_bert_multiple``) splits each batch of
+    32 into ``splitbatch_size=4`` sentences, takes ``F.mse_loss`` per split and
+    sums the splits; ``split`` = 0 reduces the whole batch at once.  ``rows``
+    gives each vector's sentence.
+    """
+    if split <= 0:
+        return reduce_squared(diff, reduction)
+    groups = torch.div(rows, split, rounding_mode="floor")
+    return sum(reduce_squared(diff[groups == g], reduction) for g in groups.unique().tolist())
 
 
 def collate_aligned(examples: list[Any], pad_id: int, indices: list[int] | None = None) -> Batch:
@@ -75,8 +121,9 @@ class AlignmentLoss:
     ``frozen`` pulls them toward the reference's English vectors (Cao et al.).
     ``cache``: keep the reference's pooled English vectors per sentence (worth
     it only when sentences are revisited).
-    ``reduction``: ``sum`` of squared distances over the batch (the paper's
-    Σ) or ``mean`` per term (scale independent of batch and sentence length).
+    ``reduction``: how each term's squared differences are reduced, one of
+    :data:`REDUCTIONS` (see :func:`reduce_squared`), per group of ``split``
+    sentences and summed over the groups (:func:`reduce_split`; 0: one group).
     ``buckets``: the batch's sentences run through the encoder in this many
     length-sorted groups, each padded only to its own longest sentence.
     """
@@ -86,16 +133,16 @@ class AlignmentLoss:
         reference: PreTrainedModel,
         target: str = "current",
         cache: bool = False,
-        reduction: str = "sum",
+        reduction: str = "mse",
         buckets: int = 4,
+        split: int = 0,
     ):
         if target not in ("current", "frozen"):
             raise ValueError(f"adjustment.target must be current or frozen, got {target}")
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"adjustment.reduction must be sum or mean, got {reduction}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
-        self.reduce = torch.sum if reduction == "sum" else torch.mean
+        self.reduction = check_reduction(reduction, "adjustment.reduction")
+        self.split = split
         self.buckets = buckets
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
@@ -112,8 +159,8 @@ class AlignmentLoss:
         anchor = frozen_pairs if self.target == "frozen" else english
         current_reg = pool_spans(hidden, batch["reg_row"], batch["reg"])
         return {
-            "pairs": self.reduce((anchor - target).pow(2).sum(dim=1)),
-            "regularizer": self.reduce((current_reg - frozen_reg).pow(2).sum(dim=1)),
+            "pairs": reduce_split(anchor - target, batch["pair_en_row"], self.reduction, self.split),
+            "regularizer": reduce_split(current_reg - frozen_reg, batch["reg_row"], self.reduction, self.split),
         }
 
     @torch.no_grad()

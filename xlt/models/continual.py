@@ -1,6 +1,14 @@
 """Continual learning: the adjustment loss as an auxiliary term of fine-tuning.
 
-    L = L_task + α · Σ‖f(s_i) − f(t_i)‖² + β · Σ‖f(s_j) − f⁰(s_j)‖²
+    L = L_task + α · R(f(s_i) − f(t_i)) + β · R(f(s_j) − f⁰(s_j))
+
+``R`` is ``continual.reduction`` (:func:`xlt.models.adjust.reduce_squared`).
+The paper code (``utils_alignment.py`` ``comp_align_loss``) uses
+``F.mse_loss`` (``mse``: mean over every element), α = ``align_wght`` = 0.01,
+β = ``base_diff_wght`` = 1 (``scripts/*/train_*_multi_task_no_trainer.sh``);
+these are the defaults.  With ``sum`` the pair term is Σ‖d‖², about
+N·H times larger (H = hidden size, N = vectors in the batch), which swamps
+``L_task`` at α = 0.01.
 
 Every training step draws a fresh batch of aligned sentence pairs (with
 replacement) from the adjustment sample.  The draw of step k depends only on
@@ -34,7 +42,7 @@ class ContinualObjective:
         pad_id: int,
         loss: AlignmentLoss,
         alpha: float = 0.01,
-        reg_weight: float = 0.01,
+        reg_weight: float = 1.0,
         batch_size: int = 16,
         seed: int = 1,
     ):

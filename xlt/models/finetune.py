@@ -62,8 +62,18 @@ def task_loader(task: Task, tokenizer, features: list[dict], batch_size: int, se
     )
 
 
+def decays(name: str) -> bool:
+    """Whether AdamW's weight decay applies to parameter ``name``: not to
+    biases and LayerNorm weights, the ``no_decay = ["bias", "LayerNorm.weight"]``
+    groups of the paper code's ``run_*_no_trainer.py`` (plus any other norm
+    layer's weights, for non-BERT names)."""
+    return not ("bias" in name or "LayerNorm.weight" in name or "norm" in name.lower())
+
+
 class FineTuneModule(L.LightningModule):
-    """Encoder + linear head trained with AdamW and linear decay (HF scripts)."""
+    """Encoder + task head trained as the paper code's ``no_trainer`` loop:
+    AdamW with weight-decay groups, linear schedule with warm-up
+    (``get_scheduler("linear", ...)``), no gradient clipping."""
 
     def __init__(
         self,
@@ -74,13 +84,16 @@ class FineTuneModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         seed: int = 1,
         objective: Optional[Any] = None,
+        adam_eps: float = 1e-8,
+        pooler: Optional[torch.nn.Module] = None,
     ):
         super().__init__()
         # from_pretrained returns eval mode; training uses dropout as the HF scripts do.
         self.encoder = encoder.train()
-        self.head = task.head(encoder.config.hidden_size)
+        self.head = task.head(encoder.config, pooler)
         self.task = task
         self.lr, self.weight_decay, self.warmup_ratio, self.seed = lr, weight_decay, warmup_ratio, seed
+        self.adam_eps = adam_eps
         # Not a submodule: its frozen reference model must stay out of the
         # optimiser and the checkpoint.
         self.objective = objective
@@ -118,10 +131,12 @@ class FineTuneModule(L.LightningModule):
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, param in self.named_parameters():
-            (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
+            (decay if decays(name) else no_decay).append(param)
+        # transformers.AdamW (the paper code) = torch AdamW with eps 1e-6 (task.adam_eps).
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
+            eps=self.adam_eps,
             fused=True,  # one kernel over all parameters: ~3x faster than the loop on CPU (bench/)
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -50,7 +50,7 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     settings = cfg.adjustment
     module = AdjustModule(
         encoder,
-        AlignmentLoss(reference, settings.target, reduction=settings.reduction),
+        AlignmentLoss(reference, settings.target, reduction=settings.reduction, split=settings.split_batch),
         settings.lr,
         settings.reg_weight,
         settings.warmup_ratio,

@@ -132,5 +132,6 @@ def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout:
     tokens = TokensConfig(name="words", use_words=True, use_cls=False, use_sep=False) if heldout else cfg.tokens
     pairs, alignments = (corpus.heldout, corpus.heldout_alignments) if heldout else (corpus.train, corpus.train_alignments)
     return build_aligned_examples(
-        tokenizer, pairs, alignments, cfg.aggregation.name, tokens, max_length=128, drop_identical=cfg.aligner.drop_identical
+        tokenizer, pairs, alignments, cfg.aggregation.name, tokens, max_length=128, drop_identical=cfg.aligner.drop_identical,
+        regularize=cfg.adjustment.regularize,
     )

@@ -42,7 +42,7 @@ def build_objective(cfg: DictConfig, tokenizer, encoder):
         raise XltError(f"mode=continual: no aligned pairs in the sample of {corpus_path(cfg)}")
     continual = cfg.continual
     reference = load_encoder(cfg.model, cfg.paths.cache_dir) if continual.reference == "original" else freeze_copy(encoder)
-    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=cfg.adjustment.reduction)
+    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=continual.reduction)
     return ContinualObjective(
         examples, tokenizer.pad_token_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed
     )
@@ -53,6 +53,13 @@ def validate(cfg: DictConfig) -> None:
     continual = cfg.continual
     if continual.alpha < 0 or continual.reg_weight < 0 or cfg.adjustment.reg_weight < 0:
         raise XltError("continual.alpha, continual.reg_weight and adjustment.reg_weight must be >= 0")
+    from xlt.models.adjust import check_reduction
+
+    check_reduction(continual.reduction, "continual.reduction")
+    check_reduction(cfg.adjustment.reduction, "adjustment.reduction")
+    from xlt.tasks.heads import check_head
+
+    check_head(cfg.task.head)
     if continual.init not in ("adjusted", "original") or continual.reference not in ("original", "init"):
         raise XltError("continual.init must be adjusted|original and continual.reference original|init")
     if cfg.task.name not in cfg.lang.eval_sets:
@@ -64,6 +71,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from xlt.models.encoder import load_encoder, load_tokenizer
     from xlt.models.finetune import FineTuneModule, task_loader
     from xlt.tasks.base import build_task
+    from xlt.tasks.heads import pretrained_pooler
 
     validate(cfg)
     out = Path(cfg.paths.output_dir)
@@ -76,7 +84,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     encoder = load_encoder(cfg.model, cfg.paths.cache_dir, str(adjusted) if adjusted else None)
     objective = build_objective(cfg, tokenizer, encoder) if cfg.mode.continual else None
-    module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective)
+    pooler = pretrained_pooler(cfg.model, cfg.paths.cache_dir) if cfg.task.head == "bert" else None
+    module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective,
+                            adam_eps=cfg.task.adam_eps, pooler=pooler)
 
     train = task.features(tokenizer, task.train_examples(), train=True)
     micro_batch = max(1, cfg.task.batch_size // cfg.trainer.accumulate_grad_batches)

@@ -62,9 +62,20 @@ class Task(ABC):
         """Tokenise examples into features (possibly several per example)."""
 
     # ---- model --------------------------------------------------------------
+    head_shape: str = "sequence"  # sequence | token | span (xlt.tasks.heads.SHAPES)
+
+    @property
     @abstractmethod
-    def head(self, hidden_size: int) -> nn.Module:
-        """Linear head mapping ``last_hidden_state [B, T, H]`` to logits."""
+    def num_labels(self) -> int:
+        """Outputs per sequence (NLI), per token (NER) or per position (QA: 2)."""
+
+    def head(self, config, pooler: nn.Module | None = None) -> nn.Module:
+        """Head mapping ``last_hidden_state [B, T, H]`` to logits, of the
+        structure ``task.head`` names (:mod:`xlt.tasks.heads`); ``pooler`` is
+        the checkpoint's pretrained pooler for ``bert`` sequence heads."""
+        from xlt.tasks.heads import build_head
+
+        return build_head(str(self.cfg.head), self.head_shape, config, self.num_labels, pooler)
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -204,9 +204,11 @@ class NerTask(Task):
         return features
 
     # ---- model --------------------------------------------------------------
-    def head(self, hidden_size: int) -> nn.Module:
-        """``[B, T, H] -> [B, T, C]``: one linear map shared by all tokens."""
-        return nn.Linear(hidden_size, len(self.labels))
+    head_shape = "token"  # [B, T, H] -> [B, T, C]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the first subwords (-100 positions ignored)."""

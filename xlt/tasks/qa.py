@@ -250,10 +250,21 @@ def postprocess_predictions(
     return predictions
 
 
-def metric_language(set_name: str) -> str | None:
-    """MLQA sets are scored in their context language; others with SQuAD rules."""
+MLQA_METRICS = ("mlqa", "squad")
+
+
+def metric_language(set_name: str, mlqa_metric: str = "mlqa") -> str | None:
+    """MLQA sets are scored in their context language; others with SQuAD rules.
+
+    ``mlqa_metric`` (``task.options.mlqa_metric``): ``mlqa`` is the official
+    MLQA evaluation (default); ``squad`` scores MLQA with SQuAD v1.1
+    normalisation, as the paper's ``question_answering/run_qa.py`` did
+    (``load_metric("squad")`` on every evaluation set).
+    """
+    if mlqa_metric not in MLQA_METRICS:
+        raise XltError(f"task.options.mlqa_metric must be one of {' | '.join(MLQA_METRICS)}, got {mlqa_metric!r}")
     parts = set_name.split(".")
-    if parts[0] != "mlqa":
+    if parts[0] != "mlqa" or mlqa_metric == "squad":
         return None
     contexts = [p[2:] for p in parts[1:] if p.startswith("c-")]
     return contexts[0] if contexts else parts[1]
@@ -288,6 +299,7 @@ class QaTask(Task):
         return self.limit(examples, self.cfg.train_limit, "QA training set")
 
     def eval_sets(self) -> list[EvalSet]:
+        metric_language("", self.mlqa_metric)  # a bad option fails before training
         wanted = self.eval_set_names or ["xquad"]
         sets: list[tuple[str, list]] = []
         for family in wanted:
@@ -416,8 +428,8 @@ class QaTask(Task):
         return fitted
 
     # ---- model --------------------------------------------------------------
-    def head(self, hidden_size: int) -> nn.Module:
-        return nn.Linear(hidden_size, 2)  # [B, T, H] -> [B, T, 2]: start, end logits
+    head_shape = "span"  # [B, T, H] -> [B, T, 2]: start, end logits
+    num_labels = 2
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of start and end cross-entropy (BertForQuestionAnswering)."""
@@ -438,4 +450,8 @@ class QaTask(Task):
             n_best=int(options.get("n_best", 20)),
             max_answer_length=int(options.get("max_answer_length", 30)),
         )
-        return evaluate(predictions, eval_set.examples, metric_language(eval_set.name))
+        return evaluate(predictions, eval_set.examples, metric_language(eval_set.name, self.mlqa_metric))
+
+    @property
+    def mlqa_metric(self) -> str:
+        return str(self.cfg.options.get("mlqa_metric", "mlqa"))
