@@ -115,9 +115,9 @@ def test_ctrl_c_stops_every_job(tmp_path, e5_dir):
     pids = [run["pid"] for run in probe_runs(tmp_path).values()]
     assert len(pids) == 2, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted: stopped 2 running jobs; 1 jobs not started" in stderr
+    assert "interrupted: stopped 2 running jobs; 1 jobs not started" in stdout  # Hydra logs to stdout
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
