@@ -92,15 +92,16 @@ def test_cpu_pool_builds_a_shared_adjustment_once_and_counts_recorded_failures(t
     jobs fail inside xlt (missing data: results.json status failed, process
     exit 0), and the pool still reports them."""
     result = sweep(tmp_path, e5_dir, "mode=adjusted", "corpus=demo", "corpus.size=60", "corpus.heldout=10",
-                   "task.lr=2e-5,3e-5", f"data.root=data/demo,{tmp_path / 'missing'}",
+                   f"data.root=data/demo,{tmp_path / 'missing'}", "task.lr=2e-5,3e-5",
                    "hydra.launcher.gpus=[]", "hydra.launcher.n_jobs=2", "hydra.launcher.order=given")
     assert result.returncode == 1 and "2 of 4 jobs failed" in result.stderr, result.stderr[-2000:]
-    assert statuses(tmp_path) == {0: "ok", 1: "failed", 2: "ok", 3: "failed"}
+    assert statuses(tmp_path) == {0: "ok", 1: "ok", 2: "failed", 3: "failed"}
     runs = probe_runs(tmp_path)
     assert {run["cuda"] for run in runs.values()} == {""}  # CPU jobs see no GPU
+    assert max_running({job: runs[job] for job in (0, 1)}) == 2  # the two users of the model ran together
     adjusted = list((tmp_path / "cache" / "adjusted").iterdir())
     assert [p.name.endswith(".lock") for p in adjusted].count(False) == 1  # one model, no leftovers
-    logs = [(tmp_path / "sweep" / str(job) / "train.log").read_text() for job in (0, 2)]
+    logs = [(tmp_path / "sweep" / str(job) / "train.log").read_text() for job in (0, 1)]
     assert sum("adjustment evidence" in log for log in logs) == 1  # built by one job only
 
 

@@ -282,10 +282,9 @@ class Pool:
         failure record makes it FAILED."""
         job, code = done.job, done.proc.returncode
         ret = pickle.loads(done.result.read_bytes()) if done.result.exists() else None
-        if ret is None:
-            ret = JobReturn(overrides=job.overrides, cfg=job.config, working_dir=str(job.job_dir),
-                            status=JobStatus.FAILED)
-        ret.hydra_cfg = job.config
+        if ret is None:  # died before run_job returned
+            ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config,
+                            working_dir=str(job.job_dir), status=JobStatus.FAILED)
         reason = (f"killed by signal {-code}" if code < 0 else f"exit code {code}") if code else recorded_failure(job.job_dir)
         if ret.status == JobStatus.COMPLETED and reason:
             ret.status = JobStatus.FAILED
@@ -321,18 +320,23 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _raise_on_sigterm():
-    """SIGTERM (e.g. ``kill``, a scheduler) stops the pool like Ctrl-C."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_on_sigterm() -> dict:
+    """SIGTERM (``kill``, a scheduler) and SIGHUP (the terminal closed) stop
+    the pool like Ctrl-C: the jobs run in their own sessions and would not
+    see them."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread
-        return None
+        return {}
 
 
-def _restore_sigterm(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+def _restore_sigterm(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

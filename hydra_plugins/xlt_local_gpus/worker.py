@@ -56,7 +56,6 @@ def main(payload_path: str, result_path: str) -> int:
     ret = run_job(hydra_context=payload["hydra_context"], task_function=payload["task_function"],
                   config=payload["config"], job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     ret._return_value = picklable(ret._return_value)
-    ret.hydra_cfg = None  # the launcher has it; HydraConfig nodes need not travel back
     with open(result_path + ".tmp", "wb") as f:
         cloudpickle.dump(ret, f)
     os.replace(result_path + ".tmp", result_path)
