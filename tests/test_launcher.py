@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.xlt_local_gpus.launcher import Job, detect_gpus, order_shared_first, plan_slots
+from hydra_plugins.xlt_local_gpus.launcher import Job, detect_gpus, order_shared_first, plan_slots, shared_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "data=demo", "task.train_limit=16", "task.eval_limit=4", "task.epochs=1",
@@ -154,3 +154,28 @@ def test_builders_of_distinct_artifacts_go_first():
 
     jobs = [job(0, "adj1", "ck0"), job(1, "adj1", "ck1"), job(2, "adj2", "ck2"), job(3, "adj2", "ck3"), job(4, "ck4")]
     assert [j.idx for j in order_shared_first(jobs)] == [0, 2, 4, 1, 3]
+
+
+def sweep_config(*overrides: str):
+    """A job's config as the launcher gets it (with the ``hydra`` node)."""
+    from hydra import compose, initialize_config_dir
+
+    from xlt.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", ["model=tiny", "hydra/launcher=local_gpus", *overrides], return_hydra_config=True)
+
+
+def test_shared_artifacts_of_real_job_configs(tmp_path):
+    """Same seed, other fine-tuning lr: one adjusted model, two checkpoints;
+    original mode in two languages: one checkpoint (English fine-tuning)."""
+    def shared(*overrides):
+        return shared_artifacts(sweep_config(f"paths.cache_dir={tmp_path}", *overrides), tmp_path / "job")
+
+    a, b = shared("mode=adjusted", "seed=1", "task.lr=2e-5"), shared("mode=adjusted", "seed=1", "task.lr=3e-5")
+    other_seed = shared("mode=adjusted", "seed=2", "task.lr=2e-5")
+    assert len(a) == len(b) == 2 and len(a & b) == 1 and "adjusted" in next(iter(a & b))
+    assert not a & other_seed
+    ru, hi = shared("mode=original", "lang=ru"), shared("mode=original", "lang=hi")
+    assert ru == hi and len(ru) == 1

@@ -19,6 +19,7 @@ while they wait.
 """
 
 
+import copy
 import json
 import logging
 import os
@@ -131,19 +132,23 @@ def job_env(slot: Optional[str], threads: int) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join([*extra, inherited] if inherited else extra)}
 
 
-def shared_artifacts(cfg: DictConfig) -> frozenset:
+def shared_artifacts(config: DictConfig, job_dir: Path) -> frozenset:
     """The cache entries of an xlt job that sibling jobs may share (built once
-    under a lock): its adjusted encoder and its fine-tuning checkpoint folder.
-    Empty for configs that are not xlt jobs."""
-    try:
-        from xlt.keys import adjusted_dir, checkpoint_dir
-
-        shared = {str(checkpoint_dir(cfg))}
-        if cfg.mode.adjust:
-            shared.add(str(adjusted_dir(cfg)))
-        return frozenset(shared)
-    except Exception:  # noqa: BLE001 - any app: keep the sweep order
+    under a lock): its adjusted encoder and its fine-tuning checkpoint folder,
+    computed from the job's config as ``run_job`` will see it (no ``hydra``
+    node, its output folder).  Empty for configs that are not xlt jobs."""
+    if not {"mode", "paths", "hydra"} <= set(config):
         return frozenset()
+    from xlt.keys import adjusted_dir, checkpoint_dir
+
+    cfg = copy.deepcopy(config)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.output_dir = str(job_dir)
+    shared = {str(checkpoint_dir(cfg))}
+    if cfg.mode.adjust:
+        shared.add(str(adjusted_dir(cfg)))
+    return frozenset(shared)
 
 
 def order_shared_first(jobs: List[Job]) -> List[Job]:
@@ -217,7 +222,8 @@ class LocalGpusLauncher(Launcher):
             config.hydra.sweep.dir = str(config.hydra.sweep.dir)  # ${now:...} resolved once, here
             config.hydra.sweep.subdir = str(config.hydra.sweep.subdir)
         job_dir = Path(config.hydra.sweep.dir) / config.hydra.sweep.subdir
-        return Job(idx, list(overrides), config, job_dir, shared_artifacts(config))
+        shared = shared_artifacts(config, job_dir) if self.order == "shared_first" else frozenset()
+        return Job(idx, list(overrides), config, job_dir, shared)
 
     def payload(self, job: Job) -> bytes:
         """What the job process needs to run Hydra's ``run_job`` itself."""
