@@ -34,6 +34,7 @@ def sweep(tmp_path: Path, e5_dir: str, *args: str, crash_job: int = -1, wait: bo
              f"+hydra.callbacks.probe.path={tmp_path / 'probe.jsonl'}", f"+hydra.callbacks.probe.crash_job={crash_job}"]
     command = [sys.executable, "-m", "xlt", "-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", *probe, *args]
     env = {**os.environ, "XLT_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # fake ids are checked against it
     if not wait:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -128,7 +129,8 @@ def test_ctrl_c_stops_every_job(tmp_path, e5_dir):
 def test_more_jobs_than_gpus_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "xlt", "-m", "model=tiny", "hydra/launcher=local_gpus",
                              "hydra.launcher.gpus=[0,1]", "hydra.launcher.n_jobs=3", f"hydra.sweep.dir={tmp_path}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "0,1"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "xlt: error: hydra.launcher.n_jobs=3 but only 2 GPUs (0,1): one job per GPU; "
@@ -144,6 +146,18 @@ def test_slots_follow_cuda_visible_devices(monkeypatch):
     assert plan_slots([], None) == [None]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert plan_slots(None, None) == [None]
+
+
+def test_gpus_must_lie_inside_cuda_visible_devices(monkeypatch, capsys):
+    """Under CUDA_VISIBLE_DEVICES=4,5 (e.g. a Slurm allocation), gpus=[0,1]
+    would put jobs on other people's GPUs: one line, exit 2."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert plan_slots(["5"], None) == ["5"]
+    with pytest.raises(SystemExit) as stop:
+        plan_slots(["0", "5"], None)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == ("xlt: error: hydra.launcher.gpus: 0 not in CUDA_VISIBLE_DEVICES=4,5 "
+                                               "(the GPUs this sweep may use; give ids from that list)")
 
 
 def test_builders_of_distinct_artifacts_go_first():

@@ -109,6 +109,11 @@ def plan_slots(gpus: Optional[Sequence[Any]], n_jobs: Optional[int]) -> List[Opt
     from xlt.cli import fail
 
     ids = detect_gpus() if gpus is None else [str(g) for g in gpus]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    outside = [i for i in ids if visible is not None and i not in detect_gpus()]
+    if outside:  # a job's CUDA_VISIBLE_DEVICES names physical GPUs: stay inside this process's share
+        fail(f"hydra.launcher.gpus: {','.join(outside)} not in CUDA_VISIBLE_DEVICES={visible} "
+             "(the GPUs this sweep may use; give ids from that list)")
     if n_jobs is not None and n_jobs < 1:
         fail(f"hydra.launcher.n_jobs must be >= 1, got {n_jobs}")
     if not ids:
