@@ -311,12 +311,16 @@ class Pool:
 
     def stop(self) -> None:
         """SIGINT to every running job's process group (Lightning stops
-        gracefully), SIGKILL to whatever is left after the grace period."""
+        gracefully), SIGKILL to whatever is left after the grace period or
+        at a second Ctrl-C."""
         for r in self.running:
             _signal_group(r.proc, signal.SIGINT)
         deadline = time.monotonic() + self.stop_grace_s
-        while any(r.proc.poll() is None for r in self.running) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        try:
+            while any(r.proc.poll() is None for r in self.running) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass
         for r in self.running:
             _signal_group(r.proc, signal.SIGKILL)
             r.proc.wait()
