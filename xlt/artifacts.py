@@ -108,3 +108,50 @@ def file_checksum(path: str | os.PathLike, length: int = 16) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:length]
+
+
+CHECKSUM_INDEX = "checksums.json"
+_memo: dict[str, tuple[list[int], str]] = {}
+
+
+def content_checksum(path: str | os.PathLike, index_dir: str | os.PathLike | None = None) -> str:
+    """``file_checksum`` of ``path``, remembered by (size, mtime_ns, inode).
+
+    Cache keys hash the *content* of their input files (an edit in place must
+    invalidate an alignment, an adjusted model or a checkpoint), but a 250K-pair
+    corpus should be read once, not by every job of a sweep: the checksum is
+    kept in memory and in ``<index_dir>/checksums.json``, and recomputed only
+    when the file's size, modification time or inode change.  The index is a
+    cache: a lost concurrent update or a read-only cache only costs a rehash.
+    """
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    if real in _memo and _memo[real][0] == stamp:
+        return _memo[real][1]
+    index_file = Path(index_dir) / CHECKSUM_INDEX if index_dir is not None else None
+    index = _read_index(index_file)
+    entry = index.get(real)
+    if entry and entry.get("stamp") == stamp:
+        _memo[real] = (stamp, entry["sha256"])
+        return entry["sha256"]
+    checksum = file_checksum(real)
+    _memo[real] = (stamp, checksum)
+    if index_file is not None:
+        index = _read_index(index_file)  # re-read: other jobs may have added entries meanwhile
+        index[real] = {"stamp": stamp, "sha256": checksum}
+        try:
+            write_json(index_file, index)
+        except OSError as err:  # a read-only cache still works, it only rehashes next time
+            log.debug("cannot update %s: %s", index_file, err)
+    return checksum
+
+
+def _read_index(index_file: Path | None) -> dict[str, Any]:
+    if index_file is None:
+        return {}
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}

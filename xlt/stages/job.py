@@ -19,9 +19,9 @@ import lightning as L
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from xlt.artifacts import file_checksum, write_json, write_jsonl
+from xlt.artifacts import write_json, write_jsonl
 from xlt.errors import XltError
-from xlt.keys import checkpoint_dir, code_version, corpus_path, identity, job_hash
+from xlt.keys import checkpoint_dir, code_version, corpus_path, data_checksums, identity, job_hash
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
 from xlt.stages.trainer import make_trainer
@@ -175,23 +175,3 @@ def link_checkpoints(out: Path, checkpoints: Path) -> None:
     link = out / "checkpoints"
     if not link.exists() and not link.is_symlink():
         os.symlink(checkpoints.resolve(), link, target_is_directory=True)
-
-
-def data_checksums(cfg: DictConfig) -> dict[str, str]:
-    """Checksums of the local data files a job read (provenance)."""
-    if cfg.data.source != "local":
-        return {}
-    files: list[str] = []
-    for value in cfg.task.local.values():
-        templates = value.values() if isinstance(value, DictConfig) else value if not isinstance(value, str) else [value]
-        files += [os.path.join(cfg.data.root, str(t).format_map(_Fill(lang=cfg.lang.code))) for t in templates]
-    if cfg.mode.adjust:
-        files.append(corpus_path(cfg))
-    return {f: file_checksum(f) for f in sorted(set(files)) if os.path.isfile(f)}
-
-
-class _Fill(dict):
-    """``str.format_map`` filler that leaves unknown placeholders as they are."""
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
