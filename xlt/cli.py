@@ -14,8 +14,7 @@ import traceback
 from pathlib import Path
 
 from xlt.config import CONF_DIR
-
-GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "data", "experiment")
+from xlt.errors import XltError
 
 log = logging.getLogger("xlt")
 
@@ -28,16 +27,61 @@ def fail(message: str, code: int = 2) -> None:
 def check_choices(argv: list[str]) -> None:
     """Reject an unknown group choice (``lang=xx``) with one line naming the
     valid ones, before Hydra prints a multi-line composition error."""
-    for arg in argv:
-        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
-            continue
-        group, _, values = arg.partition("=")
-        if group not in GROUPS or not (CONF_DIR / group).is_dir():
-            continue
-        valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        for value in values.split(","):
-            if value and value != "null" and value not in valid:
-                fail(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
+    from xlt.config import check_choices as check
+
+    try:
+        check(argv)
+    except XltError as err:
+        fail(str(err))
+
+
+HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion", "-sc", "-p", "--package")
+
+
+def job_overrides(argv: list[str]) -> list[list[str]]:
+    """The overrides of every job the command line launches (sweeps expanded
+    as Hydra's basic sweeper does; ``hydra.*`` and flags left to Hydra)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ours = [a for a in argv if not a.startswith(("-", "hydra.", "hydra/")) and ("=" in a or a.startswith("~"))]
+    parsed = OverridesParser.create().parse_overrides(ours)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_jobs(argv: list[str], limit: int = 500) -> None:
+    """Compose and validate every job of the command line before any runs, so
+    an unknown key, a wrong type or an invalid value (``task.epochs=0``, also
+    in one value of a sweep) is one line and exit 2 instead of Hydra's
+    multi-line report or a failed job in the middle of a sweep."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from xlt.config import register_configs, validate
+
+    if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in argv):
+        return
+    register_configs()
+    try:
+        jobs = job_overrides(argv)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for overrides in jobs[:limit]:
+                validate(compose("config", overrides=overrides))
+    except (HydraException, OmegaConfBaseException, XltError) as err:
+        fail(one_line(err))
+
+
+def one_line(err: BaseException) -> str:
+    """An exception and the first line of its cause (Hydra's "Error merging
+    override x=abc" says why only in the cause) as a single line."""
+    message = " ".join(str(err).split())
+    cause = err.__cause__ or err.__context__
+    if cause is not None and not isinstance(err, XltError):
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if reason and reason not in message:
+            message = f"{message}: {reason}"
+    return message
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -95,8 +139,6 @@ def dispatch(cfg) -> float | None:
     """Run the stage named by ``command``; turn bad input into one line."""
     from hydra.core.hydra_config import HydraConfig
 
-    from xlt.errors import XltError
-
     quiet_libraries()
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
@@ -117,10 +159,12 @@ def dispatch(cfg) -> float | None:
 
 
 def run_command(cfg) -> float | None:
+    from xlt.config import validate
     from xlt.stages.adjust import adjust_stage
     from xlt.stages.align import align_stage
     from xlt.stages.job import run_job
 
+    validate(cfg)
     if cfg.command == "run":
         results = run_job(cfg)
         first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
@@ -132,8 +176,6 @@ def run_command(cfg) -> float | None:
     if cfg.command == "adjust":
         print(f"adjusted model: {adjust_stage(cfg)}")
         return None
-    from xlt.errors import XltError
-
     raise XltError(f"unknown command '{cfg.command}'; valid: run, align, adjust")
 
 
@@ -161,6 +203,7 @@ def main() -> None:
     """``xlt [overrides]``: one job, or a sweep with ``-m``."""
     check_choices(sys.argv[1:])
     check_launcher(sys.argv[1:])
+    check_jobs(sys.argv[1:])
     _hydra_app()()
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from xlt.config import check_choices
 from xlt.errors import XltError
 
 log = logging.getLogger("xlt.analysis")
@@ -96,34 +97,24 @@ def positive_int(key: str, value: str) -> int:
     return int(value)
 
 
-def check_choices(overrides: list[str]) -> None:
-    """An unknown group choice (``task=xx``) as one line naming the valid ones."""
-    from xlt.cli import CONF_DIR, GROUPS
-
-    for arg in overrides:
-        group, eq, value = arg.partition("=")
-        if eq and group in GROUPS and (CONF_DIR / group).is_dir() and value not in ("", "null"):
-            valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-            if value not in valid:
-                raise XltError(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
-
-
 def compose_configs(overrides: list[str], lang: Optional[str], out: Path) -> dict[str, DictConfig]:
     """The job config of each mode, composed exactly as ``xlt`` composes it."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from xlt.cli import CONF_DIR
-    from xlt.config import register_configs
+    from xlt.config import CONF_DIR, register_configs, validate
 
     register_configs()
     extra = ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="xlt-analyze"):
-            return {mode: compose("config", overrides=overrides + extra + [f"mode={mode}"]) for mode in MODES}
+            configs = {mode: compose("config", overrides=overrides + extra + [f"mode={mode}"]) for mode in MODES}
     except (HydraException, OmegaConfBaseException) as err:
         raise XltError(" ".join(str(err).split())) from None
+    for cfg in configs.values():
+        validate(cfg)
+    return configs
 
 
 # ---------------------------------------------------------------------------

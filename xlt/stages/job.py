@@ -20,6 +20,7 @@ from filelock import FileLock
 from omegaconf import DictConfig
 
 from xlt.artifacts import write_json, write_jsonl
+from xlt.config import validate
 from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, code_version, corpus_path, data_checksums, identity, job_hash
 from xlt.stages.adjust import adjust_stage
@@ -45,17 +46,6 @@ def build_objective(cfg: DictConfig, tokenizer, encoder):
     return ContinualObjective(
         examples, tokenizer.pad_token_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed
     )
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks that the schema's types cannot express."""
-    continual = cfg.continual
-    if continual.alpha < 0 or continual.reg_weight < 0 or cfg.adjustment.reg_weight < 0:
-        raise XltError("continual.alpha, continual.reg_weight and adjustment.reg_weight must be >= 0")
-    if continual.init not in ("adjusted", "original") or continual.reference not in ("original", "init"):
-        raise XltError("continual.init must be adjusted|original and continual.reference original|init")
-    if cfg.task.name not in cfg.lang.eval_sets:
-        raise XltError(f"no {cfg.task.name} evaluation sets for lang={cfg.lang.code}; add them to conf/lang/{cfg.lang.code}.yaml")
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
