@@ -193,10 +193,23 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ensure_writable(out: Path) -> None:
+    """``--out`` exists (or can be made) and takes a file."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise XltError(f"--out {out} is not writable ({err.strerror}: {err.filename or out})") from None
+
+
 def run(request: Request, warn) -> int:
     from xlt.analysis.plots import plot_grid
     from xlt.analysis.states import label
 
+    ensure_writable(request.out)  # before minutes of measuring, not after
     summaries, grid = {}, {}
     for lang in request.langs:
         code, summaries[code], grid[code] = analyze_language(request, lang, warn)
