@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt.errors import XltError, require_file
+from xlt.errors import XltError, hub_errors, open_utf8, require_file
 from xlt.tasks.base import EvalSet, Task, register
 
 EVAL_SET = "wikiann"
@@ -46,7 +46,7 @@ def read_ner_tsv(path: str, labels: Sequence[str], prefix: str) -> list[dict[str
     examples: list[dict[str, Any]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    with open(path, encoding="utf-8") as handle:
+    with open_utf8(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -161,7 +161,8 @@ class NerTask(Task):
         from datasets import load_dataset
 
         config = lang or spec.get("name")
-        dataset = load_dataset(spec["path"], config, split=spec["split"])
+        with hub_errors(f"dataset {spec['path']} ({config})"):
+            dataset = load_dataset(spec["path"], config, split=spec["split"])
         names = dataset.features["ner_tags"].feature.names
         unknown = sorted(set(names) - set(self.labels))
         if unknown:
