@@ -86,3 +86,22 @@ def test_hub_errors_leaves_bugs_alone():
     with pytest.raises(XltError, match="cannot load dataset x from the HuggingFace hub .ConnectionError"):
         with hub_errors("dataset x"):
             raise ConnectionError("Couldn't reach 'x' on the Hub")
+
+
+@pytest.mark.slow
+def test_a_corrupt_last_ckpt_is_set_aside_and_the_job_trains_again(tmp_path, cache_dir):
+    from xlt.config import compose_config
+    from xlt.keys import checkpoint_dir
+    from xlt.stages.job import run_job
+
+    def job(name: str):
+        return compose_config(["model=tiny", "data=demo", "task.train_limit=16", "task.eval_limit=4", "task.epochs=1",
+                               "task.batch_size=8", "trainer.enable_progress_bar=false", "seed=7",
+                               f"paths.output_dir={tmp_path / name}", f"paths.cache_dir={tmp_path / 'cache'}"])
+
+    first = run_job(job("a"))
+    checkpoint = checkpoint_dir(job("a")) / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated, e.g. killed while copying
+    second = run_job(job("b"))
+    assert second["status"] == "ok" and second["metrics"] == first["metrics"]  # retrained from scratch, same seed
+    assert list(checkpoint.parent.glob("last.ckpt.corrupt-*")) and checkpoint.stat().st_size > 1000

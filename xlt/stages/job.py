@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from filelock import FileLock
 from omegaconf import DictConfig
 
-from xlt.artifacts import write_json, write_jsonl
+from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_json, write_jsonl
 from xlt.config import validate
 from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, code_version, corpus_path, data_checksums, identity, job_hash
@@ -74,7 +73,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     link_checkpoints(out, checkpoints)
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs")
     resume = checkpoints / "last.ckpt"
-    with FileLock(str(checkpoints / "train.lock")):  # concurrent twins wait, then reuse
+    with lock_unless_read_only(checkpoints / "train.lock"):  # concurrent twins wait, then reuse
+        set_aside_if_corrupt(resume)
         if resume.exists():
             log.info("resuming from %s", resume)
         trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None)
