@@ -70,7 +70,7 @@ from xlt.models.continual import ContinualObjective  # noqa: E402
 from xlt.models.encoder import load_encoder, load_tokenizer  # noqa: E402
 from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader  # noqa: E402
 from xlt.models.pooling import pool_spans  # noqa: E402
-from xlt.tasks.base import build_task  # noqa: E402
+from xlt.tasks.registry import build_task  # noqa: E402
 
 TASK_NAMES = {"nli": "xnli", "ner": "ner"}  # bench name -> conf/task name
 PAPER_SLOWDOWN = {"nli": 2.4, "ner": 5.0}  # the paper's code: continual vs plain fine-tuning

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from xlt.analysis.distances import (
+from xlt.evaluation.distances import (
     fixed_topk_share,
     histogram_overlap,
     pair_differences,

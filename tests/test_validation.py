@@ -75,3 +75,32 @@ def test_valid_configs_pass(tmp_path):
         validate(compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}"]))
     for task in ("xnli", "ner", "qa"):
         validate(compose_config([f"task={task}", "mode=continual", f"paths.output_dir={tmp_path}"]))
+
+
+def test_every_registered_task_has_an_options_schema_and_its_yaml_fits_it():
+    from omegaconf import OmegaConf
+
+    from xlt.config import CONF_DIR, TASK_OPTIONS
+    from xlt.tasks.registry import TASKS
+
+    assert set(TASKS) == set(TASK_OPTIONS) == {p.stem for p in (CONF_DIR / "task").glob("*.yaml")}
+    for name, schema in TASK_OPTIONS.items():
+        options = OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml").get("options", {})
+        OmegaConf.merge(OmegaConf.structured(schema), options)  # raises on a typo
+
+
+def test_layers_do_not_import_upwards():
+    """stages/tasks/evaluation never import analysis, report or the CLI; the
+    analysis CLI does not import the main CLI (the old import cycle)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "xlt"
+    upward = {"stages": ("xlt.analysis", "xlt.report", "xlt.cli"), "tasks": ("xlt.analysis", "xlt.stages", "xlt.cli"),
+              "evaluation": ("xlt.analysis", "xlt.tasks", "xlt.stages", "xlt.cli"), "models": ("xlt.analysis", "xlt.stages"),
+              "analysis": ("xlt.cli",)}
+    for package, forbidden in upward.items():
+        for path in (root / package).glob("*.py"):
+            imports = re.findall(r"^\s*(?:from|import) (xlt[\w.]*)", path.read_text(), re.M)
+            bad = [m for m in imports if m.startswith(forbidden)]
+            assert not bad, f"{path.relative_to(root)} imports {bad}"

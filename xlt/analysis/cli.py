@@ -135,7 +135,7 @@ def heldout_examples(cfg: DictConfig):
 
 def measure(state, examples, pad_id: int, batch_size: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Summary numbers and the two distance samples of one model state."""
-    from xlt.analysis.distances import norms, pair_differences, pair_vectors, state_summary
+    from xlt.evaluation.distances import norms, pair_differences, pair_vectors, state_summary
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = state.load().to(device)

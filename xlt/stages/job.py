@@ -51,7 +51,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write results.json, predictions/ and checkpoints/."""
     from xlt.models.encoder import load_encoder, load_tokenizer
     from xlt.models.finetune import FineTuneModule, task_loader
-    from xlt.tasks.base import build_task
+    from xlt.tasks.registry import build_task
 
     validate(cfg)
     out = Path(cfg.paths.output_dir)
@@ -114,7 +114,7 @@ def format_metrics(results: dict[str, Any]) -> str:
 
 def finetuned_distances(cfg: DictConfig, tokenizer, encoder) -> dict[str, float]:
     """Held-out related / unrelated distances of the fine-tuned encoder."""
-    from xlt.analysis.distances import distance_summary
+    from xlt.evaluation.distances import distance_summary
 
     probe = aligned_examples(cfg, tokenizer, align_stage(cfg, tokenizer), heldout=True)
     return distance_summary(encoder, probe, tokenizer.pad_token_id) if probe else {}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from xlt.errors import XltError, hub_errors, open_utf8, require_file
-from xlt.tasks.base import EvalSet, Task, register
+from xlt.tasks.base import EvalSet, Task
 
 LABELS = ("entailment", "neutral", "contradiction")  # MultiNLI / XNLI label order
 
@@ -59,7 +59,6 @@ def mixed_language(target: list[dict[str, Any]], english: list[dict[str, Any]], 
     return by_premise, by_hypothesis
 
 
-@register
 class NliTask(Task):
     """Sentence-pair classification with a linear head on the first token."""
 
