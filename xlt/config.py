@@ -215,13 +215,13 @@ class XltConfig:
     mode: ModeConfig = MISSING
     adjustment: AdjustmentConfig = field(default_factory=AdjustmentConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     corpus: CorpusConfig = MISSING
     aggregation: AggregationConfig = MISSING
     tokens: TokensConfig = MISSING
     aligner: AlignerConfig = MISSING
     trainer: TrainerConfig = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1
     command: str = "run"  # run | align | adjust
 

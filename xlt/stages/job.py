@@ -31,20 +31,26 @@ log = logging.getLogger(__name__)
 
 def build_objective(cfg: DictConfig, tokenizer, encoder):
     """The continual-learning auxiliary loss, on the adjustment sample."""
-    from xlt.models.adjust import AlignmentLoss, freeze_copy
-    from xlt.models.continual import ContinualObjective
+    from xlt.models.adjust import freeze_copy
     from xlt.models.encoder import load_encoder
 
     corpus = align_stage(cfg, tokenizer)
     examples = aligned_examples(cfg, tokenizer, corpus)
     if not examples:
         raise XltError(f"mode=continual: no aligned pairs in the sample of {corpus_path(cfg)}")
+    reference = load_encoder(cfg.model, cfg.paths.cache_dir) if cfg.continual.reference == "original" else encoder
+    return continual_objective(cfg, examples, tokenizer.pad_token_id, freeze_copy(reference))
+
+
+def continual_objective(cfg: DictConfig, examples, pad_id: int, reference, cache: bool = True):
+    """``ContinualObjective`` from ``cfg.continual`` / ``cfg.adjustment`` and a
+    frozen ``reference`` (``bench/`` calls this too, with the cache switch)."""
+    from xlt.models.adjust import AlignmentLoss
+    from xlt.models.continual import ContinualObjective
+
     continual = cfg.continual
-    reference = load_encoder(cfg.model, cfg.paths.cache_dir) if continual.reference == "original" else freeze_copy(encoder)
-    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=cfg.adjustment.reduction)
-    return ContinualObjective(
-        examples, tokenizer.pad_token_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed
-    )
+    loss = AlignmentLoss(reference, cfg.adjustment.target, cache=cache, reduction=cfg.adjustment.reduction)
+    return ContinualObjective(examples, pad_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed)
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
