@@ -73,6 +73,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective)
 
     train = task.features(tokenizer, task.train_examples(), train=True)
+    inputs = data_checksums(cfg)  # provenance: the content just read (and that keys the checkpoint)
     micro_batch = max(1, cfg.task.batch_size // cfg.trainer.accumulate_grad_batches)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     checkpoints = checkpoint_dir(cfg)
@@ -92,7 +93,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = {
         "config": {**identity(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
-                   "data_checksums": data_checksums(cfg)},
+                   "data_checksums": inputs},
         "metrics": metrics,
         "status": "ok",
         "runtime_s": round(time.time() - started, 1),
