@@ -104,3 +104,9 @@ def test_layers_do_not_import_upwards():
             imports = re.findall(r"^\s*(?:from|import) (xlt[\w.]*)", path.read_text(), re.M)
             bad = [m for m in imports if m.startswith(forbidden)]
             assert not bad, f"{path.relative_to(root)} imports {bad}"
+
+
+def test_a_sweep_is_checked_with_every_value_but_not_every_combination():
+    jobs = cli.job_overrides(["-m", "lang=es,ru,hi", "seed=range(1,3)", "task.lr=1e-5", "hydra.launcher.x=1"])
+    assert jobs == [["lang=es", "seed=1", "task.lr=1e-5"], ["lang=ru", "seed=1", "task.lr=1e-5"],
+                    ["lang=hi", "seed=1", "task.lr=1e-5"], ["lang=es", "seed=2", "task.lr=1e-5"]]

@@ -39,20 +39,33 @@ HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-
 
 
 def job_overrides(argv: list[str]) -> list[list[str]]:
-    """The overrides of every job the command line launches (sweeps expanded
-    as Hydra's basic sweeper does; ``hydra.*`` and flags left to Hydra)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """Overrides of jobs that together use every value of the command line:
+    the first value of each sweep, then each other value of one sweep at a
+    time (1 + 3 + 2 + 1 compositions for ``lang=es,ru,vi,hi seed=1,2,3
+    mode=original,adjusted`` instead of 24).  ``hydra.*`` and flags are left
+    to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    ours = [a for a in argv if not a.startswith(("-", "hydra.", "hydra/")) and ("=" in a or a.startswith("~"))]
-    parsed = OverridesParser.create().parse_overrides(ours)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    ours = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith(("hydra.", "hydra/"))
+            and ("=" in a or a.startswith("~"))]
+    choices = []
+    for override in OverridesParser.create().parse_overrides(ours):
+        if override.is_sweep_override() and override.is_discrete_sweep():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    first = [values[0] for values in choices]
+    jobs = [first]
+    for i, values in enumerate(choices):
+        jobs += [first[:i] + [value] + first[i + 1:] for value in values[1:]]
+    return jobs
 
 
-def check_jobs(argv: list[str], limit: int = 500) -> None:
-    """Compose and validate every job of the command line before any runs, so
+def check_jobs(argv: list[str]) -> None:
+    """Compose and validate the jobs of the command line before any runs, so
     an unknown key, a wrong type or an invalid value (``task.epochs=0``, also
-    in one value of a sweep) is one line and exit 2 instead of Hydra's
+    as one value of a sweep) is one line and exit 2 instead of Hydra's
     multi-line report or a failed job in the middle of a sweep."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -66,7 +79,7 @@ def check_jobs(argv: list[str], limit: int = 500) -> None:
     try:
         jobs = job_overrides(argv)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            for overrides in jobs[:limit]:
+            for overrides in jobs:
                 validate(compose("config", overrides=overrides))
     except (HydraException, OmegaConfBaseException, XltError) as err:
         fail(one_line(err))
