@@ -144,3 +144,12 @@ def test_a_damaged_checkpoint_is_set_aside(tmp_path):
     checkpoint.write_bytes(b"garbage")
     set_aside_if_corrupt(checkpoint)
     assert not checkpoint.exists()
+
+
+def test_building_in_a_read_only_cache_is_one_line(tmp_path):
+    from xlt.errors import XltError
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be (chmod does not stop root)")
+    with pytest.raises(XltError, match="is missing or damaged and cannot be built here"):
+        build_once(blocker / "adjusted" / "model", pytest.fail)

@@ -56,9 +56,8 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
     path = Path(path)
     if intact(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = Path(str(path) + ".lock")
-    with FileLock(str(lock)):
+    with _build_lock(path, lock):
         if intact(path):
             log.info("reusing %s (built by another job)", path)
             return path
@@ -80,6 +79,25 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, lock: Path):
+    """The builders' lock; a read-only cache that lacks the artifact is one
+    line saying so, not a PermissionError traceback from the lock file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        guard = FileLock(str(lock))
+        guard.acquire()
+    except OSError as err:
+        from xlt.errors import XltError
+
+        raise XltError(f"{path} is missing or damaged and cannot be built here ({err.strerror}: {err.filename or lock}); "
+                       "rerun the same command with a writable paths.cache_dir (or XLT_CACHE_DIR)") from None
+    try:
+        yield
+    finally:
+        guard.release()
 
 
 def intact(path: Path) -> bool:
