@@ -118,3 +118,13 @@ def test_identity_ignores_hydra_output_paths(tmp_path):
     a = compose(tmp_path, "mode=adjusted")
     b = OmegaConf.merge(a, {"paths": {"output_dir": "/elsewhere"}})
     assert keys.checkpoint_dir(a) == keys.checkpoint_dir(b) and keys.adjusted_dir(a) == keys.adjusted_dir(b)
+
+
+def test_a_local_model_directory_retrained_in_place_invalidates_what_was_built_from_it(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"old weights")
+    cfg = compose(tmp_path, "mode=adjusted", "model.source=hub", f"model.pretrained={model}")
+    before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+    (model / "model.safetensors").write_bytes(b"new weights")
+    assert keys.adjusted_dir(cfg) != before[0] and keys.checkpoint_dir(cfg) != before[1]

@@ -98,7 +98,7 @@ def training_hash(cfg: DictConfig) -> str:
             payload.pop(key, None)
     if not cfg.mode.continual:
         payload.pop("continual", None)
-    payload["inputs"] = checksums(cfg, task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else []))
+    payload["inputs"] = checksums(cfg, model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else []))
     payload["stage_version"] = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if cfg.mode.adjust else ("finetune",))}
     return config_hash(payload)
 
@@ -109,7 +109,7 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     keys = ("model", "adjustment", "corpus", "aggregation", "tokens", "aligner")
     key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
-    key.update(inputs=checksums(cfg, corpus_files(cfg)), stage_version={k: STAGE_VERSION[k] for k in ("align", "adjust")})
+    key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)), stage_version={k: STAGE_VERSION[k] for k in ("align", "adjust")})
     return key
 
 
@@ -126,6 +126,16 @@ def corpus_files(cfg: DictConfig) -> list[str]:
     path = corpus_path(cfg)
     files = [] if cfg.corpus.format == "hub" else [f"{path}.en", f"{path}.{cfg.lang.code}"] if cfg.corpus.format == "moses" else [path]
     return files + ([str(cfg.aligner.pharaoh_path)] if cfg.aligner.pharaoh_path else [])
+
+
+def model_files(cfg: DictConfig) -> list[str]:
+    """The files of a model given as a local directory (``model.pretrained``):
+    retraining it in place must not reuse what was built from the old one.
+    Hub ids and the converted e5 (keyed by its own version) have none."""
+    folder = str(cfg.model.pretrained) if cfg.model.source == "hub" and not OmegaConf.is_missing(cfg.model, "pretrained") else ""
+    if not folder or not os.path.isdir(folder):
+        return []
+    return sorted(str(p) for p in Path(folder).iterdir() if p.is_file())
 
 
 def task_files(cfg: DictConfig, train_only: bool = False) -> list[str]:
