@@ -264,6 +264,7 @@ class QaOptions:
     n_best: int = 20
     max_answer_length: int = 30
     mlqa_split: str = "test"
+    mlqa_metric: str = "mlqa"  # MLQA scoring: mlqa (official script) | squad (as the paper's run_qa.py)
     cross_lingual: bool = True
 
 
@@ -346,7 +347,6 @@ def _problems(cfg: DictConfig):
         rule("adjustment.warmup_ratio", 0 <= a.warmup_ratio <= 1, "must be in [0, 1]"),
         rule("adjustment.reg_weight", a.reg_weight >= 0, "must be >= 0"),
         rule("adjustment.target", a.target in ("current", "frozen"), "valid: current, frozen"),
-        rule("adjustment.reduction", a.reduction in ("sum", "mean"), "valid: sum, mean"),
         rule("continual.init", c.init in ("adjusted", "original"), "valid: adjusted, original"),
         rule("continual.reference", c.reference in ("original", "init"), "valid: original, init"),
         rule("continual.alpha", c.alpha >= 0, "must be >= 0"),
