@@ -61,16 +61,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
 from xlt.stages import align as pipeline  # noqa: E402
 from xlt.config import compose_config  # noqa: E402
 from xlt.models.adjust import AdjustModule, AlignmentLoss, Batch, collate_aligned, constant_after_warmup, freeze_copy, reduce_squared  # noqa: E402
 from xlt.models.continual import ContinualObjective  # noqa: E402
+from xlt.stages.job import continual_objective  # noqa: E402
 from xlt.models.encoder import load_encoder, load_tokenizer  # noqa: E402
 from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader  # noqa: E402
 from xlt.models.pooling import pool_spans  # noqa: E402
-from xlt.tasks.base import build_task  # noqa: E402
+from xlt.tasks.registry import build_task  # noqa: E402
 
 TASK_NAMES = {"nli": "xnli", "ner": "ner"}  # bench name -> conf/task name
 PAPER_SLOWDOWN = {"nli": 2.4, "ner": 5.0}  # the paper's code: continual vs plain fine-tuning
@@ -142,17 +142,18 @@ def run_interleaved(variants: list[Variant], warmup: int, steps: int, label: str
 # ---------------------------------------------------------------------------
 # Fine-tuning variants
 # ---------------------------------------------------------------------------
-def finetune_optimizer(module: FineTuneModule, total_steps: int):
-    """AdamW with decay/no-decay groups and linear decay, as ``configure_optimizers``
-    builds them (which needs a Trainer for ``estimated_stepping_batches``)."""
-    decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": module.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=module.lr,
-        fused=True,  # as FineTuneModule.configure_optimizers
-    )
-    return optimizer, get_linear_schedule_with_warmup(optimizer, 0, total_steps)
+def real_optimizer(module, total_steps: int):
+    """The optimiser and LR schedule of the module's own ``configure_optimizers``
+    (what a job trains with), which reads only ``estimated_stepping_batches``
+    from its Trainer: a stand-in provides that."""
+    from types import SimpleNamespace
+
+    module._trainer = SimpleNamespace(estimated_stepping_batches=total_steps)
+    try:
+        config = module.configure_optimizers()
+    finally:
+        module._trainer = None
+    return config["optimizer"], config["lr_scheduler"]["scheduler"]
 
 
 def cycle(loader) -> Iterator[dict[str, torch.Tensor]]:
@@ -167,7 +168,7 @@ def finetune_variant(
     """A FineTuneModule (own copy of ``encoder``) stepped by hand."""
     module = SteppedFineTune(copy.deepcopy(encoder), task, cfg.task.lr, cfg.task.weight_decay, 0.0, cfg.seed, objective)
     module.train()
-    optimizer, schedule = finetune_optimizer(module, total_steps)
+    optimizer, schedule = real_optimizer(module, total_steps)
     batches = cycle(task_loader(task, tokenizer, features, cfg.task.batch_size, cfg.seed))
     aux, reference = Stopwatch(), Stopwatch()
     if objective is not None:  # instance-level wrappers: time the auxiliary parts
@@ -202,14 +203,11 @@ def finetune_variant(
 
 
 def make_objective(examples, pad_id: int, reference, cfg, cache: bool) -> ContinualObjective:
-    """The continual objective as ``xlt.stages.job.build_objective`` builds it, with
-    the cache switch exposed.  The frozen ``reference`` is shared by all
-    variants (the pipeline gives each job a private copy; the compute is the
-    same, the memory of one e5_small copy per variant is not)."""
-    loss = AlignmentLoss(reference, cfg.adjustment.target, cache=cache)
-    return ContinualObjective(
-        examples, pad_id, loss, cfg.continual.alpha, cfg.continual.reg_weight, cfg.continual.align_batch_size, cfg.seed
-    )
+    """The continual objective as ``xlt.stages.job.build_objective`` builds it
+    (its own builder), with the cache switch exposed.  The frozen ``reference``
+    is shared by all variants (the pipeline gives each job a private copy; the
+    compute is the same, the memory of one e5_small copy per variant is not)."""
+    return continual_objective(cfg, examples, pad_id, reference, cache=cache)
 
 
 def bench_task(task_name: str, args: argparse.Namespace, ctx: dict[str, Any], section: str) -> dict[str, Any]:
@@ -385,17 +383,12 @@ def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str
           flush=True)
     check = check_same_loss(ctx["encoder"], ctx["reference"], aligned, pad, cfg, batch_indices(0))
 
-    def make_optimizer(params, fused: bool):
-        optimizer = torch.optim.Adam(params, lr=mode.lr, betas=(0.9, 0.98), eps=1e-9, **({"fused": True} if fused else {}))
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(
-            optimizer, constant_after_warmup(int(mode.warmup_ratio * total)))
-
-    # xlt: AdjustModule as train_adjustment builds it; its configure_optimizers' Adam (fused).
+    # xlt: AdjustModule as train_adjustment builds it; its own configure_optimizers (fused Adam).
     module = AdjustModule(copy.deepcopy(ctx["encoder"]), AlignmentLoss(ctx["reference"], mode.target, reduction=mode.reduction),
                           mode.lr, mode.reg_weight, mode.warmup_ratio, dropout=mode.dropout,
                           freeze_embeddings=mode.freeze_embeddings)
     module.encoder.train(mode.dropout)  # on_train_start
-    xlt_opt, xlt_sched = make_optimizer([p for p in module.encoder.parameters() if p.requires_grad], fused=True)
+    xlt_opt, xlt_sched = real_optimizer(module, total)
     reference = Stopwatch()
     module.loss.reference_vectors = reference.wrap(module.loss.reference_vectors)  # type: ignore[method-assign]
     positions: dict[str, list[tuple[int, int]]] = {"xlt": [], "naive": []}
@@ -426,7 +419,8 @@ def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str
     if mode.freeze_embeddings:
         naive_encoder.get_input_embeddings().weight.requires_grad_(False)
     naive_loss = NaiveAlignmentLoss(ctx["reference"], mode.target, mode.reduction)
-    naive_opt, naive_sched = make_optimizer([p for p in naive_encoder.parameters() if p.requires_grad], fused=False)
+    naive_opt = torch.optim.Adam([p for p in naive_encoder.parameters() if p.requires_grad], lr=mode.lr, betas=(0.9, 0.98), eps=1e-9)
+    naive_sched = torch.optim.lr_scheduler.LambdaLR(naive_opt, constant_after_warmup(int(mode.warmup_ratio * total)))
 
     def naive_step(i: int) -> dict[str, float]:
         naive_loss.reference_seconds = 0.0

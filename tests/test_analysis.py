@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from xlt.analysis.distances import (
+from xlt.evaluation.distances import (
     fixed_topk_share,
     histogram_overlap,
     pair_differences,
@@ -279,3 +279,36 @@ def test_cli_bad_input_is_one_line_and_code_2(argv, message, capsys, tmp_path):
     assert main(argv + [f"--out={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+class _Touch:
+    """Unpickling this runs ``Path(marker).touch()``: what a malicious file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_with_a_side_effect_is_not_run(tmp_path):
+    from xlt.analysis.states import encoder_state_dict
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "payload": _Touch(marker)}, evil)
+    with pytest.raises(XltError, match="not loadable as weights only") as err:
+        encoder_state_dict(evil)
+    assert not marker.exists()
+    assert "\n" not in str(err.value)
+
+
+def test_read_only_out_fails_before_measuring(tmp_path, capsys, monkeypatch):
+    from xlt.analysis import cli
+
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured before checking --out"))
+    out = tmp_path / "ro"
+    out.write_text("a file, so nothing can be created below it (chmod does not stop root)")
+    assert cli.main(["model=tiny", f"--out={out / 'analysis'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not writable" in err and str(out) in err and "\n" not in err

@@ -60,3 +60,96 @@ def test_atomic_write_and_hash(tmp_path):
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["r.json"]
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def _counting_builder(calls: list):
+    def build(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "model.safetensors").write_bytes(b"weights" * 100)
+        (tmp / "config.json").write_text("{}")
+
+    return build
+
+
+def test_lock_is_removed_after_a_build(tmp_path):
+    built = build_once(tmp_path / "artifact", _counting_builder([]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "checksums.json"]
+    assert (built / "manifest.json").is_file()
+
+
+def test_a_damaged_artifact_is_rebuilt(tmp_path):
+    calls: list = []
+    target = tmp_path / "artifact"
+    build_once(target, _counting_builder(calls))
+    build_once(target, _counting_builder(calls))
+    assert len(calls) == 1  # intact: reused
+    with open(target / "model.safetensors", "r+b") as handle:  # truncated in place, e.g. by a full disk
+        handle.truncate(10)
+    build_once(target, _counting_builder(calls))
+    assert len(calls) == 2 and (target / "model.safetensors").stat().st_size == 700
+    assert [p.name for p in tmp_path.glob("artifact.corrupt-*")]  # kept aside, never reused
+
+
+def test_a_truncated_safetensors_of_an_old_artifact_is_rebuilt(tmp_path):
+    """Artifacts built before manifests existed: the safetensors header is checked."""
+    import torch
+    from safetensors.torch import save_file
+
+    target = tmp_path / "artifact"
+    target.mkdir()
+    save_file({"w": torch.zeros(100)}, str(target / "model.safetensors"))
+    calls: list = []
+    build_once(target, _counting_builder(calls))
+    assert calls == []
+    with open(target / "model.safetensors", "r+b") as handle:
+        handle.truncate(200)
+    build_once(target, _counting_builder(calls))
+    assert len(calls) == 1
+
+
+def test_reusing_an_artifact_takes_no_lock(tmp_path, monkeypatch):
+    """A read-only cache works when the artifact exists (root ignores chmod,
+    so the lock itself is made to fail)."""
+    import xlt.artifacts as artifacts
+
+    target = build_once(tmp_path / "artifact", _counting_builder([]))
+
+    def no_lock(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(artifacts, "FileLock", no_lock)
+    monkeypatch.setattr(artifacts, "_memo", {})
+    assert build_once(target, pytest.fail) == target
+    monkeypatch.setattr(artifacts.os, "access", lambda *a: False)
+    with artifacts.lock_unless_read_only(tmp_path / "checkpoints" / "train.lock"):
+        pass
+
+
+def test_a_damaged_checkpoint_is_set_aside(tmp_path):
+    import torch
+
+    from xlt.artifacts import checkpoint_intact, set_aside_if_corrupt
+
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 1}, checkpoint)
+    assert checkpoint_intact(checkpoint)
+    set_aside_if_corrupt(checkpoint)
+    assert checkpoint.exists()
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the tensor data
+    checkpoint.write_bytes(bytes(data))
+    assert not checkpoint_intact(checkpoint)
+    set_aside_if_corrupt(checkpoint)
+    assert not checkpoint.exists() and list(tmp_path.glob("last.ckpt.corrupt-*"))
+    checkpoint.write_bytes(b"garbage")
+    set_aside_if_corrupt(checkpoint)
+    assert not checkpoint.exists()
+
+
+def test_building_in_a_read_only_cache_is_one_line(tmp_path):
+    from xlt.errors import XltError
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be (chmod does not stop root)")
+    with pytest.raises(XltError, match="is missing or damaged and cannot be built here"):
+        build_once(blocker / "adjusted" / "model", pytest.fail)

@@ -27,7 +27,7 @@ from xlt.config import DataConfig, TaskConfig, compose_config
 from xlt.errors import XltError
 from xlt.models.finetune import FineTuneModule
 from xlt.stages.job import validate
-from xlt.tasks.base import build_task
+from xlt.tasks.registry import build_task
 
 CONFIG = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 HF_CLASSES = {"xnli": BertForSequenceClassification, "ner": BertForTokenClassification, "qa": BertForQuestionAnswering}

@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 
 from xlt.config import DataConfig, TaskConfig
 from xlt.errors import XltError
-from xlt.tasks.base import EvalSet, build_task
-from xlt.tasks.ner import NerTask, entity_f1, entity_scores, read_ner_tsv, token_f1
+from xlt.evaluation.ner import entity_f1, entity_scores, token_f1
+from xlt.tasks.base import EvalSet
+from xlt.tasks.ner import NerTask, read_ner_tsv
+from xlt.tasks.registry import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]

@@ -7,8 +7,9 @@ import pytest
 
 from xlt.config import DataConfig, TaskConfig
 from xlt.errors import XltError
-from xlt.tasks.base import EvalSet, build_task
+from xlt.tasks.base import EvalSet
 from xlt.tasks.nli import LABELS, mixed_language, read_nli_tsv
+from xlt.tasks.registry import build_task
 
 
 def nli_task(root, lang="ru", eval_limit=None, sets=None):

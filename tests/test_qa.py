@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from xlt.config import DataConfig, TaskConfig
 from xlt.errors import XltError
 from xlt.evaluation.squad import evaluate, exact_match_score, f1_score, mlqa_normalize_answer, normalize_answer
-from xlt.tasks.base import EvalSet, build_task
+from xlt.tasks.base import EvalSet
 from xlt.tasks.qa import QaTask, align_answer, metric_language, read_squad_json
+from xlt.tasks.registry import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,17 +5,21 @@ made them (a hash of the relevant sub-config plus the code version), built
 into a temporary directory next to their final place and renamed into place
 under a file lock.  So jobs of one sweep share them, two jobs that need the
 same artifact at once build it once, and a killed job never leaves a
-half-written artifact behind.
+half-written artifact behind.  Each artifact carries a manifest of its files'
+checksums, so one damaged later is rebuilt instead of failing every rerun.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,32 +36,141 @@ def config_hash(payload: dict[str, Any], length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+MANIFEST = "manifest.json"
+
+
 def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path:
     """Return directory ``path``, building it with ``builder(tmp_dir)`` if absent.
 
-    ``builder`` writes into a fresh temporary directory; it is renamed to
-    ``path`` only when the builder returns.  A lock file serialises concurrent
+    ``builder`` writes into a fresh temporary directory next to ``path``; a
+    manifest of its files' checksums is added and it is renamed to ``path``
+    only when the builder returns.  A lock file serialises concurrent
     builders; whoever waits finds the finished artifact and reuses it.
+
+    Reuse needs no lock (a read-only cache works when the artifact exists).
+    An artifact whose files no longer match its manifest (a truncated or
+    overwritten ``model.safetensors``) is moved aside and rebuilt.  The lock
+    file is removed once the artifact is in place: every waiter re-checks for
+    the artifact after taking the lock, so nobody builds twice.
     """
     path = Path(path)
-    if path.is_dir():
+    if intact(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_dir():
+    lock = Path(str(path) + ".lock")
+    with _build_lock(path, lock):
+        if intact(path):
             log.info("reusing %s (built by another job)", path)
             return path
+        if path.exists():
+            _set_aside(path)
         for stale in path.parent.glob(path.name + ".tmp*"):  # left by a killed builder
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
         try:
             builder(tmp)
+            manifest = {str(f.relative_to(tmp)): file_checksum(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+            write_json(tmp / MANIFEST, manifest)
             _share(tmp)
             os.replace(tmp, path)
+            for name, checksum in manifest.items():  # the rename kept size, mtime and inode: no rehash on reuse
+                _remember(path / name, checksum, path.parent)
+            lock.unlink(missing_ok=True)  # still held: late waiters find the artifact, new callers need no lock
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, lock: Path):
+    """The builders' lock; a read-only cache that lacks the artifact is one
+    line saying so, not a PermissionError traceback from the lock file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        guard = FileLock(str(lock))
+        guard.acquire()
+    except OSError as err:
+        from xlt.errors import XltError
+
+        raise XltError(f"{path} is missing or damaged and cannot be built here ({err.strerror}: {err.filename or lock}); "
+                       "rerun the same command with a writable paths.cache_dir (or XLT_CACHE_DIR)") from None
+    try:
+        yield
+    finally:
+        guard.release()
+
+
+def intact(path: Path) -> bool:
+    """``path`` is a finished artifact whose files match its manifest.
+
+    Checksums come from ``content_checksum`` (cached by size and mtime), so a
+    check costs a stat per file unless a file changed.  Artifacts built before
+    manifests existed are trusted as they are.
+    """
+    if not path.is_dir():
+        return False
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return all(_safetensors_complete(f) for f in path.glob("*.safetensors"))
+    except (OSError, ValueError):
+        return False
+    for name, checksum in manifest.items():
+        file = path / name
+        if not file.is_file() or content_checksum(file, path.parent) != checksum:
+            log.warning("%s: %s is missing or changed since it was built; rebuilding the artifact", path, name)
+            return False
+    return True
+
+
+def _safetensors_complete(file: Path) -> bool:
+    """The header of a ``.safetensors`` file parses and its tensors end where
+    the file ends (catches truncated and overwritten files in artifacts built
+    before manifests existed)."""
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return file.stat().st_size == 8 + size + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, MemoryError, OverflowError):
+        log.warning("%s is damaged; rebuilding the artifact", file)
+        return False
+
+
+def _set_aside(path: Path) -> None:
+    """Move a damaged artifact out of the way (kept for inspection, never reused)."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
+    os.replace(path, aside)
+    log.warning("moved the damaged artifact %s to %s", path, aside)
+
+
+def checkpoint_intact(path: Path) -> bool:
+    """A ``torch.save`` file (zip) whose members all pass their CRC check: a
+    truncated or overwritten ``last.ckpt`` is detected before Lightning
+    tries to resume from it (about 0.1 s per 100 MB)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def set_aside_if_corrupt(checkpoint: Path) -> None:
+    """Before resuming: a damaged checkpoint is moved aside (the training
+    starts over) instead of failing every rerun until deleted by hand."""
+    if checkpoint.exists() and not checkpoint_intact(checkpoint):
+        log.warning("%s is damaged (not a complete torch checkpoint); training starts over", checkpoint)
+        _set_aside(checkpoint)
+
+
+def lock_unless_read_only(path: Path):
+    """A file lock at ``path``, or none where its folder cannot be written:
+    reading a finished artifact from a read-only cache needs no lock."""
+    if os.access(path.parent, os.W_OK):
+        return FileLock(str(path))
+    log.info("%s is read-only: using its artifacts without a lock", path.parent)
+    return contextlib.nullcontext()
 
 
 def _share(directory: Path) -> None:
@@ -108,3 +221,61 @@ def file_checksum(path: str | os.PathLike, length: int = 16) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:length]
+
+
+CHECKSUM_INDEX = "checksums.json"
+_memo: dict[str, tuple[list[int], str]] = {}
+
+
+def content_checksum(path: str | os.PathLike, index_dir: str | os.PathLike | None = None) -> str:
+    """``file_checksum`` of ``path``, remembered by (size, mtime_ns, inode).
+
+    Cache keys hash the *content* of their input files (an edit in place must
+    invalidate an alignment, an adjusted model or a checkpoint), but a 250K-pair
+    corpus should be read once, not by every job of a sweep: the checksum is
+    kept in memory and in ``<index_dir>/checksums.json``, and recomputed only
+    when the file's size, modification time or inode change.  The index is a
+    cache: a lost concurrent update or a read-only cache only costs a rehash.
+    """
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    if real in _memo and _memo[real][0] == stamp:
+        return _memo[real][1]
+    index_file = Path(index_dir) / CHECKSUM_INDEX if index_dir is not None else None
+    index = _read_index(index_file)
+    entry = index.get(real)
+    if entry and entry.get("stamp") == stamp:
+        _memo[real] = (stamp, entry["sha256"])
+        return entry["sha256"]
+    checksum = file_checksum(real)
+    _remember(real, checksum, index_dir, stamp)
+    return checksum
+
+
+def _remember(path: str | os.PathLike, checksum: str, index_dir: str | os.PathLike | None, stamp: list[int] | None = None) -> None:
+    """Record ``checksum`` as the content of ``path`` as it is now."""
+    real = os.path.realpath(path)
+    if stamp is None:
+        st = os.stat(real)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    _memo[real] = (stamp, checksum)
+    if index_dir is None:
+        return
+    index_file = Path(index_dir) / CHECKSUM_INDEX
+    index = _read_index(index_file)  # re-read: other jobs may have added entries meanwhile
+    index[real] = {"stamp": stamp, "sha256": checksum}
+    try:
+        write_json(index_file, index)
+    except OSError as err:  # a read-only cache still works, it only rehashes next time
+        log.debug("cannot update %s: %s", index_file, err)
+
+
+def _read_index(index_file: Path | None) -> dict[str, Any]:
+    if index_file is None:
+        return {}
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}

@@ -14,8 +14,7 @@ import sys
 import traceback
 
 from xlt.config import CONF_DIR
-
-GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "data", "experiment")
+from xlt.errors import XltError
 
 log = logging.getLogger("xlt")
 
@@ -28,16 +27,74 @@ def fail(message: str, code: int = 2) -> None:
 def check_choices(argv: list[str]) -> None:
     """Reject an unknown group choice (``lang=xx``) with one line naming the
     valid ones, before Hydra prints a multi-line composition error."""
-    for arg in argv:
-        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
-            continue
-        group, _, values = arg.partition("=")
-        if group not in GROUPS or not (CONF_DIR / group).is_dir():
-            continue
-        valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        for value in values.split(","):
-            if value and value != "null" and value not in valid:
-                fail(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
+    from xlt.config import check_choices as check
+
+    try:
+        check(argv)
+    except XltError as err:
+        fail(str(err))
+
+
+HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion", "-sc", "-p", "--package")
+
+
+def job_overrides(argv: list[str]) -> list[list[str]]:
+    """Overrides of jobs that together use every value of the command line:
+    the first value of each sweep, then each other value of one sweep at a
+    time (1 + 3 + 2 + 1 compositions for ``lang=es,ru,vi,hi seed=1,2,3
+    mode=original,adjusted`` instead of 24).  ``hydra.*`` and flags are left
+    to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ours = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith(("hydra.", "hydra/"))
+            and ("=" in a or a.startswith("~"))]
+    choices = []
+    for override in OverridesParser.create().parse_overrides(ours):
+        if override.is_sweep_override() and override.is_discrete_sweep():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    first = [values[0] for values in choices]
+    jobs = [first]
+    for i, values in enumerate(choices):
+        jobs += [first[:i] + [value] + first[i + 1:] for value in values[1:]]
+    return jobs
+
+
+def check_jobs(argv: list[str]) -> None:
+    """Compose and validate the jobs of the command line before any runs, so
+    an unknown key, a wrong type or an invalid value (``task.epochs=0``, also
+    as one value of a sweep) is one line and exit 2 instead of Hydra's
+    multi-line report or a failed job in the middle of a sweep."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from xlt.config import register_configs, validate
+
+    if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in argv):
+        return
+    register_configs()
+    try:
+        jobs = job_overrides(argv)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for overrides in jobs:
+                validate(compose("config", overrides=overrides))
+    except (HydraException, OmegaConfBaseException, XltError) as err:
+        fail(one_line(err))
+
+
+def one_line(err: BaseException) -> str:
+    """An exception and the first line of its cause (Hydra's "Error merging
+    override x=abc" says why only in the cause) as a single line."""
+    message = " ".join(str(err).split())
+    cause = err.__cause__ or err.__context__
+    if cause is not None and not isinstance(err, XltError):
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if reason and reason not in message:
+            message = f"{message}: {reason}"
+    return message
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -95,8 +152,6 @@ def dispatch(cfg) -> float | None:
     """Run the stage named by ``command``; turn bad input into one line."""
     from hydra.core.hydra_config import HydraConfig
 
-    from xlt.errors import XltError
-
     quiet_libraries()
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
@@ -117,10 +172,12 @@ def dispatch(cfg) -> float | None:
 
 
 def run_command(cfg) -> float | None:
+    from xlt.config import validate
     from xlt.stages.adjust import adjust_stage
     from xlt.stages.align import align_stage
     from xlt.stages.job import run_job
 
+    validate(cfg)
     if cfg.command == "run":
         results = run_job(cfg)
         first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
@@ -132,8 +189,6 @@ def run_command(cfg) -> float | None:
     if cfg.command == "adjust":
         print(f"adjusted model: {adjust_stage(cfg)}")
         return None
-    from xlt.errors import XltError
-
     raise XltError(f"unknown command '{cfg.command}'; valid: run, align, adjust")
 
 
@@ -159,6 +214,7 @@ def main() -> None:
     """``xlt [overrides]``: one job, or a sweep with ``-m``."""
     check_choices(sys.argv[1:])
     check_launcher(sys.argv[1:])
+    check_jobs(sys.argv[1:])
     _hydra_app()()
     from xlt.report.sweep import SweepOutcome
 

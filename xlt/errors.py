@@ -22,3 +22,56 @@ def require_file(path: str, what: str = "file") -> str:
     if not os.access(path, os.R_OK):
         raise XltError(f"{what} is not readable: {path}")
     return path
+
+
+def open_utf8(path: str, newline: str | None = None):
+    """``open(path, encoding="utf-8")`` for a data file, read at once, so that
+    invalid UTF-8 (a latin-1 export, say) is one line naming the file, the
+    line and the byte instead of a UnicodeDecodeError traceback without a
+    file name, in a job and in a sweep's recorded error alike."""
+    import io
+
+    require_file(path, "data file")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise XltError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x} at column {column}: {err.reason}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    return io.StringIO(text, newline=newline)
+
+
+class hub_errors:  # noqa: N801 - used like a function: ``with hub_errors("model bert-base"):``
+    """Turn a failure to fetch ``what`` from the HuggingFace hub (offline, no
+    such repo, gated, rate-limited) into one XltError line.
+
+    Used around ``from_pretrained`` and ``datasets.load_dataset`` calls, so
+    ``model=mbert`` or ``data=hub`` without network is one line naming what
+    could not be loaded and the offline alternative, not a 100-line traceback.
+    """
+
+    def __init__(self, what: str, hint: str = "offline? use model=e5_small and data=shared, or local paths"):
+        self.what, self.hint = what, hint
+
+    def __enter__(self) -> "hub_errors":
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or isinstance(err, XltError) or not _is_hub_failure(err):
+            return False
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise XltError(f"cannot load {self.what} from the HuggingFace hub ({type(err).__name__}: {reason}); {self.hint}") from None
+
+
+def _is_hub_failure(err: BaseException) -> bool:
+    """Network and hub-lookup failures (not bugs such as a TypeError)."""
+    if isinstance(err, (OSError, ConnectionError, TimeoutError)):  # includes LocalEntryNotFoundError, requests errors
+        return True
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & {"HfHubHTTPError", "DatasetNotFoundError", "DataFilesNotFoundError", "OfflineModeIsEnabled",
+                         "HFValidationError", "RepositoryNotFoundError", "EmptyDatasetError"})

@@ -3,17 +3,35 @@ identifies a job, an alignment, an adjusted model and a fine-tuning checkpoint.
 
 Every stage, ``xlt-analyze`` and ``xlt-report`` use these functions, so a
 checkpoint written by a job is found by the analysis under the same key.
+
+A key is made of three parts, so that no stale artifact is ever reused:
+
+* the whole config subtree(s) the stage reads (no allow-lists);
+* the *content* of every input file it reads (``content_checksum``: sha256,
+  remembered by size and mtime so a large corpus is hashed once), never just
+  its path: an edit in place invalidates what was built from it;
+* ``STAGE_VERSION`` of the stage and of every stage upstream of it.
+
+The rule for ``STAGE_VERSION``: bump a stage's number in the same commit that
+changes what the stage *produces* for the same config and inputs (a new
+sampling, loss, tokenisation, file layout...).  Refactors that keep the output
+identical do not bump it.  Bumping ``align`` rebuilds alignments, adjusted
+models and their checkpoints; bumping ``finetune`` only checkpoints.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from xlt import __version__
-from xlt.artifacts import config_hash
+from xlt.artifacts import config_hash, content_checksum
+
+# Format version of each stage's output (see the rule above).
+STAGE_VERSION = {"align": 1, "adjust": 1, "finetune": 1}
 
 # Keys that identify a configuration in results.json and in reports.
 IDENTITY = ("model", "lang", "task", "mode", "corpus", "size", "aggregation", "tokens", "aligner", "seed")
@@ -78,8 +96,12 @@ def training_hash(cfg: DictConfig) -> str:
     if not cfg.mode.adjust:
         for key in ("corpus", "aggregation", "tokens", "aligner", "adjustment"):
             payload.pop(key, None)
+    else:
+        payload["aligner"] = _aligner_settings(cfg)
     if not cfg.mode.continual:
         payload.pop("continual", None)
+    payload["inputs"] = checksums(cfg, model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else []))
+    payload["stage_version"] = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if cfg.mode.adjust else ("finetune",))}
     return config_hash(payload)
 
 
@@ -88,8 +110,19 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     subtrees, no allow-list, so a new ``adjustment`` field changes the key."""
     keys = ("model", "adjustment", "corpus", "aggregation", "tokens", "aligner")
     key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+    key["aligner"] = _aligner_settings(cfg)
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
+    key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)), stage_version={k: STAGE_VERSION[k] for k in ("align", "adjust")})
     return key
+
+
+def _aligner_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The aligner subtree without its file paths: ``export`` is an output and
+    a ``pharaoh_path`` file is keyed by its content (``inputs``), not its name."""
+    settings = OmegaConf.to_container(cfg.aligner, resolve=True)
+    for key in ("export", "pharaoh_path"):
+        settings.pop(key, None)
+    return settings
 
 
 def corpus_path(cfg: DictConfig) -> str:
@@ -103,27 +136,78 @@ def corpus_path(cfg: DictConfig) -> str:
 ALIGNMENT_FREE = ("drop_identical", "export", "pharaoh_path")
 
 
+def corpus_files(cfg: DictConfig) -> list[str]:
+    """The local files the alignment stage reads: the corpus (both sides of a
+    ``moses`` corpus) and precomputed alignments."""
+    from xlt.data import parallel
+
+    files = parallel.corpus_files(cfg.corpus.format, corpus_path(cfg), cfg.lang.code) if cfg.corpus.format != "hub" else []
+    return files + ([str(cfg.aligner.pharaoh_path)] if cfg.aligner.get("pharaoh_path") else [])
+
+
+def model_files(cfg: DictConfig) -> list[str]:
+    """The files of a model given as a local directory (``model.pretrained``):
+    retraining it in place must not reuse what was built from the old one.
+    Hub ids and the converted e5 (keyed by its own version) have none."""
+    folder = str(cfg.model.pretrained) if cfg.model.source == "hub" and not OmegaConf.is_missing(cfg.model, "pretrained") else ""
+    if not folder or not os.path.isdir(folder):
+        return []
+    return sorted(str(p) for p in Path(folder).iterdir() if p.is_file())
+
+
+def task_files(cfg: DictConfig, train_only: bool = False) -> list[str]:
+    """The local task data files a job reads (``task.local`` templates with
+    ``{lang}`` filled in), or only the English training files.
+
+    The one enumeration used by the checkpoint key (training files) and by the
+    provenance in results.json (all of them); nothing with ``data=hub``.
+    """
+    if cfg.data.source != "local":
+        return []
+    files: list[str] = []
+    for name, value in cfg.task.local.items():
+        if train_only and name != "train":
+            continue
+        templates = value.values() if isinstance(value, DictConfig) else [value] if isinstance(value, str) else value
+        files += [os.path.join(cfg.data.root, str(t).format_map(_Fill(lang=cfg.lang.code))) for t in templates]
+    return sorted(set(files))
+
+
+def checksums(cfg: DictConfig, files: list[str]) -> dict[str, str]:
+    """Content checksum of each existing file (a missing one is keyed as such:
+    the stage that reads it fails with its own message)."""
+    return {f: content_checksum(f, cfg.paths.cache_dir) if os.path.isfile(f) else "missing" for f in sorted(set(files))}
+
+
+def data_checksums(cfg: DictConfig) -> dict[str, str]:
+    """Provenance for results.json: the content checksum of every local file
+    the job read (task data, and the corpus when adjusting).  The same values
+    key the checkpoint and the adjusted model, so they describe what was used."""
+    files = task_files(cfg) + (corpus_files(cfg) if cfg.mode.adjust else [])
+    return {f: c for f, c in checksums(cfg, files).items() if c != "missing"}
+
+
+class _Fill(dict):
+    """``str.format_map`` filler that leaves unknown placeholders as they are."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
 def alignment_key(cfg: DictConfig) -> dict[str, Any]:
     """What the aligned corpus depends on: the corpus *content* (checksums, so a
     moved file is reused and an edited one realigned), how it is read and
     filtered, the language, the aligner settings (a Pharaoh file by checksum)
     and, for ``aggregation=subword``, the tokenizer.  Not the sample size or
     seed: every sample is drawn from the one aligned corpus."""
-    from xlt.artifacts import file_checksum
-    from xlt.data.parallel import corpus_files
-    from xlt.errors import require_file
-
-    files = corpus_files(cfg.corpus.format, corpus_path(cfg), cfg.lang.code) if cfg.corpus.format != "hub" else []
     aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
-    pharaoh = aligner.get("pharaoh_path")
-    if pharaoh:
-        aligner = {"pharaoh_sha256": file_checksum(require_file(pharaoh, "aligner.pharaoh_path file"))}
     return {
-        "corpus_sha256": [file_checksum(require_file(f, "parallel corpus file")) for f in files],
+        "inputs": checksums(cfg, corpus_files(cfg)),  # corpus and Pharaoh file, by content
         "corpus": {k: cfg.corpus.get(k) for k in ("format", "min_score", "max_words")},
         "lang": cfg.lang.code,
         "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
         "subword_model": cfg.model.name if cfg.aggregation.name == "subword" else None,
+        "stage_version": STAGE_VERSION["align"],
     }
 
 

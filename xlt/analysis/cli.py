@@ -7,7 +7,7 @@ lang=hi task=xnli task.train_limit=2000`` finds the checkpoints that
 * ``lang=es,hi``            several languages: one more figure, the grid;
 * ``--out DIR`` / ``analysis.out=DIR``   output folder (default ``analysis``);
 * ``analysis.states=original,adjusted``  which built-in states (default all);
-* ``states.<name>=<dir|.ckpt>``           a state from an explicit path;
+* ``states.<name>=<dir|.ckpt>``           a state from an explicit path (weights only, never unpickled code);
 * ``analysis.batch_size=N``              encoder batch size (default 32).
 
 Distances are measured on the *held-out* pairs of the aligned corpus sample
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from xlt.config import check_choices
 from xlt.errors import XltError
 
 log = logging.getLogger("xlt.analysis")
@@ -96,34 +97,24 @@ def positive_int(key: str, value: str) -> int:
     return int(value)
 
 
-def check_choices(overrides: list[str]) -> None:
-    """An unknown group choice (``task=xx``) as one line naming the valid ones."""
-    from xlt.cli import CONF_DIR, GROUPS
-
-    for arg in overrides:
-        group, eq, value = arg.partition("=")
-        if eq and group in GROUPS and (CONF_DIR / group).is_dir() and value not in ("", "null"):
-            valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-            if value not in valid:
-                raise XltError(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
-
-
 def compose_configs(overrides: list[str], lang: Optional[str], out: Path) -> dict[str, DictConfig]:
     """The job config of each mode, composed exactly as ``xlt`` composes it."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from xlt.cli import CONF_DIR
-    from xlt.config import register_configs
+    from xlt.config import CONF_DIR, register_configs, validate
 
     register_configs()
     extra = ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="xlt-analyze"):
-            return {mode: compose("config", overrides=overrides + extra + [f"mode={mode}"]) for mode in MODES}
+            configs = {mode: compose("config", overrides=overrides + extra + [f"mode={mode}"]) for mode in MODES}
     except (HydraException, OmegaConfBaseException) as err:
         raise XltError(" ".join(str(err).split())) from None
+    for cfg in configs.values():
+        validate(cfg)
+    return configs
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +135,7 @@ def heldout_examples(cfg: DictConfig):
 
 def measure(state, examples, pad_id: int, batch_size: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Summary numbers and the two distance samples of one model state."""
-    from xlt.analysis.distances import norms, pair_differences, pair_vectors, state_summary
+    from xlt.evaluation.distances import norms, pair_differences, pair_vectors, state_summary
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = state.load().to(device)
@@ -202,10 +193,23 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ensure_writable(out: Path) -> None:
+    """``--out`` exists (or can be made) and takes a file."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise XltError(f"--out {out} is not writable ({err.strerror}: {err.filename or out})") from None
+
+
 def run(request: Request, warn) -> int:
     from xlt.analysis.plots import plot_grid
     from xlt.analysis.states import label
 
+    ensure_writable(request.out)  # before minutes of measuring, not after
     summaries, grid = {}, {}
     for lang in request.langs:
         code, summaries[code], grid[code] = analyze_language(request, lang, warn)

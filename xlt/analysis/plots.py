@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # headless: no display on clusters or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xlt.analysis.distances import shared_bins  # noqa: E402
+from xlt.evaluation.distances import shared_bins  # noqa: E402
 
 # state name -> (related distances, unrelated distances)
 StateDistances = Mapping[str, tuple[np.ndarray, np.ndarray]]

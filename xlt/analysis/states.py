@@ -66,12 +66,18 @@ def label(name: str) -> str:
 # ---------------------------------------------------------------------------
 def encoder_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The encoder weights of a Lightning checkpoint (``encoder.*`` keys of
-    ``state_dict``, prefix removed)."""
+    ``state_dict``, prefix removed).
+
+    Loaded with ``weights_only=True`` only: a file a user points xlt at may
+    come from anywhere, and unpickling arbitrary objects runs arbitrary code.
+    xlt's own checkpoints hold only tensors and plain containers.
+    """
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - older Lightning pickles extra objects
-        log.info("%s holds non-tensor objects; loading it with weights_only=False", checkpoint)
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable or unsafe file is the user's to fix
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise XltError(f"{checkpoint}: not loadable as weights only ({reason}); xlt does not unpickle "
+                       "arbitrary objects: point states.<name> at a Lightning .ckpt of xlt or a save_pretrained directory") from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     weights = {k[len("encoder."):]: v for k, v in (state or {}).items() if k.startswith("encoder.")}
     if not weights:

@@ -180,7 +180,7 @@ def compare(task: str, metric: str, recs_a: Records, recs_b: Records, iterations
 def _default_metric() -> Metric:
     """``xlt.tasks.ner.entity_f1``, imported lazily (it pulls in the task stack)."""
     try:
-        from xlt.tasks.ner import entity_f1
+        from xlt.evaluation.ner import entity_f1
     except ImportError:  # task module unavailable: same definition, straight from seqeval
         log.warning("xlt.tasks.ner.entity_f1 unavailable; using seqeval.metrics.f1_score")
         from seqeval.metrics import f1_score

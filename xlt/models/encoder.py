@@ -9,12 +9,13 @@ An adjusted model is just another directory passed as ``path``.
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from xlt.config import ModelConfig
-from xlt.errors import XltError
+from xlt.errors import XltError, hub_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ def model_path(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
-    return AutoTokenizer.from_pretrained(model_path(cfg, cache_dir))
+    source = model_path(cfg, cache_dir)
+    with _loading(cfg, source):
+        return AutoTokenizer.from_pretrained(source)
 
 
 def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> PreTrainedModel:
@@ -50,12 +53,14 @@ def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> P
         )
         return BertModel(config, add_pooling_layer=False)
     source = model_path(cfg, cache_dir)
-    try:
+    with _loading(cfg, source):
         return AutoModel.from_pretrained(source, add_pooling_layer=False)
-    except OSError as err:
-        if cfg.source == "hub" and not os.path.isdir(source):
-            raise XltError(
-                f"cannot load model '{source}' from the HuggingFace hub (offline?); "
-                "use model=e5_small offline or set model.pretrained to a local directory"
-            ) from err
-        raise
+
+
+def _loading(cfg: ModelConfig, source: str):
+    """Hub failures of a hub model as one line; a local directory's own
+    errors (a corrupt file) are left as they are, they are not network ones."""
+    if cfg.source == "hub" and not os.path.isdir(source):
+        return hub_errors(f"model '{source}' (model={cfg.name})",
+                          "offline? use model=e5_small, or set model.pretrained to a local directory")
+    return contextlib.nullcontext()

@@ -32,7 +32,7 @@ def adjust_stage(cfg: DictConfig) -> Path:
 
 def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     """Align (cached), train Eq. 1 for one epoch, save encoder + evidence."""
-    from xlt.analysis.distances import distance_summary
+    from xlt.evaluation.distances import distance_summary
     from xlt.models.adjust import AdjustModule, AlignmentLoss, collate_aligned, freeze_copy
     from xlt.models.encoder import load_encoder
     from xlt.models.finetune import EpochShuffleSampler, ListDataset
@@ -100,7 +100,7 @@ class DistanceProbe(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.examples and trainer.global_step % self.every == 0:
-            from xlt.analysis.distances import distance_summary
+            from xlt.evaluation.distances import distance_summary
 
             summary = distance_summary(pl_module.encoder, self.examples, self.pad_id, self.reference)
             self.trajectory.append({"step": trainer.global_step, **summary})

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from filelock import FileLock
 from omegaconf import DictConfig
 
 from xlt import results as results_file
-from xlt.artifacts import file_checksum, write_jsonl
+from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_jsonl
+from xlt.config import validate as validate_config
 from xlt.errors import XltError
-from xlt.keys import checkpoint_dir, corpus_path
+from xlt.keys import checkpoint_dir, corpus_path, data_checksums
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
 from xlt.stages.trainer import make_trainer
@@ -32,45 +32,45 @@ log = logging.getLogger(__name__)
 
 def build_objective(cfg: DictConfig, tokenizer, encoder):
     """The continual-learning auxiliary loss, on the adjustment sample."""
-    from xlt.models.adjust import AlignmentLoss, freeze_copy
-    from xlt.models.continual import ContinualObjective
+    from xlt.models.adjust import freeze_copy
     from xlt.models.encoder import load_encoder
 
     corpus = align_stage(cfg, tokenizer)
     examples = aligned_examples(cfg, tokenizer, corpus)
     if not examples:
         raise XltError(f"mode=continual: no aligned pairs in the sample of {corpus_path(cfg)}")
+    reference = load_encoder(cfg.model, cfg.paths.cache_dir) if cfg.continual.reference == "original" else encoder
+    return continual_objective(cfg, examples, tokenizer.pad_token_id, freeze_copy(reference))
+
+
+def continual_objective(cfg: DictConfig, examples, pad_id: int, reference, cache: bool = True):
+    """``ContinualObjective`` from ``cfg.continual`` / ``cfg.adjustment`` and a
+    frozen ``reference`` (``bench/`` calls this too, with the cache switch)."""
+    from xlt.models.adjust import AlignmentLoss
+    from xlt.models.continual import ContinualObjective
+
     continual = cfg.continual
-    reference = load_encoder(cfg.model, cfg.paths.cache_dir) if continual.reference == "original" else freeze_copy(encoder)
-    loss = AlignmentLoss(freeze_copy(reference), cfg.adjustment.target, cache=True, reduction=continual.reduction)
-    return ContinualObjective(
-        examples, tokenizer.pad_token_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed
-    )
+    loss = AlignmentLoss(reference, cfg.adjustment.target, cache=cache, reduction=continual.reduction)
+    return ContinualObjective(examples, pad_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that the schema's types cannot express."""
-    continual = cfg.continual
-    if continual.alpha < 0 or continual.reg_weight < 0 or cfg.adjustment.reg_weight < 0:
-        raise XltError("continual.alpha, continual.reg_weight and adjustment.reg_weight must be >= 0")
+    """``xlt.config.validate`` plus the enums whose valid values live with
+    their code (loss reductions, task heads)."""
     from xlt.models.adjust import check_reduction
-
-    check_reduction(continual.reduction, "continual.reduction")
-    check_reduction(cfg.adjustment.reduction, "adjustment.reduction")
     from xlt.tasks.heads import check_head
 
+    validate_config(cfg)
+    check_reduction(cfg.continual.reduction, "continual.reduction")
+    check_reduction(cfg.adjustment.reduction, "adjustment.reduction")
     check_head(cfg.task.head)
-    if continual.init not in ("adjusted", "original") or continual.reference not in ("original", "init"):
-        raise XltError("continual.init must be adjusted|original and continual.reference original|init")
-    if cfg.task.name not in cfg.lang.eval_sets:
-        raise XltError(f"no {cfg.task.name} evaluation sets for lang={cfg.lang.code}; add them to conf/lang/{cfg.lang.code}.yaml")
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write results.json, predictions/ and checkpoints/."""
     from xlt.models.encoder import load_encoder, load_tokenizer
     from xlt.models.finetune import FineTuneModule, task_loader
-    from xlt.tasks.base import build_task
+    from xlt.tasks.registry import build_task
     from xlt.tasks.heads import pretrained_pooler
 
     validate(cfg)
@@ -89,13 +89,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                             adam_eps=cfg.task.adam_eps, pooler=pooler)
 
     train = task.features(tokenizer, task.train_examples(), train=True)
+    inputs = data_checksums(cfg)  # provenance: the content just read (and that keys the checkpoint)
     micro_batch = max(1, cfg.task.batch_size // cfg.trainer.accumulate_grad_batches)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     checkpoints = checkpoint_dir(cfg)
     link_checkpoints(out, checkpoints)
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs")
     resume = checkpoints / "last.ckpt"
-    with FileLock(str(checkpoints / "train.lock")):  # concurrent twins wait, then reuse
+    with lock_unless_read_only(checkpoints / "train.lock"):  # concurrent twins wait, then reuse
+        set_aside_if_corrupt(resume)
         if resume.exists():
             log.info("resuming from %s", resume)
         trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None)
@@ -105,7 +107,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto", num_nodes=1)
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
-    results = results_file.ok_results(cfg, metrics, started, data_checksums(cfg))
+    results = results_file.ok_results(cfg, metrics, started, inputs)
     if skipped:
         results["skipped_eval_sets"] = skipped
     if adjusted:
@@ -129,7 +131,7 @@ def format_metrics(results: dict[str, Any]) -> str:
 
 def finetuned_distances(cfg: DictConfig, tokenizer, encoder) -> dict[str, float]:
     """Held-out related / unrelated distances of the fine-tuned encoder."""
-    from xlt.analysis.distances import distance_summary
+    from xlt.evaluation.distances import distance_summary
 
     probe = aligned_examples(cfg, tokenizer, align_stage(cfg, tokenizer), heldout=True)
     return distance_summary(encoder, probe, tokenizer.pad_token_id) if probe else {}
@@ -180,23 +182,3 @@ def link_checkpoints(out: Path, checkpoints: Path) -> None:
     link = out / "checkpoints"
     if not link.exists() and not link.is_symlink():
         os.symlink(checkpoints.resolve(), link, target_is_directory=True)
-
-
-def data_checksums(cfg: DictConfig) -> dict[str, str]:
-    """Checksums of the local data files a job read (provenance)."""
-    if cfg.data.source != "local":
-        return {}
-    files: list[str] = []
-    for value in cfg.task.local.values():
-        templates = value.values() if isinstance(value, DictConfig) else value if not isinstance(value, str) else [value]
-        files += [os.path.join(cfg.data.root, str(t).format_map(_Fill(lang=cfg.lang.code))) for t in templates]
-    if cfg.mode.adjust:
-        files.append(corpus_path(cfg))
-    return {f: file_checksum(f) for f in sorted(set(files)) if os.path.isfile(f)}
-
-
-class _Fill(dict):
-    """``str.format_map`` filler that leaves unknown placeholders as they are."""
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"

@@ -38,7 +38,7 @@ class EvalSet:
 
 
 class Task(ABC):
-    """Base class of a fine-tuning task; subclasses register in ``TASKS``."""
+    """Base class of a fine-tuning task; ``xlt.tasks.registry.TASKS`` lists them."""
 
     name: str = ""
 
@@ -126,28 +126,3 @@ class Task(ABC):
         import os
 
         return os.path.join(self.data.root, relative.format(lang=lang or self.lang, **fmt))
-
-
-TASKS: dict[str, type[Task]] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator: make a task available as ``task=<cls.name>``."""
-    TASKS[cls.name] = cls
-    return cls
-
-
-def build_task(cfg: TaskConfig, lang: str, data: DataConfig, eval_sets: list[str] | None = None) -> Task:
-    """Instantiate the task named by ``cfg.name`` (importing the task modules)."""
-    import importlib
-
-    for module in ("nli", "ner", "qa"):
-        try:
-            importlib.import_module(f"xlt.tasks.{module}")
-        except ModuleNotFoundError as err:  # a task module not written yet
-            if err.name != f"xlt.tasks.{module}":
-                raise
-    if cfg.name not in TASKS:
-        raise XltError(f"unknown task '{cfg.name}'; valid: {', '.join(sorted(TASKS))}")
-    return TASKS[cfg.name](cfg, lang, data, eval_sets)
-

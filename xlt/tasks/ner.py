@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt.errors import XltError, require_file
-from xlt.tasks.base import EvalSet, Task, register
+from xlt.errors import XltError, hub_errors, open_utf8, require_file
+from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
+from xlt.tasks.base import EvalSet, Task
 
 EVAL_SET = "wikiann"
-OUTSIDE = "O"
 
 
 # ---- reading ----------------------------------------------------------------
@@ -46,7 +46,7 @@ def read_ner_tsv(path: str, labels: Sequence[str], prefix: str) -> list[dict[str
     examples: list[dict[str, Any]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    with open(path, encoding="utf-8") as handle:
+    with open_utf8(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -78,45 +78,7 @@ def _flush(examples: list[dict[str, Any]], tokens: list[str], tags: list[str], p
         examples.append({"id": f"{prefix}-{len(examples)}", "tokens": tokens, "tags": tags})
 
 
-# ---- metrics ----------------------------------------------------------------
-def entity_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
-    """Entity-level micro F1 (seqeval default mode, as HF ``run_ner``).
-
-    Module-level so that significance tests can recompute it on permuted,
-    seed-concatenated per-example records exactly as ``score`` does.
-    """
-    from seqeval.metrics import f1_score
-
-    return float(f1_score(gold, pred))
-
-
-def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
-    """Entity-level micro precision, recall and F1 (seqeval default mode)."""
-    from seqeval.metrics import precision_score, recall_score
-
-    return {
-        "f1": entity_f1(gold, pred),
-        "precision": float(precision_score(gold, pred)),
-        "recall": float(recall_score(gold, pred)),
-    }
-
-
-def token_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
-    """Word-level micro F1 over the non-``O`` tags (see the module docstring)."""
-    g = np.array([tag for sentence in gold for tag in sentence])
-    p = np.array([tag for sentence in pred for tag in sentence])
-    if g.shape != p.shape:
-        raise ValueError(f"gold has {g.size} words, prediction {p.size}")
-    true_pos = int(np.sum((g == p) & (g != OUTSIDE)))
-    predicted, actual = int(np.sum(p != OUTSIDE)), int(np.sum(g != OUTSIDE))
-    if true_pos == 0:
-        return 0.0
-    precision, recall = true_pos / predicted, true_pos / actual
-    return 2 * precision * recall / (precision + recall)
-
-
 # ---- task -------------------------------------------------------------------
-@register
 class NerTask(Task):
     """Token classification with a linear head on every subword."""
 
@@ -161,7 +123,8 @@ class NerTask(Task):
         from datasets import load_dataset
 
         config = lang or spec.get("name")
-        dataset = load_dataset(spec["path"], config, split=spec["split"])
+        with hub_errors(f"dataset {spec['path']} ({config})"):
+            dataset = load_dataset(spec["path"], config, split=spec["split"])
         names = dataset.features["ner_tags"].feature.names
         unknown = sorted(set(names) - set(self.labels))
         if unknown:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt.errors import XltError, require_file
-from xlt.tasks.base import EvalSet, Task, register
+from xlt.errors import XltError, hub_errors, open_utf8, require_file
+from xlt.tasks.base import EvalSet, Task
 
 LABELS = ("entailment", "neutral", "contradiction")  # MultiNLI / XNLI label order
 
@@ -30,7 +30,7 @@ def read_nli_tsv(path: str, prefix: str) -> list[dict[str, Any]]:
     """Read ``premise<TAB>hypothesis<TAB>label`` rows (no header)."""
     require_file(path, "NLI file")
     examples = []
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open_utf8(path, newline="") as handle:
         for line_no, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if len(row) != 3:
                 raise XltError(f"{path}:{line_no}: expected 3 tab-separated columns, got {len(row)}")
@@ -63,7 +63,6 @@ def mixed_language(target: list[dict[str, Any]], english: list[dict[str, Any]], 
 MIXED_SETS = ("xnli_mixed", "xnli_mixed_premise", "xnli_mixed_hypothesis")
 
 
-@register
 class NliTask(Task):
     """Sentence-pair classification with a linear head on the first token."""
 
@@ -103,7 +102,8 @@ class NliTask(Task):
     def _hub_split(self, spec: dict[str, Any], name: str | None, prefix: str) -> list[dict[str, Any]]:
         from datasets import load_dataset
 
-        dataset = load_dataset(spec["path"], name or spec.get("name"), split=spec["split"])
+        with hub_errors(f"dataset {spec['path']} ({name or spec.get('name')})"):
+            dataset = load_dataset(spec["path"], name or spec.get("name"), split=spec["split"])
         return [
             {"id": f"{prefix}-{i}", "premise": row["premise"], "hypothesis": row["hypothesis"], "label": row["label"]}
             for i, row in enumerate(dataset)

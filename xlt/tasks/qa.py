@@ -52,7 +52,7 @@ from torch import nn
 
 from xlt.errors import XltError, require_file
 from xlt.evaluation.squad import evaluate
-from xlt.tasks.base import EvalSet, Task, register
+from xlt.tasks.base import EvalSet, Task
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,6 @@ def metric_language(set_name: str, mlqa_metric: str = "mlqa") -> str | None:
     return contexts[0] if contexts else parts[1]
 
 
-@register
 class QaTask(Task):
     """Span extraction: a linear layer gives start and end logits per token."""
 

@@ -1,0 +1,107 @@
+"""Bad input is one line naming the file (issue 13, item 5): latin-1 data
+files, hub models and datasets offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xlt.errors import XltError, hub_errors, open_utf8
+
+
+def latin1(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+def test_latin1_nli_file_is_one_line_naming_file_and_line(tmp_path):
+    from xlt.tasks.nli import read_nli_tsv
+
+    path = latin1(tmp_path / "test-es.tsv", "Hola\tAdios\tneutral\nEl niño\tUn niño\tentailment\n")
+    with pytest.raises(XltError) as err:
+        read_nli_tsv(str(path), "xnli-es")
+    assert str(err.value).startswith(f"{path}:2: not UTF-8 (byte 0xf1 at column 6")
+    assert "\n" not in str(err.value)
+
+
+def test_latin1_ner_file_is_one_line_naming_file_and_line(tmp_path):
+    from xlt.tasks.ner import read_ner_tsv
+
+    path = latin1(tmp_path / "dev.tsv", "Madrid\tB-LOC\n\nMünchen\tB-LOC\n")
+    with pytest.raises(XltError, match=rf"^{path}:3: not UTF-8"):
+        read_ner_tsv(str(path), ["O", "B-LOC", "I-LOC"], "ner-de")
+
+
+def test_a_sweep_records_the_one_line(tmp_path):
+    """The failed job's results.json carries the same line (not a traceback)."""
+    import json
+
+    from xlt import cli
+    from xlt.config import compose_config
+
+    root = tmp_path / "data"
+    (root / "nli" / "xnli").mkdir(parents=True)
+    latin1(root / "nli" / "xnli" / "dev-en.tsv", "caf\xe9\tx\tneutral\n")
+    cfg = compose_config(["model=tiny", "data=demo", f"data.root={root}", f"paths.output_dir={tmp_path / 'job'}",
+                          f"paths.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(XltError) as err:
+        open_utf8(str(root / "nli" / "xnli" / "dev-en.tsv"))
+    cli.record_failure(cfg, str(err.value))
+    saved = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert saved["status"] == "failed" and saved["error"].startswith(f"{root}/nli/xnli/dev-en.tsv:1: not UTF-8")
+
+
+def test_utf8_files_read_as_before(tmp_path):
+    path = tmp_path / "ok.tsv"
+    path.write_text("a\tb\r\nc\td\n", encoding="utf-8")
+    with open_utf8(str(path)) as handle:
+        assert handle.read() == "a\tb\nc\td\n"
+
+
+def test_hub_model_offline_is_one_line(monkeypatch):
+    import transformers
+
+    from xlt.config import ModelConfig
+    from xlt.models.encoder import load_encoder, load_tokenizer
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", offline)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    cfg = ModelConfig(name="mbert", source="hub", pretrained="bert-base-multilingual-cased")
+    for load in (load_encoder, load_tokenizer):
+        with pytest.raises(XltError) as err:
+            load(cfg, "/tmp")
+        message = str(err.value)
+        assert "cannot load model 'bert-base-multilingual-cased' (model=mbert) from the HuggingFace hub" in message
+        assert "model=e5_small" in message and "\n" not in message
+
+
+def test_hub_errors_leaves_bugs_alone():
+    with pytest.raises(TypeError):
+        with hub_errors("dataset x"):
+            raise TypeError("a bug, not the network")
+    with pytest.raises(XltError, match="cannot load dataset x from the HuggingFace hub .ConnectionError"):
+        with hub_errors("dataset x"):
+            raise ConnectionError("Couldn't reach 'x' on the Hub")
+
+
+@pytest.mark.slow
+def test_a_corrupt_last_ckpt_is_set_aside_and_the_job_trains_again(tmp_path, cache_dir):
+    from xlt.config import compose_config
+    from xlt.keys import checkpoint_dir
+    from xlt.stages.job import run_job
+
+    def job(name: str):
+        return compose_config(["model=tiny", "data=demo", "task.train_limit=16", "task.eval_limit=4", "task.epochs=1",
+                               "task.batch_size=8", "trainer.enable_progress_bar=false", "seed=7",
+                               f"paths.output_dir={tmp_path / name}", f"paths.cache_dir={tmp_path / 'cache'}"])
+
+    first = run_job(job("a"))
+    checkpoint = checkpoint_dir(job("a")) / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated, e.g. killed while copying
+    second = run_job(job("b"))
+    assert second["status"] == "ok" and second["metrics"] == first["metrics"]  # retrained from scratch, same seed
+    assert list(checkpoint.parent.glob("last.ckpt.corrupt-*")) and checkpoint.stat().st_size > 1000

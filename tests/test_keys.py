@@ -1,0 +1,130 @@
+"""Cache keys follow the *content* of their inputs, the whole config subtree of
+their stage and a per-stage format version (issue 13, items 1 and 2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from xlt import artifacts, keys
+from xlt.config import compose_config
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def compose(tmp_path: Path, *overrides: str):
+    return compose_config(["model=tiny", f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                           *overrides])
+
+
+def edit_in_place(path: Path) -> None:
+    """Change one byte, keep the size (what a careless in-place fix does)."""
+    data = bytearray(path.read_bytes())
+    data[0] = ord("X") if data[0] != ord("X") else ord("Y")
+    with open(path, "r+b") as handle:  # same inode, same size
+        handle.write(bytes(data))
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"the house {i}\tthe casa {i}\n" for i in range(50)), encoding="utf-8")
+    return path
+
+
+def test_editing_the_corpus_in_place_invalidates_alignment_and_adjusted_model(tmp_path, corpus):
+    cfg = compose(tmp_path, "mode=adjusted", "corpus=local", f"corpus.path={corpus}", "corpus.size=10", "corpus.heldout=5")
+    before = keys.alignment_dir(cfg), keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+    assert before == (keys.alignment_dir(cfg), keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg))  # stable
+    edit_in_place(corpus)
+    after = keys.alignment_dir(cfg), keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+    assert all(b != a for b, a in zip(before, after))
+    # results.json provenance records the content that keyed the artifacts
+    assert keys.data_checksums(cfg)[str(corpus)] == artifacts.file_checksum(corpus)
+
+
+def test_editing_the_english_training_file_invalidates_the_checkpoint(tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(DEMO / "nli", root / "nli")
+    cfg = compose(tmp_path, "data=demo", f"data.root={root}")
+    train = root / "nli" / "xnli" / "dev-en.tsv"
+    assert str(train) in keys.task_files(cfg, train_only=True)
+    before = keys.checkpoint_dir(cfg)
+    edit_in_place(train)
+    assert keys.checkpoint_dir(cfg) != before
+    assert keys.data_checksums(cfg)[str(train)] == artifacts.file_checksum(train)
+
+
+def test_evaluation_files_do_not_key_the_checkpoint(tmp_path):
+    """English fine-tuning stays shared by the languages of a sweep."""
+    root = tmp_path / "data"
+    shutil.copytree(DEMO / "nli", root / "nli")
+    cfg = compose(tmp_path, "data=demo", f"data.root={root}")
+    before = keys.checkpoint_dir(cfg)
+    edit_in_place(root / "nli" / "xnli" / "test-ru.tsv")
+    assert keys.checkpoint_dir(cfg) == before
+    assert keys.checkpoint_dir(compose(tmp_path, "data=demo", f"data.root={root}", "lang=hi")) == before
+
+
+def test_a_new_adjustment_field_changes_the_key(tmp_path):
+    cfg = OmegaConf.create(OmegaConf.to_container(compose(tmp_path, "mode=adjusted")))  # untyped: room for a new field
+    before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+    with open_dict(cfg):
+        cfg.adjustment.some_new_setting = 0.5  # a field added to AdjustmentConfig later
+    assert keys.adjusted_dir(cfg) != before[0] and keys.checkpoint_dir(cfg) != before[1]
+
+
+def test_a_stage_version_bump_invalidates_that_stage_and_those_downstream(tmp_path, monkeypatch):
+    cfg = compose(tmp_path, "mode=adjusted")
+    original = compose(tmp_path, "mode=original")
+    before = keys.alignment_dir(cfg), keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.checkpoint_dir(original)
+    monkeypatch.setitem(keys.STAGE_VERSION, "adjust", keys.STAGE_VERSION["adjust"] + 1)
+    after = keys.alignment_dir(cfg), keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.checkpoint_dir(original)
+    assert after[0] == before[0] and after[1] != before[1] and after[2] != before[2] and after[3] == before[3]
+    monkeypatch.setitem(keys.STAGE_VERSION, "finetune", keys.STAGE_VERSION["finetune"] + 1)
+    assert keys.checkpoint_dir(original) != before[3]
+
+
+def test_content_checksum_hashes_a_file_once(tmp_path, monkeypatch):
+    path = tmp_path / "big.txt"
+    path.write_text("a\n" * 1000)
+    calls = []
+    real = artifacts.file_checksum
+    monkeypatch.setattr(artifacts, "file_checksum", lambda p, *a: calls.append(p) or real(p, *a))
+    monkeypatch.setattr(artifacts, "_memo", {})
+    first = artifacts.content_checksum(path, tmp_path / "cache")
+    monkeypatch.setattr(artifacts, "_memo", {})  # a new process: only the on-disk index remains
+    assert artifacts.content_checksum(path, tmp_path / "cache") == first and len(calls) == 1
+    edit_in_place(path)
+    assert artifacts.content_checksum(path, tmp_path / "cache") != first and len(calls) == 2
+
+
+def test_content_checksum_works_with_a_read_only_cache(tmp_path, monkeypatch):
+    path = tmp_path / "f.txt"
+    path.write_text("x")
+
+    def read_only(*args):
+        raise PermissionError(13, "Permission denied")  # chmod does not stop root: refuse the write itself
+
+    monkeypatch.setattr(artifacts, "write_json", read_only)
+    assert artifacts.content_checksum(path, tmp_path / "cache") == artifacts.file_checksum(path)
+
+
+def test_identity_ignores_hydra_output_paths(tmp_path):
+    a = compose(tmp_path, "mode=adjusted")
+    b = OmegaConf.merge(a, {"paths": {"output_dir": "/elsewhere"}})
+    assert keys.checkpoint_dir(a) == keys.checkpoint_dir(b) and keys.adjusted_dir(a) == keys.adjusted_dir(b)
+
+
+def test_a_local_model_directory_retrained_in_place_invalidates_what_was_built_from_it(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"old weights")
+    cfg = compose(tmp_path, "mode=adjusted", "model.source=hub", f"model.pretrained={model}")
+    before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+    (model / "model.safetensors").write_bytes(b"new weights")
+    assert keys.adjusted_dir(cfg) != before[0] and keys.checkpoint_dir(cfg) != before[1]
