@@ -3,7 +3,6 @@ their stage and a per-stage format version (issue 13, items 1 and 2)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
