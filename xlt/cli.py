@@ -15,7 +15,7 @@ from pathlib import Path
 
 from xlt.config import CONF_DIR
 
-GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "data", "experiment")
+GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "logger", "data", "experiment")
 
 log = logging.getLogger("xlt")
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def validate(cfg: DictConfig) -> None:
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write results.json, predictions/ and checkpoints/."""
     from xlt.models.encoder import load_encoder, load_tokenizer
-    from xlt.models.finetune import FineTuneModule, task_loader
+    from xlt.models.finetune import FineTuneModule
     from xlt.tasks.base import build_task
 
     validate(cfg)
@@ -78,16 +79,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective)
 
     train = task.features(tokenizer, task.train_examples(), train=True)
-    micro_batch = max(1, cfg.task.batch_size // cfg.trainer.accumulate_grad_batches)
-    loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     checkpoints = checkpoint_dir(cfg)
     link_checkpoints(out, checkpoints)
-    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs")
-    resume = checkpoints / "last.ckpt"
-    with FileLock(str(checkpoints / "train.lock")):  # concurrent twins wait, then reuse
-        if resume.exists():
-            log.info("resuming from %s", resume)
-        trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None)
+    trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out)
     if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
         if trainer.global_rank != 0:
             return {}
@@ -99,6 +93,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                    "data_checksums": data_checksums(cfg)},
         "metrics": metrics,
         "status": "ok",
+        "training": training,
         "runtime_s": round(time.time() - started, 1),
     }
     if skipped:
@@ -110,6 +105,63 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     write_json(out / "results.json", results)
     print(format_metrics(results))
     return results
+
+
+def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path):
+    """Fine-tune, resuming from ``checkpoints/last.ckpt`` when an earlier run
+    of the same training left one (mid-epoch included), and return the trainer
+    and the ``training`` record of results.json.
+
+    Each process gets ``task.batch_size / (accumulate_grad_batches x world
+    size)`` examples per micro-batch, so the effective batch is the task's
+    (the paper's 32) on any number of GPUs.  Only rank 0 of a job takes the
+    lock that makes concurrent twins (same training hash) wait: under DDP
+    the other ranks are started by Lightning or srun and must reach the
+    rendezvous, not the lock.  A finished training keeps the weights only
+    (``done.json`` marks it); the optimizer state is needed only to resume.
+    """
+    from xlt.models.finetune import SamplerPosition, task_loader
+
+    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", use_distributed_sampler=False)
+    loader = task_loader(task, tokenizer, train, micro_batch_size(cfg, trainer.world_size), cfg.seed, cfg.trainer.num_workers)
+    trainer.callbacks.insert(0, SamplerPosition(loader))
+    last, done = checkpoints / "last.ckpt", checkpoints / "done.json"
+    with FileLock(str(checkpoints / "train.lock")) if trainer.global_rank == 0 else nullcontext():
+        if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
+            return trainer, load_finished(module, last, done)
+        resumed = checkpoint_step(last) if last.exists() else 0
+        log.info("training: resumed from step %d (%s)", resumed, last) if resumed else log.info("training: from step 0")
+        trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+        trainer.save_checkpoint(last, weights_only=True)  # drops the optimizer state (2x the weights); all ranks call it
+        if trainer.global_rank == 0:
+            write_json(done, {"global_step": trainer.global_step})
+    return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False}
+
+
+def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
+    """Examples per process and micro-batch that keep the effective batch."""
+    parts = cfg.trainer.accumulate_grad_batches * world_size
+    if cfg.task.batch_size % parts:
+        raise XltError(f"task.batch_size={cfg.task.batch_size} is not divisible by trainer.accumulate_grad_batches "
+                       f"({cfg.trainer.accumulate_grad_batches}) x processes ({world_size})")
+    return cfg.task.batch_size // parts
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a Lightning checkpoint was written at."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+
+
+def load_finished(module, last: Path, done: Path) -> dict[str, Any]:
+    """Load the weights of a finished training into ``module``."""
+    import torch
+
+    module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
+    steps = json.loads(done.read_text())["global_step"]
+    log.info("training: reusing the finished checkpoint %s (%d steps)", last, steps)
+    return {"resumed_from_step": steps, "steps": steps, "reused_checkpoint": True}
 
 
 def format_metrics(results: dict[str, Any]) -> str:

@@ -1,40 +1,148 @@
-"""The Lightning Trainer every stage uses, built from ``cfg.trainer``."""
+"""The Lightning Trainer every stage uses, built from ``cfg.trainer``.
+
+Every key of ``cfg.trainer`` is a ``lightning.Trainer`` argument except the
+xlt-only ones in ``XLT_KEYS`` (the data loader's workers, the checkpoint
+interval); a key that is neither stops the job with one line instead of being
+dropped.  ``cfg.logger`` and ``cfg.trainer.callbacks`` are ``_target_`` nodes
+instantiated with Hydra.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from xlt.errors import XltError
+
+log = logging.getLogger(__name__)
+
+# cfg.trainer keys xlt itself reads; every other key goes to lightning.Trainer.
+XLT_KEYS = frozenset({"num_workers", "checkpoint_every_n_steps", "callbacks"})
+# Set by make_trainer from its arguments, never from the config.
+OWNED = frozenset({"max_epochs", "enable_checkpointing", "logger", "callbacks", "default_root_dir"})
+
+
+def trainer_kwargs(cfg: DictConfig, **override: Any) -> dict[str, Any]:
+    """The ``lightning.Trainer`` arguments of ``cfg.trainer`` (plus ``override``),
+    checked against the Trainer's signature."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in XLT_KEYS}
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"} - OWNED
+    unknown = sorted(set(settings) - valid)
+    if unknown:
+        raise XltError(f"unknown lightning.Trainer argument trainer.{unknown[0]} ({override_source(f'trainer.{unknown[0]}')}); "
+                       f"see `python -c 'import lightning; help(lightning.Trainer)'`")
+    return {**settings, **override}
+
+
+def override_source(key: str) -> str:
+    """Where a config key was set: the command-line override, else the config files."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except ValueError:
+        overrides = []
+    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+    return f"set on the command line by {given[-1]}" if given else "set in conf/trainer or an experiment preset"
+
+
+def make_logger(cfg: DictConfig, log_dir: Path):
+    """The logger of ``cfg.logger`` (a ``_target_`` node; CSV by default)."""
+    from hydra.utils import instantiate
+
+    node = cfg.get("logger")
+    if node is None or node.get("_target_") is None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(log_dir), name="", version="")
+    try:
+        return instantiate(node, save_dir=str(log_dir), _convert_="all")
+    except Exception as err:  # noqa: BLE001 - a missing optional package (wandb, mlflow) is a user fix
+        raise XltError(f"cannot create logger {node._target_}: {err.__cause__ or err}") from err
+
+
+def config_callbacks(cfg: DictConfig) -> list:
+    """``cfg.trainer.callbacks``: Lightning callbacks as ``_target_`` nodes."""
+    from hydra.utils import instantiate
+
+    nodes = cfg.trainer.get("callbacks") or []
+    try:
+        return [instantiate(node, _convert_="all") for node in nodes]
+    except Exception as err:  # noqa: BLE001
+        raise XltError(f"cannot create a callback of trainer.callbacks: {err.__cause__ or err}") from err
+
 
 def make_trainer(
     cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), **override: Any
 ) -> L.Trainer:
-    """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values).
 
-    callbacks = list(callbacks)
+    With ``checkpoint_dir``, ``last.ckpt`` is written every
+    ``trainer.checkpoint_every_n_steps`` optimizer steps and when the job is
+    told to stop (SIGTERM, or SIGUSR2 that Slurm/submitit send before
+    preemption or time-out), so a rerun resumes mid-epoch.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = [*callbacks, *config_callbacks(cfg)]
     if checkpoint_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1))
-    t = {**OmegaConf.to_container(cfg.trainer), **override}
+        every = cfg.trainer.get("checkpoint_every_n_steps") or None
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every))
+        callbacks.append(StopSignal(checkpoint_dir / "last.ckpt"))
     epochs = int(max_epochs) if float(max_epochs).is_integer() else max(1, int(max_epochs + 0.999))
+    kwargs = {"enable_model_summary": False, "deterministic": False, **trainer_kwargs(cfg, **override)}
     return L.Trainer(
-        accelerator=t["accelerator"],
-        devices=t["devices"],
-        strategy=t["strategy"],
-        precision=t["precision"],
-        num_nodes=t["num_nodes"],
+        **kwargs,
         max_epochs=epochs,
-        max_steps=t["max_steps"],
-        accumulate_grad_batches=t["accumulate_grad_batches"],
-        log_every_n_steps=t["log_every_n_steps"],
-        enable_progress_bar=t["enable_progress_bar"],
         enable_checkpointing=checkpoint_dir is not None,
-        enable_model_summary=False,
+        default_root_dir=str(checkpoint_dir or log_dir),  # Lightning's own hpc_ckpt_*.ckpt (SIGUSR1) land here
         callbacks=callbacks,
-        logger=CSVLogger(str(log_dir), name="", version=""),
-        deterministic=False,
+        logger=make_logger(cfg, log_dir),
     )
+
+
+class StopSignal(L.Callback):
+    """Checkpoint, then stop, when the job is asked to stop.
+
+    SIGTERM (``scancel``, a plain kill) is noted by Lightning
+    (``trainer.received_sigterm``); SIGUSR2 is what submitit asks Slurm to
+    send ``signal_delay_s`` before a preemption or a time-out.  A signal handler
+    may run in the middle of an optimizer step, so it only sets a flag; the
+    checkpoint is written at the next step boundary, and then the previous
+    USR2 handler (submitit's: requeue this job) runs or the process exits.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.requested, self.previous = path, False, None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and hasattr(signal, "SIGUSR2"):
+            try:
+                self.previous = signal.signal(signal.SIGUSR2, self._note)
+            except ValueError:  # not the main thread
+                self.previous = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.previous is not None:
+            signal.signal(signal.SIGUSR2, self.previous)
+            self.previous = None
+
+    def _note(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not (self.requested or trainer.received_sigterm) or trainer.fit_loop._should_accumulate():
+            return
+        trainer.save_checkpoint(self.path)
+        log.warning("stop requested: checkpoint at step %d written to %s", trainer.global_step, self.path)
+        previous = self.previous
+        if self.requested and callable(previous):
+            self.teardown(trainer, pl_module, "fit")
+            previous(signal.SIGUSR2, None)  # submitit: requeue, then exit
+        raise SystemExit(143 if trainer.received_sigterm else 0)
