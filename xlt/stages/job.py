@@ -25,7 +25,7 @@ from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, code_version, corpus_path, identity, job_hash
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import make_trainer
+from xlt.stages.trainer import make_trainer, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def build_objective(cfg: DictConfig, tokenizer, encoder):
 
 def validate(cfg: DictConfig) -> None:
     """Checks that the schema's types cannot express."""
+    trainer_kwargs(cfg)  # an unknown lightning.Trainer argument fails before any work
     continual = cfg.continual
     if continual.alpha < 0 or continual.reg_weight < 0 or cfg.adjustment.reg_weight < 0:
         raise XltError("continual.alpha, continual.reg_weight and adjustment.reg_weight must be >= 0")
