@@ -58,3 +58,24 @@ def test_logger_group_selects_a_lightning_logger(tmp_path):
     assert training_hash(cfg) == training_hash(compose(tmp_path))  # a logger never changes the model
     with pytest.raises(XltError, match=r"cannot create logger lightning.pytorch.loggers.MLFlowLogger: .*mlflow"):
         make_trainer(cfg, 1, None, tmp_path)  # mlflow is not installed here: one line, not a traceback
+
+
+def test_paper_presets_train_on_gpu(tmp_path):
+    presets = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("table*.yaml"))
+    assert len(presets) == 6
+    for preset in presets:
+        trainer = compose(tmp_path, f"experiment={preset}").trainer
+        assert (trainer.accelerator, trainer.precision) == ("gpu", "bf16-mixed"), preset
+    shown = subprocess.run([sys.executable, "-m", "xlt", "experiment=table2_nli", "--cfg", "job", "-p", "trainer"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "accelerator: gpu" in shown.stdout and "precision: bf16-mixed" in shown.stdout, shown.stderr[-2000:]
+
+
+def test_bf16_on_a_gpu_without_it_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    with pytest.raises(XltError, match=r"needs a GPU with bfloat16 .*Tesla V100.*trainer.precision=16-mixed"):
+        make_trainer(compose(tmp_path, "trainer=gpu"), 1, None, tmp_path)

@@ -25,7 +25,7 @@ from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, code_version, corpus_path, identity, job_hash
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import make_trainer, trainer_kwargs
+from xlt.stages.trainer import make_trainer, one_device, relaunch_as_this_job, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
         if trainer.global_rank != 0:
             return {}
-        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto", num_nodes=1)
+        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", **one_device())
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = {
@@ -132,7 +132,8 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
             return trainer, load_finished(module, last, done)
         resumed = checkpoint_step(last) if last.exists() else 0
         log.info("training: resumed from step %d (%s)", resumed, last) if resumed else log.info("training: from step 0")
-        trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+        with relaunch_as_this_job(out):
+            trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
         trainer.save_checkpoint(last, weights_only=True)  # drops the optimizer state (2x the weights); all ranks call it
         if trainer.global_rank == 0:
             write_json(done, {"global_step": trainer.global_step})

@@ -12,8 +12,10 @@ from __future__ import annotations
 import inspect
 import logging
 import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -37,7 +39,19 @@ def trainer_kwargs(cfg: DictConfig, **override: Any) -> dict[str, Any]:
     if unknown:
         raise XltError(f"unknown lightning.Trainer argument trainer.{unknown[0]} ({override_source(f'trainer.{unknown[0]}')}); "
                        f"see `python -c 'import lightning; help(lightning.Trainer)'`")
+    check_precision(settings)
     return {**settings, **override}
+
+
+def check_precision(settings: dict[str, Any]) -> None:
+    """bf16 on a GPU without native bfloat16 would be emulated (slow) or fail
+    late: stop with the fix instead."""
+    import torch
+
+    gpu = str(settings.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if gpu and str(settings.get("precision", "")).startswith("bf16") and not torch.cuda.is_bf16_supported(False):
+        raise XltError(f"trainer.precision={settings['precision']} needs a GPU with bfloat16 (Ampere or newer); "
+                       f"{torch.cuda.get_device_name()} has none: pass trainer.precision=16-mixed or 32-true")
 
 
 def override_source(key: str) -> str:
@@ -146,3 +160,39 @@ class StopSignal(L.Callback):
             self.teardown(trainer, pl_module, "fit")
             previous(signal.SIGUSR2, None)  # submitit: requeue, then exit
         raise SystemExit(143 if trainer.received_sigterm else 0)
+
+
+def one_device() -> dict[str, Any]:
+    """Overrides for a Trainer that runs on this process's device only (the
+    adjustment, rank 0's evaluation): inside an ``srun`` job with one task per
+    GPU, Lightning's SLURM environment would otherwise expect all tasks."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    return {"devices": 1, "strategy": "auto", "num_nodes": 1, "plugins": [LightningEnvironment()]}
+
+
+@contextmanager
+def relaunch_as_this_job(out: Path) -> Iterator[None]:
+    """Make Lightning's DDP launcher start the other ranks as *this* job.
+
+    It re-executes ``sys.argv`` (plus ``hydra.run.dir``); in a multirun that
+    command is the whole sweep, so every worker would run every job.  Here the
+    command becomes this job's own overrides in run mode, in this job's folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    argv, run_dir = sys.argv, hydra_cfg.run.dir
+    sys.argv = [argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = str(out)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = run_dir
