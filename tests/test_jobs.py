@@ -90,10 +90,11 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "training: resumed from step 16" in (tmp_path / "b" / "train.log").read_text()
     resumed = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert resumed["training"] == {"resumed_from_step": 16, "steps": 24, "reused_checkpoint": False}
+    assert resumed["training"] == {"resumed_from_step": 16, "steps": 24, "reused_checkpoint": False,
+                                   "processes": 1, "micro_batch": 8}
 
     uninterrupted = pipeline.run_job(compose_job(tmp_path / "a", tmp_path / "cache_a", *RESUMABLE, *mode))
-    assert uninterrupted["training"] == {"resumed_from_step": 0, "steps": 24, "reused_checkpoint": False}
+    assert uninterrupted["training"]["resumed_from_step"] == 0 and uninterrupted["training"]["steps"] == 24
     assert resumed["metrics"] == uninterrupted["metrics"]
     for name in resumed["metrics"]:
         assert read_jsonl(tmp_path / "b" / "predictions" / f"{name}.jsonl") == read_jsonl(

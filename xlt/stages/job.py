@@ -25,7 +25,7 @@ from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, code_version, corpus_path, identity, job_hash
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import make_trainer, one_device, relaunch_as_this_job, trainer_kwargs
+from xlt.stages.trainer import make_trainer, one_device, ddp_job, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +124,22 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     from xlt.models.finetune import SamplerPosition, task_loader
 
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", use_distributed_sampler=False)
-    loader = task_loader(task, tokenizer, train, micro_batch_size(cfg, trainer.world_size), cfg.seed, cfg.trainer.num_workers)
+    micro_batch = micro_batch_size(cfg, trainer.world_size)
+    loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     trainer.callbacks.insert(0, SamplerPosition(loader))
     last, done = checkpoints / "last.ckpt", checkpoints / "done.json"
     with FileLock(str(checkpoints / "train.lock")) if trainer.global_rank == 0 else nullcontext():
         if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
-            return trainer, load_finished(module, last, done)
+            return trainer, {**load_finished(module, last, done), "processes": trainer.world_size, "micro_batch": micro_batch}
         resumed = checkpoint_step(last) if last.exists() else 0
         log.info("training: resumed from step %d (%s)", resumed, last) if resumed else log.info("training: from step 0")
-        with relaunch_as_this_job(out):
+        with ddp_job(out):
             trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
-        trainer.save_checkpoint(last, weights_only=True)  # drops the optimizer state (2x the weights); all ranks call it
-        if trainer.global_rank == 0:
-            write_json(done, {"global_step": trainer.global_step})
-    return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False}
+            trainer.save_checkpoint(last, weights_only=True)  # drops the optimizer state (2x the weights); all ranks call it
+            if trainer.global_rank == 0:
+                write_json(done, {"global_step": trainer.global_step})
+    return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False,
+                     "processes": trainer.world_size, "micro_batch": micro_batch}
 
 
 def micro_batch_size(cfg: DictConfig, world_size: int) -> int:

@@ -171,28 +171,43 @@ def one_device() -> dict[str, Any]:
     return {"devices": 1, "strategy": "auto", "num_nodes": 1, "plugins": [LightningEnvironment()]}
 
 
-@contextmanager
-def relaunch_as_this_job(out: Path) -> Iterator[None]:
-    """Make Lightning's DDP launcher start the other ranks as *this* job.
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
-    It re-executes ``sys.argv`` (plus ``hydra.run.dir``); in a multirun that
-    command is the whole sweep, so every worker would run every job.  Here the
-    command becomes this job's own overrides in run mode, in this job's folder.
+
+@contextmanager
+def ddp_job(out: Path) -> Iterator[None]:
+    """Run one job's DDP fit so that the next job of the same process starts clean.
+
+    Lightning's DDP launcher re-executes ``sys.argv`` (plus ``hydra.run.dir``)
+    for the other ranks; in a multirun that command is the whole sweep, so
+    every worker would run every job: here it becomes this job's own
+    overrides in run mode, in this job's folder.  Afterwards the process group
+    is destroyed and the launcher's environment variables (``LOCAL_RANK``,
+    ``MASTER_PORT``...) are restored, or the next job of a sweep would talk to
+    the finished job's dead workers.
     """
+    import os
+
+    import torch.distributed as dist
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
-        yield
-        return
-    hydra_cfg = HydraConfig.get()
-    argv, run_dir = sys.argv, hydra_cfg.run.dir
-    sys.argv = [argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg), open_dict(hydra_cfg):
-        hydra_cfg.run.dir = str(out)
+    env = {k: os.environ.get(k) for k in DDP_ENV}
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    hydra_cfg = HydraConfig.get() if multirun else None
+    argv, run_dir = sys.argv, hydra_cfg.run.dir if multirun else None
+    if multirun:
+        sys.argv = [argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = str(out)
     try:
         yield
     finally:
-        sys.argv = argv
-        with read_write(hydra_cfg), open_dict(hydra_cfg):
-            hydra_cfg.run.dir = run_dir
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        if multirun:
+            sys.argv = argv
+            with read_write(hydra_cfg), open_dict(hydra_cfg):
+                hydra_cfg.run.dir = run_dir
