@@ -238,6 +238,10 @@ def register_configs() -> None:
     """Register the root schema; ``conf/config.yaml`` lists it first in its
     defaults, so every group's YAML is merged into a typed node and checked."""
     ConfigStore.instance().store(name="xlt_schema", node=XltConfig)
+    from omegaconf import OmegaConf
+
+    # ${xlt_or:value,default}: default when value is null (the Slurm job name of a sweep without experiment).
+    OmegaConf.register_new_resolver("xlt_or", lambda value, default: default if value in (None, "") else value, replace=True)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
