@@ -158,10 +158,10 @@ class NerTask(Task):
 
     def _hub_split(self, spec: dict[str, Any], lang: str | None, prefix: str) -> list[dict[str, Any]]:
         """Load WikiANN from the hub; its integer tags map through the ClassLabel names."""
-        from datasets import load_dataset
+        from xlt.tasks.hub import load_hub
 
         config = lang or spec.get("name")
-        dataset = load_dataset(spec["path"], config, split=spec["split"])
+        dataset = load_hub(spec["path"], config, spec["split"])
         names = dataset.features["ner_tags"].feature.names
         unknown = sorted(set(names) - set(self.labels))
         if unknown:
