@@ -2,6 +2,7 @@
 handler runs, nothing is flushed), as a preempted node or an OOM killer would.
 
     python tests/kill_at_step.py N xlt-overrides...
+    XLT_TEST_SIGNAL=SIGTERM python tests/kill_at_step.py N ...   (a polite stop instead)
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ def main() -> None:
     from xlt.cli import main as xlt_main
     from xlt.models.finetune import FineTuneModule
 
-    step = int(sys.argv[1])
+    step, sent = int(sys.argv[1]), []
+    signum = getattr(signal, os.environ.get("XLT_TEST_SIGNAL", "SIGKILL"))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.global_step >= step:  # callbacks (the step checkpoint) ran before this module hook
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.global_step >= step and not sent:  # callbacks (the step checkpoint) ran before this module hook
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
 
     FineTuneModule.on_train_batch_end = on_train_batch_end
     sys.argv = ["xlt", *sys.argv[2:]]

@@ -104,6 +104,21 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
     assert "optimizer_states" not in final and final["global_step"] == 24  # finished: weights only
 
 
+def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
+    """SIGTERM (scancel, a plain kill) after step 18: the job writes last.ckpt
+    at step 18 (not only the step-16 one) and exits with 143, no results."""
+    cache = tmp_path / "cache"
+    stopped = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), "18", *SMALL, *RESUMABLE,
+                              f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, text=True,
+                             capture_output=True, timeout=600, env={**os.environ, "XLT_TEST_SIGNAL": "SIGTERM"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    (last,) = cache.glob("checkpoints/*/last.ckpt")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 18 and "optimizer_states" in checkpoint
+    assert checkpoint["xlt_sampler"] == {"epoch": 1, "batches": 6}
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_unknown_choice_is_one_line():
     result = xlt("lang=xx")
     assert result.returncode == 2

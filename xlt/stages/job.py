@@ -121,6 +121,8 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     rendezvous, not the lock.  A finished training keeps the weights only
     (``done.json`` marks it); the optimizer state is needed only to resume.
     """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from xlt.models.finetune import SamplerPosition, task_loader
 
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", use_distributed_sampler=False)
@@ -134,7 +136,10 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
         resumed = checkpoint_step(last) if last.exists() else 0
         log.info("training: resumed from step %d (%s)", resumed, last) if resumed else log.info("training: from step 0")
         with ddp_job(out):
-            trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+            try:
+                trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+            except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
+                raise SystemExit(143) from stop
             trainer.save_checkpoint(last, weights_only=True)  # drops the optimizer state (2x the weights); all ranks call it
             if trainer.global_rank == 0:
                 write_json(done, {"global_step": trainer.global_step})

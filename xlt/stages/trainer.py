@@ -159,7 +159,17 @@ class StopSignal(L.Callback):
         if self.requested and callable(previous):
             self.teardown(trainer, pl_module, "fit")
             previous(signal.SIGUSR2, None)  # submitit: requeue, then exit
-        raise SystemExit(143 if trainer.received_sigterm else 0)
+        raise SystemExit(143 if trainer.received_sigterm else 128 + signal.SIGUSR2)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM noticed by Lightning between two steps (it raises before the
+        next batch): the state is a step boundary, so checkpoint it too."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if isinstance(exception, SIGTERMException) and progress.completed % trainer.accumulate_grad_batches == 0:
+            trainer.save_checkpoint(self.path)
+            log.warning("SIGTERM: checkpoint at step %d written to %s", trainer.global_step, self.path)
 
 
 def one_device() -> dict[str, Any]:
