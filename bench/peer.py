@@ -86,6 +86,12 @@ def bench_peer(cfg, encoder, tokenizer, steps: int, rounds: int = 2) -> dict[str
     from xlt.models.finetune import FineTuneModule, ListDataset, task_loader
     from xlt.tasks.base import build_task
 
+    try:
+        import accelerate  # noqa: F401 - transformers.Trainer needs it
+    except ImportError:
+        print("  [peer] skipped: transformers.Trainer needs accelerate (pip install -e '.[bench]')")
+        return {"skipped": "accelerate is not installed (pip install -e '.[bench]')"}
+
     task = build_task(cfg.task, cfg.lang.code, cfg.data, ["xnli"])
     features = task.features(tokenizer, task.train_examples()[: cfg.task.batch_size * (steps + 1)], train=True)
     times: dict[str, list[float]] = {"xlt": [], "hf": []}

@@ -582,7 +582,7 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"      xlt vs naive: {a['speedup']:.2f}x pairs/s (target >= {TARGET_ADJUST_SPEEDUP}x); "
               f"{a['mean_real_tokens_per_batch']:.0f} real tokens per batch; "
               f"same loss in eval mode: {c['xlt']:.6g} vs {c['naive']:.6g} (rel diff {c['rel_diff']:.1e})")
-    if "peer" in results:
+    if "peer" in results and "skipped" not in results["peer"]:
         p = results["peer"]
         print(f"\n4. Lightning cost: xlt step {p['xlt_s_per_step']:.3f} s vs HF Trainer step {p['hf_trainer_s_per_step']:.3f} s "
               f"(batch {p['batch']}, {p['timed_steps_each']} timed steps each): ratio {p['ratio_xlt_over_hf']:.2f}x")
