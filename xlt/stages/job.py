@@ -133,18 +133,35 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     with FileLock(str(checkpoints / "train.lock")) if trainer.global_rank == 0 else nullcontext():
         if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
             return trainer, {**load_finished(module, last, done), "processes": trainer.world_size, "micro_batch": micro_batch}
-        resumed = checkpoint_step(last) if last.exists() else 0
-        log.info("training: resumed from step %d (%s)", resumed, last) if resumed else log.info("training: from step 0")
+        resume, resumed = latest_checkpoint(checkpoints)
+        log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
         with ddp_job(out):
             try:
-                trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+                trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
             except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
                 raise SystemExit(143) from stop
-            trainer.save_checkpoint(last, weights_only=True)  # drops the optimizer state (2x the weights); all ranks call it
-            if trainer.global_rank == 0:
-                write_json(done, {"global_step": trainer.global_step})
+            keep_weights_only(trainer, checkpoints)
     return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False,
                      "processes": trainer.world_size, "micro_batch": micro_batch}
+
+
+def latest_checkpoint(checkpoints: Path) -> tuple[Path | None, int]:
+    """The checkpoint to resume from and its step: ``last.ckpt``, or Lightning's
+    own ``hpc_ckpt_<n>.ckpt`` when its SIGUSR1 auto-requeue wrote a later one."""
+    saved = {path: checkpoint_step(path) for path in [checkpoints / "last.ckpt", *checkpoints.glob("hpc_ckpt_*.ckpt")]
+             if path.exists()}
+    resume = max(saved, key=saved.get) if saved else None
+    return resume, saved[resume] if resume else 0
+
+
+def keep_weights_only(trainer: L.Trainer, checkpoints: Path) -> None:
+    """A finished training keeps its weights (``last.ckpt``, marked by
+    ``done.json``); the optimizer state, twice the weights, only served resuming."""
+    trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=True)  # collective: every rank calls it
+    if trainer.global_rank == 0:
+        write_json(checkpoints / "done.json", {"global_step": trainer.global_step})
+        for stale in checkpoints.glob("hpc_ckpt_*.ckpt"):
+            stale.unlink()
 
 
 def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
