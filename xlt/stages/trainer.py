@@ -151,7 +151,12 @@ class StopSignal(L.Callback):
         self.requested = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not (self.requested or trainer.received_sigterm) or trainer.fit_loop._should_accumulate():
+        if trainer.fit_loop._should_accumulate():
+            return
+        stop = self.requested or trainer.received_sigterm
+        if trainer.world_size > 1:  # ranks may see the signal a step apart: agree, or the collective save hangs
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
             return
         trainer.save_checkpoint(self.path)
         log.warning("stop requested: checkpoint at step %d written to %s", trainer.global_step, self.path)
