@@ -37,6 +37,7 @@ demo-sweep: $(STAMP)  ## original/adjusted/continual x ru,hi x 2 seeds (offline,
 	$(BIN)/xlt-report multirun/demo_sweep
 
 bench: $(STAMP)  ## throughput benchmarks (bench/)
+	$(BIN)/python -c "import accelerate" 2>/dev/null || $(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python bench/run.py
 
 bench-align: $(STAMP)  ## fast_align port vs the reference tool's output (ru, hi; ~4 min)

@@ -575,6 +575,10 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"      xlt vs naive: {a['speedup']:.2f}x pairs/s (target >= {TARGET_ADJUST_SPEEDUP}x); "
               f"{a['mean_real_tokens_per_batch']:.0f} real tokens per batch; "
               f"same loss in eval mode: {c['xlt']:.6g} vs {c['naive']:.6g} (rel diff {c['rel_diff']:.1e})")
+    if "peer" in results and "skipped" not in results["peer"]:
+        p = results["peer"]
+        print(f"\n4. Lightning cost: xlt step {p['xlt_s_per_step']:.3f} s vs HF Trainer step {p['hf_trainer_s_per_step']:.3f} s "
+              f"(batch {p['batch']}, {p['timed_steps_each']} timed steps each): ratio {p['ratio_xlt_over_hf']:.2f}x")
     print("=" * 118)
 
 
@@ -592,6 +596,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="timed steps per variant in section 2 (default: 2 for e5_small, 20 for tiny)")
     parser.add_argument("--adjust-steps", type=int, default=None,
                         help="timed adjustment steps per variant (xlt, naive), 0 skips section 3 (default: 3 for e5_small, 10 for tiny)")
+    parser.add_argument("--peer-steps", type=int, default=3, help="timed steps per round of section 4 (xlt vs HF Trainer); 0 skips it")
     parser.add_argument("--adjust-warmup", type=int, default=1, help="untimed adjustment steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
@@ -648,6 +653,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             gc.collect()
         if args.adjust_steps > 0:
             results["adjust"] = bench_adjust(args, ctx, cfg)
+        if args.peer_steps > 0:
+            from bench.peer import bench_peer
+
+            print("\n== 4. xlt (Lightning) step vs a plain HuggingFace Trainer step, NLI")
+            results["peer"] = bench_peer(compose(args, "mode=original"), encoder, tokenizer, args.peer_steps)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["runtime_s"] = round(time.time() - started, 1)
     print_table(results)

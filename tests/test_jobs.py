@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from xlt.stages import job as pipeline
 from xlt.config import compose_config
-from xlt.models.finetune import FineTuneModule
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model=tiny", "data=demo", "task.train_limit=64", "task.eval_limit=12", "task.epochs=2",
@@ -60,35 +60,66 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
 
 
 def test_gradient_accumulation_keeps_the_effective_batch(tmp_path, cache_dir):
-    import torch
 
     pipeline.run_job(compose_job(tmp_path / "run", cache_dir, "trainer.accumulate_grad_batches=2"))
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 4  # 64 examples / batch 32 x 2 epochs, in micro-batches of 16
 
 
-def test_killed_job_resumes_to_the_same_result(tmp_path, monkeypatch):
-    uninterrupted = pipeline.run_job(compose_job(tmp_path / "a", tmp_path / "cache_a"))
+# 96 examples in batches of 8: 12 optimizer steps per epoch, a checkpoint every 4.
+RESUMABLE = ["task.train_limit=96", "task.batch_size=8", "trainer.checkpoint_every_n_steps=4"]
 
-    original_hook = FineTuneModule.on_train_epoch_start
 
-    def crash_in_second_epoch(self):
-        if self.current_epoch == 1:
-            raise KeyboardInterrupt("killed")  # as if the job were preempted
-        original_hook(self)
-
-    monkeypatch.setattr(FineTuneModule, "on_train_epoch_start", crash_in_second_epoch)
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
-        pipeline.run_job(compose_job(tmp_path / "b", tmp_path / "cache_b"))
+@pytest.mark.parametrize("mode", [
+    [],
+    ["mode=continual", "corpus=demo", "corpus.size=120", "corpus.heldout=30", "continual.align_batch_size=4"],
+], ids=["original", "continual"])
+def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
+    """SIGKILL at step 18 (epoch 2 of 2, after the step-16 checkpoint): the rerun
+    resumes at step 16 with the sampler, the RNG, the optimizer, the schedule
+    and the continual sampler where they were, and ends exactly like an
+    uninterrupted run."""
+    cache = tmp_path / "cache"
+    overrides = [*SMALL, *RESUMABLE, *mode, f"paths.cache_dir={cache}"]
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), "18", *overrides,
+                             f"hydra.run.dir={tmp_path / 'b'}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "b" / "results.json").exists()  # nothing half-written
-    monkeypatch.setattr(FineTuneModule, "on_train_epoch_start", original_hook)
+    checkpoint = torch.load(cache / "checkpoints" / os.listdir(cache / "checkpoints")[0] / "last.ckpt",
+                            map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 16 and checkpoint["xlt_sampler"] == {"epoch": 1, "batches": 4}
 
-    resumed = pipeline.run_job(compose_job(tmp_path / "b", tmp_path / "cache_b"))
+    resumed = xlt(*overrides, f"hydra.run.dir={tmp_path / 'b'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "training: resumed from step 16" in (tmp_path / "b" / "train.log").read_text()
+    resumed = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert resumed["training"] == {"resumed_from_step": 16, "steps": 24, "reused_checkpoint": False,
+                                   "processes": 1, "micro_batch": 8}
+
+    uninterrupted = pipeline.run_job(compose_job(tmp_path / "a", tmp_path / "cache_a", *RESUMABLE, *mode))
+    assert uninterrupted["training"]["resumed_from_step"] == 0 and uninterrupted["training"]["steps"] == 24
     assert resumed["metrics"] == uninterrupted["metrics"]
-    for name in ("xnli.ru", "xnli_mixed_premise.ru"):
+    for name in resumed["metrics"]:
         assert read_jsonl(tmp_path / "b" / "predictions" / f"{name}.jsonl") == read_jsonl(
             tmp_path / "a" / "predictions" / f"{name}.jsonl"
         )
+    final = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in final and final["global_step"] == 24  # finished: weights only
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
+    """SIGTERM (scancel, a plain kill) after step 18: the job writes last.ckpt
+    at step 18 (not only the step-16 one) and exits with 143, no results."""
+    cache = tmp_path / "cache"
+    stopped = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), "18", *SMALL, *RESUMABLE,
+                              f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, text=True,
+                             capture_output=True, timeout=600, env={**os.environ, "XLT_TEST_SIGNAL": "SIGTERM"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    (last,) = cache.glob("checkpoints/*/last.ckpt")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 18 and "optimizer_states" in checkpoint
+    assert checkpoint["xlt_sampler"] == {"epoch": 1, "batches": 6}
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_unknown_choice_is_one_line():

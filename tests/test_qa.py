@@ -437,9 +437,9 @@ def test_hub_ids_configs_tydi_filter_and_guard(monkeypatch: pytest.MonkeyPatch) 
         ("google/xquad", "xquad.en", "validation"): [row("x1", "Shared  paragraph.")],
         ("google/xquad", "xquad.ru", "validation"): [row("x1", "Общий абзац.")],
         ("google-research-datasets/tydiqa", "secondary_task", "validation"): [row("russian-1", "Абзац."), row("arabic-2", "فقرة.")],
-        ("facebook/mlqa", "mlqa.hi.hi", "test"): [row("m1", "अनुच्छेद।")],
-        ("facebook/mlqa", "mlqa.en.hi", "test"): [row("m1", "Paragraph.")],
-        ("facebook/mlqa", "mlqa.hi.en", "test"): [row("m1", "अनुच्छेद।")],
+        ("google/xtreme", "MLQA.hi.hi", "test"): [row("m1", "अनुच्छेद।")],
+        ("google/xtreme", "MLQA.en.hi", "test"): [row("m1", "Paragraph.")],
+        ("google/xtreme", "MLQA.hi.en", "test"): [row("m1", "अनुच्छेद।")],
     }
     calls = []
 
@@ -457,6 +457,6 @@ def test_hub_ids_configs_tydi_filter_and_guard(monkeypatch: pytest.MonkeyPatch) 
     assert sets == {"xquad.ru": ["x1"], "xquad.q-ru.c-en": ["x1"], "xquad.q-en.c-ru": ["x1"], "tydiqa.ru": ["russian-1"]}
     names = [s.name for s in build_task(qa_config(), "hi", hub, ["mlqa"]).eval_sets()]
     assert names == ["mlqa.hi", "mlqa.q-hi.c-en", "mlqa.q-en.c-hi"]
-    assert ("facebook/mlqa", "mlqa.en.hi", "test") in calls  # English context, Hindi question
-    with pytest.raises(XltError, match=r"cannot load hub google/xquad \(xquad.vi\) \[validation\]: Couldn't reach 'google/xquad' on the Hub$"):
+    assert ("google/xtreme", "MLQA.en.hi", "test") in calls  # English context, Hindi question
+    with pytest.raises(XltError, match=r"cannot load google/xquad \(xquad.vi\) \[validation\] from the hub: Couldn't reach 'google/xquad' on the Hub$"):
         build_task(qa_config(), "vi", hub, ["xquad"]).eval_sets()

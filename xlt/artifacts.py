@@ -156,12 +156,15 @@ def checkpoint_intact(path: Path) -> bool:
         return False
 
 
-def set_aside_if_corrupt(checkpoint: Path) -> None:
+def set_aside_if_corrupt(checkpoint: Path) -> bool:
     """Before resuming: a damaged checkpoint is moved aside (the training
-    starts over) instead of failing every rerun until deleted by hand."""
+    starts over) instead of failing every rerun until deleted by hand.
+    True when it was."""
     if checkpoint.exists() and not checkpoint_intact(checkpoint):
         log.warning("%s is damaged (not a complete torch checkpoint); training starts over", checkpoint)
         _set_aside(checkpoint)
+        return True
+    return False
 
 
 def lock_unless_read_only(path: Path):

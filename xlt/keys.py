@@ -71,10 +71,18 @@ def job_hash(cfg: DictConfig, with_seed: bool = True) -> str:
     payload = OmegaConf.to_container(cfg, resolve=True)
     payload.pop("paths", None)
     payload.pop("command", None)
-    payload.get("trainer", {}).pop("enable_progress_bar", None)
+    drop_bookkeeping(payload)
     if not with_seed:
         payload.pop("seed", None)
     return config_hash(payload)
+
+
+def drop_bookkeeping(payload: dict[str, Any]) -> None:
+    """Leave out settings that cannot change a result: logging, progress
+    display, loader workers, how often checkpoints are written."""
+    payload.pop("logger", None)
+    for key in ("enable_progress_bar", "log_every_n_steps", "num_workers", "checkpoint_every_n_steps"):
+        payload.get("trainer", {}).pop(key, None)
 
 
 def training_hash(cfg: DictConfig) -> str:
@@ -88,7 +96,7 @@ def training_hash(cfg: DictConfig) -> str:
     payload = OmegaConf.to_container(cfg, resolve=True)
     for key in ("paths", "command"):
         payload.pop(key, None)
-    payload["trainer"].pop("enable_progress_bar", None)
+    drop_bookkeeping(payload)
     for key in ("eval_limit", "eval_batch_size"):
         payload["task"].pop(key, None)
     payload["data"].pop("skip_missing_eval", None)

@@ -34,20 +34,38 @@ class ListDataset(Dataset):
 class EpochShuffleSampler(Sampler[int]):
     """Shuffles with ``seed + epoch``: the order of epoch k never depends on
     what ran before it, so a run resumed from a checkpoint sees the same
-    batches as an uninterrupted one.  Lightning calls ``set_epoch``."""
+    batches as an uninterrupted one.  Lightning calls ``set_epoch``.
+
+    ``resume(epoch, skip)`` makes the next pass start ``skip`` indices into
+    that epoch's order (exact mid-epoch resume); ``shard(rank, world)`` gives
+    each DDP process every ``world``-th index of the same order (padded by
+    wrapping, as ``DistributedSampler`` does), so Lightning need not replace it.
+    """
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.skip, self.rank, self.world = 0, 0, 1
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0
         self.epoch = epoch
+
+    def resume(self, epoch: int, skip: int) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        order = (order * self.world)[: len(self) * self.world][self.rank :: self.world]
+        skip, self.skip = self.skip, 0  # only the first pass after a resume is shortened
+        return iter(order[skip:])
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.world)
 
 
 def task_loader(task: Task, tokenizer, features: list[dict], batch_size: int, seed: int | None, workers: int = 0) -> DataLoader:
@@ -68,6 +86,31 @@ def decays(name: str) -> bool:
     groups of the paper code's ``run_*_no_trainer.py`` (plus any other norm
     layer's weights, for non-BERT names)."""
     return not ("bias" in name or "LayerNorm.weight" in name or "norm" in name.lower())
+
+
+class SamplerPosition(L.Callback):
+    """Saves where the training sampler stands (epoch, batches done in it) in
+    every checkpoint and restores it on resume, so a run killed mid-epoch
+    continues with the next unseen batch.  Also shards the sampler across
+    DDP processes (``use_distributed_sampler=False``: the order stays ours)."""
+
+    def __init__(self, loader: DataLoader):
+        self.sampler: EpochShuffleSampler = loader.sampler
+        self.batch_size = loader.batch_size
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.sampler.shard(trainer.global_rank, trainer.world_size)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = trainer.current_epoch
+        if done >= trainer.num_training_batches:  # saved on the epoch's last batch
+            epoch, done = epoch + 1, 0
+        checkpoint["xlt_sampler"] = {"epoch": epoch, "batches": done}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        position = checkpoint.get("xlt_sampler", {"epoch": checkpoint.get("epoch", 0), "batches": 0})
+        self.sampler.resume(position["epoch"], position["batches"] * self.batch_size)
 
 
 class FineTuneModule(L.LightningModule):
@@ -102,9 +145,10 @@ class FineTuneModule(L.LightningModule):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         return self.head(self.encoder(**inputs).last_hidden_state)
 
-    def on_train_epoch_start(self) -> None:
-        # Per-epoch RNG (dropout): resumed runs replay an epoch exactly.
-        torch.manual_seed(self.seed * 100_003 + self.current_epoch)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # RNG (dropout) seeded per batch and process: a run resumed mid-epoch
+        # draws the same masks as an uninterrupted one without saving RNG states.
+        torch.manual_seed(((self.seed * 100_003 + self.current_epoch) * 1_000_003 + batch_idx) * 64 + self.global_rank)
 
     def on_fit_start(self) -> None:
         if self.objective is not None:

@@ -16,7 +16,7 @@ from xlt.artifacts import build_once, write_json
 from xlt.errors import XltError
 from xlt.keys import adjusted_dir, corpus_path
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import make_trainer
+from xlt.stages.trainer import make_trainer, one_device
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     )
     probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * settings.epochs // PROBES))
     trainer = make_trainer(
-        cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1
+        cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1,
+        **one_device(),  # small (one epoch over <= 250K pairs); DDP ranks wait for it on the build lock
     )
     started = time.time()
     trainer.fit(module, loader)

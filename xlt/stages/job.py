@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,13 @@ import lightning as L
 from omegaconf import DictConfig
 
 from xlt import results as results_file
-from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_jsonl
+from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_json, write_jsonl
 from xlt.config import validate as validate_config
 from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, corpus_path, data_checksums
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import make_trainer
+from xlt.stages.trainer import ddp_job, make_trainer, one_device, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def validate(cfg: DictConfig) -> None:
     from xlt.tasks.heads import check_head
 
     validate_config(cfg)
+    trainer_kwargs(cfg)  # an unknown lightning.Trainer argument fails before any work
     check_reduction(cfg.continual.reduction, "continual.reduction")
     check_reduction(cfg.adjustment.reduction, "adjustment.reduction")
     check_head(cfg.task.head)
@@ -69,9 +71,9 @@ def validate(cfg: DictConfig) -> None:
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write results.json, predictions/ and checkpoints/."""
     from xlt.models.encoder import load_encoder, load_tokenizer
-    from xlt.models.finetune import FineTuneModule, task_loader
-    from xlt.tasks.registry import build_task
+    from xlt.models.finetune import FineTuneModule
     from xlt.tasks.heads import pretrained_pooler
+    from xlt.tasks.registry import build_task
 
     validate(cfg)
     out = Path(cfg.paths.output_dir)
@@ -90,24 +92,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
     train = task.features(tokenizer, task.train_examples(), train=True)
     inputs = data_checksums(cfg)  # provenance: the content just read (and that keys the checkpoint)
-    micro_batch = max(1, cfg.task.batch_size // cfg.trainer.accumulate_grad_batches)
-    loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     checkpoints = checkpoint_dir(cfg)
     link_checkpoints(out, checkpoints)
-    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs")
-    resume = checkpoints / "last.ckpt"
-    with lock_unless_read_only(checkpoints / "train.lock"):  # concurrent twins wait, then reuse
-        set_aside_if_corrupt(resume)
-        if resume.exists():
-            log.info("resuming from %s", resume)
-        trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None)
+    trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out)
     if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
         if trainer.global_rank != 0:
             return {}
-        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", devices=1, strategy="auto", num_nodes=1)
+        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", **one_device())
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = results_file.ok_results(cfg, metrics, started, inputs)
+    results["training"] = training
     if skipped:
         results["skipped_eval_sets"] = skipped
     if adjusted:
@@ -117,6 +112,90 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     results_file.write(out, results)
     print(format_metrics(results))
     return results
+
+
+def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path):
+    """Fine-tune, resuming from ``checkpoints/last.ckpt`` when an earlier run
+    of the same training left one (mid-epoch included), and return the trainer
+    and the ``training`` record of results.json.
+
+    Each process gets ``task.batch_size / (accumulate_grad_batches x world
+    size)`` examples per micro-batch, so the effective batch is the task's
+    (the paper's 32) on any number of GPUs.  Only rank 0 of a job takes the
+    lock that makes concurrent twins (same training hash) wait: under DDP
+    the other ranks are started by Lightning or srun and must reach the
+    rendezvous, not the lock.  A finished training keeps the weights only
+    (``done.json`` marks it); the optimizer state is needed only to resume.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from xlt.models.finetune import SamplerPosition, task_loader
+
+    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", use_distributed_sampler=False)
+    micro_batch = micro_batch_size(cfg, trainer.world_size)
+    loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
+    trainer.callbacks.insert(0, SamplerPosition(loader))
+    last, done = checkpoints / "last.ckpt", checkpoints / "done.json"
+    with lock_unless_read_only(checkpoints / "train.lock") if trainer.global_rank == 0 else nullcontext():
+        if set_aside_if_corrupt(last):
+            done.unlink(missing_ok=True)
+        if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
+            return trainer, {**load_finished(module, last, done), "processes": trainer.world_size, "micro_batch": micro_batch}
+        resume, resumed = latest_checkpoint(checkpoints)
+        log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
+        with ddp_job(out):
+            try:
+                trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+            except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
+                raise SystemExit(143) from stop
+            keep_weights_only(trainer, checkpoints)
+    return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False,
+                     "processes": trainer.world_size, "micro_batch": micro_batch}
+
+
+def latest_checkpoint(checkpoints: Path) -> tuple[Path | None, int]:
+    """The checkpoint to resume from and its step: ``last.ckpt``, or Lightning's
+    own ``hpc_ckpt_<n>.ckpt`` when its SIGUSR1 auto-requeue wrote a later one."""
+    saved = {path: checkpoint_step(path) for path in [checkpoints / "last.ckpt", *checkpoints.glob("hpc_ckpt_*.ckpt")]
+             if path.exists()}
+    resume = max(saved, key=saved.get) if saved else None
+    return resume, saved[resume] if resume else 0
+
+
+def keep_weights_only(trainer: L.Trainer, checkpoints: Path) -> None:
+    """A finished training keeps its weights (``last.ckpt``, marked by
+    ``done.json``); the optimizer state, twice the weights, only served resuming."""
+    trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=True)  # collective: every rank calls it
+    if trainer.global_rank == 0:
+        write_json(checkpoints / "done.json", {"global_step": trainer.global_step})
+        for stale in checkpoints.glob("hpc_ckpt_*.ckpt"):
+            stale.unlink()
+
+
+def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
+    """Examples per process and micro-batch that keep the effective batch."""
+    parts = cfg.trainer.accumulate_grad_batches * world_size
+    if cfg.task.batch_size % parts:
+        raise XltError(f"task.batch_size={cfg.task.batch_size} is not divisible by trainer.accumulate_grad_batches "
+                       f"({cfg.trainer.accumulate_grad_batches}) x processes ({world_size})")
+    return cfg.task.batch_size // parts
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a Lightning checkpoint was written at."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+
+
+def load_finished(module, last: Path, done: Path) -> dict[str, Any]:
+    """Load the weights of a finished training into ``module``."""
+    import torch
+
+    module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
+    steps = json.loads(done.read_text())["global_step"]
+    log.info("training: reusing the finished checkpoint %s (%d steps)", last, steps)
+    return {"resumed_from_step": steps, "steps": steps, "reused_checkpoint": True}
 
 
 def format_metrics(results: dict[str, Any]) -> str:

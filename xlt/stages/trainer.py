@@ -1,40 +1,228 @@
-"""The Lightning Trainer every stage uses, built from ``cfg.trainer``."""
+"""The Lightning Trainer every stage uses, built from ``cfg.trainer``.
+
+Every key of ``cfg.trainer`` is a ``lightning.Trainer`` argument except the
+xlt-only ones in ``XLT_KEYS`` (the data loader's workers, the checkpoint
+interval); a key that is neither stops the job with one line instead of being
+dropped.  ``cfg.logger`` and ``cfg.trainer.callbacks`` are ``_target_`` nodes
+instantiated with Hydra.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+
+from xlt.errors import XltError
+
+log = logging.getLogger(__name__)
+
+# cfg.trainer keys xlt itself reads; every other key goes to lightning.Trainer.
+XLT_KEYS = frozenset({"num_workers", "checkpoint_every_n_steps", "callbacks"})
+# Set by make_trainer from its arguments, never from the config.
+OWNED = frozenset({"max_epochs", "enable_checkpointing", "logger", "callbacks", "default_root_dir"})
+
+
+def trainer_kwargs(cfg: DictConfig, **override: Any) -> dict[str, Any]:
+    """The ``lightning.Trainer`` arguments of ``cfg.trainer`` (plus ``override``),
+    checked against the Trainer's signature."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in XLT_KEYS}
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"} - OWNED
+    unknown = sorted(set(settings) - valid)
+    if unknown:
+        raise XltError(f"unknown lightning.Trainer argument trainer.{unknown[0]} ({override_source(f'trainer.{unknown[0]}')}); "
+                       f"see `python -c 'import lightning; help(lightning.Trainer)'`")
+    check_precision(settings)
+    return {**settings, **override}
+
+
+def check_precision(settings: dict[str, Any]) -> None:
+    """bf16 on a GPU without native bfloat16 would be emulated (slow) or fail
+    late: stop with the fix instead."""
+    import torch
+
+    gpu = str(settings.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if gpu and str(settings.get("precision", "")).startswith("bf16") and not torch.cuda.is_bf16_supported(False):
+        raise XltError(f"trainer.precision={settings['precision']} needs a GPU with bfloat16 (Ampere or newer); "
+                       f"{torch.cuda.get_device_name()} has none: pass trainer.precision=16-mixed or 32-true")
+
+
+def override_source(key: str) -> str:
+    """Where a config key was set: the command-line override, else the config files."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except ValueError:
+        overrides = []
+    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+    return f"set on the command line by {given[-1]}" if given else "set in conf/trainer or an experiment preset"
+
+
+def make_logger(cfg: DictConfig, log_dir: Path):
+    """The logger of ``cfg.logger`` (a ``_target_`` node; CSV by default)."""
+    from hydra.utils import instantiate
+
+    node = cfg.get("logger")
+    if node is None or node.get("_target_") is None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(log_dir), name="", version="")
+    try:
+        return instantiate(node, save_dir=str(log_dir), _convert_="all")
+    except Exception as err:  # noqa: BLE001 - a missing optional package (wandb, mlflow) is a user fix
+        raise XltError(f"cannot create logger {node._target_}: {err.__cause__ or err}") from err
+
+
+def config_callbacks(cfg: DictConfig) -> list:
+    """``cfg.trainer.callbacks``: Lightning callbacks as ``_target_`` nodes."""
+    from hydra.utils import instantiate
+
+    nodes = cfg.trainer.get("callbacks") or []
+    try:
+        return [instantiate(node, _convert_="all") for node in nodes]
+    except Exception as err:  # noqa: BLE001
+        raise XltError(f"cannot create a callback of trainer.callbacks: {err.__cause__ or err}") from err
 
 
 def make_trainer(
     cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), **override: Any
 ) -> L.Trainer:
-    """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values).
 
-    callbacks = list(callbacks)
+    With ``checkpoint_dir``, ``last.ckpt`` is written every
+    ``trainer.checkpoint_every_n_steps`` optimizer steps and when the job is
+    told to stop (SIGTERM, or SIGUSR2 that Slurm/submitit send before
+    preemption or time-out), so a rerun resumes mid-epoch.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = [*callbacks, *config_callbacks(cfg)]
     if checkpoint_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1))
-    t = {**OmegaConf.to_container(cfg.trainer), **override}
+        every = cfg.trainer.get("checkpoint_every_n_steps") or None
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every))
+        callbacks.append(StopSignal(checkpoint_dir / "last.ckpt"))
     epochs = int(max_epochs) if float(max_epochs).is_integer() else max(1, int(max_epochs + 0.999))
+    kwargs = {"enable_model_summary": False, "deterministic": False, **trainer_kwargs(cfg, **override)}
     return L.Trainer(
-        accelerator=t["accelerator"],
-        devices=t["devices"],
-        strategy=t["strategy"],
-        precision=t["precision"],
-        num_nodes=t["num_nodes"],
+        **kwargs,
         max_epochs=epochs,
-        max_steps=t["max_steps"],
-        accumulate_grad_batches=t["accumulate_grad_batches"],
-        log_every_n_steps=t["log_every_n_steps"],
-        enable_progress_bar=t["enable_progress_bar"],
         enable_checkpointing=checkpoint_dir is not None,
-        enable_model_summary=False,
+        default_root_dir=str(checkpoint_dir or log_dir),  # Lightning's own hpc_ckpt_*.ckpt (SIGUSR1) land here
         callbacks=callbacks,
-        logger=CSVLogger(str(log_dir), name="", version=""),
-        deterministic=False,
+        logger=make_logger(cfg, log_dir),
     )
+
+
+class StopSignal(L.Callback):
+    """Checkpoint, then stop, when the job is asked to stop.
+
+    SIGTERM (``scancel``, a plain kill) is noted by Lightning
+    (``trainer.received_sigterm``); SIGUSR2 is what submitit asks Slurm to
+    send ``signal_delay_s`` before a preemption or a time-out.  A signal handler
+    may run in the middle of an optimizer step, so it only sets a flag; the
+    checkpoint is written at the next step boundary, and then the previous
+    USR2 handler (submitit's: requeue this job) runs or the process exits.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.requested, self.previous = path, False, None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and hasattr(signal, "SIGUSR2"):
+            try:
+                self.previous = signal.signal(signal.SIGUSR2, self._note)
+            except ValueError:  # not the main thread
+                self.previous = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.previous is not None:
+            signal.signal(signal.SIGUSR2, self.previous)
+            self.previous = None
+
+    def _note(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop._should_accumulate():
+            return
+        stop = self.requested or trainer.received_sigterm
+        if trainer.world_size > 1:  # ranks may see the signal a step apart: agree, or the collective save hangs
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        trainer.save_checkpoint(self.path)
+        log.warning("stop requested: checkpoint at step %d written to %s", trainer.global_step, self.path)
+        previous = self.previous
+        if self.requested and callable(previous):
+            self.teardown(trainer, pl_module, "fit")
+            previous(signal.SIGUSR2, None)  # submitit: requeue, then exit
+        raise SystemExit(143 if trainer.received_sigterm else 128 + signal.SIGUSR2)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """SIGTERM noticed by Lightning between two steps (it raises before the
+        next batch): the state is a step boundary, so checkpoint it too."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if isinstance(exception, SIGTERMException) and progress.completed % trainer.accumulate_grad_batches == 0:
+            trainer.save_checkpoint(self.path)
+            log.warning("SIGTERM: checkpoint at step %d written to %s", trainer.global_step, self.path)
+
+
+def one_device() -> dict[str, Any]:
+    """Overrides for a Trainer that runs on this process's device only (the
+    adjustment, rank 0's evaluation): inside an ``srun`` job with one task per
+    GPU, Lightning's SLURM environment would otherwise expect all tasks."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    return {"devices": 1, "strategy": "auto", "num_nodes": 1, "plugins": [LightningEnvironment()]}
+
+
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def ddp_job(out: Path) -> Iterator[None]:
+    """Run one job's DDP fit so that the next job of the same process starts clean.
+
+    Lightning's DDP launcher re-executes ``sys.argv`` (plus ``hydra.run.dir``)
+    for the other ranks; in a multirun that command is the whole sweep, so
+    every worker would run every job: here it becomes this job's own
+    overrides in run mode, in this job's folder.  Afterwards the process group
+    is destroyed and the launcher's environment variables (``LOCAL_RANK``,
+    ``MASTER_PORT``...) are restored, or the next job of a sweep would talk to
+    the finished job's dead workers.
+    """
+    import os
+
+    import torch.distributed as dist
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    env = {k: os.environ.get(k) for k in DDP_ENV}
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    hydra_cfg = HydraConfig.get() if multirun else None
+    argv, run_dir = sys.argv, hydra_cfg.run.dir if multirun else None
+    if multirun:
+        sys.argv = [argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = str(out)
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        if multirun:
+            sys.argv = argv
+            with read_write(hydra_cfg), open_dict(hydra_cfg):
+                hydra_cfg.run.dir = run_dir

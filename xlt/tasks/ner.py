@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt.errors import XltError, hub_errors, open_utf8, require_file
+from xlt.errors import XltError, open_utf8, require_file
 from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
 from xlt.tasks.base import EvalSet, Task
 
@@ -120,11 +120,10 @@ class NerTask(Task):
 
     def _hub_split(self, spec: dict[str, Any], lang: str | None, prefix: str) -> list[dict[str, Any]]:
         """Load WikiANN from the hub; its integer tags map through the ClassLabel names."""
-        from datasets import load_dataset
+        from xlt.tasks.hub import load_hub
 
         config = lang or spec.get("name")
-        with hub_errors(f"dataset {spec['path']} ({config})"):
-            dataset = load_dataset(spec["path"], config, split=spec["split"])
+        dataset = load_hub(spec["path"], config, spec["split"])
         names = dataset.features["ner_tags"].feature.names
         unknown = sorted(set(names) - set(self.labels))
         if unknown:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt.errors import XltError, hub_errors, open_utf8, require_file
+from xlt.errors import XltError, open_utf8, require_file
 from xlt.tasks.base import EvalSet, Task
 
 LABELS = ("entailment", "neutral", "contradiction")  # MultiNLI / XNLI label order
@@ -100,10 +100,9 @@ class NliTask(Task):
         return read_nli_tsv(self.local_path(template, lang), f"xnli-{lang}")
 
     def _hub_split(self, spec: dict[str, Any], name: str | None, prefix: str) -> list[dict[str, Any]]:
-        from datasets import load_dataset
+        from xlt.tasks.hub import load_hub
 
-        with hub_errors(f"dataset {spec['path']} ({name or spec.get('name')})"):
-            dataset = load_dataset(spec["path"], name or spec.get("name"), split=spec["split"])
+        dataset = load_hub(spec["path"], name or spec.get("name"), spec["split"])
         return [
             {"id": f"{prefix}-{i}", "premise": row["premise"], "hypothesis": row["hypothesis"], "label": row["label"]}
             for i, row in enumerate(dataset)

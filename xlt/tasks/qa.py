@@ -355,17 +355,14 @@ class QaTask(Task):
 
     def _hub(self, key: str, lang: str = "en", split: str | None = None, **fmt: str) -> list[dict[str, Any]]:
         """Rows of the hub dataset ``cfg.hub[key]`` ({lang} etc. filled) as examples."""
-        from datasets import load_dataset
+        from xlt.tasks.hub import load_hub
 
         spec = self.cfg.hub[key]
         name = spec.get("name")
         name = name.format(lang=lang, **fmt) if name else None
         split = split or spec["split"]
         source = f"hub {spec['path']}" + (f" ({name})" if name else "") + f" [{split}]"
-        try:
-            dataset = load_dataset(spec["path"], name, split=split)
-        except Exception as err:  # offline, unknown config, ...: one clear line
-            raise XltError(f"cannot load {source}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        dataset = load_hub(spec["path"], name, split)
         return [make_example(row, _field(row, "context", source, f"row {i}"), source, f"row {i}") for i, row in enumerate(dataset)]
 
     # ---- features -------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""A Slurm sweep on a simulated cluster: fake ``sbatch``/``srun``/``sacct``/
+``scontrol``/``squeue`` on PATH (tests/fake_slurm) run the array that
+hydra-submitit-launcher submits on this machine.  One job gets SIGUSR2 while
+it trains (what Slurm sends ``signal_delay_s`` before a preemption), writes
+its checkpoint, is requeued through ``scontrol requeue``, resumes mid-epoch,
+and ``xlt-report`` on the sweep is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = REPO / "tests" / "fake_slurm"
+
+pytestmark = pytest.mark.slow
+
+
+def test_preempted_slurm_job_is_requeued_and_resumes(tmp_path):
+    state, sweep, cache = tmp_path / "slurm", tmp_path / "sweep", tmp_path / "cache"
+    env = {**os.environ, "PATH": f"{FAKE / 'bin'}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state),
+           "XLT_CACHE_DIR": str(cache), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "xlt", "-m", "model=tiny", "data=demo", "seed=1,2", "task.train_limit=96",
+               "task.batch_size=8", "task.eval_limit=12", "task.epochs=2", "trainer.enable_progress_bar=false",
+               "trainer.checkpoint_every_n_steps=4", "trainer.callbacks=[{_target_: tests.fake_slurm.steptime.StepTime, seconds: 0.25}]",
+               "hydra/launcher=slurm", "hydra.launcher.partition=fake", "hydra.launcher.gpus_per_node=0",
+               "hydra.launcher.tasks_per_node=1", f"hydra.sweep.dir={sweep}"]
+    started = time.time()
+    sweep_run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        preempted = preempt_while_training(state, cache, deadline=started + 240)
+        out, err = sweep_run.communicate(timeout=300)
+    finally:
+        if sweep_run.poll() is None:
+            sweep_run.kill()
+    assert sweep_run.returncode == 0, err[-3000:]
+
+    events = (state / "events.log").read_text()
+    assert "name=xlt-sweep signal=USR2@120" in events
+    assert f"scontrol requeue {preempted}" in events and f"requeued {preempted}" in events
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    assert sorted(results) == ["0", "1"] and all(r["status"] == "ok" for r in results.values())
+    task = preempted.split("_")[1]
+    assert results[task]["training"]["resumed_from_step"] > 0  # the requeued run continued, mid-epoch
+    assert results[task]["training"]["steps"] == 24 and not results[task]["training"]["reused_checkpoint"]
+    assert "stop requested: checkpoint at step" in (sweep / task / "train.log").read_text()
+    report = subprocess.run([sys.executable, "-c", "from xlt.report import main; raise SystemExit(main())", str(sweep)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "2 jobs read: 2 ok, 0 failed" in report.stdout
+    print(f"simulated Slurm sweep with a preemption: {time.time() - started:.0f} s")
+
+
+def preempt_while_training(state: Path, cache: Path, deadline: float) -> str:
+    """SIGUSR2 to the first array task's process once it has a step checkpoint."""
+    while time.time() < deadline:
+        pids = sorted(state.glob("*_0.pid"))
+        checkpoints = list(cache.glob("checkpoints/*/last.ckpt"))
+        if pids and checkpoints and not list(cache.glob("checkpoints/*/done.json")):
+            os.kill(int(pids[0].read_text()), signal.SIGUSR2)
+            return pids[0].name.removesuffix(".pid")
+        time.sleep(0.1)
+    raise AssertionError(f"no step checkpoint appeared; events: {(state / 'events.log').read_text()}")
