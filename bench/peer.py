@@ -84,7 +84,7 @@ def hf_steps(cfg, module, dataset, collate, steps: int, tmp: Path) -> list[float
 def bench_peer(cfg, encoder, tokenizer, steps: int, rounds: int = 2) -> dict[str, Any]:
     """Median step time of xlt (Lightning) vs a plain HF Trainer; ratio = xlt / HF."""
     from xlt.models.finetune import FineTuneModule, ListDataset, task_loader
-    from xlt.tasks.base import build_task
+    from xlt.tasks.registry import build_task
 
     try:
         import accelerate  # noqa: F401 - transformers.Trainer needs it

@@ -12,7 +12,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from xlt.config import compose_config
 from xlt.errors import XltError
 from xlt.keys import corpus_path
-from xlt.tasks.base import build_task
+from xlt.tasks.registry import build_task
 
 NLI = Features({"premise": Value("string"), "hypothesis": Value("string"),
                 "label": ClassLabel(names=["entailment", "neutral", "contradiction"])})
