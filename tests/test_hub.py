@@ -83,7 +83,7 @@ def test_nli_hub_schema(hub):
     train = task.train_examples()
     assert [(e["premise"], e["label"]) for e in train] == [("A man sleeps.", 0), ("Two dogs run.", 2)]  # -1 dropped
     sets = {s.name: s.examples for s in task.eval_sets()}
-    assert set(sets) == {"xnli.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
+    assert set(sets) == {"xnli.hi", "xnli_mixed.hi", "xnli_mixed_premise.hi", "xnli_mixed_hypothesis.hi"}
     assert [e["label"] for e in sets["xnli.hi"]] == [1, 0, 2, 1, 0, 2, 1, 0] and sets["xnli.hi"][3]["premise"] == "वाक्य 3।"
     assert all(e["premise"].startswith("Sentence") for e in sets["xnli_mixed_premise.hi"])  # English premise swapped in
 
