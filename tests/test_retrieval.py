@@ -1,0 +1,314 @@
+"""Sentence retrieval: the search arithmetic, pooling, data readers and one job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import tiny_encoder
+from xlt.errors import XltError
+from xlt.evaluation.retrieval import embed, pool, retrieve, similarity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- search
+def test_accuracy_equals_hand_computation():
+    """Three queries, three candidates, worked out by hand (cosine)."""
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    candidates = torch.tensor([[2.0, 0.1], [1.0, 0.0], [0.0, 3.0]])
+    # cosine rows: q0 -> c1 (1.0) > c0 (0.9988) > c2 (0); gold 0 is rank 2, nearest 1.
+    #              q1 -> c2 (1.0) > c0 (0.0499) > c1 (0); gold 1 is rank 3, nearest 2.
+    #              q2 -> c0 (0.7422) > c1 = c2 (0.7071); gold 2 ties with c1 (lower index ahead): rank 3.
+    result = retrieve(queries, candidates, "cosine")
+    assert result.nearest.tolist() == [1, 2, 0]
+    assert result.rank.tolist() == [2, 3, 3]
+    assert result.correct.tolist() == [0, 0, 0]
+    result = retrieve(queries, candidates, "cosine", gold=[1, 2, 0])
+    assert result.correct.tolist() == [1, 1, 1] and result.accuracy == 1.0
+    assert result.rank.tolist() == [1, 1, 1]
+    records = result.records()
+    assert records[2] == {"id": 2, "gold": 0, "prediction": 0, "rank": 1, "correct": 1, "score": 1}
+
+
+def test_l2_hand_computation_differs_from_cosine():
+    """L2 sees length, cosine does not: a long vector in the right direction
+    wins under cosine, a short one nearby wins under L2."""
+    queries = torch.tensor([[1.0, 0.0]])
+    candidates = torch.tensor([[10.0, 0.0], [0.8, 0.5]])
+    assert retrieve(queries, candidates, "cosine", gold=[0]).correct.tolist() == [1]
+    l2 = retrieve(queries, candidates, "l2", gold=[0])
+    assert l2.nearest.tolist() == [1] and l2.rank.tolist() == [2]  # |q-c0|^2 = 81, |q-c1|^2 = 0.29
+    assert torch.allclose(similarity(queries, candidates, "l2"), torch.tensor([[-81.0, -0.29]]))
+
+
+def test_identical_embeddings_give_full_accuracy():
+    vectors = torch.randn(300, 32, generator=torch.Generator().manual_seed(0))
+    for distance in ("cosine", "l2"):
+        result = retrieve(vectors, vectors.clone(), distance)
+        assert result.accuracy == 1.0 and (result.rank == 1).all()
+
+
+def test_shuffled_pairing_gives_chance():
+    """Perfectly aligned vectors with the pairing shuffled: a query is right
+    only at a fixed point of the permutation, about 1/n of them."""
+    generator = torch.Generator().manual_seed(1)
+    vectors = torch.randn(500, 32, generator=generator)
+    permutation = torch.randperm(500, generator=generator)
+    result = retrieve(vectors, vectors[permutation], "cosine")
+    assert result.accuracy == pytest.approx(float((permutation == torch.arange(500)).float().mean()))
+    assert result.accuracy < 0.02
+    assert abs(float(np.mean(result.rank)) - 250) < 40  # gold sits at a random rank, mean ~ n/2
+    # and the right pairing is recovered: gold = where each candidate went
+    assert retrieve(vectors, vectors[permutation], "cosine", gold=torch.argsort(permutation).tolist()).accuracy == 1.0
+
+
+def test_cosine_and_l2_agree_on_normalised_vectors():
+    generator = torch.Generator().manual_seed(2)
+    queries = torch.nn.functional.normalize(torch.randn(200, 16, generator=generator), dim=-1)
+    candidates = torch.nn.functional.normalize(queries + 0.3 * torch.randn(200, 16, generator=generator), dim=-1)
+    cosine, l2 = retrieve(queries, candidates, "cosine"), retrieve(queries, candidates, "l2")
+    assert 0.2 < cosine.accuracy < 1.0  # a non-trivial case
+    assert (cosine.nearest == l2.nearest).all() and (cosine.rank == l2.rank).all()
+
+
+def test_chunked_search_equals_one_block(monkeypatch):
+    import xlt.evaluation.retrieval as module
+
+    generator = torch.Generator().manual_seed(3)
+    queries, candidates = torch.randn(50, 8, generator=generator), torch.randn(50, 8, generator=generator)
+    whole = retrieve(queries, candidates, "l2")
+    monkeypatch.setattr(module, "QUERY_CHUNK", 7)
+    chunked = retrieve(queries, candidates, "l2")
+    assert (whole.nearest == chunked.nearest).all() and (whole.rank == chunked.rank).all()
+
+
+# --------------------------------------------------------------------------- embedding
+def test_pooling_hand_computation():
+    hidden = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2)
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    special = torch.tensor([[1, 0, 0, 1], [1, 1, 1, 0]])  # row 1: only special tokens
+    assert torch.equal(pool(hidden, attention, special, "cls", False), hidden[:, 0])
+    assert torch.allclose(pool(hidden, attention, special, "mean", False)[0], hidden[0].mean(0))
+    assert torch.allclose(pool(hidden, attention, special, "mean", False)[1], hidden[1, :3].mean(0))
+    assert torch.allclose(pool(hidden, attention, special, "mean", True)[0], hidden[0, 1:3].mean(0))
+    assert torch.allclose(pool(hidden, attention, special, "mean", True)[1], hidden[1, :3].mean(0))  # fallback
+
+
+class _Tokenizer:
+    """Ids are given directly: '3 4 5' -> [1, 3, 4, 5, 2] (1 = [CLS], 2 = [SEP])."""
+
+    pad_token_id = 0
+
+    def __call__(self, sentences, truncation, max_length, return_special_tokens_mask):
+        ids = [[1, *map(int, s.split()), 2][:max_length] for s in sentences]
+        return {"input_ids": ids, "special_tokens_mask": [[int(t in (1, 2)) for t in row] for row in ids]}
+
+
+def test_embed_matches_one_sentence_at_a_time():
+    """Length-sorted padded batches give each sentence's own vectors, layer k
+    is the output of block k + 1, and order is restored."""
+    encoder = tiny_encoder(seed=0)
+    sentences = ["3 4 5 6 7 8", "9", "10 11 12", "13 14 15 16", "17 18"]
+    batched = embed(encoder, _Tokenizer(), sentences, layers=[0, 1], batch_size=3)
+    for i, sentence in enumerate(sentences):
+        ids = torch.tensor([[1, *map(int, sentence.split()), 2]])
+        with torch.no_grad():
+            states = encoder(input_ids=ids, output_hidden_states=True).hidden_states
+        for k in (0, 1):
+            assert torch.allclose(batched[k, i], states[k + 1][0].mean(0), atol=1e-5)
+    skipped = embed(encoder, _Tokenizer(), sentences, layers=[1], skip_special=True, batch_size=2)
+    ids = torch.tensor([[1, 3, 4, 5, 6, 7, 8, 2]])
+    with torch.no_grad():
+        last = encoder(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
+    assert torch.allclose(skipped[0, 0], last[1:-1].mean(0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_real_encoder_retrieves_real_translations(e5_dir, e5_tokenizer, shared_data):
+    """e5_small on 60 real en-ru pairs: far above chance (1/60) at layer 7."""
+    from transformers import AutoModel
+
+    from xlt.data.parallel import read_pairs
+
+    pairs = read_pairs("tsv", str(shared_data / "parallel/en-ru/all.en-ru.tsv"), "ru")[:60]
+    encoder = AutoModel.from_pretrained(e5_dir, add_pooling_layer=False)
+    english = embed(encoder, e5_tokenizer, [e for e, _ in pairs], layers=[7])[0]
+    russian = embed(encoder, e5_tokenizer, [r for _, r in pairs], layers=[7])[0]
+    assert retrieve(english, russian).accuracy > 0.8
+    assert retrieve(russian, english).accuracy > 0.8
+
+
+# --------------------------------------------------------------------------- data
+def write(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def test_laser_layout_reader(tmp_path):
+    from xlt.tasks.retrieval import read_laser
+
+    write(tmp_path / "tatoeba.rus-eng.rus", ["Привет.", "Как дела?"])
+    write(tmp_path / "tatoeba.rus-eng.eng", ["Hello.", "How are you?"])
+    pairs = read_laser(str(tmp_path), "rus")
+    assert pairs.english == ["Hello.", "How are you?"] and pairs.target == ["Привет.", "Как дела?"]
+
+
+@pytest.mark.parametrize(
+    "rus, eng, named",
+    [
+        (["a", "b", "c"], ["x", "y"], "tatoeba.rus-eng.eng: line counts differ"),
+        (["a"], None, "Tatoeba file not found: {dir}/tatoeba.rus-eng.eng"),
+        (["a", "", "c"], ["x", "y", "z"], "tatoeba.rus-eng.rus:2: empty line"),
+    ],
+)
+def test_laser_reader_errors_name_the_file(tmp_path, rus, eng, named):
+    from xlt.tasks.retrieval import read_laser
+
+    write(tmp_path / "tatoeba.rus-eng.rus", rus)
+    if eng is not None:
+        write(tmp_path / "tatoeba.rus-eng.eng", eng)
+    with pytest.raises(XltError) as err:
+        read_laser(str(tmp_path), "rus")
+    message = str(err.value)
+    assert named.format(dir=tmp_path) in message and "\n" not in message
+
+
+def test_hub_loader_reads_xtreme_columns(monkeypatch):
+    """XTREME's Tatoeba schema: source_sentence = target language,
+    target_sentence = English (the paper code reads it the same way)."""
+    import datasets
+
+    from xlt.tasks.retrieval import load_hub
+
+    calls = []
+
+    def fake_load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({
+            "source_sentence": ["Привет.\n", "Спасибо."], "target_sentence": ["Hello.\n", "Thanks."],
+            "source_lang": ["rus", "rus"], "target_lang": ["eng", "eng"],
+        })
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    pairs = load_hub("google/xtreme", "tatoeba.rus", "validation")
+    assert calls == [("google/xtreme", "tatoeba.rus", "validation")]
+    assert pairs.english == ["Hello.", "Thanks."] and pairs.target == ["Привет.", "Спасибо."]
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: datasets.Dataset.from_dict({"text": ["a"]}))
+    with pytest.raises(XltError, match="columns source_sentence, target_sentence missing"):
+        load_hub("google/xtreme", "tatoeba.rus", "validation")
+
+
+# --------------------------------------------------------------------------- jobs
+def compose(tmp_path: Path, cache: Path, shared_data: Path, *overrides: str):
+    from xlt.config import compose_config
+
+    return compose_config(["model=tiny", "lang=ru", "task=retrieval", f"paths.cache_dir={cache}",
+                           f"data.root={shared_data}", "corpus.size=60", "corpus.heldout=40",
+                           "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}", *overrides])
+
+
+@pytest.fixture
+def tiny_cache(tmp_path, cache_dir, e5_dir) -> Path:
+    """A fresh artifact cache that shares the converted e5 tokenizer."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(Path(cache_dir, "models").resolve(), cache / "models")
+    return cache
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+task.options.layers=3", "unknown task.options layers"),
+        ("task.options.pooling=max", "task.options.pooling must be one of mean, cls"),
+        ("task.options.layer=-1", "task.options.layer must be a layer index"),
+        ("task.options.skip_special=true", None),
+    ],
+)
+def test_options_are_checked(tmp_path, shared_data, override, message):
+    from xlt.tasks.retrieval import retrieval_options
+
+    overrides = [override] + (["task.options.pooling=cls"] if message is None else [])
+    cfg = compose(tmp_path, tmp_path, shared_data, *overrides)
+    with pytest.raises(XltError, match=message or "skip_special=true needs pooling=mean"):
+        retrieval_options(cfg)
+
+
+@pytest.mark.slow
+def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cache, shared_data):
+    """mode=adjusted: the adjusted state (built and cached), every layer, the
+    held-out pairs of the alignment artifact; a missing fine-tuned state is
+    skipped."""
+    from xlt.stages.align import align_stage
+    from xlt.stages.job import run_job
+
+    out = tmp_path / "run"
+    cfg = compose(out, tiny_cache, shared_data, "mode=adjusted", "task.options.layer=all", "task.eval_limit=30")
+    results = run_job(cfg)
+    assert results["status"] == "ok" and results["config"]["task"] == "retrieval"
+    assert set(results["retrieval"]["evaluated_states"]) == {"adjusted"}  # adjusted_ft: no checkpoint
+    names = {f"retrieval.ru.{d}.L{k}" for d in ("en-ru", "ru-en") for k in (0, 1)}
+    assert set(results["metrics"]) == names
+    heldout = align_stage(cfg).heldout
+    assert results["retrieval"]["pairs"] == 30 and len(heldout) == 40
+    for name in names:
+        records = [json.loads(line) for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines()]
+        assert len(records) == 30 == results["metrics"][name]["n"]
+        assert np.mean([r["correct"] for r in records]) == pytest.approx(results["metrics"][name]["accuracy"])
+        assert all(r["correct"] == int(r["rank"] == 1) == int(r["prediction"] == r["gold"]) for r in records)
+    assert json.loads((out / "results.json").read_text())["metrics"] == results["metrics"]
+    assert (out / "retrieval_layers.png").stat().st_size > 0 and (out / "retrieval_layers.pdf").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cli_bad_laser_folder_is_one_line(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "xlt", "task=retrieval", "model=tiny", "task.options.source=tatoeba_local",
+         f"task.local.tatoeba={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO, capture_output=True, text=True, env=environment, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"xlt: error: Tatoeba file not found: {tmp_path}/tatoeba.rus-eng.rus"
+
+
+def test_per_layer_figure_from_several_jobs(tmp_path):
+    """A sweep over mode puts each state in its own job; the figure joins them."""
+    from xlt.evaluation.retrieval import layer_curves, main
+
+    def job(mode: str, metrics: dict) -> Path:
+        folder = tmp_path / mode
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"config": {"mode": mode}, "metrics": metrics}))
+        return folder
+
+    original = {"retrieval.ru.en-ru.L0": {"accuracy": 0.5, "n": 4}, "retrieval.ru.en-ru.L1": {"accuracy": 0.75, "n": 4},
+                "retrieval_ft.ru.ru-en.L1": {"accuracy": 0.25, "n": 4}, "xnli.ru": {"accuracy": 0.4, "n": 9}}
+    assert layer_curves({"metrics": original}, "original") == {
+        "original, en-ru": {0: 0.5, 1: 0.75}, "original fine-tuned, ru-en": {1: 0.25}}
+    runs = [job("original", original), job("adjusted", {"retrieval_original.ru.en-ru.L0": {"accuracy": 1.0, "n": 4}})]
+    assert main([*map(str, runs), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig.pdf").stat().st_size > 0
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_heldout_pairs_are_never_the_adjustment_sample(tmp_path, tiny_cache, shared_data):
+    from xlt.stages.align import align_stage
+    from xlt.tasks.retrieval import detokenize, heldout_pairs
+
+    cfg = compose(tmp_path, tiny_cache, shared_data)
+    pairs, corpus = heldout_pairs(cfg), align_stage(cfg)
+    assert len(pairs.english) == len(pairs.target) == 40
+    assert pairs.english == [detokenize(p.english, "en") for p in corpus.heldout]
+    assert not set(pairs.english) & {detokenize(p.english, "en") for p in corpus.train}
+    assert all(not e.endswith(" .") for e in pairs.english)  # running text again, not Moses tokens
+    # aggregation=subword aligns subword tokens; retrieval still reads the same sentences
+    assert heldout_pairs(compose(tmp_path, tiny_cache, shared_data, "aggregation=subword")).english == pairs.english
