@@ -152,7 +152,7 @@ def write(path: Path, lines: list[str]) -> None:
 
 
 def test_laser_layout_reader(tmp_path):
-    from xlt.tasks.retrieval import read_laser
+    from xlt.analysis.retrieval import read_laser
 
     write(tmp_path / "tatoeba.rus-eng.rus", ["Привет.", "Как дела?"])
     write(tmp_path / "tatoeba.rus-eng.eng", ["Hello.", "How are you?"])
@@ -169,7 +169,7 @@ def test_laser_layout_reader(tmp_path):
     ],
 )
 def test_laser_reader_errors_name_the_file(tmp_path, rus, eng, named):
-    from xlt.tasks.retrieval import read_laser
+    from xlt.analysis.retrieval import read_laser
 
     write(tmp_path / "tatoeba.rus-eng.rus", rus)
     if eng is not None:
@@ -185,7 +185,7 @@ def test_hub_loader_reads_xtreme_columns(monkeypatch):
     target_sentence = English (the paper code reads it the same way)."""
     import datasets
 
-    from xlt.tasks.retrieval import load_hub
+    from xlt.analysis.retrieval import load_hub
 
     calls = []
 
@@ -234,7 +234,7 @@ def tiny_cache(tmp_path, cache_dir, e5_dir) -> Path:
     ],
 )
 def test_options_are_checked(tmp_path, shared_data, override, message):
-    from xlt.tasks.retrieval import retrieval_options
+    from xlt.analysis.retrieval import retrieval_options
 
     overrides = [override] + (["task.options.pooling=cls"] if message is None else [])
     cfg = compose(tmp_path, tmp_path, shared_data, *overrides)
@@ -248,11 +248,11 @@ def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cach
     held-out pairs of the alignment artifact; a missing fine-tuned state is
     skipped."""
     from xlt.stages.align import align_stage
-    from xlt.stages.job import run_job
+    from xlt.analysis.retrieval import run_retrieval
 
     out = tmp_path / "run"
     cfg = compose(out, tiny_cache, shared_data, "mode=adjusted", "task.options.layer=all", "task.eval_limit=30")
-    results = run_job(cfg)
+    results = run_retrieval(cfg)
     assert results["status"] == "ok" and results["config"]["task"] == "retrieval"
     assert set(results["retrieval"]["evaluated_states"]) == {"adjusted"}  # adjusted_ft: no checkpoint
     names = {f"retrieval.ru.{d}.L{k}" for d in ("en-ru", "ru-en") for k in (0, 1)}
@@ -302,7 +302,7 @@ def test_per_layer_figure_from_several_jobs(tmp_path):
 
 def test_heldout_pairs_are_never_the_adjustment_sample(tmp_path, tiny_cache, shared_data):
     from xlt.stages.align import align_stage
-    from xlt.tasks.retrieval import detokenize, heldout_pairs
+    from xlt.analysis.retrieval import detokenize, heldout_pairs
 
     cfg = compose(tmp_path, tiny_cache, shared_data)
     pairs, corpus = heldout_pairs(cfg), align_stage(cfg)

@@ -85,10 +85,11 @@ def test_valid_configs_pass(tmp_path, monkeypatch):
 def test_every_registered_task_has_an_options_schema_and_its_yaml_fits_it():
     from omegaconf import OmegaConf
 
-    from xlt.config import CONF_DIR, TASK_OPTIONS
+    from xlt.config import CONF_DIR, TASK_OPTION_CHECKERS, TASK_OPTIONS
     from xlt.tasks.registry import TASKS
 
-    assert set(TASKS) == set(TASK_OPTIONS) == {p.stem for p in (CONF_DIR / "task").glob("*.yaml")}
+    assert set(TASKS) == set(TASK_OPTIONS)
+    assert set(TASKS) | set(TASK_OPTION_CHECKERS) == {p.stem for p in (CONF_DIR / "task").glob("*.yaml")}
     for name, schema in TASK_OPTIONS.items():
         options = OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml").get("options", {})
         OmegaConf.merge(OmegaConf.structured(schema), options)  # raises on a typo
@@ -115,3 +116,9 @@ def test_a_sweep_is_checked_with_every_value_but_not_every_combination():
     jobs = cli.job_overrides(["-m", "lang=es,ru,hi", "seed=range(1,3)", "task.lr=1e-5", "hydra.launcher.x=1"])
     assert jobs == [["lang=es", "seed=1", "task.lr=1e-5"], ["lang=ru", "seed=1", "task.lr=1e-5"],
                     ["lang=hi", "seed=1", "task.lr=1e-5"], ["lang=es", "seed=2", "task.lr=1e-5"]]
+
+
+def test_retrieval_options_are_checked_at_composition(monkeypatch, capsys):
+    """task=retrieval validates its own options (layer: int or 'all') before any work."""
+    code, err = run_main(monkeypatch, capsys, "task=retrieval", "task.options.layer=foo")
+    assert code == 2 and "task.options.layer must be a layer index >= 0 or 'all'" in err

@@ -172,6 +172,7 @@ def dispatch(cfg) -> float | None:
 
 
 def run_command(cfg) -> float | None:
+    from xlt.analysis.retrieval import run_retrieval  # task=retrieval: evaluation only, no fine-tuning
     from xlt.config import validate
     from xlt.stages.adjust import adjust_stage
     from xlt.stages.align import align_stage
@@ -179,7 +180,7 @@ def run_command(cfg) -> float | None:
 
     validate(cfg)
     if cfg.command == "run":
-        results = run_job(cfg)
+        results = run_retrieval(cfg) if cfg.task.name == "retrieval" else run_job(cfg)
         first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
         return next((v for k, v in first.items() if k != "n"), None)
     if cfg.command == "align":

@@ -316,6 +316,9 @@ class QaOptions:
 
 
 TASK_OPTIONS: dict[str, type] = {"xnli": NliOptions, "ner": NerOptions, "qa": QaOptions}
+# Evaluation-only tasks check their own options (``layer`` is an int or
+# "all", which an OmegaConf schema cannot type): "module:function" raising XltError.
+TASK_OPTION_CHECKERS: dict[str, str] = {"retrieval": "xlt.analysis.retrieval:retrieval_options"}
 
 # Config groups whose choices are YAML files in conf/<group>/.
 GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "logger", "data", "experiment")
@@ -418,15 +421,31 @@ def _task_options(cfg: DictConfig) -> Optional[str]:
     """``task.options`` against the task's options schema (typos, wrong types)."""
     from omegaconf.errors import OmegaConfBaseException
 
+    if cfg.task.name in TASK_OPTION_CHECKERS:
+        return _checked_by_task(cfg)
     schema = TASK_OPTIONS.get(cfg.task.name)
     if schema is None:
-        return f"task.name={cfg.task.name}: unknown task; valid: {', '.join(TASK_OPTIONS)}"
+        return f"task.name={cfg.task.name}: unknown task; valid: {', '.join([*TASK_OPTIONS, *TASK_OPTION_CHECKERS])}"
     try:
         OmegaConf.merge(OmegaConf.structured(schema), cfg.task.options)
     except OmegaConfBaseException as err:
         key = getattr(err, "key", None)
         valid = ", ".join(f.name for f in fields(schema))
         return f"task.options.{key}: {' '.join(str(err).splitlines()[0].split())} (task={cfg.task.name} options: {valid})"
+    return None
+
+
+def _checked_by_task(cfg: DictConfig) -> Optional[str]:
+    """Run the task's own options check; its XltError becomes the problem."""
+    import importlib
+
+    from xlt.errors import XltError
+
+    module, _, function = TASK_OPTION_CHECKERS[cfg.task.name].partition(":")
+    try:
+        getattr(importlib.import_module(module), function)(cfg)
+    except XltError as err:
+        return str(err)
     return None
 
 

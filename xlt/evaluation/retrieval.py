@@ -223,7 +223,7 @@ def plot_layers(curves: Mapping[str, Mapping[int, float]], stem: str | Path, tit
 def layer_curves(results: Mapping[str, Any], label: str) -> dict[str, dict[int, float]]:
     """``{"<state>, <direction>": {layer: accuracy}}`` from one job's
     ``results.json``: every metric named ``<data>[_<state>].<lang>.<direction>.L<k>``
-    (``xlt.tasks.retrieval``'s names); the job's own state is ``label``
+    (``xlt.analysis.retrieval``'s names); the job's own state is ``label``
     (its mode), ``_ft`` its fine-tuned state."""
     curves: dict[str, dict[int, float]] = {}
     for name, values in results.get("metrics", {}).items():

@@ -76,12 +76,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from xlt.tasks.registry import build_task
 
     validate(cfg)
-    if cfg.task.name == "retrieval":  # evaluation only: xlt/tasks/retrieval.py
-        from xlt.tasks.retrieval import run_retrieval
-
-        results = run_retrieval(cfg)
-        print(format_metrics(results))
-        return results
     out = Path(cfg.paths.output_dir)
     started = time.time()
     task = build_task(cfg.task, cfg.lang.code, cfg.data, list(cfg.lang.eval_sets[cfg.task.name]))

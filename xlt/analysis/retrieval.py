@@ -208,12 +208,9 @@ def load_hub(path: str, name: str, split: str) -> Pairs:
     """XTREME's Tatoeba set from the hub.  ``source_sentence`` is the target
     language and ``target_sentence`` English (XTREME swaps them; the paper
     code reads them the same way)."""
-    from datasets import load_dataset
+    from xlt.tasks.hub import load_hub as load_split
 
-    try:
-        dataset = load_dataset(path, name, split=split)
-    except Exception as err:  # noqa: BLE001 - offline, unknown config, ...
-        raise XltError(f"cannot load {path} {name} split {split} from the hub: {' '.join(str(err).split())[:300]}") from None
+    dataset = load_split(path, name, split)  # offline, unknown config...: one line
     missing = {"source_sentence", "target_sentence"} - set(dataset.column_names)
     if missing:
         raise XltError(f"{path} {name}: columns {', '.join(sorted(missing))} missing (has {', '.join(dataset.column_names)})")
@@ -295,10 +292,11 @@ def device_of(cfg: DictConfig) -> torch.device:
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     """Embed the pairs with every state, search both directions, write
     ``results.json``, ``predictions/`` and, for ``layer=all``, the figure."""
-    from xlt.artifacts import file_checksum, write_json, write_jsonl
+    from xlt import results as results_file
+    from xlt.artifacts import content_checksum, write_jsonl
     from xlt.evaluation.retrieval import embed, num_layers, retrieve
-    from xlt.keys import code_version, identity, job_hash
     from xlt.models.encoder import load_tokenizer
+    from xlt.stages.job import format_metrics
 
     started = time.time()
     options = retrieval_options(cfg)
@@ -337,21 +335,19 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         cpu[state.name] = round(time.process_time() - cpu_clock, 1)
         log.info("%s: %d pairs, %d layer(s), %.1f s", state.name, len(pairs.english), len(layers), timings[state.name])
         del encoder
-    results = {
-        "config": {**identity(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
-                   "data_checksums": {f: file_checksum(f) for f in pairs.files if os.path.isfile(f)}},
-        "metrics": metrics,
-        "status": "ok",
-        "runtime_s": round(time.time() - started, 1),
+    checksums = {f: content_checksum(f, cfg.paths.cache_dir) for f in pairs.files if os.path.isfile(f)}
+    results = results_file.ok_results(cfg, metrics, started, checksums)
+    results.update({
         "retrieval": {**OmegaConf.to_container(cfg.task.options, resolve=True), "data": pairs.source,
                       "pairs": len(pairs.english), "device": str(device),
                       "evaluated_states": {s.name: s.source for s in states}, "state_seconds": timings,
                       "state_cpu_seconds": cpu},
-    }
+    })
     if options.layer == "all":
         from xlt.evaluation.retrieval import plot_layers
 
         title = f"{cfg.model.name}, en-{lang}, {len(pairs.english)} {pairs.data} pairs, {options.pooling}/{options.distance}"
         results["figure"] = [str(p) for p in plot_layers(curves, out / "retrieval_layers", title)]
-    write_json(out / "results.json", results)
+    results_file.write(out, results)
+    print(format_metrics(results))
     return results
