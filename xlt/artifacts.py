@@ -60,6 +60,7 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
     with _build_lock(path, lock):
         if intact(path):
             log.info("reusing %s (built by another job)", path)
+            lock.unlink(missing_ok=True)  # a waiter re-creates the file while polling: remove it too
             return path
         if path.exists():
             _set_aside(path)
