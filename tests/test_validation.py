@@ -122,3 +122,13 @@ def test_retrieval_options_are_checked_at_composition(monkeypatch, capsys):
     """task=retrieval validates its own options (layer: int or 'all') before any work."""
     code, err = run_main(monkeypatch, capsys, "task=retrieval", "task.options.layer=foo")
     assert code == 2 and "task.options.layer must be a layer index >= 0 or 'all'" in err
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """``xlt --help | head -1``: the reader is gone before xlt writes."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "xlt", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # closed before the child (still importing) writes a byte
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-500:]

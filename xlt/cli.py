@@ -211,8 +211,18 @@ def record_failure(cfg, message: str) -> None:
         pass
 
 
+def quiet_broken_pipe() -> None:
+    """``xlt --help | head`` ends quietly, as shell tools do, instead of a
+    BrokenPipeError traceback (the default SIGPIPE action ends the process)."""
+    import signal
+
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def main() -> None:
     """``xlt [overrides]``: one job, or a sweep with ``-m``."""
+    quiet_broken_pipe()
     check_choices(sys.argv[1:])
     check_launcher(sys.argv[1:])
     check_jobs(sys.argv[1:])
@@ -241,6 +251,7 @@ def report_main() -> None:
     """``xlt-report DIR...``: paper-style tables with significance markers."""
     from xlt.report import main as report
 
+    quiet_broken_pipe()
     sys.exit(report())
 
 
@@ -248,4 +259,5 @@ def analyze_main() -> None:
     """``xlt-analyze``: related/unrelated distance histograms per model state."""
     from xlt.analysis.cli import main as analyze
 
+    quiet_broken_pipe()
     sys.exit(analyze())
