@@ -38,6 +38,16 @@ def e5_dir(cache_dir: Path) -> str:
     return ensure_e5_small(str(cache_dir))
 
 
+@pytest.fixture
+def tiny_cache(tmp_path, cache_dir, e5_dir) -> Path:
+    """A fresh artifact cache per test that shares the converted e5 tokenizer
+    (``models/``), so tiny-model jobs build their own alignments and models."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(Path(cache_dir, "models").resolve(), cache / "models")
+    return cache
+
+
 @pytest.fixture(scope="session")
 def e5_tokenizer(e5_dir: str):
     from transformers import AutoTokenizer

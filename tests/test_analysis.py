@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +199,6 @@ def test_plots_are_written(tmp_path):
 def tiny_overrides(cache: Path, shared_data: Path) -> list[str]:
     return ["model=tiny", "lang=ru", f"paths.cache_dir={cache}", f"data.root={shared_data}",
             "corpus.size=60", "corpus.heldout=40", "trainer.enable_progress_bar=false"]
-
-
-@pytest.fixture
-def tiny_cache(tmp_path, cache_dir, e5_dir) -> Path:
-    """A fresh artifact cache that shares the converted e5 tokenizer."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    os.symlink(Path(cache_dir, "models").resolve(), cache / "models")
-    return cache
 
 
 def test_missing_states_are_skipped_and_none_is_an_error(tiny_cache, shared_data, tmp_path):

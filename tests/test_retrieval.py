@@ -215,15 +215,6 @@ def compose(tmp_path: Path, cache: Path, shared_data: Path, *overrides: str):
                            "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}", *overrides])
 
 
-@pytest.fixture
-def tiny_cache(tmp_path, cache_dir, e5_dir) -> Path:
-    """A fresh artifact cache that shares the converted e5 tokenizer."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    os.symlink(Path(cache_dir, "models").resolve(), cache / "models")
-    return cache
-
-
 @pytest.mark.parametrize(
     "override, message",
     [
