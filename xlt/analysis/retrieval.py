@@ -43,7 +43,7 @@ from typing import Any, Optional, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xlt.errors import XltError, require_file
+from xlt.errors import XltError, open_utf8, require_file
 
 log = logging.getLogger(__name__)
 
@@ -176,16 +176,12 @@ def read_lines(path: str) -> list[str]:
     """Lines of a UTF-8 text file; a missing file, a bad byte or an empty
     line is one XltError naming the file (and line)."""
     require_file(path, "Tatoeba file")
-    with open(path, "rb") as handle:
-        raw = handle.read().split(b"\n")
-    if raw and raw[-1] == b"":
+    raw = open_utf8(path).read().split("\n")
+    if raw and raw[-1] == "":
         raw.pop()
     lines = []
     for number, line in enumerate(raw, start=1):
-        try:
-            text = line.decode("utf-8").rstrip("\r").strip()
-        except UnicodeDecodeError as err:
-            raise XltError(f"{path}:{number}: invalid UTF-8 ({err.reason})") from None
+        text = line.strip()
         if not text:
             raise XltError(f"{path}:{number}: empty line")
         lines.append(text)
@@ -280,10 +276,9 @@ def find_states(cfg: DictConfig, options: RetrievalOptions) -> list:
 # The job
 # ---------------------------------------------------------------------------
 def device_of(cfg: DictConfig) -> torch.device:
-    """The device ``trainer.accelerator`` names (gpu/cuda, cpu, or auto)."""
+    """The device ``trainer.accelerator`` names (gpu/cuda, cpu, or auto);
+    ``xlt.config.validate`` has already rejected a GPU that is not there."""
     accelerator = str(cfg.trainer.accelerator)
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise XltError(f"trainer.accelerator={accelerator} but no CUDA device is available (use trainer=cpu)")
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -294,10 +289,12 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     ``results.json``, ``predictions/`` and, for ``layer=all``, the figure."""
     from xlt import results as results_file
     from xlt.artifacts import content_checksum, write_jsonl
+    from xlt.config import validate
     from xlt.evaluation.retrieval import embed, num_layers, retrieve
     from xlt.models.encoder import load_tokenizer
     from xlt.stages.job import format_metrics
 
+    validate(cfg)  # as run_job: also when called without the CLI (a missing GPU, bad options: one line)
     started = time.time()
     options = retrieval_options(cfg)
     out = Path(cfg.paths.output_dir)
