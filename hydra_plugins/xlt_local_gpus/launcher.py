@@ -20,7 +20,6 @@ while they wait.
 
 
 import copy
-import json
 import logging
 import os
 import pickle
@@ -172,11 +171,13 @@ def recorded_failure(job_dir: Path) -> Optional[str]:
     """xlt's own failure record: in a sweep, a failing job writes results.json
     with ``status: failed`` and returns normally (so the basic launcher goes
     on); the pool must still count it as failed."""
+    from xlt import results
+
     try:
-        results = json.loads((job_dir / "results.json").read_text())
+        record = results.read(job_dir)  # the one reader of the results.json contract
     except (OSError, ValueError):
         return None
-    return str(results.get("error", "failed")) if results.get("status") == "failed" else None
+    return str(record.get("error", results.FAILED)) if record["status"] == results.FAILED else None
 
 
 class LocalGpusLauncher(Launcher):
