@@ -436,3 +436,11 @@ def test_old_results_without_resolved_config_do_not_split_cells(tmp_path: Path) 
     write_job(root, "old", identity, None, {}, status="failed", error="boom")
     summary = report.summarise(report.collect([root]))
     assert len(summary) == 1 and summary.iloc[0]["missing_seeds"] == 1 and summary.attrs["axes"] == []
+
+
+def test_layer_columns_in_natural_order() -> None:
+    """Retrieval layers read L0, L1, L2, ..., L10, L11 (not L0, L1, L10, L11, L2)."""
+    from xlt.report.render import _column_order
+
+    columns = [f"ru.en-ru.L{k}" for k in (11, 2, 10, 0, 1)] + ["ru"]
+    assert _column_order(columns) == ["ru", *(f"ru.en-ru.L{k}" for k in (0, 1, 2, 10, 11))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,8 +69,14 @@ def _table_number(family: str, metrics: set[str]) -> str:
 
 
 def _column_order(columns: Iterable[str]) -> list[str]:
-    """Plain languages first, then cross-lingual pairs (``q-ru.c-en``)."""
-    return sorted(set(columns), key=lambda c: ("-" in c or "." in c, c))
+    """Plain languages first, then cross-lingual pairs (``q-ru.c-en``); numbers
+    in natural order (retrieval layers ``L2`` before ``L10``)."""
+    return sorted(set(columns), key=lambda c: ("-" in c or "." in c, _natural(c)))
+
+
+def _natural(text: str) -> tuple:
+    """``en-ru.L10`` → ``("en-ru.l", 10, "")``: digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
 
 
 def row_keys(summary: pd.DataFrame) -> list[str]:
