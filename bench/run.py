@@ -1,6 +1,6 @@
 """Throughput benchmarks for continual learning and cross-lingual adjustment.
 
-``make bench`` runs this script.  Three measurements, all on real data:
+``make bench`` runs this script.  Five measurements, all on real data:
 
 1. **Continual overhead** -- seconds per training step of continual
    fine-tuning (task batch 32 + aligned en-ru batch 16, alpha = 0.01, the
@@ -21,6 +21,10 @@
    to 128, every step, plain Adam): same loss terms, weights, batches (batch
    ``adjustment.batch_size`` = 32 pairs), interleaved.  Before timing, both losses
    are computed on one batch in eval mode and must agree to 1e-3 relative.
+4. **Lightning cost** -- an xlt step against a plain ``transformers.Trainer``
+   step (``bench/peer.py``).
+5. **Evaluation order** -- predicting in length-sorted batches against file
+   order (``bench/eval_order.py``).
 
 How steps are timed: a plain Python loop drives the real
 ``LightningModule.training_step`` (so the task loss, the auxiliary loss and
@@ -579,6 +583,11 @@ def print_table(results: dict[str, Any]) -> None:
         p = results["peer"]
         print(f"\n4. Lightning cost: xlt step {p['xlt_s_per_step']:.3f} s vs HF Trainer step {p['hf_trainer_s_per_step']:.3f} s "
               f"(batch {p['batch']}, {p['timed_steps_each']} timed steps each): ratio {p['ratio_xlt_over_hf']:.2f}x")
+    if "eval_order" in results:
+        e = results["eval_order"]
+        print(f"\n5. Evaluation order ({e['eval_set']}, {e['examples']} pairs, batch {e['batch']}): file order {e['file_order_s']:.2f} s "
+              f"vs length-sorted {e['sorted_s']:.2f} s = {e['speedup']:.2f}x; token positions {e['file_order_positions']} vs "
+              f"{e['sorted_positions']}; max |logit diff| {e['max_abs_logit_diff']:.1e}")
     print("=" * 118)
 
 
@@ -597,6 +606,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--adjust-steps", type=int, default=None,
                         help="timed adjustment steps per variant (xlt, naive), 0 skips section 3 (default: 3 for e5_small, 10 for tiny)")
     parser.add_argument("--peer-steps", type=int, default=3, help="timed steps per round of section 4 (xlt vs HF Trainer); 0 skips it")
+    parser.add_argument("--eval-rounds", type=int, default=3, help="rounds of section 5 (evaluation order); 0 skips it")
     parser.add_argument("--adjust-warmup", type=int, default=1, help="untimed adjustment steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
@@ -658,6 +668,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
             print("\n== 4. xlt (Lightning) step vs a plain HuggingFace Trainer step, NLI")
             results["peer"] = bench_peer(compose(args, "mode=original"), encoder, tokenizer, args.peer_steps)
+        if args.eval_rounds > 0:
+            from bench.eval_order import bench_eval_order
+
+            print("\n== 5. evaluation: length-sorted batches vs file order, XNLI ru test")
+            results["eval_order"] = bench_eval_order(compose(args, "mode=original"), encoder, tokenizer, args.eval_rounds)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["runtime_s"] = round(time.time() - started, 1)
     print_table(results)

@@ -248,3 +248,38 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
+
+
+def test_evaluation_predicts_each_input_once_in_length_sorted_batches(tmp_path):
+    """Evaluation predicts length-sorted batches (little padding), predicts an
+    input another set of the job already had only once (the mixed-XNLI halves
+    are subsets of the mixed set), and hands the task its outputs in feature
+    order: each output is its own feature's."""
+    lengths = [9, 2, 7, 2, 5, 11, 3, 8]
+    features = [{"input_ids": [100 + i] * n, "attention_mask": [1] * n, "labels": i} for i, n in enumerate(lengths)]
+    subset = [features[5], features[1], features[1]]  # a half: inputs seen before, one twice
+    widths: list[int] = []
+
+    class Trainer:
+        def predict(self, module, loader):
+            out = []
+            for batch in loader:
+                widths.append(batch["input_ids"].shape[1])
+                out.append([ids[:1].float() for ids in batch["input_ids"]])  # identifies the feature
+            return out
+
+    class Task:
+        collate = staticmethod(lambda tokenizer, batch: {"input_ids": torch.tensor([f["input_ids"] + [0] * (
+            max(len(g["input_ids"]) for g in batch) - len(f["input_ids"])) for f in batch])})
+
+        def features(self, tokenizer, examples, train):
+            return examples
+
+        def score(self, eval_set, feats, outputs):
+            return {"accuracy": 1.0}, [{"id": f["labels"], "output": int(o[0])} for f, o in zip(feats, outputs)]
+
+    sets = [type("EvalSet", (), {"name": name, "examples": examples})() for name, examples in (("all", features), ("half", subset))]
+    pipeline.evaluate(Trainer(), None, Task(), None, sets, 3, tmp_path)
+    assert widths == [3, 8, 11]  # sorted by length: [2,2,3] [5,7,8] [9,11] (file order: 9, 11, 8); the half: none
+    assert [r["output"] for r in read_jsonl(tmp_path / "all.jsonl")] == [100 + i for i in range(len(lengths))]
+    assert [r["output"] for r in read_jsonl(tmp_path / "half.jsonl")] == [105, 101, 101]
