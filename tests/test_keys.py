@@ -127,3 +127,25 @@ def test_a_local_model_directory_retrained_in_place_invalidates_what_was_built_f
     before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
     (model / "model.safetensors").write_bytes(b"new weights")
     assert keys.adjusted_dir(cfg) != before[0] and keys.checkpoint_dir(cfg) != before[1]
+
+
+def test_code_version_hashes_the_source_not_the_commit(tmp_path):
+    """A result's code version changes with the code that computed it (also
+    when the edit is uncommitted) and not with docs, tests or caches."""
+    from xlt import __version__
+    from xlt.keys import code_version, source_hash
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    before = source_hash(tmp_path / "pkg")
+    (tmp_path / "pkg" / "README.md").write_text("docs\n")
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.py").write_text("stale\n")
+    assert source_hash(tmp_path / "pkg") == before
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    assert source_hash(tmp_path / "pkg") != before
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "b.py")  # same content, other module
+    assert source_hash(tmp_path / "pkg") != before
+    assert code_version() == f"{__version__}+src{source_hash(Path(__import__('xlt').__file__).parent)}"

@@ -21,6 +21,8 @@ models and their checkpoints; bumping ``finetune`` only checkpoints.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -53,17 +55,41 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit of the checkout, when there is one."""
+    """Package version plus a hash of the source that computes results.
+
+    The hash covers every ``*.py`` file of the ``xlt`` package (content and
+    path), so a job run with uncommitted edits never claims a commit's
+    version, and a commit that only touches docs or tests does not make a
+    sweep's seeds look like they came from different code (the report's †).
+    The git commit, for humans, is ``code_commit()``.
+    """
+    return f"{__version__}+src{source_hash(Path(__file__).parent)}"
+
+
+def source_hash(root: Path, length: int = 10) -> str:
+    """sha256 over the sorted relative paths and contents of ``root``'s ``*.py`` files."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:length]
+
+
+def code_commit() -> str:
+    """The git commit of the checkout (``-dirty`` with uncommitted changes), or ""."""
     import subprocess
 
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        ).stdout.strip()
+        sha = git("rev-parse", "--short", "HEAD")
+        return f"{sha}-dirty" if sha and git("status", "--porcelain", "--", ".") else sha
     except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+git{sha}" if sha else __version__
+        return ""
 
 
 def job_hash(cfg: DictConfig, with_seed: bool = True) -> str:

@@ -6,9 +6,10 @@ One job directory holds
 
       {"status": "ok" | "failed",
        "config": {<identity: model, lang, task, mode, corpus, size, aggregation,
-                   tokens, aligner, seed>, "config_hash", "code_version",
-                  "data_checksums", "resolved": {<the whole resolved job config,
-                  without paths and command>}},
+                   tokens, aligner, seed>, "config_hash", "code_version" (package
+                   version + hash of its source), "code_commit" (git, for humans),
+                   "data_checksums", "resolved": {<the whole resolved job config,
+                   without paths and command>}},
        "metrics": {"<eval set>": {"<metric>": float, ..., "n": int}},   # ok only
        "error": "...",                                                    # failed only
        "runtime_s": float, ...extras (adjustment evidence, skipped sets)}
@@ -75,10 +76,10 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 def ok_results(cfg: DictConfig, metrics: dict[str, dict[str, float]], started: float,
                data_checksums: dict[str, str]) -> dict[str, Any]:
     """The results.json of a finished job (extras may be added before ``write``)."""
-    from xlt.keys import code_version, job_hash
+    from xlt.keys import code_commit, code_version, job_hash
 
     config = {**describe(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
-              "data_checksums": data_checksums}
+              "code_commit": code_commit(), "data_checksums": data_checksums}
     return {"config": config, "metrics": metrics, "status": OK, "runtime_s": round(time.time() - started, 1)}
 
 
