@@ -36,7 +36,11 @@ def sweep(tmp_path: Path, e5_dir: str, *args: str, crash_job: int = -1, wait: bo
     env = {**os.environ, "XLT_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     env.pop("CUDA_VISIBLE_DEVICES", None)  # fake ids are checked against it
     if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT back to its default in the sweep: a suite started in the background
+        # (`nohup make test &`) inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt, so the Ctrl-C test would test nothing.
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
