@@ -59,6 +59,67 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_rerun_skips_a_finished_job_unless_config_code_or_data_changed(tmp_path, tiny_cache, monkeypatch):
+    """Rerunning a sweep (after a crash, a preemption, a new seed added) must
+    not evaluate its finished jobs again, but a job whose config, code or data
+    differ from what its results.json was computed from must run."""
+    from xlt import keys, results as results_file
+
+    run = tmp_path / "run"
+    cfg = compose_job(run, tiny_cache)
+    first = pipeline.run_job(cfg)
+    written = (run / "results.json").stat().st_mtime_ns
+    evaluated: list[int] = []
+    real_evaluate = pipeline.evaluate
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
+
+    def reruns(job_cfg) -> bool:
+        evaluated.clear()
+        pipeline.run_job(job_cfg)
+        return bool(evaluated)
+
+    assert pipeline.run_job(cfg) == first and not evaluated
+    assert (run / "results.json").stat().st_mtime_ns == written  # kept, not rewritten
+
+    assert reruns(compose_job(run, tiny_cache, "seed=2"))  # another job in the same folder
+    assert reruns(cfg)  # ... and back
+    with monkeypatch.context() as patch:  # an edit of the package
+        patch.setattr(keys, "code_version", lambda: "0.0.0+srcedited")
+        assert reruns(cfg)
+    assert reruns(cfg)
+    with monkeypatch.context() as patch:  # a data file edited in place
+        patch.setattr(pipeline, "data_checksums", lambda c: {"data/xnli/dev-en.tsv": "edited"})
+        assert reruns(cfg)
+    assert reruns(cfg)
+    (run / "predictions" / "xnli_mixed.ru.jsonl").unlink()
+    assert reruns(cfg)
+    results_file.write(run, {**first, "status": "failed", "error": "killed"})
+    assert reruns(cfg)
+    assert not reruns(cfg)
+
+
+def test_results_name_the_code_the_job_started_with(tmp_path, tiny_cache, monkeypatch):
+    """An edit of the package while a job runs (hours of a sweep, a developer
+    at work in the same checkout) is not attributed to that job."""
+    from xlt import keys
+
+    source = {"hash": "atstart"}
+    monkeypatch.setattr(keys, "source_hash", lambda root, length=10: source["hash"])
+    real_evaluate = pipeline.evaluate
+
+    def edit_then_evaluate(*args, **kwargs):
+        source["hash"] = "editedmidjob"
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate", edit_then_evaluate)
+    keys.code_version.cache_clear()
+    try:
+        results = pipeline.run_job(compose_job(tmp_path / "run", tiny_cache))
+    finally:
+        keys.code_version.cache_clear()  # the next test hashes the real source
+    assert source["hash"] == "editedmidjob" and results["config"]["code_version"].endswith("+srcatstart")
+
+
 def test_gradient_accumulation_keeps_the_effective_batch(tmp_path, cache_dir):
 
     pipeline.run_job(compose_job(tmp_path / "run", cache_dir, "trainer.accumulate_grad_batches=2"))

@@ -63,7 +63,9 @@ def code_version() -> str:
     path), so a job run with uncommitted edits never claims a commit's
     version, and a commit that only touches docs or tests does not make a
     sweep's seeds look like they came from different code (the report's †).
-    The git commit, for humans, is ``code_commit()``.
+    The git commit, for humans, is ``code_commit()``.  Computed once per
+    process: a job calls it when it starts (``pin_code``), so an edit made
+    while it runs is not attributed to it.
     """
     return f"{__version__}+src{source_hash(Path(__file__).parent)}"
 
@@ -78,8 +80,10 @@ def source_hash(root: Path, length: int = 10) -> str:
     return digest.hexdigest()[:length]
 
 
+@functools.lru_cache(maxsize=1)
 def code_commit() -> str:
-    """The git commit of the checkout (``-dirty`` with uncommitted changes), or ""."""
+    """The git commit of the checkout (``-dirty`` with uncommitted changes in
+    the package), or "".  Computed once per process, as ``code_version``."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -90,6 +94,13 @@ def code_commit() -> str:
         return f"{sha}-dirty" if sha and git("status", "--porcelain", "--", ".") else sha
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def pin_code() -> None:
+    """Record the code a job starts with (``code_version``, ``code_commit``):
+    results.json then names it even if the source is edited while the job runs."""
+    code_version()
+    code_commit()
 
 
 def job_hash(cfg: DictConfig, with_seed: bool = True) -> str:

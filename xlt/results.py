@@ -18,7 +18,8 @@ One job directory holds
   ``gold``, ``prediction`` and the per-example score of each averaged metric
   (``SCORE_KEYS``: ``correct`` for accuracy, ``f1``, ``em`` for exact match).
 
-The identity keys label table cells; ``resolved`` is what ``xlt-report``
+A rerun of a job whose results.json is of the same config, code and data
+keeps it (``finished``).  The identity keys label table cells; ``resolved`` is what ``xlt-report``
 compares, so two runs whose configs differ in any value (a ``task.lr``
 sweep) are never merged.  The job writer (``xlt.stages.job``), the failure
 recorder (``xlt.cli``), ``xlt-report`` and the demo all go through here.
@@ -27,6 +28,7 @@ recorder (``xlt.cli``), ``xlt-report`` and the demo all go through here.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from xlt.artifacts import write_json
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_DIR = "predictions"
@@ -81,6 +85,33 @@ def ok_results(cfg: DictConfig, metrics: dict[str, dict[str, float]], started: f
     config = {**describe(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
               "code_commit": code_commit(), "data_checksums": data_checksums}
     return {"config": config, "metrics": metrics, "status": OK, "runtime_s": round(time.time() - started, 1)}
+
+
+def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str]) -> dict[str, Any] | None:
+    """The results.json in ``run_dir`` if it already is this job's result, else None.
+
+    It is when its status is ok and it was computed from the same config (hash
+    and seed), the same code version and the same input data, and every eval
+    set's predictions are there.  A rerun of a sweep then skips its finished
+    jobs instead of evaluating them again, and anything that changed (an
+    override, an edit of the package, a data file) runs the job.
+    """
+    from xlt.keys import code_version, job_hash
+
+    try:
+        done = read(run_dir)
+    except (OSError, ValueError):
+        return None
+    config = done["config"]
+    same = (done["status"] == OK and config.get("config_hash") == job_hash(cfg, with_seed=False)
+            and config.get("seed") == cfg.seed and config.get("code_version") == code_version()
+            and config.get("data_checksums") == data_checksums)
+    predictions = Path(run_dir) / PREDICTIONS_DIR
+    if not same or not all((predictions / f"{name}.jsonl").is_file() for name in done.get("metrics", {})):
+        return None
+    log.info("%s already holds this job's result (same config, code and data): not run again; "
+             "delete it to run the job again", Path(run_dir) / RESULTS_FILE)
+    return done
 
 
 def write(run_dir: str | Path, results: dict[str, Any]) -> None:

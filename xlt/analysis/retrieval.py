@@ -291,10 +291,12 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     from xlt.artifacts import content_checksum, write_jsonl
     from xlt.config import validate
     from xlt.evaluation.retrieval import embed, num_layers, retrieve
+    from xlt.keys import pin_code
     from xlt.models.encoder import load_tokenizer
     from xlt.stages.job import format_metrics
 
     validate(cfg)  # as run_job: also when called without the CLI (a missing GPU, bad options: one line)
+    pin_code()  # results.json names the source this job starts with
     started = time.time()
     options = retrieval_options(cfg)
     out = Path(cfg.paths.output_dir)

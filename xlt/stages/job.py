@@ -23,7 +23,7 @@ from xlt import results as results_file
 from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_json, write_jsonl
 from xlt.config import validate as validate_config
 from xlt.errors import XltError
-from xlt.keys import checkpoint_dir, corpus_path, data_checksums
+from xlt.keys import checkpoint_dir, corpus_path, data_checksums, pin_code
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
 from xlt.stages.trainer import ddp_job, make_trainer, one_device, trainer_kwargs
@@ -76,7 +76,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from xlt.tasks.registry import build_task
 
     validate(cfg)
+    pin_code()  # results.json names the source this job starts with
     out = Path(cfg.paths.output_dir)
+    if (done := results_file.finished(out, cfg, data_checksums(cfg))) is not None:  # a rerun of a sweep
+        print(format_metrics(done))
+        return done
     started = time.time()
     task = build_task(cfg.task, cfg.lang.code, cfg.data, list(cfg.lang.eval_sets[cfg.task.name]))
     eval_sets, skipped = load_eval_sets(task, cfg.data.skip_missing_eval)  # early: fail before training
