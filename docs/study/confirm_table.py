@@ -1,0 +1,131 @@
+"""The stage-2 tables of docs/study/report.md, from xlt-report's report.csv and the job folders.
+
+    xlt-report multirun/study/confirm --out docs/study/confirm
+    python docs/study/confirm_table.py multirun/study/confirm --out docs/study/confirm
+
+``accuracy.md``: XNLI accuracy per model and eval set, mean ± sample std over
+seeds with xlt-report's markers (* p < 0.05 vs the original model, ** p < 0.05
+continual vs adjusted; paired t-test over per-example correctness averaged
+over seeds), then the difference to the original with its p-value.
+``distances.md``: the held-out related/unrelated last-layer distances of
+the adjusted jobs before adjustment, after it, and after the English
+fine-tuning (does fine-tuning undo the adjustment?), mean over seeds.
+Both also as .csv.  Copies nothing by hand: the report's tables are these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from xlt import results
+from xlt.report import collect
+
+# (mode, corpus.size) -> row label; the settings are in confirm.sh (A, B).
+ROWS = {("original", None): "original", ("adjusted", 1000): "adjusted A", ("adjusted", 5000): "adjusted B",
+        ("continual", 1000): "continual (A)"}
+SETS = ("xnli", "xnli_mixed", "xnli_mixed_premise", "xnli_mixed_hypothesis")
+LANGS = ("ru", "hi")
+
+
+def row_label(mode: str, size) -> str:
+    key = (mode, None if pd.isna(size) or size == "" else int(float(size)))
+    if key not in ROWS:
+        raise SystemExit(f"confirm_table.py: no row label for mode={mode} corpus.size={size}; add it to ROWS")
+    return ROWS[key]
+
+
+def accuracy(report_csv: Path) -> pd.DataFrame:
+    """One row per (model, eval set, language) of xlt-report's report.csv, in %."""
+    report = pd.read_csv(report_csv)
+    report = report[report["metric"] == "accuracy"].copy()
+    report["row"] = [row_label(m, s) for m, s in zip(report["mode"], report["size"])]
+    report["set"] = report["eval_set"].str.rsplit(".", n=1).str[0]
+    for column in ("mean", "std", "gain"):
+        report[column] = 100 * report[column]
+    keep = ["row", "set", "lang", "mean", "std", "n_seeds", "gain", "p_vs_original", "p_vs_adjusted", "marker",
+            "mixed_provenance"]
+    return report[keep]
+
+
+def accuracy_markdown(frame: pd.DataFrame) -> str:
+    columns = [(s, lang) for s in SETS for lang in LANGS]
+    names = {"xnli": "XNLI", "xnli_mixed": "mixed", "xnli_mixed_premise": "mixed, premise en",
+             "xnli_mixed_hypothesis": "mixed, hypothesis en"}
+    header = "| model | " + " | ".join(f"{names[s]} {lang}" for s, lang in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    gains = [header.replace("| model |", "| vs original (points, p) |"), lines[1]]
+    for label in dict.fromkeys(ROWS.values()):
+        rows = frame[frame["row"] == label].set_index(["set", "lang"])
+        if rows.empty:
+            continue
+        cells, deltas = [], []
+        for key in columns:
+            if key not in rows.index:
+                cells.append("")
+                deltas.append("")
+                continue
+            r = rows.loc[key]
+            marker = "" if pd.isna(r["marker"]) else r["marker"]
+            dagger = "†" if r["mixed_provenance"] is True or str(r["mixed_provenance"]) == "True" else ""
+            seeds = "" if r["n_seeds"] == 5 else f" ({int(r['n_seeds'])} seeds)"
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}{marker}{dagger}{seeds}")
+            if label != "original":
+                p = "" if pd.isna(r["p_vs_original"]) else f", p={r['p_vs_original']:.3f}"
+                q = "" if pd.isna(r["p_vs_adjusted"]) else f"; vs A p={r['p_vs_adjusted']:.3f}"
+                deltas.append(f"{r['gain']:+.1f}{p}{q}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if label != "original":
+            gains.append(f"| {label} | " + " | ".join(deltas) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(gains) + "\n"
+
+
+def distances(sweep: Path) -> pd.DataFrame:
+    """Held-out distances of every adjusted or continual job, mean over seeds."""
+    jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])  # one folder per stage
+    jobs = jobs[jobs["status"] == "ok"].drop_duplicates("run_dir")
+    rows = []
+    for _, job in jobs[jobs["mode"] != "original"].iterrows():
+        found = results.read(Path(job["run_dir"]))
+        evidence, after = found["adjustment"], found.get("finetuned_distances", {})
+        row = {"row": row_label(job["mode"], job["size"]), "lang": job["lang"], "seed": job["seed"]}
+        for state, probe in (("original", evidence["original"]), ("adjusted", evidence["adjusted"]), ("fine-tuned", after)):
+            row[f"ratio {state}"] = probe["related_mean"] / probe["unrelated_mean"] if probe else None
+            row[f"related {state}"] = probe.get("related_mean")
+        row["English drift"] = evidence["adjusted"]["english_drift_mean"]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    means = frame.groupby(["row", "lang"], sort=False).mean(numeric_only=True).drop(columns="seed")
+    means["seeds"] = frame.groupby(["row", "lang"], sort=False)["seed"].count()
+    return means.reset_index()
+
+
+def distances_markdown(frame: pd.DataFrame) -> str:
+    lines = ["| model | lang | seeds | related/unrelated: original | adjusted | after fine-tuning | related: original | adjusted | after fine-tuning | English drift |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['row']} | {r['lang']} | {int(r['seeds'])} | {r['ratio original']:.3f} | {r['ratio adjusted']:.3f} | "
+                     f"{r['ratio fine-tuned']:.3f} | {r['related original']:.3f} | {r['related adjusted']:.3f} | "
+                     f"{r['related fine-tuned']:.3f} | {r['English drift']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path, help="the folder of the stage sweeps (multirun/study/confirm)")
+    parser.add_argument("--out", type=Path, required=True, help="xlt-report's output folder (has report.csv)")
+    args = parser.parse_args()
+    table = accuracy(args.out / "report.csv")
+    table.to_csv(args.out / "accuracy.csv", index=False)
+    (args.out / "accuracy.md").write_text(accuracy_markdown(table))
+    probes = distances(args.sweep)
+    probes.to_csv(args.out / "distances.csv", index=False)
+    (args.out / "distances.md").write_text(distances_markdown(probes))
+    print(accuracy_markdown(table) + "\n" + distances_markdown(probes))
+
+
+if __name__ == "__main__":
+    main()
