@@ -68,7 +68,7 @@ def test_rerun_skips_a_finished_job_unless_config_code_or_data_changed(tmp_path,
     run = tmp_path / "run"
     cfg = compose_job(run, tiny_cache)
     first = pipeline.run_job(cfg)
-    written = (run / "results.json").stat().st_mtime_ns
+    written = (run / "results.json").read_bytes()
     evaluated: list[int] = []
     real_evaluate = pipeline.evaluate
     monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: evaluated.append(1) or real_evaluate(*a, **k))
@@ -79,7 +79,7 @@ def test_rerun_skips_a_finished_job_unless_config_code_or_data_changed(tmp_path,
         return bool(evaluated)
 
     assert pipeline.run_job(cfg) == first and not evaluated
-    assert (run / "results.json").stat().st_mtime_ns == written  # kept, not rewritten
+    assert (run / "results.json").read_bytes() == written  # kept, not rewritten
 
     assert reruns(compose_job(run, tiny_cache, "seed=2"))  # another job in the same folder
     assert reruns(cfg)  # ... and back
@@ -218,6 +218,17 @@ def test_sweep_survives_a_failing_job_and_reports(tmp_path):
     report = xlt_report(sweep)
     assert report.returncode == 0, report.stderr
     assert "Failed jobs (1)" in report.stdout and (sweep / "report.md").exists()
+
+    # The missing file restored, the same sweep again: the finished ru job is kept (not
+    # evaluated again, and not taken for killed because its results.json predates this
+    # run's config), the hi job runs, and the sweep succeeds.
+    (partial / "test-hi.tsv").write_text((REPO / "data/demo/nli/xnli/test-hi.tsv").read_text())
+    ru_results = next(p for p in sweep.glob("*/results.json") if json.loads(p.read_text())["config"]["lang"] == "ru")
+    kept = ru_results.read_bytes()
+    again = xlt("-m", *SMALL, "lang=ru,hi", f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ru_results.read_bytes() == kept and "already holds this job's result" in (ru_results.parent / "train.log").read_text()
+    assert {json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json")} == {"ok"}
 
 
 def test_demo_sweep_basic_launcher_and_report(tmp_path, e5_dir):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,8 +110,10 @@ def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str
     predictions = Path(run_dir) / PREDICTIONS_DIR
     if not same or not all((predictions / f"{name}.jsonl").is_file() for name in done.get("metrics", {})):
         return None
+    path = Path(run_dir) / RESULTS_FILE
+    os.utime(path)  # this run's result now: the sweep's check of its jobs (xlt.report.sweep) compares mtimes
     log.info("%s already holds this job's result (same config, code and data): not run again; "
-             "delete it to run the job again", Path(run_dir) / RESULTS_FILE)
+             "delete it to run the job again", path)
     return done
 
 
