@@ -7,6 +7,10 @@
 seeds with xlt-report's markers (* p < 0.05 vs the original model, ** p < 0.05
 continual vs adjusted; paired t-test over per-example correctness averaged
 over seeds), then the difference to the original with its p-value.
+``seeds.md``: XNLI and mixed accuracy of every seed, and the per-seed
+difference to the original model (the fine-tuning order and head of seed k
+are the same for every model, so seed-to-seed noise cancels in it);
+``seeds.png|pdf`` plots them.
 ``distances.md``: the held-out related/unrelated last-layer distances of
 the adjusted jobs before adjustment, after it, and after the English
 fine-tuning (does fine-tuning undo the adjustment?), mean over seeds.
@@ -83,6 +87,54 @@ def accuracy_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(gains) + "\n"
 
 
+def per_seed(sweep: Path) -> pd.DataFrame:
+    """Accuracy (%) per model, language, seed and eval set, with the difference to the original's seed."""
+    jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])
+    jobs = jobs[(jobs["status"] == "ok") & (jobs["metric"] == "accuracy")].drop_duplicates(["run_dir", "eval_set"])
+    jobs = jobs.assign(row=[row_label(m, s) for m, s in zip(jobs["mode"], jobs["size"])],
+                       set=jobs["eval_set"].str.rsplit(".", n=1).str[0], accuracy=100 * jobs["value"].astype(float))
+    jobs = jobs[jobs["set"].isin(("xnli", "xnli_mixed"))]
+    frame = jobs.pivot_table(index=["set", "lang", "seed"], columns="row", values="accuracy")
+    order = [label for label in dict.fromkeys(ROWS.values()) if label in frame.columns]
+    frame = frame[order]
+    for label in order[1:]:
+        frame[f"{label} − original"] = frame[label] - frame["original"]
+    return frame.reset_index()
+
+
+def seeds_markdown(frame: pd.DataFrame) -> str:
+    columns = [c for c in frame.columns if c not in ("set", "lang", "seed")]
+    lines = ["| set | lang | seed | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
+    for _, r in frame.iterrows():
+        cells = [f"{r[c]:+.1f}" if "−" in c else f"{r[c]:.1f}" for c in columns]
+        lines.append(f"| {r['set']} | {r['lang']} | {int(r['seed'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_figure(frame: pd.DataFrame, out: Path) -> None:
+    """XNLI accuracy per seed, one panel per language, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xnli = frame[frame["set"] == "xnli"]
+    models = [c for c in frame.columns if c not in ("set", "lang", "seed") and "−" not in c]
+    fig, axes = plt.subplots(1, len(LANGS), figsize=(9, 3.4), sharey=True)
+    for ax, lang in zip(axes, LANGS):
+        rows = xnli[xnli["lang"] == lang]
+        for model in models:
+            ax.plot(rows["seed"], rows[model], marker="o", label=model)
+        ax.set(title=f"XNLI {lang} (5,010 pairs)", xlabel="seed", xticks=sorted(rows["seed"].astype(int)))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy, %")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"seeds.{suffix}", dpi=150)
+    plt.close(fig)
+
+
 def distances(sweep: Path) -> pd.DataFrame:
     """Held-out distances of every adjusted or continual job, mean over seeds."""
     jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])  # one folder per stage
@@ -121,6 +173,10 @@ def main() -> None:
     table = accuracy(args.out / "report.csv")
     table.to_csv(args.out / "accuracy.csv", index=False)
     (args.out / "accuracy.md").write_text(accuracy_markdown(table))
+    seeds = per_seed(args.sweep)
+    seeds.to_csv(args.out / "seeds.csv", index=False)
+    (args.out / "seeds.md").write_text(seeds_markdown(seeds))
+    seeds_figure(seeds, args.out)
     probes = distances(args.sweep)
     probes.to_csv(args.out / "distances.csv", index=False)
     (args.out / "distances.md").write_text(distances_markdown(probes))
