@@ -51,6 +51,17 @@ def test_eval_sets_and_limit(shared_data):
         nli_task(shared_data, "vi", sets=["xnli_mix"]).eval_sets()
 
 
+def test_english_test_set_is_opt_in_and_is_the_english_file(shared_data):
+    """xnli_en is the English test set (the source-language accuracy of the
+    job's model), named per job language, and not evaluated unless asked."""
+    sets = {s.name: s for s in nli_task(shared_data, "hi", sets=["xnli", "xnli_en"]).eval_sets()}
+    assert list(sets) == ["xnli.hi", "xnli_en.hi"]
+    english = read_nli_tsv(str(shared_data / "nli/xnli/test-en.tsv"), "xnli-en")
+    assert sets["xnli_en.hi"].examples == english and len(english) == 5010
+    assert sets["xnli.hi"].examples[0]["premise"] != english[0]["premise"]  # the Hindi file, not English
+    assert "xnli_en.hi" not in {s.name for s in nli_task(shared_data, "hi").eval_sets()}
+
+
 def test_xnli_mixed_is_the_papers_one_set_per_language(shared_data):
     """xnli_mixed holds every pair once (each with one English side) and its
     accuracy is the pooled hand count, not the mean of the two halves."""

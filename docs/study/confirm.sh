@@ -4,15 +4,24 @@
 # (2 epochs), evaluated on the full 5,010-pair test sets.  Cached and
 # resumable: a rerun reuses every finished adjustment and fine-tuning (the
 # English fine-tuning of the original model is shared by ru and hi).
-#   usage: bash docs/study/confirm.sh original|adjusted_a|adjusted_b|continual
+#   usage: bash docs/study/confirm.sh original|adjusted_a|adjusted_b|continual [english]
+# With "english": the same jobs evaluated on the English XNLI test set only
+# (eval set xnli_en; checkpoints and adjusted models come from the cache), in
+# multirun/study/english/<stage>.
 # Two jobs at a time on the CPU cores (local_gpus launcher without GPUs).
 set -euo pipefail
-stage=${1:?usage: confirm.sh original|adjusted_a|adjusted_b|continual}
+stage=${1:?usage: confirm.sh original|adjusted_a|adjusted_b|continual [english]}
 out=${STUDY_RUNS:-multirun/study}/confirm
+english=()
+case ${2:-} in
+  "") ;;
+  english) out=${STUDY_RUNS:-multirun/study}/english; english=('lang.eval_sets.xnli=[xnli_en]') ;;
+  *) echo "confirm.sh: unknown second argument '$2' (english)" >&2; exit 2 ;;
+esac
 # trainer.checkpoint_every_n_steps=50: a job killed at the end of a session
 # loses at most 50 steps (the interval is not part of any cache key).
 common=(task=xnli lang=ru,hi seed=1,2,3,4,5 corpus.heldout=1000 trainer.checkpoint_every_n_steps=50
-        hydra/launcher=local_gpus 'hydra.launcher.gpus=[]' hydra.launcher.n_jobs=2)
+        hydra/launcher=local_gpus 'hydra.launcher.gpus=[]' hydra.launcher.n_jobs=2 "${english[@]}")
 # The two screened settings (docs/study/report.md, "Choosing the settings"),
 # chosen before any fine-tuning: A = the best retrieval overall (the paper
 # code's adjustment: mse terms, dropout on, embeddings trained); B = the best

@@ -8,6 +8,12 @@ only reads such a set (``run_xnli*.py --custom_test_dataset``), it does not
 build it, so the coin is xlt's.  The two halves of the same draw are extra
 sets: ``xnli_mixed_premise`` (pairs whose premise is English) and
 ``xnli_mixed_hypothesis`` (whose hypothesis is English).
+
+``xnli_en`` (opt-in: ``lang.eval_sets.xnli=[xnli,xnli_en]``) is the English
+test set, the source-language accuracy of the job's own model: it tells "the
+adjustment hurt the English task model" from "it hurt only the transfer".
+It is named ``xnli_en.<lang>`` like every set of the job, because an adjusted
+model is per target language.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ def mixed_language(target: list[dict[str, Any]], english: list[dict[str, Any]], 
 
 
 MIXED_SETS = ("xnli_mixed", "xnli_mixed_premise", "xnli_mixed_hypothesis")
+NLI_SETS = ("xnli", "xnli_en", *MIXED_SETS)
 
 
 class NliTask(Task):
@@ -78,13 +85,15 @@ class NliTask(Task):
 
     def eval_sets(self) -> list[EvalSet]:
         wanted = self.eval_set_names or ["xnli", *MIXED_SETS]
-        unknown = [name for name in wanted if name not in ("xnli", *MIXED_SETS)]
+        unknown = [name for name in wanted if name not in NLI_SETS]
         if unknown:
-            raise XltError(f"unknown NLI evaluation set(s) {unknown}; valid: {', '.join(('xnli', *MIXED_SETS))}")
+            raise XltError(f"unknown NLI evaluation set(s) {unknown}; valid: {', '.join(NLI_SETS)}")
         target = self._eval_split(self.lang)
         sets = {"xnli": target}
+        if any(name in MIXED_SETS or name == "xnli_en" for name in wanted):
+            sets["xnli_en"] = self._eval_split("en")
         if any(name in MIXED_SETS for name in wanted):
-            mixed = mixed_language(target, self._eval_split("en"), int(self.cfg.options.get("mixed_seed", 0)))
+            mixed = mixed_language(target, sets["xnli_en"], int(self.cfg.options.get("mixed_seed", 0)))
             sets["xnli_mixed"] = mixed
             for side in ("premise", "hypothesis"):
                 sets[f"xnli_mixed_{side}"] = [e for e in mixed if e["replaced"] == side]
