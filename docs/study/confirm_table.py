@@ -14,6 +14,10 @@ are the same for every model, so seed-to-seed noise cancels in it);
 ``distances.md``: the held-out related/unrelated last-layer distances of
 the adjusted jobs before adjustment, after it, and after the English
 fine-tuning (does fine-tuning undo the adjustment?), mean over seeds.
+``english.md`` (with ``--english``, the sweeps of ``confirm.sh <stage> english``
+and xlt-report's output on them): English XNLI test accuracy of the same
+checkpoints, its difference to the original (p), and the transfer gap
+English − target per seed.
 Both also as .csv.  Copies nothing by hand: the report's tables are these files.
 """
 
@@ -135,6 +139,53 @@ def seeds_figure(frame: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+def english(sweep: Path, report_csv: Path, seeds: pd.DataFrame) -> pd.DataFrame:
+    """English accuracy per model and language (mean ± std over seeds, gain and p vs the
+    original from xlt-report), and the transfer gap English − target (XNLI), per seed then averaged."""
+    jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])
+    jobs = jobs[(jobs["status"] == "ok") & (jobs["metric"] == "accuracy")]
+    jobs = jobs.assign(row=[row_label(m, s) for m, s in zip(jobs["mode"], jobs["size"])],
+                       english=100 * jobs["value"].astype(float))
+    target = seeds[seeds["set"] == "xnli"].melt(id_vars=["set", "lang", "seed"], var_name="row", value_name="target")
+    merged = jobs[["row", "lang", "seed", "english"]].merge(target[["row", "lang", "seed", "target"]], on=["row", "lang", "seed"])
+    merged["gap"] = merged["english"] - merged["target"]
+    stats = merged.groupby(["row", "lang"], sort=False).agg(
+        seeds=("seed", "count"), english=("english", "mean"), english_std=("english", "std"),
+        target=("target", "mean"), gap=("gap", "mean"), gap_std=("gap", "std")).reset_index()
+    stats["gap_change"], stats["gap_p"] = zip(*(_gap_test(merged, row, lang) for row, lang in zip(stats["row"], stats["lang"])))
+    tests = accuracy(report_csv)[["row", "lang", "gain", "p_vs_original", "marker"]]
+    order = {label: i for i, label in enumerate(dict.fromkeys(ROWS.values()))}
+    frame = stats.merge(tests, on=["row", "lang"], how="left")
+    return frame.sort_values(["row", "lang"], key=lambda c: c.map(order) if c.name == "row" else c.map(LANGS.index)).reset_index(drop=True)
+
+
+def _gap_test(merged: pd.DataFrame, row: str, lang: str) -> tuple[float, float]:
+    """Change of the transfer gap against the original, paired over the seeds both have
+    (t-test over seeds: few samples, but the same fine-tuning order per seed)."""
+    from scipy.stats import ttest_rel
+
+    if row == "original":
+        return float("nan"), float("nan")
+    mine = merged[(merged["row"] == row) & (merged["lang"] == lang)].set_index("seed")["gap"]
+    base = merged[(merged["row"] == "original") & (merged["lang"] == lang)].set_index("seed")["gap"]
+    common = mine.index.intersection(base.index)
+    if len(common) < 2:
+        return float("nan"), float("nan")
+    return float((mine[common] - base[common]).mean()), float(ttest_rel(mine[common], base[common]).pvalue)
+
+
+def english_markdown(frame: pd.DataFrame) -> str:
+    lines = ["| model | lang | seeds | English | vs original (points, p) | target (XNLI) | gap English − target | gap vs original (points, p over seeds) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        versus = "" if r["row"] == "original" or pd.isna(r["gain"]) else f"{r['gain']:+.1f}, p={r['p_vs_original']:.3f}"
+        marker = "" if pd.isna(r["marker"]) else r["marker"]
+        lines.append(f"| {r['row']} | {r['lang']} | {int(r['seeds'])} | {r['english']:.1f} ± {r['english_std']:.1f}{marker} | "
+                     f"{versus} | {r['target']:.1f} | {r['gap']:.1f} ± {r['gap_std']:.1f} | "
+                     + ("" if pd.isna(r["gap_p"]) else f"{r['gap_change']:+.1f}, p={r['gap_p']:.3f}") + " |")
+    return "\n".join(lines) + "\n"
+
+
 def distances(sweep: Path) -> pd.DataFrame:
     """Held-out distances of every adjusted or continual job, mean over seeds."""
     jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])  # one folder per stage
@@ -169,6 +220,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the folder of the stage sweeps (multirun/study/confirm)")
     parser.add_argument("--out", type=Path, required=True, help="xlt-report's output folder (has report.csv)")
+    parser.add_argument("--english", type=Path, help="the folder of the English sweeps (multirun/study/english), "
+                        "with xlt-report's output on them in docs/study/english")
     args = parser.parse_args()
     table = accuracy(args.out / "report.csv")
     table.to_csv(args.out / "accuracy.csv", index=False)
@@ -181,6 +234,12 @@ def main() -> None:
     probes.to_csv(args.out / "distances.csv", index=False)
     (args.out / "distances.md").write_text(distances_markdown(probes))
     print(accuracy_markdown(table) + "\n" + distances_markdown(probes))
+    if args.english:
+        out = args.out.parent / "english"
+        frame = english(args.english, out / "report.csv", seeds)
+        frame.to_csv(out / "english.csv", index=False)
+        (out / "english.md").write_text(english_markdown(frame))
+        print(english_markdown(frame))
 
 
 if __name__ == "__main__":
