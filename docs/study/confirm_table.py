@@ -91,12 +91,24 @@ def accuracy_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(gains) + "\n"
 
 
-def per_seed(sweep: Path) -> pd.DataFrame:
-    """Accuracy (%) per model, language, seed and eval set, with the difference to the original's seed."""
+def ok_jobs(sweep: Path) -> pd.DataFrame:
+    """xlt's ``collect`` over the stage folders of ``sweep`` (one per stage): the finished jobs,
+    one row per job, eval set and metric, with the table's row label and the set without its language."""
     jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])
-    jobs = jobs[(jobs["status"] == "ok") & (jobs["metric"] == "accuracy")].drop_duplicates(["run_dir", "eval_set"])
-    jobs = jobs.assign(row=[row_label(m, s) for m, s in zip(jobs["mode"], jobs["size"])],
-                       set=jobs["eval_set"].str.rsplit(".", n=1).str[0], accuracy=100 * jobs["value"].astype(float))
+    jobs = jobs[jobs["status"] == "ok"]
+    return jobs.assign(row=[row_label(m, s) for m, s in zip(jobs["mode"], jobs["size"])],
+                       set=jobs["eval_set"].str.rsplit(".", n=1).str[0])
+
+
+def accuracies(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy rows of ``ok_jobs``, in %."""
+    jobs = jobs[jobs["metric"] == "accuracy"].drop_duplicates(["run_dir", "eval_set"])
+    return jobs.assign(accuracy=100 * jobs["value"].astype(float))
+
+
+def per_seed(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per model, language, seed and eval set, with the difference to the original's seed."""
+    jobs = accuracies(jobs)
     jobs = jobs[jobs["set"].isin(("xnli", "xnli_mixed"))]
     frame = jobs.pivot_table(index=["set", "lang", "seed"], columns="row", values="accuracy")
     order = [label for label in dict.fromkeys(ROWS.values()) if label in frame.columns]
@@ -139,13 +151,10 @@ def seeds_figure(frame: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def english(sweep: Path, report_csv: Path, seeds: pd.DataFrame) -> pd.DataFrame:
+def english(jobs: pd.DataFrame, report_csv: Path, seeds: pd.DataFrame) -> pd.DataFrame:
     """English accuracy per model and language (mean ± std over seeds, gain and p vs the
     original from xlt-report), and the transfer gap English − target (XNLI), per seed then averaged."""
-    jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])
-    jobs = jobs[(jobs["status"] == "ok") & (jobs["metric"] == "accuracy")]
-    jobs = jobs.assign(row=[row_label(m, s) for m, s in zip(jobs["mode"], jobs["size"])],
-                       english=100 * jobs["value"].astype(float))
+    jobs = accuracies(jobs).rename(columns={"accuracy": "english"})
     target = seeds[seeds["set"] == "xnli"].melt(id_vars=["set", "lang", "seed"], var_name="row", value_name="target")
     merged = jobs[["row", "lang", "seed", "english"]].merge(target[["row", "lang", "seed", "target"]], on=["row", "lang", "seed"])
     merged["gap"] = merged["english"] - merged["target"]
@@ -186,15 +195,14 @@ def english_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def distances(sweep: Path) -> pd.DataFrame:
+def distances(jobs: pd.DataFrame) -> pd.DataFrame:
     """Held-out distances of every adjusted or continual job, mean over seeds."""
-    jobs = collect([str(p) for p in sorted(sweep.iterdir()) if p.is_dir()])  # one folder per stage
-    jobs = jobs[jobs["status"] == "ok"].drop_duplicates("run_dir")
+    jobs = jobs.drop_duplicates("run_dir")
     rows = []
     for _, job in jobs[jobs["mode"] != "original"].iterrows():
         found = results.read(Path(job["run_dir"]))
         evidence, after = found["adjustment"], found.get("finetuned_distances", {})
-        row = {"row": row_label(job["mode"], job["size"]), "lang": job["lang"], "seed": job["seed"]}
+        row = {"row": job["row"], "lang": job["lang"], "seed": job["seed"]}
         for state, probe in (("original", evidence["original"]), ("adjusted", evidence["adjusted"]), ("fine-tuned", after)):
             row[f"ratio {state}"] = probe["related_mean"] / probe["unrelated_mean"] if probe else None
             row[f"related {state}"] = probe.get("related_mean")
@@ -226,17 +234,18 @@ def main() -> None:
     table = accuracy(args.out / "report.csv")
     table.to_csv(args.out / "accuracy.csv", index=False)
     (args.out / "accuracy.md").write_text(accuracy_markdown(table))
-    seeds = per_seed(args.sweep)
+    jobs = ok_jobs(args.sweep)
+    seeds = per_seed(jobs)
     seeds.to_csv(args.out / "seeds.csv", index=False)
     (args.out / "seeds.md").write_text(seeds_markdown(seeds))
     seeds_figure(seeds, args.out)
-    probes = distances(args.sweep)
+    probes = distances(jobs)
     probes.to_csv(args.out / "distances.csv", index=False)
     (args.out / "distances.md").write_text(distances_markdown(probes))
     print(accuracy_markdown(table) + "\n" + distances_markdown(probes))
     if args.english:
         out = args.out.parent / "english"
-        frame = english(args.english, out / "report.csv", seeds)
+        frame = english(ok_jobs(args.english), out / "report.csv", seeds)
         frame.to_csv(out / "english.csv", index=False)
         (out / "english.md").write_text(english_markdown(frame))
         print(english_markdown(frame))
