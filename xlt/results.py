@@ -95,7 +95,9 @@ def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str
     and seed), the same code version and the same input data, and every eval
     set's predictions are there.  A rerun of a sweep then skips its finished
     jobs instead of evaluating them again, and anything that changed (an
-    override, an edit of the package, a data file) runs the job.
+    override, an edit of the package, a data file) runs the job.  A kept
+    result is touched: the sweep's end-of-run check (``xlt.report.sweep``)
+    takes a results.json older than the job's rewritten config for a killed job.
     """
     from xlt.keys import code_version, job_hash
 
