@@ -23,8 +23,8 @@ install: $(STAMP)  ## create .venv and install xlt with its dependencies
 test: $(STAMP)  ## run the test suite (offline)
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## tests without the end-to-end jobs
-	$(BIN)/pytest -m "not slow"
+test-fast: $(STAMP)  ## tests without end-to-end jobs and training runs (under 3 min on 2 cores)
+	$(BIN)/pytest -m "not slow" --strict-markers
 
 demo: $(STAMP)  ## fine-tune e5_small on English NLI, evaluate XNLI + mixed XNLI (offline, CPU)
 	$(BIN)/python -m xlt.demo

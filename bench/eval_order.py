@@ -25,7 +25,7 @@ def bench_eval_order(cfg, encoder, tokenizer, rounds: int = 3) -> dict[str, Any]
     from xlt.stages.job import length_order
     from xlt.tasks.registry import build_task
 
-    task = build_task(cfg.task, cfg.lang.code, cfg.data, ["xnli"])
+    task = build_task(cfg)
     eval_set = next(s for s in task.eval_sets() if s.name == f"xnli.{cfg.lang.code}")
     features = task.features(tokenizer, eval_set.examples, train=False)
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, 0.0, cfg.seed).eval()

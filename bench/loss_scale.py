@@ -45,11 +45,11 @@ def aligned_batch(tokenizer, n: int = 16):
 
 
 def task_loss(encoder, tokenizer) -> float:
-    from xlt.config import DataConfig, TaskConfig
-    from xlt.tasks.nli import NliTask, read_nli_tsv
+    from xlt.contract import compose
+    from xlt.tasks.registry import build_task
 
-    task = NliTask(TaskConfig(name="xnli"), "en", DataConfig(root=str(DATA)))
-    examples = read_nli_tsv(str(DATA / "nli" / "xnli" / "dev-en.tsv"), "dev")[:32]
+    task = build_task(compose(["task=xnli", "lang=ru", f"data.root={DATA}", f"paths.output_dir={CACHE}"]))
+    examples = task.train_examples()[:32]
     batch = task.collate(tokenizer, task.features(tokenizer, examples, train=True))
     torch.manual_seed(0)
     head = task.head(encoder.config)

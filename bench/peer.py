@@ -92,7 +92,7 @@ def bench_peer(cfg, encoder, tokenizer, steps: int, rounds: int = 2) -> dict[str
         print("  [peer] skipped: transformers.Trainer needs accelerate (pip install -e '.[bench]')")
         return {"skipped": "accelerate is not installed (pip install -e '.[bench]')"}
 
-    task = build_task(cfg.task, cfg.lang.code, cfg.data, ["xnli"])
+    task = build_task(cfg)
     features = task.features(tokenizer, task.train_examples()[: cfg.task.batch_size * (steps + 1)], train=True)
     times: dict[str, list[float]] = {"xlt": [], "hf": []}
     with tempfile.TemporaryDirectory(prefix="xlt-peer-") as tmp:

@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from xlt.stages import align as pipeline  # noqa: E402
-from xlt.config import compose_config  # noqa: E402
+from xlt.contract import compose as compose_config  # noqa: E402
 from xlt.models.adjust import AdjustModule, AlignmentLoss, Batch, collate_aligned, constant_after_warmup, freeze_copy, reduce_squared  # noqa: E402
 from xlt.models.continual import ContinualObjective  # noqa: E402
 from xlt.stages.job import continual_objective  # noqa: E402
@@ -219,7 +219,7 @@ def bench_task(task_name: str, args: argparse.Namespace, ctx: dict[str, Any], se
     starting empty) or section 2 (``cache``: continual with the cache off vs
     warm) for one task."""
     cfg = compose(args, f"task={task_name}", *ctx["data_overrides"][task_name])
-    task = build_task(cfg.task, cfg.lang.code, cfg.data, [])
+    task = build_task(cfg)
     tokenizer = ctx["tokenizer"]
     examples = task.train_examples()
     features = task.features(tokenizer, examples, train=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -58,3 +59,45 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[Pair]:
 
 
 PAD_TOKENIZER = SimpleNamespace(pad_token_id=0)
+
+
+def make_task(task: str, lang: str, root, *overrides: str, source: str = "local", check: bool = True):
+    """The task of ``task=<task> lang=<lang>`` composed and validated as a
+    job's (its YAML, the language's files, typed options), reading data under
+    ``root``; ``check=False`` skips the contract (a unit test of an edge case
+    outside the valid range)."""
+    from xlt.contract import compose, validate
+    from xlt.tasks.registry import build_task
+
+    cfg = compose([f"task={task}", f"lang={lang}", f"data.root={root}", f"data.source={source}",
+                   "paths.output_dir=unused", *overrides])
+    if check:
+        validate(cfg)
+    return build_task(cfg)
+
+
+def write_composed_job(root: Path, name: str, overrides: list[str], correct: list[int] | None,
+                       eval_set: str = "xnli.ru") -> Path:
+    """A job directory as a real job leaves it: .hydra/config.yaml, and unless
+    ``correct`` is None (a killed job) results.json and predictions via ``xlt.results``."""
+    import json
+    import time
+
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from xlt import results
+    from xlt.contract import compose
+
+    run = root / name
+    cfg = compose([*overrides, f"paths.output_dir={run}"])
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    if correct is not None:
+        records = [{"id": f"ex{i}", "gold": 0, "prediction": 1 - c, "correct": c} for i, c in enumerate(correct)]
+        (run / "predictions").mkdir()
+        (run / "predictions" / f"{eval_set}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        metrics = {eval_set: {"accuracy": float(np.mean(correct)), "n": len(correct)}}
+        report_info = {"title": "XNLI", "significance": "paired_ttest", "headline": ["accuracy"]}
+        results.write(run, results.ok_results(cfg, metrics, time.time(), {}, report_info))
+    return run

@@ -78,6 +78,7 @@ def test_warmup_then_constant():
     assert [round(factor(s), 2) for s in (0, 4, 9, 10, 500)] == [0.1, 0.5, 1.0, 1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_adjustment_training_pulls_pairs_together():
     L.seed_everything(0, verbose=False)
     encoder = tiny_encoder()

@@ -8,13 +8,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from xlt.config import AlignerConfig, TokensConfig, compose_config
+from xlt.config import AlignerConfig, TokensConfig
+from xlt.contract import compose
 from xlt.data import align as A
-from xlt.data import fast_align as F
-from xlt.data.parallel import SentencePair, read_numbered_pairs, tokenize_pair
+from xlt.data.parallel import SentencePair
 from xlt.errors import XltError
 from xlt.stages.align import align_stage
 
@@ -71,61 +70,11 @@ def test_eflomal_missing_gives_install_hint(monkeypatch) -> None:
         A.align_corpus([SentencePair(["a"], ["b"])], AlignerConfig(name="eflomal"))
 
 
-def test_unknown_aligner_and_ignored_or_bad_settings() -> None:
-    pair = [SentencePair(["a"], ["b"])]
+def test_unknown_aligner() -> None:
+    """(Ignored or out-of-range aligner settings stop at the config contract:
+    tests/test_contract.py.)"""
     with pytest.raises(XltError, match="unknown aligner.name"):
-        A.align_corpus(pair, AlignerConfig(name="giza"))
-    with pytest.raises(XltError, match="aligner.optimize_tension is a fast_align setting; aligner.name=eflomal"):
-        A.align_corpus(pair, AlignerConfig(name="eflomal", optimize_tension=False))
-    with pytest.raises(XltError, match="aligner.alpha=0.0 must be > 0"):
-        A.align_corpus(pair, AlignerConfig(alpha=0.0))
-
-
-# --------------------------------------------------------------------------- the fast_align port
-
-
-def test_diagonal_normaliser_and_digamma() -> None:
-    """``ComputeZ``'s closed form equals the sum it replaces; ``ComputeDLogZ`` is
-    the expected feature (where its swapped-length quirk is harmless, m == n);
-    the tool's digamma approximation is scipy's to 1e-9."""
-    from scipy.special import digamma
-
-    for m, n in [(5, 7), (9, 4), (6, 6), (1, 3), (30, 30)]:
-        j = np.arange(1, m + 1)
-        i = np.arange(1, n + 1)[:, None]
-        weights = np.exp(-4.0 * np.abs(i / n - j / m))
-        assert np.allclose(F.compute_z(j, np.full(m, m), np.full(m, n), 4.0), weights.sum(0), rtol=1e-12)
-        if m == n:
-            expected = (weights * -np.abs(i / n - j / m)).sum(0) / weights.sum(0)
-            assert np.allclose(F.compute_dlogz(j, np.full(m, m), np.full(m, n), 4.0), expected, rtol=1e-9)
-    x = np.array([0.01, 0.3, 1.0, 6.9, 7.0, 50.0, 1e4])
-    assert np.allclose(F.digamma(x), digamma(x), rtol=0, atol=1e-9)
-
-
-def test_fast_align_tiny_corpus() -> None:
-    pairs = [SentencePair(e.split(), t.split()) for e, t in [("a b", "x y"), ("b c", "y z"), ("a c", "x z")] * 5]
-    links = A.align_corpus(pairs, AlignerConfig(symmetrization="grow-diag-final-and"))
-    assert links[0] == [(0, 0), (1, 1)] and links[1] == [(0, 0), (1, 1)]
-
-
-def _golden(shared_data: Path, name: str) -> list[set[tuple[int, int]]]:
-    lines = (shared_data / "golden/fast_align" / name).read_text(encoding="utf-8").splitlines()
-    return [{tuple(map(int, link.split("-"))) for link in line.split()} for line in lines]
-
-
-def test_fast_align_equals_the_reference_tool(shared_data: Path) -> None:
-    """The whole hi pool (8,452 pairs, the tool's exact input) with the default
-    ``-d -o -v``: forward, reverse and intersection equal the tool's output on
-    >= 99% of lines (99.7 / 99.7 / 99.8% when written; the full figures for ru and
-    hi and both flag sets come from bench/golden_align.py)."""
-    rows = read_numbered_pairs("fast_align", str(shared_data / "golden/fast_align/corpus.hi-en"), "hi")
-    pairs = [tokenize_pair("fast_align", english, target, "hi") for _, english, target in rows]
-    forward, reverse = A.fast_align_directions(pairs, AlignerConfig())
-    ours = {"forward": forward, "reverse": reverse, "intersect": [A.intersect(f, r) for f, r in zip(forward, reverse)]}
-    for direction, links in ours.items():
-        golden = _golden(shared_data, f"hi-en.dov.{direction}.align")
-        same = sum({(j, i) for i, j in mine} == ref for mine, ref in zip(links, golden)) / len(golden)
-        assert len(links) == len(golden) and same >= 0.99, (direction, same)
+        A.align_corpus([SentencePair(["a"], ["b"])], AlignerConfig(name="giza"))
 
 
 # --------------------------------------------------------------------------- the align stage
@@ -137,7 +86,7 @@ def _fast_align_corpus(path: Path, rows: list[tuple[str, str]]) -> str:
 
 
 def _stage_cfg(tmp_path: Path, corpus: str, *overrides: str):
-    return compose_config(["model=tiny", "corpus=local", "corpus.format=fast_align", f"corpus.path={corpus}",
+    return compose(["model=tiny", "corpus=local", "corpus.format=fast_align", f"corpus.path={corpus}",
                            "corpus.size=20", "corpus.heldout=5", "corpus.max_words=10", "seed=3",
                            f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
 
@@ -178,8 +127,10 @@ def test_export_round_trips_through_pharaoh_path(tmp_path: Path, shared_data: Pa
     cfg = _stage_cfg(tmp_path, str(golden / "corpus.hi-en"), "corpus.max_words=64", "corpus.size=1000",
                      f"aligner.pharaoh_path={golden / 'hi-en.dov.intersect.align'}", f"aligner.export={export}")
     align_stage(cfg)
-    assert _golden(shared_data, "hi-en.dov.intersect.align") == [
-        {tuple(map(int, link.split("-"))) for link in line.split()} for line in export.read_text().splitlines()]
+    def links(path: Path) -> list[set[str]]:
+        return [set(line.split()) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    assert links(golden / "hi-en.dov.intersect.align") == links(export)
 
 
 def _recording(make, made: list[str]):
@@ -217,7 +168,7 @@ def test_whole_corpus_aligned_once_then_sampled(tmp_path: Path, monkeypatch) -> 
 def test_identical_strings_are_not_linked_by_default(tmp_path: Path, e5_tokenizer) -> None:
     from xlt.data.words import build_aligned_examples
 
-    cfg = compose_config(["model=tiny", f"paths.output_dir={tmp_path}"])
+    cfg = compose(["model=tiny", f"paths.output_dir={tmp_path}"])
     assert cfg.aligner.drop_identical is True
     pair = SentencePair(["Moscow", "2019"], ["Москва", "2019"])
     words = TokensConfig(name="words", use_words=True, use_cls=False, use_sep=False)

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from tests.helpers import PAD_TOKENIZER, synthetic_pairs, tiny_encoder
-from xlt.config import DataConfig, TaskConfig
+from tests.helpers import make_task
 from xlt.models.adjust import AlignmentLoss, collate_aligned, freeze_copy
 from xlt.models.continual import ContinualObjective
 from xlt.models.finetune import FineTuneModule, task_loader
-from xlt.tasks.nli import NliTask
 
 
 def nli_features(n: int = 64) -> list[dict]:
@@ -30,7 +29,7 @@ def nli_features(n: int = 64) -> list[dict]:
 def finetune(objective=None, steps: int = 12, seed: int = 3):
     L.seed_everything(seed, verbose=False)
     encoder = tiny_encoder().train()
-    task = NliTask(TaskConfig(name="xnli"), "ru", DataConfig())
+    task = make_task("xnli", "ru", "unused")
     module = FineTuneModule(encoder, task, lr=1e-3, seed=seed, objective=objective)
     loader = task_loader(task, PAD_TOKENIZER, nli_features(), batch_size=8, seed=seed)
     losses = []
@@ -60,6 +59,7 @@ def test_zero_weights_equal_plain_finetuning_step_for_step():
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_alpha_keeps_aligned_pairs_closer():
     pairs = synthetic_pairs(40, seed=1)
     batch = collate_aligned(pairs, 0)

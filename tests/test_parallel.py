@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from xlt.config import CorpusConfig
-from xlt.data.parallel import (SentencePair, prepare_corpus, read_pairs, wikimatrix_english_column,
-                               word_tokenize)
+from xlt.data.parallel import (SentencePair, corpus_path, load_pool, read_pairs, sample_pool,
+                               wikimatrix_english_column, word_tokenize)
 from xlt.errors import XltError
 
 
@@ -104,12 +104,17 @@ def test_moses_mismatch_and_empty_line(tmp_path: Path) -> None:
         read_pairs("moses", str(tmp_path / "e"), "ru")
 
 
-def test_unknown_format_and_hub(tmp_path: Path) -> None:
+def test_unknown_format() -> None:
     with pytest.raises(XltError, match="unknown corpus.format"):
         read_pairs("csv", "x", "ru")
-    cfg = CorpusConfig(name="hub", format="hub", path="x")
-    with pytest.raises(XltError, match="WikiMatrix TSV"):
-        prepare_corpus(cfg, "ru", str(tmp_path), seed=1)
+
+
+def test_wikimatrix_pair_placeholder_is_the_files_order() -> None:
+    """WikiMatrix names its files by the two codes in alphabetical order:
+    en-ru, but de-en (and reads English from the matching column)."""
+    cfg = CorpusConfig(name="wikimatrix", format="wikimatrix", path="WikiMatrix.{pair}.tsv")
+    assert corpus_path(cfg, "ru", "/d") == "WikiMatrix.en-ru.tsv" and wikimatrix_english_column("ru") == 1
+    assert corpus_path(cfg, "de", "/d") == "WikiMatrix.de-en.tsv" and wikimatrix_english_column("de") == 2
 
 
 # --------------------------------------------------------------------------- tokenizing
@@ -142,7 +147,14 @@ def _key(p: SentencePair) -> tuple[str, ...]:
     return tuple(p.english) + ("|||",) + tuple(p.target)
 
 
-def test_prepare_corpus_deterministic_disjoint(small_corpus, tmp_path: Path) -> None:
+def prepare_corpus(cfg: CorpusConfig, lang: str, root: str, seed: int) -> tuple[list[SentencePair], list[SentencePair]]:
+    """(sample, held out) pairs as the alignment stage draws them from the pool."""
+    pool = load_pool(cfg, lang, root)
+    train, held = sample_pool(pool, cfg, seed)
+    return [pool.pairs[k] for k in train], [pool.pairs[k] for k in held]
+
+
+def test_sample_deterministic_disjoint(small_corpus, tmp_path: Path) -> None:
     template, _ = small_corpus
     cfg = CorpusConfig(name="t", format="tsv", path=template, size=20, heldout=10, max_words=10)
     train, held = prepare_corpus(cfg, "ru", str(tmp_path), seed=3)
@@ -155,7 +167,7 @@ def test_prepare_corpus_deterministic_disjoint(small_corpus, tmp_path: Path) -> 
     assert all(len(p.english) <= 10 and len(p.target) <= 10 for p in train + held)
 
 
-def test_prepare_corpus_too_small_says_how_many(small_corpus, tmp_path: Path) -> None:
+def test_sample_too_small_says_how_many(small_corpus, tmp_path: Path) -> None:
     template, rows = small_corpus
     cfg = CorpusConfig(name="t", format="tsv", path=template, size=1000, heldout=5, max_words=10)
     # 61 pairs, one with 21 words: 60 usable, 5 held out -> 55 for the sample.
@@ -169,7 +181,7 @@ def test_prepare_corpus_too_small_says_how_many(small_corpus, tmp_path: Path) ->
         prepare_corpus(cfg, "ru", str(tmp_path), seed=1)
 
 
-def test_prepare_corpus_real_data_root(shared_data: Path) -> None:
+def test_sample_real_data_root(shared_data: Path) -> None:
     cfg = CorpusConfig(name="shared", format="tsv", path="{data_root}/parallel/en-{lang}/all.en-{lang}.tsv",
                        size=300, heldout=50, max_words=30)
     train, held = prepare_corpus(cfg, "vi", str(shared_data), seed=1)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_rel
 
+from tests.helpers import write_composed_job
 from xlt import report
 from xlt.evaluation.significance import marker
 
@@ -42,10 +43,12 @@ def _correct(mode: str, lang: str, seed: int) -> list[int]:
 
 
 def write_job(root: Path, name: str, config: dict, metrics: dict | None, predictions: dict[str, list[dict]],
-              status: str = "ok", error: str = "") -> Path:
+              status: str = "ok", error: str = "", report_info: dict | None = None) -> Path:
     run = root / name
     (run / "predictions").mkdir(parents=True)
     data = {"config": config, "metrics": metrics or {}, "status": status, "runtime_s": 1.0}
+    if report_info:
+        data["report"] = report_info
     if error:
         data["error"] = error
     (run / "results.json").write_text(json.dumps(data))
@@ -54,11 +57,14 @@ def write_job(root: Path, name: str, config: dict, metrics: dict | None, predict
     return run
 
 
-def write_nli_job(root: Path, name: str, mode: str, lang: str, seed: int, **config_args: Any) -> list[int]:
+def write_nli_job(root: Path, name: str, mode: str, lang: str, seed: int, title: str = "",
+                  **config_args: Any) -> list[int]:
     correct = _correct(mode, lang, seed)
     records = [{"id": f"{lang}-{i}", "gold": 0, "prediction": 1 - c, "correct": c} for i, c in enumerate(correct)]
     metrics = {f"xnli.{lang}": {"accuracy": float(np.mean(correct)), "n": N_EXAMPLES}}
-    write_job(root, name, _config(mode, lang, seed, **config_args), metrics, {f"xnli.{lang}": records})
+    report_info = {"title": title, "significance": "paired_ttest", "headline": ["accuracy"]} if title else None
+    write_job(root, name, _config(mode, lang, seed, **config_args), metrics, {f"xnli.{lang}": records},
+              report_info=report_info)
     return correct
 
 
@@ -221,26 +227,30 @@ def test_ner_and_qa_tables(tmp_path: Path) -> None:
     assert ner["p_vs_original"] == pytest.approx(1 / 201)  # perfect vs. a third of sentences emptied
     assert math.isnan(csv[(csv["metric"] == "token_f1") & (csv["mode"] == "adjusted")].iloc[0]["p_vs_original"])
     qa_row = csv[(csv["eval_set"] == "xquad.q-ru.c-en") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")]
-    assert qa_row.iloc[0]["mean"] == pytest.approx(np.mean([np.mean(qa[("adjusted", s)]) for s in (1, 2)]))
+    # these files predate the "report" block: their QA F1 (0-100) is read as a fraction, the one scale
+    assert qa_row.iloc[0]["mean"] == pytest.approx(np.mean([np.mean(qa[("adjusted", s)]) for s in (1, 2)]) / 100)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "Table 3 — wikiann F1" in md and "Table 4 — xquad F1" in md and "Table 4 — xquad EM" in md
-    qa_table = md[md.index("Table 4 — xquad F1"):]
+    assert "## ner — wikiann F1" in md and "## qa — xquad F1" in md and "## qa — xquad EM" in md
+    assert "Table 3" not in md and "token_f1" not in md.split("## Failed")[0]  # headline metrics only
+    qa_table = md[md.index("qa — xquad F1"):]
     header = qa_table.splitlines()[2]
     assert header == "| | ru | q-ru.c-en |"
     original = next(line for line in qa_table.splitlines() if line.startswith("| original |"))
-    assert f"{np.mean([np.mean(qa[('original', s)]) for s in (1, 2)]):.1f}" in original  # QA not rescaled
+    assert f"{np.mean([np.mean(qa[('original', s)]) for s in (1, 2)]):.1f}" in original  # in %, as NER and NLI
 
 
 def test_sweep_tables_show_gains(tmp_path: Path) -> None:
-    """Varying size gives a Table 5 of gains over the original."""
+    """Varying size gives a table of gains over the original, titled by the
+    task (here as the table5_size preset titles it)."""
     root = tmp_path / "runs"
+    title = "Table 5: corpus size"
     for seed in (1, 2):
-        write_nli_job(root, f"o{seed}", "original", "ru", seed)
-        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed)
-        write_nli_job(root, f"s{seed}", "adjusted", "ru", seed, size=1000)
+        write_nli_job(root, f"o{seed}", "original", "ru", seed, title=title)
+        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed, title=title)
+        write_nli_job(root, f"s{seed}", "adjusted", "ru", seed, size=1000, title=title)
     assert report.main([str(root), "--out", str(tmp_path / "out"), "--no-significance"]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "Table 5 — xnli accuracy: gain over original by size" in md
+    assert "## Table 5: corpus size — xnli accuracy: gain over original by size" in md
     csv = pd.read_csv(tmp_path / "out" / "report.csv")
     small = csv[(csv["size"] == 1000)].iloc[0]
     base = csv[(csv["mode"] == "original")].iloc[0]
@@ -278,30 +288,6 @@ def test_duplicate_seed_counts_once(tmp_path: Path) -> None:
 # ---- configs written by the real writer (xlt.results) -----------------------------
 
 
-def write_composed_job(root: Path, name: str, overrides: list[str], correct: list[int] | None,
-                       eval_set: str = "xnli.ru") -> Path:
-    """A job directory as a real job leaves it: .hydra/config.yaml, and unless
-    ``correct`` is None (a killed job) results.json and predictions via ``xlt.results``."""
-    import time
-
-    from omegaconf import OmegaConf
-
-    from xlt import results
-    from xlt.config import compose_config
-
-    run = root / name
-    cfg = compose_config([*overrides, f"paths.output_dir={run}"])
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    if correct is not None:
-        records = [{"id": f"ex{i}", "gold": 0, "prediction": 1 - c, "correct": c} for i, c in enumerate(correct)]
-        (run / "predictions").mkdir()
-        (run / "predictions" / f"{eval_set}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        metrics = {eval_set: {"accuracy": float(np.mean(correct)), "n": len(correct)}}
-        results.write(run, results.ok_results(cfg, metrics, time.time(), {}))
-    return run
-
-
 def test_lr_sweep_gives_two_cells(tmp_path: Path) -> None:
     """`task.lr=5e-5,1e-2` used to merge into one cell ("duplicate results"); now each lr is a row."""
     root, correct = tmp_path / "runs", {}
@@ -323,6 +309,19 @@ def test_lr_sweep_gives_two_cells(tmp_path: Path) -> None:
     assert "duplicate" not in md
 
 
+def test_seeds_differing_only_in_bookkeeping_are_one_cell(tmp_path: Path) -> None:
+    """A checkpoint interval, the logger or the progress bar cannot change a
+    result: two seeds that differ only there are one cell with two seeds,
+    grouped by the identity the caches use (xlt.keys.result_config)."""
+    root = tmp_path / "runs"
+    write_composed_job(root, "s1", ["model=tiny", "lang=ru", "seed=1", "trainer.checkpoint_every_n_steps=7"], [1, 0, 1, 1])
+    write_composed_job(root, "s2", ["model=tiny", "lang=ru", "seed=2", "logger=tensorboard",
+                                    "trainer.enable_progress_bar=false"], [1, 1, 1, 1])
+    summary = report.summarise(report.collect([root]))
+    assert len(summary) == 1 and summary.iloc[0]["n_seeds"] == 2 and summary.attrs["axes"] == []
+    assert summary.iloc[0]["config_hashes"].count(";") == 0  # and their job hashes are one
+
+
 def test_killed_job_is_listed_and_counted(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     for seed in (1, 2):
@@ -333,21 +332,6 @@ def test_killed_job_is_listed_and_counted(tmp_path: Path) -> None:
     assert "3 jobs read: 2 ok, 0 failed, 1 killed/incomplete" in md
     assert "## Killed or incomplete jobs (1)" in md and "xnli/tiny/ru/original seed 3 [killed]" in md
     assert "75.0 ± 0.0 (1/3 missing)" in md
-
-
-def test_sweep_problems_names_failed_and_killed_jobs(tmp_path: Path) -> None:
-    from xlt.report.sweep import sweep_problems
-
-    root = tmp_path / "sweep"
-    write_composed_job(root, "0", ["model=tiny", "lang=ru"], [1, 0])
-    write_composed_job(root, "1", ["model=tiny", "lang=hi"], None)
-    failed = write_composed_job(root, "2", ["model=tiny", "lang=es"], None)
-    (failed / "results.json").write_text(json.dumps({"config": {"seed": 1}, "status": "failed", "error": "boom"}))
-    problems = sweep_problems(root, before={})
-    assert [p.split(": ", 1)[0] for p in problems] == [str(root / "1"), str(root / "2")]
-    assert "killed" in problems[0] and problems[1].endswith("failed: boom")
-    assert sweep_problems(root, before={d: (d / ".hydra/config.yaml").stat().st_mtime_ns
-                                        for d in root.iterdir()}) == []  # not started by this sweep
 
 
 def test_unknown_metric_exit_2_one_line(sweep: dict, capsys: pytest.CaptureFixture) -> None:
@@ -405,7 +389,8 @@ def test_bad_marker_option_exit_2(sweep: dict, capsys: pytest.CaptureFixture) ->
 
 
 def test_significance_test_is_chosen_by_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """retrieval: paired permutation on per-query correctness; a registered test replaces it."""
+    """retrieval: paired permutation on per-query correctness (the test its
+    results.json names; files from before the "report" block get their task's test)."""
     from xlt.evaluation import significance
 
     root = tmp_path / "runs"
@@ -422,7 +407,7 @@ def test_significance_test_is_chosen_by_task(tmp_path: Path, monkeypatch: pytest
     summary = report.summarise(report.collect([root]), iterations=300)
     assert summary[summary["mode"] == "adjusted"].iloc[0]["p_vs_original"] == expected
 
-    monkeypatch.setitem(significance.TESTS, "retrieval", lambda metric, a, b, iterations: 0.001)
+    monkeypatch.setitem(significance.TESTS, "sign_flip", lambda metric, a, b, iterations: 0.001)
     summary = report.summarise(report.collect([root]), iterations=300)
     assert summary[summary["mode"] == "adjusted"].iloc[0]["p_vs_original"] == 0.001
 

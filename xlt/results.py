@@ -10,19 +10,29 @@ One job directory holds
                    version + hash of its source), "code_commit" (git, for humans),
                    "data_checksums", "resolved": {<the whole resolved job config,
                    without paths and command>}},
-       "metrics": {"<eval set>": {"<metric>": float, ..., "n": int}},   # ok only
+       "metrics": {"<eval set>": {"<metric>": float in [0, 1], ..., "n": int}},   # ok only
+       "report": {"title", "significance", "headline"},   # how the task is tabulated (ok only)
+       "states": {"adjusted": dir, "finetuned": checkpoint},   # the model states the job produced
        "error": "...",                                                    # failed only
        "runtime_s": float, ...extras (adjustment evidence, skipped sets)}
+
+  Every metric is a fraction in [0, 1] (accuracy, F1, exact match alike;
+  reports print them as percentages).  ``report`` is what the task declares
+  about itself (``xlt.tasks.base.Task``): its table title, the name of its
+  significance test (``xlt.evaluation.significance.TESTS``) and the metrics
+  tabulated by default.
 
 * ``predictions/<eval set>.jsonl``: one record per example with ``id``,
   ``gold``, ``prediction`` and the per-example score of each averaged metric
   (``SCORE_KEYS``: ``correct`` for accuracy, ``f1``, ``em`` for exact match).
 
 A rerun of a job whose results.json is of the same config, code and data
-keeps it (``finished``).  The identity keys label table cells; ``resolved`` is what ``xlt-report``
-compares, so two runs whose configs differ in any value (a ``task.lr``
-sweep) are never merged.  The job writer (``xlt.stages.job``), the failure
-recorder (``xlt.cli``), ``xlt-report`` and the demo all go through here.
+keeps it (``finished``).  The identity keys label table cells; ``resolved`` is
+what ``xlt-report`` compares, through ``xlt.keys.result_config``: two runs
+whose results can differ (a ``task.lr`` sweep) are never merged, and two
+whose job hashes are equal (they differ in a checkpoint interval) are one
+cell.  The job writer (``xlt.stages.job``), the failure recorder
+(``xlt.cli``), ``xlt-report`` and the demo all go through here.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from xlt.artifacts import write_json
+from xlt.evaluation.significance import SCORE_KEYS  # noqa: F401 - part of the prediction-record contract
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +58,17 @@ PREDICTIONS_DIR = "predictions"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 OK, FAILED, KILLED = "ok", "failed", "killed"
 STATUSES = (OK, FAILED)
-# Per-example field of a prediction record whose mean over examples is the metric.
-SCORE_KEYS = {"accuracy": "correct", "f1": "f1", "exact_match": "em"}
-# Top-level config nodes that do not change a job's result.
-NOT_RESULT = ("paths", "command")
-# Display settings that never change a result.
-DISPLAY_ONLY = ("trainer.enable_progress_bar", "trainer.log_every_n_steps")
-# Config subtrees that a mode does not use (their values must not split cells).
-UNUSED_BY = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjustment"), "continual": ("continual",)}
+# Top-level config nodes results.json does not record (where outputs go, the entry point).
+NOT_RECORDED = ("paths", "command")
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The whole job config, resolved, minus the nodes in ``NOT_RESULT``.
+    """The whole job config, resolved, minus the nodes in ``NOT_RECORDED``.
 
     Falls back to unresolved values when an interpolation cannot be resolved
     (a failure may be exactly that), so a failed job still records its config.
     """
-    keep = [k for k in cfg if k not in NOT_RESULT]
+    keep = [k for k in cfg if k not in NOT_RECORDED]
     subset = OmegaConf.masked_copy(cfg, keep)
     try:
         return OmegaConf.to_container(subset, resolve=True)
@@ -79,13 +84,15 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def ok_results(cfg: DictConfig, metrics: dict[str, dict[str, float]], started: float,
-               data_checksums: dict[str, str]) -> dict[str, Any]:
-    """The results.json of a finished job (extras may be added before ``write``)."""
+               data_checksums: dict[str, str], report: dict[str, Any]) -> dict[str, Any]:
+    """The results.json of a finished job (extras may be added before ``write``);
+    ``report`` is the task's ``{"title", "significance", "headline"}``."""
     from xlt.keys import code_commit, code_version, job_hash
 
     config = {**describe(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
               "code_commit": code_commit(), "data_checksums": data_checksums}
-    return {"config": config, "metrics": metrics, "status": OK, "runtime_s": round(time.time() - started, 1)}
+    return {"config": config, "metrics": metrics, "report": report, "status": OK,
+            "runtime_s": round(time.time() - started, 1)}
 
 
 def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str]) -> dict[str, Any] | None:
@@ -146,7 +153,27 @@ def read(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"status {data['status']!r} is not one of {', '.join(STATUSES)}")
     if not isinstance(data.get("metrics", {}), dict):
         raise ValueError("'metrics' is not an object")
+    if data["status"] == OK and "report" not in data:
+        _upgrade(data)
     return data
+
+
+# Files written before results.json had a "report" block: the test their task used then.
+_LEGACY_TESTS = {"ner": "approximate_randomization", "retrieval": "sign_flip"}
+_LEGACY_HEADLINES = {"ner": ["f1"], "qa": ["f1", "exact_match"]}
+
+
+def _upgrade(data: dict[str, Any]) -> None:
+    """Fill in what an older results.json lacks: its ``report`` block, and
+    QA's F1 / EM as fractions (they were written on the 0-100 scale)."""
+    task = str(data["config"].get("task", ""))
+    data["report"] = {"title": task, "significance": _LEGACY_TESTS.get(task, "paired_ttest"),
+                      "headline": _LEGACY_HEADLINES.get(task, ["accuracy"])}
+    if task == "qa":
+        for values in data.get("metrics", {}).values():
+            for metric in ("f1", "exact_match"):
+                if isinstance(values, dict) and isinstance(values.get(metric), (int, float)):
+                    values[metric] /= 100.0
 
 
 def read_predictions(run_dir: str | Path, eval_set: str) -> list[dict[str, Any]] | None:
@@ -170,21 +197,22 @@ def iter_ok(sweep: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """Flat ``{"task.lr": 5e-05, ...}`` of the values that can change a result.
+    """Flat ``{"task.lr": 5e-05, ...}`` of the values that can change a result
+    (``xlt.keys.result_config``: the job hash's payload), seed excluded.
 
-    Subtrees the job's mode does not use (``UNUSED_BY``) are left out, so the
-    corpus size of an original-mode job never splits its cells; lists become
-    JSON text so every value is hashable.  Empty for results.json files written
-    before the resolved config was recorded.
+    So the corpus size of an original-mode job never splits its cells, nor
+    does a checkpoint interval; lists become JSON text so every value is
+    hashable.  Empty for results.json files written before the resolved
+    config was recorded.
     """
+    from xlt.keys import result_config
+
     resolved = config.get("resolved")
     if not isinstance(resolved, dict):
         return {}
-    mode = resolved.get("mode") or {}
-    unused = {node for switch, nodes in UNUSED_BY.items() if not mode.get(switch, True) for node in nodes}
     flat: dict[str, Any] = {}
-    _flatten({k: v for k, v in resolved.items() if k not in unused and k != "seed"}, "", flat)
-    return {k: v for k, v in flat.items() if k not in DISPLAY_ONLY}
+    _flatten({k: v for k, v in result_config(resolved).items() if k != "seed"}, "", flat)
+    return flat
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:

@@ -144,11 +144,13 @@ def shared_artifacts(config: DictConfig, job_dir: Path) -> frozenset:
     if not {"mode", "paths", "hydra"} <= set(config):
         return frozenset()
     from xlt.keys import adjusted_dir, checkpoint_dir
+    from xlt.tasks.registry import bind
 
     cfg = copy.deepcopy(config)
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.paths.output_dir = str(job_dir)
+    bind(cfg)  # task.options typed with their defaults, as the job keys them
     shared = {str(checkpoint_dir(cfg))}
     if cfg.mode.adjust:
         shared.add(str(adjusted_dir(cfg)))

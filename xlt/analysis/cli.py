@@ -30,11 +30,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from xlt.config import check_choices
 from xlt.errors import XltError
 
 log = logging.getLogger("xlt.analysis")
-MODES = ("original", "adjusted", "continual")
 USAGE = __doc__
 DEFINITIONS = {
     "related": "L2 distance of last-layer vectors of one-to-one aligned words of a held-out sentence pair",
@@ -97,24 +95,14 @@ def positive_int(key: str, value: str) -> int:
     return int(value)
 
 
-def compose_configs(overrides: list[str], lang: Optional[str], out: Path) -> dict[str, DictConfig]:
-    """The job config of each mode, composed exactly as ``xlt`` composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+def compose_config(overrides: list[str], lang: Optional[str], out: Path) -> DictConfig:
+    """The job config of ``overrides``, composed and validated exactly as
+    ``xlt`` does it (every state then says which mode made it)."""
+    from xlt.contract import compose, validate
 
-    from xlt.config import CONF_DIR, register_configs, validate
-
-    register_configs()
-    extra = ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"]
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="xlt-analyze"):
-            configs = {mode: compose("config", overrides=overrides + extra + [f"mode={mode}"]) for mode in MODES}
-    except (HydraException, OmegaConfBaseException) as err:
-        raise XltError(" ".join(str(err).split())) from None
-    for cfg in configs.values():
-        validate(cfg)
-    return configs
+    cfg = compose(overrides + ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"])
+    validate(cfg)
+    return cfg
 
 
 # ---------------------------------------------------------------------------
@@ -149,13 +137,11 @@ def analyze_language(request: Request, lang: Optional[str], warn) -> tuple[str, 
     """Measure every available state on one language's held-out pairs and
     write its summary, distances and figure."""
     from xlt.analysis.plots import plot_states
-    from xlt.analysis.states import label, resolve_states
-    from xlt.keys import identity
+    from xlt.stages.states import STATES, find_states, label
 
-    configs = compose_configs(request.overrides, lang, request.out)
-    base = configs["original"]
+    base = compose_config(request.overrides, lang, request.out)
     code = base.lang.code
-    states = resolve_states(configs, request.states, request.explicit, warn)
+    states = find_states(base, request.states or list(STATES), request.explicit, None, warn)
     examples, pad_id, corpus = heldout_examples(base)
     results, distances = {}, {}
     for state in states:
@@ -164,8 +150,10 @@ def analyze_language(request: Request, lang: Optional[str], warn) -> tuple[str, 
         distances[state.name] = tuple(pair)
     folder = request.out / code
     folder.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in identity(configs["adjusted"]).items() if k not in ("mode", "task")}
-    summary = {"config": {**config, "task": base.task.name}, "alignments": str(corpus.path),
+    config = {"model": base.model.name, "lang": code, "task": base.task.name, "corpus": base.corpus.name,
+              "size": base.corpus.size, "aggregation": base.aggregation.name, "tokens": base.tokens.name,
+              "aligner": base.aligner.name, "seed": base.seed}
+    summary = {"config": config, "alignments": str(corpus.path),
                "heldout_sentences": len(examples), "definitions": DEFINITIONS, "states": results}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     np.savez_compressed(folder / "distances.npz", **{f"{n}_{k}": d for n, pair in distances.items()
@@ -207,7 +195,7 @@ def ensure_writable(out: Path) -> None:
 
 def run(request: Request, warn) -> int:
     from xlt.analysis.plots import plot_grid
-    from xlt.analysis.states import label
+    from xlt.stages.states import label
 
     ensure_writable(request.out)  # before minutes of measuring, not after
     summaries, grid = {}, {}
@@ -234,9 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"xlt-analyze: warning: {message}", file=sys.stderr)
 
     try:
-        request = parse_args(argv)
-        check_choices(request.overrides + [f"lang={v}" for v in request.langs if v])
-        return run(request, warn)
+        return run(parse_args(argv), warn)
     except XltError as err:
         print(f"xlt-analyze: error: {err}", file=sys.stderr)
         return 2

@@ -21,10 +21,9 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import fields
 
 from xlt.artifacts import atomic_write_text
-from xlt.config import AlignerConfig
+from xlt.config import ALIGNERS, SYMMETRIZATIONS, AlignerConfig
 from xlt.data.fast_align import FastAlignSettings, fast_align
 from xlt.data.parallel import SentencePair
 from xlt.errors import XltError, require_file
@@ -32,9 +31,6 @@ from xlt.errors import XltError, require_file
 log = logging.getLogger(__name__)
 
 Alignment = list[tuple[int, int]]
-
-SYMMETRIZATIONS = ("intersect", "grow-diag-final-and")
-ALIGNERS = ("fast_align", "eflomal")
 
 
 # --------------------------------------------------------------------------- Pharaoh files
@@ -143,10 +139,6 @@ def fast_align_settings(cfg: AlignerConfig) -> FastAlignSettings:
 def fast_align_directions(pairs: list[SentencePair], cfg: AlignerConfig) -> tuple[list[Alignment], list[Alignment]]:
     """Forward (``-i target|||English``) and reverse (``-r``) links, both as ``(i_en, j_tgt)``."""
     settings = fast_align_settings(cfg)
-    if settings.variational_bayes and settings.alpha <= 0:
-        raise XltError(f"aligner.alpha={cfg.alpha} must be > 0 with aligner.variational_bayes=true")
-    if settings.iterations < 1:
-        raise XltError(f"aligner.iterations={cfg.iterations} must be >= 1")
     targets, englishes = [p.target for p in pairs], [p.english for p in pairs]
     forward = [[(j, i) for i, j in links] for links in fast_align(targets, englishes, settings)]
     reverse = fast_align(englishes, targets, settings)
@@ -181,18 +173,6 @@ def eflomal_directions(pairs: list[SentencePair], workdir: str | None = None) ->
 
 # --------------------------------------------------------------------------- entry point
 
-FAST_ALIGN_ONLY = ("favor_diagonal", "optimize_tension", "variational_bayes", "iterations", "p_null", "alpha",
-                   "diagonal_tension", "null_word")
-
-
-def _check_not_ignored(cfg: AlignerConfig) -> None:
-    """fast_align's flags must not be set for another aligner (they would be ignored)."""
-    defaults = {f.name: f.default for f in fields(AlignerConfig) if f.name in FAST_ALIGN_ONLY}
-    changed = [name for name, value in defaults.items() if getattr(cfg, name) != value]
-    if cfg.name != "fast_align" and changed:
-        raise XltError(f"aligner.{changed[0]} is a fast_align setting; aligner.name={cfg.name} does not use it")
-
-
 def check_bounds(alignments: list[Alignment], pairs: list[SentencePair], where: list[str]) -> None:
     """Precomputed links must index words that exist (catches a wrong file)."""
     for links, pair, place in zip(alignments, pairs, where):
@@ -203,10 +183,8 @@ def check_bounds(alignments: list[Alignment], pairs: list[SentencePair], where: 
 
 
 def align_corpus(pairs: list[SentencePair], cfg: AlignerConfig, workdir: str | None = None) -> list[Alignment]:
-    """Symmetrized word alignment of every pair with ``cfg``'s aligner."""
-    if cfg.symmetrization not in SYMMETRIZATIONS:
-        symmetrize([], [], cfg.symmetrization)  # raises with the choices
-    _check_not_ignored(cfg)
+    """Symmetrized word alignment of every pair with ``cfg``'s aligner (its
+    settings were checked with the config, ``xlt.config.problems``)."""
     start = time.perf_counter()
     if cfg.name == "fast_align":
         forward, reverse = fast_align_directions(pairs, cfg)

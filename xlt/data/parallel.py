@@ -18,12 +18,10 @@ from functools import lru_cache
 from itertools import islice
 from typing import IO, Callable, Iterator
 
-from xlt.config import CorpusConfig
+from xlt.config import CORPUS_FORMATS, CorpusConfig
 from xlt.errors import XltError, require_file
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("tsv", "wikimatrix", "fast_align", "moses", "hub")
 
 
 @dataclass
@@ -165,11 +163,8 @@ def read_numbered_pairs(fmt: str, path: str, lang: str, min_score: float | None 
         pairs = _read_fast_align(path)
     elif fmt == "moses":
         pairs = _read_moses(path, lang)
-    elif fmt == "hub":
-        raise XltError("corpus.format=hub: loading WikiMatrix from the hub is not supported; "
-                       "download the WikiMatrix TSV and use corpus.format=wikimatrix corpus.path=<file>")
     else:
-        raise XltError(f"unknown corpus.format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise XltError(f"unknown corpus.format {fmt!r}; choose one of {', '.join(CORPUS_FORMATS)}")
     if not pairs:
         raise XltError(f"{path}: no sentence pairs" + (f" with score >= {min_score}" if min_score else ""))
     return pairs
@@ -210,8 +205,11 @@ def word_tokenize(text: str, lang: str) -> list[str]:
 
 
 def corpus_path(cfg: CorpusConfig, lang: str, data_root: str) -> str:
-    """``cfg.path`` with ``{lang}`` and ``{data_root}`` filled in."""
-    return str(cfg.path).replace("{lang}", lang).replace("{data_root}", data_root)
+    """``cfg.path`` with ``{lang}``, ``{data_root}`` and ``{pair}`` filled in
+    (``{pair}``: ``en`` and ``lang`` in alphabetical order, WikiMatrix's file
+    names, the order :func:`wikimatrix_english_column` reads)."""
+    pair = "-".join(sorted(("en", lang)))
+    return str(cfg.path).replace("{lang}", lang).replace("{data_root}", data_root).replace("{pair}", pair)
 
 
 def corpus_files(fmt: str, path: str, lang: str) -> list[str]:
@@ -249,8 +247,6 @@ def _usable(pair: SentencePair, max_words: int) -> bool:
 
 
 def _read_corpus(cfg: CorpusConfig, lang: str, data_root: str) -> tuple[str, Numbered]:
-    if cfg.format == "hub":
-        read_pairs("hub", "", lang)  # raises with the explanation
     path = corpus_path(cfg, lang, data_root)
     return path, _dedupe(read_numbered_pairs(cfg.format, path, lang, cfg.min_score))
 
@@ -275,24 +271,6 @@ def _sample_ranks(n: int, cfg: CorpusConfig, seed: int, usable: Callable[[int], 
                        f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
     log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), n)
     return sorted(heldout), sorted(sample)
-
-
-def prepare_corpus(cfg: CorpusConfig, lang: str, data_root: str,
-                   seed: int) -> tuple[list[SentencePair], list[SentencePair]]:
-    """Return ``(train_sample, heldout)`` word-tokenized pairs, in corpus order.
-
-    The same sample as :func:`sample_pool` on :func:`load_pool`, but it
-    tokenizes only the pairs it visits (fast for small samples, no alignment).
-    """
-    path, raw = _read_corpus(cfg, lang, data_root)
-    tokens: dict[int, SentencePair] = {}
-
-    def usable(rank: int) -> bool:
-        tokens[rank] = tokenize_pair(cfg.format, raw[rank][1], raw[rank][2], lang)
-        return _usable(tokens[rank], cfg.max_words)
-
-    heldout, sample = _sample_ranks(len(raw), cfg, seed, usable, path)
-    return [tokens[r] for r in sample], [tokens[r] for r in heldout]
 
 
 @dataclass
@@ -323,8 +301,8 @@ def load_pool(cfg: CorpusConfig, lang: str, data_root: str) -> Pool:
 
 
 def sample_pool(pool: Pool, cfg: CorpusConfig, seed: int) -> tuple[list[int], list[int]]:
-    """``(train, heldout)`` indices into ``pool.pairs`` (sorted): the pairs
-    :func:`prepare_corpus` returns for the same corpus settings and seed."""
+    """``(train, heldout)`` indices into ``pool.pairs`` (sorted), drawn by
+    :func:`_sample_ranks` for the corpus settings and seed."""
     index = {rank: k for k, rank in enumerate(pool.ranks)}
     heldout, sample = _sample_ranks(pool.n_read, cfg, seed, index.__contains__, pool.path)
     return [index[r] for r in sample], [index[r] for r in heldout]

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from xlt.config import TokensConfig
+from xlt.config import AGGREGATIONS, REGULARIZED, TokensConfig
 from xlt.data.align import Alignment, one_to_one
 from xlt.data.parallel import SentencePair
 from xlt.errors import XltError
@@ -23,7 +23,6 @@ from xlt.errors import XltError
 log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
-AGGREGATIONS = ("avg", "start", "end", "subword")
 
 
 @dataclass
@@ -144,7 +143,7 @@ def aggregate_span(span: Optional[Span], aggregation: str) -> Optional[Span]:
         return (start, start + 1)
     if aggregation == "end":
         return (end - 1, end)
-    raise XltError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
 
 
 def _encode_side(tokenizer, sentences: list[list[str]], aggregation: str,
@@ -174,7 +173,6 @@ def _word_links(pair: SentencePair, alignment: Alignment, en_spans: list[Optiona
     return pair_en, pair_tgt, truncated
 
 
-REGULARIZE = ("all", "chosen")
 
 
 def regularized_spans(regularize: str, chosen: list[Span], en_spans: list[Optional[Span]], n_ids: int) -> list[Span]:
@@ -191,7 +189,7 @@ def regularized_spans(regularize: str, chosen: list[Span], en_spans: list[Option
     if regularize == "chosen":
         return chosen
     if regularize != "all":
-        raise XltError(f"adjustment.regularize must be one of {' | '.join(REGULARIZE)}, got {regularize!r}")
+        raise ValueError(f"regularize must be one of {', '.join(REGULARIZED)}, got {regularize!r}")
     return [s for s in en_spans if s is not None] + [(0, 1), (n_ids - 1, n_ids)]
 
 
@@ -210,7 +208,6 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
     with ``chosen`` the English spans of the chosen vectors (every complete
     word if ``use_words``, plus the chosen special tokens).
     """
-    regularized_spans(regularize, [], [], 0)  # validates the name before any work
     if len(pairs) != len(alignments):
         raise XltError(f"{len(pairs)} sentence pairs but {len(alignments)} alignments")
     english = _encode_side(tokenizer, [p.english for p in pairs], aggregation, max_length)

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DISTANCES = ("cosine", "l2")
-POOLINGS = ("mean", "cls")
+from xlt.config import DISTANCES, POOLINGS
+
 QUERY_CHUNK = 4096
 
 

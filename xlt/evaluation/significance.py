@@ -1,18 +1,18 @@
 """Significance of one configuration against another, as in the paper.
 
-* NLI and QA (the default): a paired t-test over evaluation examples.  Each
+* ``paired_ttest`` (sentence-pair classification, QA): a paired t-test over evaluation examples.  Each
   example's score (NLI ``correct``, QA ``f1`` or ``em``) is first averaged
   over the seeds both configurations have, so the test compares the two
   *configurations* and not one lucky seed.
-* NER: entity F1 is not a mean of per-sentence scores, so a t-test does not
+* ``approximate_randomization`` (NER): entity F1 is not a mean of per-sentence scores, so a t-test does not
   apply; the paper uses approximate randomization instead.  Sentence lists of
   all common seeds are concatenated and each sentence's prediction is swapped
   between the systems at random.
-* Retrieval: per-query correctness (0/1) averaged over seeds, compared by a
+* ``sign_flip`` (retrieval): per-query correctness (0/1) averaged over seeds, compared by a
   paired sign-flip permutation test (exact for any score distribution).
 
-Which test a task uses is looked up in ``TESTS`` by task name, so a new task
-registers its test (``register``) without touching the report.
+Each task declares its test by name (``Task.significance``, one of
+``TESTS``); a job records it in results.json and the report runs it.
 ``marker`` turns a p-value into the stars printed next to a table cell.
 """
 
@@ -112,10 +112,12 @@ def paired_permutation(a: Sequence[float], b: Sequence[float], iterations: int =
 # ---- per-task tests on prediction records ----------------------------------------
 
 
+# Per-example field of a prediction record whose mean over examples is the metric.
+SCORE_KEYS = {"accuracy": "correct", "f1": "f1", "exact_match": "em"}
+
+
 def _score_key(metric: str, records: Records) -> str | None:
     """The per-example field averaging to ``metric``, if the records have it."""
-    from xlt.results import SCORE_KEYS
-
     key = SCORE_KEYS.get(metric)
     return key if key is not None and records and records[0] and key in records[0][0] else None
 
@@ -160,18 +162,19 @@ def concat_sentences(recs_a: Records, recs_b: Records) -> tuple[list[list[str]],
     return gold, pred_a, pred_b
 
 
-TESTS: dict[str, SignificanceTest] = {"ner": entity_f1_test, "retrieval": permutation_records_test}
-DEFAULT_TEST: SignificanceTest = ttest_test
+# The tests a task can declare (``Task.significance``), by name.
+TESTS: dict[str, SignificanceTest] = {
+    "paired_ttest": ttest_test,
+    "approximate_randomization": entity_f1_test,
+    "sign_flip": permutation_records_test,
+}
 
 
-def register(task: str, test: SignificanceTest) -> None:
-    """Use ``test`` for ``task``'s cells (a new task plugs in here)."""
-    TESTS[task] = test
-
-
-def compare(task: str, metric: str, recs_a: Records, recs_b: Records, iterations: int = 1000) -> float:
-    """p-value of A vs B on one eval set with the test registered for ``task``."""
-    return TESTS.get(task, DEFAULT_TEST)(metric, recs_a, recs_b, iterations)
+def compare(test: str, metric: str, recs_a: Records, recs_b: Records, iterations: int = 1000) -> float:
+    """p-value of A vs B on one eval set with the named test (:data:`TESTS`)."""
+    if test not in TESTS:
+        raise ValueError(f"unknown significance test {test!r}; valid: {', '.join(TESTS)}")
+    return TESTS[test](metric, recs_a, recs_b, iterations)
 
 
 # ---- NER: approximate randomization ------------------------------------------

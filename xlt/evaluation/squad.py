@@ -20,8 +20,9 @@ normalise to nothing (F1 = 1 when both sides are empty, e.g. prediction
 "the" vs gold "a"), where v1.1 gives 0, it has no per-example scores and no
 MLQA variant.  On non-degenerate answers the two agree (see tests).
 
-Scores are on the 0-100 scale of the official scripts, per example too, so the
-mean of the per-example records equals the reported metric.
+Scores are fractions in [0, 1] (the scale of every xlt metric; the official
+scripts print them x 100), per example too, so the mean of the per-example
+records equals the reported metric.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def max_over_golds(metric: Callable[..., float], prediction: str, golds: Iterabl
 def evaluate(
     predictions: dict[str, str], examples: list[dict[str, Any]], lang: str | None = None
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """F1 / EM (0-100) over ``examples`` (SQuAD-style, with ``answers.text``).
+    """F1 / EM as fractions in [0, 1] over ``examples`` (SQuAD-style, with
+    ``answers.text``): the scale of every xlt metric (the official scripts
+    print the same numbers x 100).
 
     ``lang`` None: SQuAD v1.1 rules; a language code: MLQA rules for answers in
     that language.  A question without a prediction scores 0, as officially.
@@ -142,8 +145,8 @@ def evaluate(
             {
                 "id": example["id"],
                 "prediction": prediction,
-                "f1": 100.0 * max_over_golds(f1_score, prediction, golds, lang),
-                "em": 100.0 * max_over_golds(exact_match_score, prediction, golds, lang),
+                "f1": max_over_golds(f1_score, prediction, golds, lang),
+                "em": max_over_golds(exact_match_score, prediction, golds, lang),
             }
         )
     n = len(records)

@@ -33,20 +33,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from xlt.errors import XltError
+from xlt.config import ADJUSTMENT_TARGETS, REDUCTIONS
 from xlt.models.pooling import pool_spans
 
 Batch = dict[str, torch.Tensor]
-
-# adjustment.reduction / continual.reduction values.
-REDUCTIONS = ("mse", "sum", "vector_mean")
-
-
-def check_reduction(reduction: str, where: str) -> str:
-    """``reduction`` if valid, else a one-line error naming the config key."""
-    if reduction not in REDUCTIONS:
-        raise XltError(f"{where} must be one of {' | '.join(REDUCTIONS)}, got {reduction!r}")
-    return reduction
 
 
 def reduce_squared(diff: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -137,11 +127,12 @@ class AlignmentLoss:
         buckets: int = 4,
         split: int = 0,
     ):
-        if target not in ("current", "frozen"):
-            raise ValueError(f"adjustment.target must be current or frozen, got {target}")
+        if target not in ADJUSTMENT_TARGETS or reduction not in REDUCTIONS:
+            raise ValueError(f"target must be one of {ADJUSTMENT_TARGETS} and reduction one of {REDUCTIONS}, "
+                             f"got {target!r}, {reduction!r}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
-        self.reduction = check_reduction(reduction, "adjustment.reduction")
+        self.reduction = reduction
         self.split = split
         self.buckets = buckets
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None

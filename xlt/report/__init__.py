@@ -44,7 +44,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="multirun/ or outputs/ directories to read")
     parser.add_argument("--out", help="where to write the reports (default: the first DIR)")
     parser.add_argument("--metric", action="append", metavar="METRIC",
-                        help="metric(s) to tabulate (repeatable; default: accuracy, f1, exact_match)")
+                        help="metric(s) to tabulate (repeatable; default: each task's headline metrics, "
+                             "e.g. accuracy, NER f1, QA f1 and exact_match)")
     parser.add_argument("--marker", action="append", metavar="SYMBOL=MODE:ALPHA",
                         help="significance marker: SYMBOL when p < ALPHA against the same settings in MODE "
                              "(repeatable; default: the paper's '*=original:0.05' and '**=adjusted:0.05')")

@@ -27,8 +27,11 @@ CONFIG_KEYS = ("task", "model", "lang", "mode", *AXES)
 JOB_COLUMNS = (
     *CONFIG_KEYS, "seed", "eval_set", "metric", "value", "n", "status", "error",
     "config_hash", "code_version", "data_checksums", "runtime_s", "run_dir",
+    "title", "significance", "headline", "mode_rank",
 )
 KILLED_ERROR = "no results.json: killed or still running"
+# Order of the modes of results.json files without a resolved config (older xlt versions).
+LEGACY_MODE_RANKS = {"original": 0, "adjusted": 1, "continual": 2}
 
 
 def job_dirs(directory: str | Path) -> Iterator[Path]:
@@ -107,6 +110,8 @@ def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
         data_checksums=json.dumps(cfg.get("data_checksums") or {}, sort_keys=True),
         runtime_s=data.get("runtime_s"),
         run_dir=str(run_dir),
+        **task_report(data),
+        mode_rank=mode_rank(cfg),
         **results.comparable(cfg),
     )
     rows = list(_metric_rows(base, data.get("metrics") or {})) if base["status"] == results.OK else []
@@ -115,6 +120,25 @@ def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
             base.update(status="empty", error="results.json has no metrics")
         rows = [{**base, "eval_set": None, "metric": None, "value": math.nan, "n": None}]
     return rows
+
+
+def task_report(data: dict[str, Any]) -> dict[str, str]:
+    """What the job's task declared about its tables (results.json's ``report``)."""
+    report = data.get("report") or {}
+    return {"title": str(report.get("title") or data["config"].get("task") or ""),
+            "significance": str(report.get("significance") or ""),
+            "headline": ",".join(report.get("headline") or [])}
+
+
+def mode_rank(config: dict[str, Any]) -> int:
+    """How far a job's mode is from the original model, by its switches:
+    0 no adjustment, 1 adjusted, 2 adjusted and continual.  A cell is tested
+    against baseline modes of a lower rank, so a new mode YAML sorts and
+    compares by what it does, not by its name."""
+    mode = (config.get("resolved") or {}).get("mode")
+    if isinstance(mode, dict) and "adjust" in mode:
+        return int(bool(mode.get("adjust"))) + int(bool(mode.get("continual")))
+    return LEGACY_MODE_RANKS.get(str(config.get("mode")), 9)
 
 
 def _metric_rows(base: dict[str, Any], metrics: dict[str, Any]) -> Iterable[dict[str, Any]]:

@@ -1,11 +1,14 @@
 """Tables laid out like the paper, written as report.md, report.tex, report.csv.
 
-XNLI / mixed XNLI (Table 2), NER F1 (Table 3), QA F1 and EM (Table 4), and
-one table of gains over the original model per swept axis (Tables 5–7 for
-size / aggregation / tokens; any other swept config value, e.g. ``task.lr``,
-gets its own).  Rows are configurations labelled by what distinguishes them,
-columns the eval sets' languages.  report.csv is the full summary (one row
-per cell), loadable with ``pandas.read_csv``.
+One table per task, evaluation family and metric (the task's headline
+metrics unless ``--metric`` says otherwise), titled by the task
+(``task.title``: "XNLI", or a preset's "Table 2: XNLI ..."), and one table
+of gains over the original model per swept axis (corpus size, aggregation,
+tokens, or any other swept config value, e.g. ``task.lr``).  Rows are
+configurations labelled by what distinguishes them, columns the eval sets'
+languages.  Every metric is a fraction in results.json and report.csv and
+is shown in % here.  report.csv is the full summary (one row per cell),
+loadable with ``pandas.read_csv``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from xlt import results
 from xlt.report.collect import AXES
 from xlt.report.summarise import DEFAULT_MARKERS, describe, sort_key
 
-DEFAULT_METRICS = ("accuracy", "f1", "exact_match")
-SWEEP_TABLES = {"size": 5, "aggregation": 6, "tokens": 7}
+PERCENT = 100.0  # metrics are fractions; tables show them in %
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "EM"}
 MIXED_MARK = "†"
 
@@ -48,9 +50,6 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[Cell]]]
     gains: bool = False
-    # Display factor: metrics stored as fractions print in %, QA F1/EM (SQuAD
-    # script) are stored in % already.
-    scale: float = 100.0
 
 
 
@@ -58,14 +57,6 @@ def _split_eval_set(eval_set: str) -> tuple[str, str]:
     """``xnli_mixed_premise.ru`` → (``xnli_mixed_premise``, ``ru``)."""
     family, _, column = str(eval_set).partition(".")
     return family, column or family
-
-
-def _table_number(family: str, metrics: set[str]) -> str:
-    if "xnli" in family:
-        return "Table 2"
-    if "exact_match" in metrics:
-        return "Table 4"
-    return "Table 3"
 
 
 def _column_order(columns: Iterable[str]) -> list[str]:
@@ -84,10 +75,10 @@ def row_keys(summary: pd.DataFrame) -> list[str]:
     return ["model", "mode", *AXES, *summary.attrs.get("axes", [])]
 
 
-def _config_rows(frame: pd.DataFrame, keys: list[str]) -> list[tuple]:
+def _config_rows(frame: pd.DataFrame, keys: list[str], ranks: dict[str, int]) -> list[tuple]:
     """Distinct (model, mode, axes…) rows in paper order."""
     configs = frame[keys].drop_duplicates()
-    configs = configs.sort_values(by=keys, key=sort_key, kind="stable")
+    configs = configs.sort_values(by=keys, key=sort_key(ranks), kind="stable")
     return [tuple(r) for r in configs.itertuples(index=False)]
 
 
@@ -107,17 +98,17 @@ def build_tables(summary: pd.DataFrame, metrics: Sequence[str] | None = None) ->
         family=summary["eval_set"].map(lambda e: _split_eval_set(e)[0]),
         column=summary["eval_set"].map(lambda e: _split_eval_set(e)[1]),
     )
-    wanted = list(metrics or DEFAULT_METRICS)
     keys = row_keys(summary)
+    titles, headlines = summary.attrs.get("titles", {}), summary.attrs.get("headlines", {})
+    ranks = summary.attrs.get("mode_ranks", {})
     main, sweeps = [], []
     for (task, family), fam in frame.groupby(["task", "family"], sort=True):
-        number = _table_number(family, set(fam["metric"]))
-        scale = 1.0 if "exact_match" in set(fam["metric"]) else 100.0
+        wanted = list(metrics or headlines.get(task) or sorted(set(fam["metric"])))
         for metric in [m for m in wanted if m in set(fam["metric"])]:
             part = fam[fam["metric"] == metric]
-            name = f"{family} {METRIC_NAMES.get(metric, metric)}"
-            main.append(_main_table(part, keys, f"{number} — {name} (task {task})", scale))
-            sweeps.extend(_sweep_tables(part, keys, name, scale))
+            name = f"{titles.get(task) or task} — {family} {METRIC_NAMES.get(metric, metric)}"
+            main.append(_main_table(part, keys, name, ranks))
+            sweeps.extend(_sweep_tables(part, keys, name, ranks))
     return main + sorted(sweeps, key=lambda t: t.title)
 
 
@@ -126,32 +117,32 @@ def _varying(rows: pd.DataFrame, keys: list[str]) -> list[str]:
     return [a for a in keys[2:] if rows[a].nunique() > 1]
 
 
-def _main_table(part: pd.DataFrame, keys: list[str], title: str, scale: float) -> Table:
+def _main_table(part: pd.DataFrame, keys: list[str], title: str, ranks: dict[str, int]) -> Table:
     columns = _column_order(part["column"])
     varying = _varying(part[part["mode"] != "original"], keys)
     originals_vary = _varying(part[part["mode"] == "original"], keys)
     models = part["model"].nunique()
     rows = []
-    for config in _config_rows(part, keys):
+    for config in _config_rows(part, keys, ranks):
         axes = originals_vary if config[1] == "original" else varying
         cells = [_cell(part, keys, config, column, gain=False) for column in columns]
         rows.append((_row_label(config, keys, models, axes), cells))
-    return Table(title, columns, rows, scale=scale)
+    return Table(title, columns, rows)
 
 
-def _sweep_tables(part: pd.DataFrame, keys: list[str], name: str, scale: float) -> list[Table]:
-    """Tables 5–7 (and one per other swept value): the gain over the original by value."""
+def _sweep_tables(part: pd.DataFrame, keys: list[str], name: str, ranks: dict[str, int]) -> list[Table]:
+    """One table per swept value (the paper's Tables 5–7: size, aggregation,
+    tokens): the gain over the original by value."""
     tables = []
     columns = _column_order(part["column"])
     adjusted = part[part["mode"] != "original"]
     models = part["model"].nunique()
     varying = _varying(adjusted, keys)
     for axis in varying:
-        number = f"Table {SWEEP_TABLES[axis]}" if axis in SWEEP_TABLES else "Sweep"
         rows = [(_row_label(c, keys, models, varying, first=axis),
                  [_cell(part, keys, c, col, gain=True) for col in columns])
-                for c in _config_rows(adjusted, keys)]
-        tables.append(Table(f"{number} — {name}: gain over original by {axis}", columns, rows, gains=True, scale=scale))
+                for c in _config_rows(adjusted, keys, ranks)]
+        tables.append(Table(f"{name}: gain over original by {axis}", columns, rows, gains=True))
     return tables
 
 
@@ -189,15 +180,15 @@ def _gap(part: pd.DataFrame, named: dict[str, Any], column: str) -> Cell:
 # ---- writers -------------------------------------------------------------------
 
 
-def format_cell(cell: Cell, scale: float, gain: bool, latex: bool = False) -> str:
-    """``71.2 ± 0.8**``, ``+1.3*`` or ``— (2/5 missing)``; ``†`` for mixed provenance."""
+def format_cell(cell: Cell, gain: bool, latex: bool = False) -> str:
+    """``71.2 ± 0.8**``, ``+1.3*`` or ``— (2/5 missing)`` (in %); ``†`` for mixed provenance."""
     missing = f" ({cell.missing}/{cell.expected} missing)" if cell.missing else ""
     if cell.mean is None:
         return ("---" if latex else "—") + missing
-    value = cell.mean * scale
+    value = cell.mean * PERCENT
     text = f"{value:+.1f}" if gain else f"{value:.1f}"
     if cell.std is not None:
-        text += (" $\\pm$ " if latex else " ± ") + f"{cell.std * scale:.1f}"
+        text += (" $\\pm$ " if latex else " ± ") + f"{cell.std * PERCENT:.1f}"
     if cell.marker:
         text += f"$^{{{cell.marker}}}$" if latex else cell.marker
     if cell.mixed:
@@ -272,9 +263,10 @@ def render_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence
     out.write("# xlt report\n\n")
     out.write(f"{ok_runs + len(failed) + len(killed)} jobs read: {ok_runs} ok, {len(failed)} failed, "
               f"{len(killed)} killed/incomplete. "
-              "Cells: mean ± std over seeds (std: sample, ddof=1); NLI/NER in %, QA F1/EM as reported. "
+              "Cells: mean ± std over seeds (std: sample, ddof=1), every metric in %. "
               f"Significance on common seeds, against the same settings in the baseline mode: {legend(summary)} "
-              "(paired t-test over examples; NER: approximate randomization; see xlt.evaluation.significance). "
+              "(each task's own test: paired t-test over examples, NER approximate randomization, retrieval "
+              "sign-flip permutation; see xlt.evaluation.significance). "
               f"{MIXED_MARK}: seeds from different code versions or data.\n\n")
     warnings = report_warnings(summary)
     if warnings:
@@ -293,7 +285,7 @@ def _markdown_table(table: Table) -> str:
     lines = [f"## {table.title}", "", "| | " + " | ".join(table.columns) + " |",
              "|---|" + "---|" * len(table.columns)]
     for label, cells in table.rows:
-        lines.append(f"| {label} | " + " | ".join(format_cell(c, table.scale, table.gains) for c in cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(format_cell(c, table.gains) for c in cells) + " |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -329,7 +321,7 @@ def render_latex(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence[st
         out.write("\\begin{tabular}{l" + "r" * len(table.columns) + "}\n\\toprule\n")
         out.write(" & " + " & ".join(_tex(c) for c in table.columns) + " \\\\\n\\midrule\n")
         for label, cells in table.rows:
-            out.write(_tex(label) + " & " + " & ".join(format_cell(c, table.scale, table.gains, latex=True) for c in cells)
+            out.write(_tex(label) + " & " + " & ".join(format_cell(c, table.gains, latex=True) for c in cells)
                       + " \\\\\n")
         out.write("\\bottomrule\n\\end{tabular}\n")
         out.write(f"\\caption{{{_tex(table.title)}. {legend(summary, latex=True)}; "

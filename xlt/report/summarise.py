@@ -10,8 +10,9 @@ Significance follows the paper: ``*`` = p < 0.05 against the original model,
 ``**`` = p < 0.05 of continual against adjusted with the same other
 settings.  Each ``Marker`` names its symbol, baseline mode and threshold, so
 both are configurable; a cell is tested against a baseline mode that comes
-before its own (original < adjusted < continual), with the test registered
-for its task in ``xlt.evaluation.significance``.
+before its own (by the modes' switches, ``collect.mode_rank``: original <
+adjusted < continual), with the test its task declared (results.json's
+``report.significance``, one of ``xlt.evaluation.significance.TESTS``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from xlt.report.collect import AXES, CONFIG_KEYS
 log = logging.getLogger(__name__)
 
 CELL = ("task", "eval_set", "lang", "model", "mode", *AXES, "metric")
-MODE_ORDER = {"original": 0, "adjusted": 1, "continual": 2}
 SAME_BASELINE = ("task", "eval_set", "lang", "model", "metric")
 
 
@@ -121,6 +121,7 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     warnings: list[str] = []
     axes = swept_axes(df)
     keys = [*CELL, *axes]
+    ranks = mode_ranks(df)
     cells = _dedupe_seeds(_with_failed_cells(_labels(df, axes)), keys, warnings)
     groups = {key: group for key, group in cells.groupby(keys, sort=False, dropna=False)}
     baselines = list(dict.fromkeys(["original", *(m.baseline for m in markers)]))
@@ -134,12 +135,26 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
             base_key = _pick_baseline(cell, by_setting.get((mode, *(cell[k] for k in SAME_BASELINE)), []),
                                       groups, keys, warnings)
             bases[mode] = None if base_key is None else groups[base_key]
-        rows.append(_summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers))
+        rows.append(_summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers,
+                                 ranks, warnings))
     p_columns = [f"{kind}_vs_{mode}" for mode in baselines for kind in ("p", "seeds")]
     summary = pd.DataFrame(rows, columns=keys + list(_SUMMARY_COLUMNS) + p_columns + ["marker", *_PROVENANCE])
-    summary = summary.sort_values(by=keys, key=sort_key, kind="stable").reset_index(drop=True)
-    summary.attrs.update(warnings=warnings, axes=axes, markers=markers)
+    summary = summary.sort_values(by=keys, key=sort_key(ranks), kind="stable").reset_index(drop=True)
+    summary.attrs.update(warnings=warnings, axes=axes, markers=markers, mode_ranks=ranks, **task_declarations(df))
     return summary
+
+
+def mode_ranks(df: pd.DataFrame) -> dict[str, int]:
+    """Each mode's rank (``collect.mode_rank``), from its jobs."""
+    ranked = df.dropna(subset=["mode_rank"]).drop_duplicates("mode")
+    return {str(mode): int(rank) for mode, rank in zip(ranked["mode"], ranked["mode_rank"])}
+
+
+def task_declarations(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per task, its table title and headline metrics, as its finished jobs recorded them."""
+    ok = df[df["status"] == results.OK].drop_duplicates("task")
+    return {"titles": dict(zip(ok["task"], ok["title"])),
+            "headlines": {task: [m for m in str(h).split(",") if m] for task, h in zip(ok["task"], ok["headline"])}}
 
 
 _SUMMARY_COLUMNS = ("mean", "std", "n_seeds", "expected_seeds", "missing_seeds", "seeds", "failed",
@@ -147,11 +162,15 @@ _SUMMARY_COLUMNS = ("mean", "std", "n_seeds", "expected_seeds", "missing_seeds",
 _PROVENANCE = ("code_versions", "data_checksums", "config_hashes", "mixed_provenance")
 
 
-def sort_key(column: pd.Series) -> pd.Series:
-    """Natural order: modes as in the paper, numbers numerically, else text."""
-    if column.name == "mode":
-        return column.map(lambda v: (MODE_ORDER.get(v, 9), str(v)))
-    return column.map(lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
+def sort_key(ranks: dict[str, int]):
+    """Natural order: modes by rank (original, adjusted, continual), numbers
+    numerically, else text (a ``sort_values`` key)."""
+    def key(column: pd.Series) -> pd.Series:
+        if column.name == "mode":
+            return column.map(lambda v: (ranks.get(v, 9), str(v)))
+        return column.map(lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
+
+    return key
 
 
 def _is_number(value: Any) -> bool:
@@ -238,7 +257,8 @@ def _ok_seeds(group: pd.DataFrame) -> np.ndarray:
 
 
 def _summary_row(cell: dict[str, Any], group: pd.DataFrame, bases: dict[str, pd.DataFrame | None],
-                 predictions: _Predictions, iterations: int, markers: tuple[Marker, ...]) -> dict[str, Any]:
+                 predictions: _Predictions, iterations: int, markers: tuple[Marker, ...], ranks: dict[str, int],
+                 warnings: list[str]) -> dict[str, Any]:
     """Statistics of one cell (see ``summarise``); ``bases`` = baseline group per mode."""
     ok = group[group["status"] == results.OK]
     values = ok["value"].astype(float)
@@ -251,9 +271,9 @@ def _summary_row(cell: dict[str, Any], group: pd.DataFrame, bases: dict[str, pd.
             if base is not None:
                 expected |= set(int(s) for s in base["seed"])
             row["baseline_mean"] = float(base_ok["value"].mean()) if base_ok is not None and len(base_ok) else math.nan
-        tested = base_ok is not None and iterations > 0 and MODE_ORDER.get(cell["mode"], 9) > MODE_ORDER.get(mode, 9)
+        tested = base_ok is not None and iterations > 0 and ranks.get(cell["mode"], 9) > ranks.get(mode, 9)
         row[f"p_vs_{mode}"], row[f"seeds_vs_{mode}"] = (
-            _significance(cell, ok, base_ok, predictions, iterations) if tested else (math.nan, 0))
+            _significance(cell, ok, base_ok, predictions, iterations, warnings) if tested else (math.nan, 0))
     versions, checksums = sorted(set(ok["code_version"])), sorted(set(ok["data_checksums"]))
     mean = float(values.mean()) if len(values) else math.nan
     row.update(
@@ -286,8 +306,9 @@ def marker_text(row: dict[str, Any], markers: tuple[Marker, ...]) -> str:
 
 
 def _significance(cell: dict[str, Any], ok: pd.DataFrame, base_ok: pd.DataFrame, predictions: _Predictions,
-                  iterations: int) -> tuple[float, int]:
-    """p-value of the cell vs its baseline on their common seeds, and how many seeds that was."""
+                  iterations: int, warnings: list[str]) -> tuple[float, int]:
+    """p-value of the cell vs its baseline on their common seeds, with the
+    test the cell's task declared, and how many seeds that was."""
     runs_a = dict(zip(ok["seed"].astype(int), ok["run_dir"]))
     runs_b = dict(zip(base_ok["seed"].astype(int), base_ok["run_dir"]))
     common = sorted(set(runs_a) & set(runs_b))
@@ -295,4 +316,9 @@ def _significance(cell: dict[str, Any], ok: pd.DataFrame, base_ok: pd.DataFrame,
     recs_b = [predictions.get(runs_b[s], cell["eval_set"]) for s in common]
     if not common or any(not r for r in recs_a + recs_b):
         return math.nan, 0
-    return significance.compare(cell["task"], cell["metric"], recs_a, recs_b, iterations), len(common)
+    test = next((t for t in ok["significance"] if t), "")
+    if test not in significance.TESTS:
+        warnings.append(f"{cell['task']} {cell['eval_set']}: no significance test named {test!r} "
+                        f"(valid: {', '.join(significance.TESTS)}); not tested")
+        return math.nan, 0
+    return significance.compare(test, cell["metric"], recs_a, recs_b, iterations), len(common)

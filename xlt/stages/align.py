@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,6 @@ def _pool_links(cfg: DictConfig, pool, workdir: Path) -> list[list[tuple[int, in
     if not pharaoh:
         log.info("aligning all %d usable pairs of %s with %s", len(pool.pairs), pool.path, cfg.aligner.name)
         return align_corpus(pool.pairs, cfg.aligner, str(workdir))
-    if cfg.aggregation.name == "subword":
-        raise XltError(f"aligner.pharaoh_path={pharaoh} holds word links; aggregation=subword needs subword links "
-                       f"(unset aligner.pharaoh_path to align subwords)")
     lines = read_pharaoh(pharaoh, pool.n_lines, what=f"lines in the corpus {pool.path}")
     links = [lines[n - 1] for n in pool.lines]
     check_bounds(links, pool.pairs, [f"{pharaoh}:{n}" for n in pool.lines])
@@ -135,3 +133,41 @@ def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout:
         tokenizer, pairs, alignments, cfg.aggregation.name, tokens, max_length=128, drop_identical=cfg.aligner.drop_identical,
         regularize=cfg.adjustment.regularize,
     )
+
+
+def heldout_sentences(cfg: DictConfig) -> tuple[list[str], list[str], str, tuple[str, ...]]:
+    """The held-out pairs of the job's alignment artifact as running text:
+    ``(english, target, source, files read)``.
+
+    They are sampled before the adjustment sample and disjoint from it
+    (``xlt.data.parallel.sample_pool``).  The artifact stores Moses word
+    tokens; Moses detokenisation gives back running text, which is what a
+    retrieval model sees in Tatoeba.  With ``aggregation=subword`` the
+    artifact holds subword tokens, so the word-level twin is read instead
+    (same corpus, seed and held-out sample).
+    """
+    from xlt.keys import corpus_path
+
+    word_cfg = cfg
+    if cfg.aggregation.name == "subword":
+        word_cfg = cfg.copy()
+        word_cfg.aggregation.name = "avg"
+    corpus = align_stage(word_cfg)
+    if not corpus.heldout:
+        raise XltError(f"no held-out pairs in {corpus.path} (corpus.heldout={cfg.corpus.heldout})")
+    english = [detokenize(p.english, "en") for p in corpus.heldout]
+    target = [detokenize(p.target, cfg.lang.code) for p in corpus.heldout]
+    heldout = f"{corpus.path}/heldout.tsv"
+    return english, target, heldout, (corpus_path(cfg), heldout)
+
+
+def detokenize(words: list[str], lang: str) -> str:
+    """Moses words back to running text (the inverse of ``xlt.data.parallel.word_tokenize``)."""
+    return _detokenizer(lang).detokenize(words)
+
+
+@lru_cache(maxsize=None)
+def _detokenizer(lang: str):
+    from sacremoses import MosesDetokenizer
+
+    return MosesDetokenizer(lang=lang)

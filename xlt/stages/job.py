@@ -3,7 +3,9 @@ objective), evaluate zero-shot, write results.json and per-example predictions.
 
 ``run_job`` reads top to bottom like a recipe: align and adjust (cached,
 shared by every job of a sweep), fine-tune (checkpoint keyed by the training
-hash), evaluate.
+hash), evaluate.  An evaluation-only task (``Task.trains`` false: sentence
+retrieval) takes the other branch, ``evaluate_states``: it scores the model
+states the cache holds.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xlt import results as results_file
 from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_json, write_jsonl
-from xlt.config import validate as validate_config
+from xlt.contract import validate
 from xlt.errors import XltError
-from xlt.keys import checkpoint_dir, corpus_path, data_checksums, pin_code
+from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_config
 from xlt.stages.adjust import adjust_stage
-from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import ddp_job, make_trainer, one_device, trainer_kwargs
+from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
+from xlt.stages.trainer import check_hardware, ddp_job, make_trainer, one_device
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +57,28 @@ def continual_objective(cfg: DictConfig, examples, pad_id: int, reference, cache
     return ContinualObjective(examples, pad_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed)
 
 
-def validate(cfg: DictConfig) -> None:
-    """``xlt.config.validate`` plus the enums whose valid values live with
-    their code (loss reductions, task heads)."""
-    from xlt.models.adjust import check_reduction
-    from xlt.tasks.heads import check_head
-
-    validate_config(cfg)
-    trainer_kwargs(cfg)  # an unknown lightning.Trainer argument fails before any work
-    check_reduction(cfg.continual.reduction, "continual.reduction")
-    check_reduction(cfg.adjustment.reduction, "adjustment.reduction")
-    check_head(cfg.task.head)
+def report_info(task) -> dict[str, Any]:
+    """What the task declares about its tables (results.json's ``report``)."""
+    return {"title": task.cfg.title or task.cfg.name, "significance": task.significance, "headline": list(task.headline)}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write results.json, predictions/ and checkpoints/."""
-    from xlt.models.encoder import load_encoder, load_tokenizer
+    from xlt.models.encoder import load_encoder, load_pooler, load_tokenizer
     from xlt.models.finetune import FineTuneModule
-    from xlt.tasks.heads import pretrained_pooler
     from xlt.tasks.registry import build_task
 
     validate(cfg)
+    check_hardware(cfg)  # here, where the job runs (a sweep may be submitted from a machine without a GPU)
     pin_code()  # results.json names the source this job starts with
+    task = build_task(cfg)
+    if not task.trains:
+        return evaluate_states(cfg, task)
     out = Path(cfg.paths.output_dir)
     if (done := results_file.finished(out, cfg, data_checksums(cfg))) is not None:  # a rerun of a sweep
         print(format_metrics(done))
         return done
     started = time.time()
-    task = build_task(cfg.task, cfg.lang.code, cfg.data, list(cfg.lang.eval_sets[cfg.task.name]))
     eval_sets, skipped = load_eval_sets(task, cfg.data.skip_missing_eval)  # early: fail before training
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
 
@@ -90,14 +86,14 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     encoder = load_encoder(cfg.model, cfg.paths.cache_dir, str(adjusted) if adjusted else None)
     objective = build_objective(cfg, tokenizer, encoder) if cfg.mode.continual else None
-    pooler = pretrained_pooler(cfg.model, cfg.paths.cache_dir) if cfg.task.head == "bert" else None
+    pooler = load_pooler(cfg.model, cfg.paths.cache_dir) if cfg.task.head == "bert" else None
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective,
                             adam_eps=cfg.task.adam_eps, pooler=pooler)
 
     train = task.features(tokenizer, task.train_examples(), train=True)
     inputs = data_checksums(cfg)  # provenance: the content just read (and that keys the checkpoint)
     checkpoints = checkpoint_dir(cfg)
-    link_checkpoints(out, checkpoints)
+    link_checkpoints(out, checkpoints, cfg)
     trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out)
     if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
         if trainer.global_rank != 0:
@@ -105,8 +101,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", **one_device())
 
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
-    results = results_file.ok_results(cfg, metrics, started, inputs)
+    results = results_file.ok_results(cfg, metrics, started, inputs, report_info(task))
     results["training"] = training
+    results["states"] = {**({"adjusted": str(adjusted)} if adjusted else {}), "finetuned": str(checkpoints / "last.ckpt")}
     if skipped:
         results["skipped_eval_sets"] = skipped
     if adjusted:
@@ -293,11 +290,33 @@ def length_order(features: list[dict]) -> list[int]:
     return sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
 
 
-def link_checkpoints(out: Path, checkpoints: Path) -> None:
+def link_checkpoints(out: Path, checkpoints: Path, cfg: DictConfig) -> None:
     """``<run dir>/checkpoints`` points at the stable, config-keyed checkpoint
-    folder, so a rerun or a requeued Slurm job resumes instead of restarting."""
+    folder, so a rerun or a requeued Slurm job resumes instead of restarting.
+    The folder records the training config it holds (``keys.TRAINING_RECORD``),
+    which is how ``xlt.stages.states`` finds it for another job."""
     checkpoints.mkdir(parents=True, exist_ok=True)
+    if not (checkpoints / TRAINING_RECORD).exists():
+        write_json(checkpoints / TRAINING_RECORD, training_config(OmegaConf.to_container(cfg, resolve=True)))
     out.mkdir(parents=True, exist_ok=True)
     link = out / "checkpoints"
     if not link.exists() and not link.is_symlink():
         os.symlink(checkpoints.resolve(), link, target_is_directory=True)
+
+
+def evaluate_states(cfg: DictConfig, task) -> dict[str, Any]:
+    """The job of an evaluation-only task: find the model states it
+    evaluates (``task.state_names``, or ``task.options.checkpoints``), let
+    the task score them, write results.json.  Always run (the states on
+    disk may have changed since a previous run)."""
+    from xlt.stages.states import find_states
+
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    states = find_states(cfg, task.state_names(cfg.mode), task.state_paths(), task.finetuned_task, log.warning)
+    metrics, extras = task.run(cfg, states, lambda: heldout_sentences(cfg), out)
+    results = results_file.ok_results(cfg, metrics, started, extras.pop("data_checksums", {}), report_info(task))
+    results.update(extras)
+    results_file.write(out, results)
+    print(format_metrics(results))
+    return results

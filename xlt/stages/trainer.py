@@ -1,15 +1,15 @@
-"""The Lightning Trainer every stage uses, built from ``cfg.trainer``.
+"""The Lightning Trainer every stage uses, built from ``cfg.trainer``, and
+the hardware check that runs in the job.
 
 Every key of ``cfg.trainer`` is a ``lightning.Trainer`` argument except the
-xlt-only ones in ``XLT_KEYS`` (the data loader's workers, the checkpoint
-interval); a key that is neither stops the job with one line instead of being
-dropped.  ``cfg.logger`` and ``cfg.trainer.callbacks`` are ``_target_`` nodes
-instantiated with Hydra.
+xlt-only ones in ``xlt.config.TRAINER_XLT_KEYS`` (the data loader's workers,
+the checkpoint interval); the config contract has already stopped a key that
+is neither.  ``cfg.logger`` and ``cfg.trainer.callbacks`` are ``_target_``
+nodes instantiated with Hydra.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import signal
 import sys
@@ -20,50 +20,32 @@ from typing import Any, Iterator
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from xlt.config import TRAINER_XLT_KEYS
 from xlt.errors import XltError
 
 log = logging.getLogger(__name__)
 
-# cfg.trainer keys xlt itself reads; every other key goes to lightning.Trainer.
-XLT_KEYS = frozenset({"num_workers", "checkpoint_every_n_steps", "callbacks"})
-# Set by make_trainer from its arguments, never from the config.
-OWNED = frozenset({"max_epochs", "enable_checkpointing", "logger", "callbacks", "default_root_dir"})
-
 
 def trainer_kwargs(cfg: DictConfig, **override: Any) -> dict[str, Any]:
-    """The ``lightning.Trainer`` arguments of ``cfg.trainer`` (plus ``override``),
-    checked against the Trainer's signature."""
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in XLT_KEYS}
-    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"} - OWNED
-    unknown = sorted(set(settings) - valid)
-    if unknown:
-        raise XltError(f"unknown lightning.Trainer argument trainer.{unknown[0]} ({override_source(f'trainer.{unknown[0]}')}); "
-                       f"see `python -c 'import lightning; help(lightning.Trainer)'`")
-    check_precision(settings)
+    """The ``lightning.Trainer`` arguments of ``cfg.trainer`` (plus ``override``)."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TRAINER_XLT_KEYS}
     return {**settings, **override}
 
 
-def check_precision(settings: dict[str, Any]) -> None:
-    """bf16 on a GPU without native bfloat16 would be emulated (slow) or fail
-    late: stop with the fix instead."""
+def check_hardware(cfg: DictConfig) -> None:
+    """What the machine the job runs on must have for ``cfg.trainer``: a
+    visible GPU for ``accelerator=gpu``, bfloat16 for ``precision=bf16-*``
+    (emulated it is slow or fails late).  Called in the job, not where the
+    sweep is composed (a Slurm login node has no GPU)."""
     import torch
 
-    gpu = str(settings.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    if gpu and str(settings.get("precision", "")).startswith("bf16") and not torch.cuda.is_bf16_supported(False):
-        raise XltError(f"trainer.precision={settings['precision']} needs a GPU with bfloat16 (Ampere or newer); "
+    accelerator, precision = str(cfg.trainer.accelerator), str(cfg.trainer.precision)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise XltError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible on this machine (use trainer=cpu)")
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if gpu and precision.startswith("bf16") and not torch.cuda.is_bf16_supported(False):
+        raise XltError(f"trainer.precision={precision} needs a GPU with bfloat16 (Ampere or newer); "
                        f"{torch.cuda.get_device_name()} has none: pass trainer.precision=16-mixed or 32-true")
-
-
-def override_source(key: str) -> str:
-    """Where a config key was set: the command-line override, else the config files."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    except ValueError:
-        overrides = []
-    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
-    return f"set on the command line by {given[-1]}" if given else "set in conf/trainer or an experiment preset"
 
 
 def make_logger(cfg: DictConfig, log_dir: Path):
@@ -93,7 +75,7 @@ def config_callbacks(cfg: DictConfig) -> list:
 
 
 def make_trainer(
-    cfg: DictConfig, max_epochs: float, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), **override: Any
+    cfg: DictConfig, max_epochs: int, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), **override: Any
 ) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values).
 
@@ -104,16 +86,16 @@ def make_trainer(
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    check_hardware(cfg)
     callbacks = [*callbacks, *config_callbacks(cfg)]
     if checkpoint_dir is not None:
-        every = cfg.trainer.get("checkpoint_every_n_steps") or None
+        every = cfg.trainer.checkpoint_every_n_steps
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every))
         callbacks.append(StopSignal(checkpoint_dir / "last.ckpt"))
-    epochs = int(max_epochs) if float(max_epochs).is_integer() else max(1, int(max_epochs + 0.999))
     kwargs = {"enable_model_summary": False, "deterministic": False, **trainer_kwargs(cfg, **override)}
     return L.Trainer(
         **kwargs,
-        max_epochs=epochs,
+        max_epochs=int(max_epochs),  # whole epochs (the config contract rejects a fraction)
         enable_checkpointing=checkpoint_dir is not None,
         default_root_dir=str(checkpoint_dir or log_dir),  # Lightning's own hpc_ckpt_*.ckpt (SIGUSR1) land here
         callbacks=callbacks,
@@ -151,7 +133,7 @@ class StopSignal(L.Callback):
         self.requested = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop._should_accumulate():
+        if not step_boundary(trainer, batch_idx):
             return
         stop = self.requested or trainer.received_sigterm
         if trainer.world_size > 1:  # ranks may see the signal a step apart: agree, or the collective save hangs
@@ -175,6 +157,14 @@ class StopSignal(L.Callback):
         if isinstance(exception, SIGTERMException) and progress.completed % trainer.accumulate_grad_batches == 0:
             trainer.save_checkpoint(self.path)
             log.warning("SIGTERM: checkpoint at step %d written to %s", trainer.global_step, self.path)
+
+
+def step_boundary(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the batch that just ended completed an optimizer step (the
+    last of ``accumulate_grad_batches`` micro-batches, or of the epoch), as
+    Lightning's own accumulation decides."""
+    done = batch_idx + 1
+    return done % trainer.accumulate_grad_batches == 0 or done == trainer.num_training_batches
 
 
 def one_device() -> dict[str, Any]:

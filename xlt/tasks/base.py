@@ -1,10 +1,22 @@
-"""The contract between a task (NLI, NER, QA) and the generic training code.
+"""The contract between a task and the generic code: what a task declares
+about itself, and what it computes.
 
-A task knows its data (English training set, zero-shot evaluation sets), how
-to turn examples into model features, its linear head, its loss and how to
-score predictions.  Everything else (the encoder, the Lightning loops,
-checkpoints, continual learning, writing results) is shared, so a task module
-reads top to bottom like a HuggingFace example script.
+A task *declares*, as class attributes, what the rest of xlt reads instead
+of keeping lists of its own: its ``kind`` (the name ``task.kind`` selects it
+by in ``xlt.tasks.registry``), its ``options_schema`` (the dataclass
+``task.options`` is bound to), the ``significance`` test the report runs
+on its predictions, its ``headline`` metrics (what the report tabulates by
+default) and whether it ``trains``.  Its YAML (``conf/task/<name>.yaml``)
+adds the data: the languages with evaluation data, the evaluation sets, the
+table ``title``, hub ids and local file templates.  So a new dataset of a
+known kind is one YAML file.
+
+A task *computes* its data (English training set, zero-shot evaluation
+sets), features, head shape, loss and scoring.  Everything else (the
+encoder, the Lightning loops, checkpoints, continual learning, writing
+results) is shared, so a task module reads top to bottom like a
+HuggingFace example script.  Every metric is a fraction in [0, 1] (``n``
+a count): one scale in results.json, report.csv and the code.
 
 Shapes:
     example  a dict with a unique ``"id"`` (str) plus task fields
@@ -17,15 +29,18 @@ Shapes:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from xlt.config import DataConfig, TaskConfig
+from xlt.config import task_local
 from xlt.errors import XltError
 
 
@@ -37,16 +52,72 @@ class EvalSet:
     examples: list[dict[str, Any]]
 
 
+@dataclass
+class NoOptions:
+    """The options schema of a task without options."""
+
+
 class Task(ABC):
-    """Base class of a fine-tuning task; ``xlt.tasks.registry.TASKS`` lists them."""
+    """What every task declares; ``xlt.tasks.registry.KINDS`` lists them.
+    Subclass :class:`FineTuningTask` or :class:`StateEvaluationTask`."""
 
-    name: str = ""
+    kind: ClassVar[str] = ""
+    options_schema: ClassVar[type] = NoOptions
+    significance: ClassVar[str] = "paired_ttest"  # a name in xlt.evaluation.significance.TESTS
+    headline: ClassVar[tuple[str, ...]] = ("accuracy",)  # the metrics the report tabulates by default
+    trains: ClassVar[bool] = True  # False: evaluation only (model states, no fine-tuning)
 
-    def __init__(self, cfg: TaskConfig, lang: str, data: DataConfig, eval_sets: list[str] | None = None):
-        self.cfg = cfg
-        self.lang = lang
-        self.data = data
-        self.eval_set_names = list(eval_sets or [])
+    def __init__(self, cfg: DictConfig):
+        """``cfg`` is the whole (bound) job config; a task reads ``cfg.task``,
+        ``cfg.lang`` and ``cfg.data``."""
+        self.cfg = cfg.task
+        self.options = cfg.task.options  # typed by options_schema (xlt.tasks.registry.bind)
+        self.lang_cfg = cfg.lang
+        self.lang = str(cfg.lang.code)
+        self.data = cfg.data
+        self.eval_set_names = self.sets_for(cfg)
+
+    # ---- what the task has for a language (checked before launch) -----------
+    @classmethod
+    def valid_eval_sets(cls, cfg: DictConfig) -> tuple[str, ...]:
+        """The names ``task.eval_sets`` may hold."""
+        return tuple(cfg.task.eval_sets)
+
+    @classmethod
+    def sets_for(cls, cfg: DictConfig) -> list[str]:
+        """The evaluation sets of ``task.eval_sets`` that exist for the job's language."""
+        return list(cfg.task.eval_sets)
+
+    @classmethod
+    def problems(cls, cfg: DictConfig) -> Iterator[str]:
+        """What the task cannot do with this config, one line each (the
+        language has no data, an unknown evaluation set...)."""
+        languages = cfg.task.languages
+        if languages is not None and cfg.lang.code not in languages:
+            yield (f"task={cfg.task.name} has no evaluation data for lang={cfg.lang.code} "
+                   f"(task.languages: {', '.join(languages)})")
+        valid = cls.valid_eval_sets(cfg)
+        unknown = [name for name in cfg.task.eval_sets if name not in valid]
+        if unknown:
+            yield f"task.eval_sets: unknown {', '.join(unknown)} for task={cfg.task.name}; valid: {', '.join(valid)}"
+
+    def local_path(self, key: str, lang: str | None = None, **fmt: str) -> str:
+        """The local file ``task.local.<key>`` (or the language's own,
+        ``lang.local.<task>.<key>``) with ``{lang}`` filled, under ``data.root``."""
+        templates = task_local(self.cfg, self.lang_cfg)
+        if key not in templates:
+            raise XltError(f"task.local.{key} is not set for task={self.cfg.name}")
+        return self.template_path(str(templates[key]), lang, **fmt)
+
+    def template_path(self, template: str, lang: str | None = None, **fmt: str) -> str:
+        """A local file template with ``{lang}`` (and ``fmt``) filled, under ``data.root``."""
+        return os.path.join(self.data.root, template.format(lang=lang or self.lang, **fmt))
+
+
+class FineTuningTask(Task):
+    """A task fine-tuned on English and evaluated on its zero-shot sets."""
+
+    trains = True
 
     # ---- data ---------------------------------------------------------------
     @abstractmethod
@@ -86,7 +157,8 @@ class Task(ABC):
     def score(
         self, eval_set: EvalSet, features: list[dict[str, Any]], outputs: list[np.ndarray]
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics of a set and one record per example (with ``id``) for significance tests."""
+        """Metrics of a set (fractions in [0, 1], plus ``n``) and one record
+        per example (with ``id``) for significance tests."""
 
     # ---- shared helpers -------------------------------------------------------
     label_keys: tuple[str, ...] = ("labels",)
@@ -121,8 +193,29 @@ class Task(ABC):
             raise XltError(f"empty dataset: {where}")
         return examples[:limit] if limit else examples
 
-    def local_path(self, relative: str, lang: str | None = None, **fmt: str) -> str:
-        """Resolve a local file template (``{lang}`` filled) against ``data.root``."""
-        import os
 
-        return os.path.join(self.data.root, relative.format(lang=lang or self.lang, **fmt))
+class StateEvaluationTask(Task):
+    """An evaluation-only task: it scores model states (the original, the
+    adjusted and fine-tuned encoders a sweep left in the cache) without
+    training; ``xlt.stages.job`` finds the states and calls :meth:`run`."""
+
+    trains = False
+
+    finetuned_task: str = ""  # fine-tuned states are those of jobs of this task (task.name)
+
+    @abstractmethod
+    def state_names(self, mode: DictConfig) -> list[str]:
+        """The model states a job of ``mode`` evaluates (``xlt.stages.states.STATES``)."""
+
+    def state_paths(self) -> dict[str, str]:
+        """States given by path (a checkpoint or model directory), by name."""
+        return {}
+
+    @abstractmethod
+    def run(self, cfg: DictConfig, states: list, heldout: Callable[[], tuple], out: Path
+            ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """Evaluate every state; write ``predictions/`` under ``out``; return
+        the metrics and the extras results.json records (``data_checksums``
+        of the files read among them).  ``heldout()`` gives the held-out
+        sentence pairs of the job's aligned corpus, built on demand:
+        ``(english, target, source, files)``."""

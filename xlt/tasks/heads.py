@@ -10,7 +10,8 @@
   ``BertForTokenClassification`` = dropout -> linear; QA
   ``BertForQuestionAnswering`` = linear (no dropout).  New linear layers are
   initialised as transformers does (normal(0, initializer_range), zero bias);
-  dropout is ``classifier_dropout`` or ``hidden_dropout_prob``.
+  dropout is ``classifier_dropout`` or ``hidden_dropout_prob``; the
+  pretrained pooler comes from ``xlt.models.encoder.load_pooler``.
 * ``linear`` -- one linear layer on the first token (NLI) or on every token
   (NER, QA), PyTorch's default init: xlt's head for encoders without a
   pretrained pooler (e5-small).
@@ -24,9 +25,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from xlt.errors import XltError
+from xlt.config import HEADS
 
-HEADS = ("bert", "linear")
 SHAPES = ("sequence", "token", "span")
 
 
@@ -66,12 +66,6 @@ class TokenHead(nn.Module):
         return self.classifier(self.dropout(hidden))
 
 
-def check_head(kind: str) -> str:
-    if kind not in HEADS:
-        raise XltError(f"task.head must be one of {' | '.join(HEADS)}, got {kind!r}")
-    return kind
-
-
 def _hf_linear(config: PretrainedConfig, out: int) -> nn.Linear:
     """A new linear layer initialised as transformers' ``BertPreTrainedModel._init_weights``."""
     layer = nn.Linear(config.hidden_size, out)
@@ -92,7 +86,8 @@ def new_pooler(config: PretrainedConfig) -> nn.Module:
 def build_head(kind: str, shape: str, config: PretrainedConfig, num_labels: int,
                pooler: Optional[nn.Module] = None) -> nn.Module:
     """The head ``kind`` (:data:`HEADS`) for a task of ``shape`` (:data:`SHAPES`)."""
-    check_head(kind)
+    if kind not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {kind!r}")
     hidden = config.hidden_size
     if kind == "linear":
         return FirstTokenHead(hidden, num_labels) if shape == "sequence" else nn.Linear(hidden, num_labels)
@@ -106,20 +101,3 @@ def build_head(kind: str, shape: str, config: PretrainedConfig, num_labels: int,
         return _hf_linear(config, num_labels)  # BertForQuestionAnswering.qa_outputs
     head.classifier = _hf_linear(config, num_labels)
     return head
-
-
-def pretrained_pooler(model_cfg, cache_dir: str) -> Optional[nn.Module]:
-    """The checkpoint's pooler (what ``AutoModelForSequenceClassification``
-    loads), or None when the checkpoint has none (random or converted models).
-
-    The adjusted encoder is saved without a pooler; the paper code's is the
-    original one too (adjustment never uses, so never changes, it).
-    """
-    if model_cfg.source != "hub":
-        return None
-    from transformers import AutoModel
-
-    from xlt.models.encoder import model_path
-
-    model = AutoModel.from_pretrained(model_path(model_cfg, cache_dir))
-    return getattr(model, "pooler", None)

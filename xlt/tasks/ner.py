@@ -17,22 +17,34 @@ Metrics:
     n                      number of sentences.
 
 Offline, the WikiANN es / ru *test* sets exist only without labels, so the
-labelled dev sets are used for them (see ``conf/task/ner.yaml``).
+labelled dev sets are used for them (``conf/lang/es.yaml`` and ``ru.yaml``
+name their files).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from xlt.config import ruled
 from xlt.errors import XltError, open_utf8, require_file
 from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
-from xlt.tasks.base import EvalSet, Task
+from xlt.tasks.base import EvalSet, FineTuningTask
 
 EVAL_SET = "wikiann"
+
+
+@dataclass
+class NerOptions:
+    """``task.options`` of NER."""
+
+    # The tag set; its order fixes the head's outputs.
+    labels: list[str] = ruled([], lambda v: len(v) >= 1 and "O" in v, "a list of tags that includes O")
 
 
 # ---- reading ----------------------------------------------------------------
@@ -79,44 +91,39 @@ def _flush(examples: list[dict[str, Any]], tokens: list[str], tags: list[str], p
 
 
 # ---- task -------------------------------------------------------------------
-class NerTask(Task):
+class NerTask(FineTuningTask):
     """Token classification with a linear head on every subword."""
 
-    name = "ner"
+    kind = "ner"
+    options_schema = NerOptions
+    significance = "approximate_randomization"  # entity F1 is not a mean of per-sentence scores
+    headline = ("f1",)
+
+    @classmethod
+    def valid_eval_sets(cls, cfg: DictConfig) -> tuple[str, ...]:
+        return (EVAL_SET,)
 
     @property
     def labels(self) -> list[str]:
         """Tag set from ``task.options.labels``; its order fixes the head's outputs."""
-        if not self.cfg.options.get("labels"):
-            raise XltError("task.options.labels is missing: list the NER tags (O, B-PER, ...)")
-        return list(self.cfg.options["labels"])
+        return list(self.options.labels)
 
     # ---- data ---------------------------------------------------------------
     def train_examples(self) -> list[dict[str, Any]]:
         if self.data.source == "hub":
-            examples = self._hub_split(self.cfg.hub["train"], None, "wikiann-en")
+            examples = self._hub_split(self.cfg.hub.train, None, "wikiann-en")
         else:
-            examples = read_ner_tsv(self.local_path(self.cfg.local["train"]), self.labels, "wikiann-en")
+            examples = read_ner_tsv(self.local_path("train"), self.labels, "wikiann-en")
         return self.limit(examples, self.cfg.train_limit, "NER training set")
 
     def eval_sets(self) -> list[EvalSet]:
         """WikiANN of ``self.lang``; the only NER evaluation set."""
-        unknown = [name for name in self.eval_set_names if name != EVAL_SET]
-        if unknown:
-            raise XltError(f"unknown NER evaluation set(s) {unknown}; valid: {EVAL_SET}")
         name = f"{EVAL_SET}.{self.lang}"
         if self.data.source == "hub":
-            examples = self._hub_split(self.cfg.hub["eval"], self.lang, name)
+            examples = self._hub_split(self.cfg.hub.eval, self.lang, name)
         else:
-            examples = read_ner_tsv(self._local_eval_path(), self.labels, name)
+            examples = read_ner_tsv(self.local_path("eval"), self.labels, name)
         return [EvalSet(name, self.limit(examples, self.cfg.eval_limit, name))]
-
-    def _local_eval_path(self) -> str:
-        files = dict(self.cfg.local["eval"])
-        if self.lang not in files:
-            available = ", ".join(f"{EVAL_SET}.{lang}" for lang in files)
-            raise XltError(f"no local NER evaluation set for '{self.lang}'; available: {available}")
-        return self.local_path(files[self.lang])
 
     def _hub_split(self, spec: dict[str, Any], lang: str | None, prefix: str) -> list[dict[str, Any]]:
         """Load WikiANN from the hub; its integer tags map through the ClassLabel names."""

@@ -44,15 +44,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from xlt.config import MLQA_METRICS, choice, number
 from xlt.errors import XltError, require_file
 from xlt.evaluation.squad import evaluate
-from xlt.tasks.base import EvalSet, Task
+from xlt.tasks.base import EvalSet, FineTuningTask
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,19 @@ TYDI_LANGS = {
     "ko": "korean", "ru": "russian", "sw": "swahili", "te": "telugu", "th": "thai",
 }  # fmt: skip
 FAMILY_LANGS = {"xquad": XQUAD_LANGS, "mlqa": MLQA_LANGS, "tydiqa": tuple(TYDI_LANGS)}
+
+
+@dataclass
+class QaOptions:
+    """``task.options`` of extractive QA (run_qa.py's settings)."""
+
+    doc_stride: int = number(128, ge=1)
+    n_best: int = number(20, ge=1)
+    max_answer_length: int = number(30, ge=1)
+    mlqa_split: str = choice("test", ("test", "dev"))
+    # MLQA scoring: mlqa (official script) | squad (as the paper's run_qa.py)
+    mlqa_metric: str = choice("mlqa", MLQA_METRICS)
+    cross_lingual: bool = True  # also the question/context language swaps
 
 
 # ---- reading SQuAD-format data -----------------------------------------------------
@@ -250,9 +266,6 @@ def postprocess_predictions(
     return predictions
 
 
-MLQA_METRICS = ("mlqa", "squad")
-
-
 def metric_language(set_name: str, mlqa_metric: str = "mlqa") -> str | None:
     """MLQA sets are scored in their context language; others with SQuAD rules.
 
@@ -261,8 +274,6 @@ def metric_language(set_name: str, mlqa_metric: str = "mlqa") -> str | None:
     normalisation, as the paper's ``question_answering/run_qa.py`` did
     (``load_metric("squad")`` on every evaluation set).
     """
-    if mlqa_metric not in MLQA_METRICS:
-        raise XltError(f"task.options.mlqa_metric must be one of {' | '.join(MLQA_METRICS)}, got {mlqa_metric!r}")
     parts = set_name.split(".")
     if parts[0] != "mlqa" or mlqa_metric == "squad":
         return None
@@ -270,20 +281,40 @@ def metric_language(set_name: str, mlqa_metric: str = "mlqa") -> str | None:
     return contexts[0] if contexts else parts[1]
 
 
-class QaTask(Task):
+class QaTask(FineTuningTask):
     """Span extraction: a linear layer gives start and end logits per token."""
 
-    name = "qa"
+    kind = "qa"
+    options_schema = QaOptions
+    headline = ("f1", "exact_match")
     label_keys = ("start_positions", "end_positions")
+
+    @classmethod
+    def valid_eval_sets(cls, cfg: DictConfig) -> tuple[str, ...]:
+        return EVAL_FAMILIES
+
+    @classmethod
+    def sets_for(cls, cfg: DictConfig) -> list[str]:
+        """The families of ``task.eval_sets`` that have the job's language."""
+        return [f for f in cfg.task.eval_sets if f in FAMILY_LANGS and cfg.lang.code in FAMILY_LANGS[f]]
+
+    @classmethod
+    def problems(cls, cfg: DictConfig) -> Iterator[str]:
+        yield from super().problems(cfg)
+        lang = cfg.lang.code
+        if cfg.task.eval_sets and not cls.sets_for(cfg):
+            available = [f for f in EVAL_FAMILIES if lang in FAMILY_LANGS[f]]
+            yield (f"task.eval_sets={','.join(cfg.task.eval_sets)}: none has lang={lang}; "
+                   f"QA sets that exist for {lang}: {', '.join(available) or 'none'}")
 
     # ---- data ---------------------------------------------------------------
     def train_examples(self) -> list[dict[str, Any]]:
         if self.data.source == "hub":
             examples = self._hub("train")
         else:
-            files = self.cfg.local["train"]
+            files = self.cfg.local.train
             files = [files] if isinstance(files, str) else list(files)
-            examples = [e for f in files for e in read_squad_json(self.local_path(f), "QA training file")]
+            examples = [e for f in files for e in read_squad_json(self.template_path(f), "QA training file")]
         examples, paragraphs, questions = drop_overlap(examples, [e["context"] for e in self._xquad("en")])
         log.info("overlap guard: dropped %d training paragraphs / %d questions found in XQuAD", paragraphs, questions)
         aligned = [align_answer(e) for e in examples]
@@ -298,29 +329,16 @@ class QaTask(Task):
         return self.limit(examples, self.cfg.train_limit, "QA training set")
 
     def eval_sets(self) -> list[EvalSet]:
-        metric_language("", self.mlqa_metric)  # a bad option fails before training
-        wanted = self.eval_set_names or ["xquad"]
         sets: list[tuple[str, list]] = []
-        for family in wanted:
-            if family not in EVAL_FAMILIES:
-                raise XltError(f"unknown QA evaluation set '{family}'; valid: {', '.join(EVAL_FAMILIES)}")
-            if self.lang not in FAMILY_LANGS[family]:
-                available = [f for f in EVAL_FAMILIES if self.lang in FAMILY_LANGS[f]]
-                raise XltError(
-                    f"{family} has no '{self.lang}' ({family} languages: {', '.join(FAMILY_LANGS[family])}); "
-                    f"QA sets that exist for {self.lang}: {', '.join(available) or 'none'}"
-                )
+        for family in self.eval_set_names:
             sets.extend(getattr(self, f"_{family}_sets")())
         limit = self.cfg.eval_limit
         return [EvalSet(name, self.limit(examples, limit, name)) for name, examples in sets]
 
-    def _cross_lingual(self) -> bool:
-        return bool(self.cfg.options.get("cross_lingual", False))
-
     def _xquad_sets(self) -> list[tuple[str, list]]:
         target = self._xquad(self.lang)
         sets = [(f"xquad.{self.lang}", target)]
-        if self._cross_lingual():
+        if self.options.cross_lingual:
             pairs = cross_lingual_pairs(target, self._xquad("en"), self.lang)
             sets += [(f"xquad.{name}", examples) for name, examples in pairs.items()]
         return sets
@@ -328,7 +346,7 @@ class QaTask(Task):
     def _mlqa_sets(self) -> list[tuple[str, list]]:
         lang = self.lang
         sets = [(f"mlqa.{lang}", self._mlqa(context=lang, question=lang))]
-        if self._cross_lingual():
+        if self.options.cross_lingual:
             sets.append((f"mlqa.q-{lang}.c-en", self._mlqa(context="en", question=lang)))
             sets.append((f"mlqa.q-en.c-{lang}", self._mlqa(context=lang, question="en")))
         return sets
@@ -337,20 +355,19 @@ class QaTask(Task):
         if self.data.source == "hub":
             prefix = TYDI_LANGS[self.lang] + "-"
             return [(f"tydiqa.{self.lang}", [e for e in self._hub("tydiqa") if e["id"].startswith(prefix)])]
-        path = self.local_path(self.cfg.local["tydiqa"])
+        path = self.local_path("tydiqa")
         return [(f"tydiqa.{self.lang}", read_squad_json(path, f"TyDi QA GoldP {self.lang} file"))]
 
     def _xquad(self, lang: str) -> list[dict[str, Any]]:
         if self.data.source == "hub":
             return self._hub("xquad", lang=lang)
-        template = self.cfg.local.get("xquad_en", self.cfg.local["xquad"]) if lang == "en" else self.cfg.local["xquad"]
-        return read_squad_json(self.local_path(template, lang), f"XQuAD {lang} file")
+        return read_squad_json(self.local_path("xquad_en" if lang == "en" else "xquad", lang), f"XQuAD {lang} file")
 
     def _mlqa(self, context: str, question: str) -> list[dict[str, Any]]:
-        split = str(self.cfg.options.get("mlqa_split", "test"))
+        split = self.options.mlqa_split
         if self.data.source == "hub":
             return self._hub("mlqa", context=context, question=question, split=split)
-        path = self.local_path(self.cfg.local["mlqa"], context=context, question=question, split=split)
+        path = self.local_path("mlqa", context=context, question=question, split=split)
         return read_squad_json(path, "MLQA file (MLQA is not in the shared data: add it or use data=hub)")
 
     def _hub(self, key: str, lang: str = "en", split: str | None = None, **fmt: str) -> list[dict[str, Any]]:
@@ -369,7 +386,7 @@ class QaTask(Task):
     def features(self, tokenizer, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Overlapping windows per example; labels for training, character
         offsets of context tokens (None elsewhere) for evaluation."""
-        stride = int(self.cfg.options.get("doc_stride", 128))
+        stride = self.options.doc_stride
         questions = self._fit_questions(tokenizer, [e["question"].lstrip() for e in examples], stride)
         encoded = tokenizer(
             questions,
@@ -438,16 +455,7 @@ class QaTask(Task):
 
     # ---- evaluation ---------------------------------------------------------
     def score(self, eval_set: EvalSet, features: list[dict[str, Any]], outputs: list[Any]):
-        options = self.cfg.options
-        predictions = postprocess_predictions(
-            eval_set.examples,
-            features,
-            outputs,
-            n_best=int(options.get("n_best", 20)),
-            max_answer_length=int(options.get("max_answer_length", 30)),
-        )
-        return evaluate(predictions, eval_set.examples, metric_language(eval_set.name, self.mlqa_metric))
-
-    @property
-    def mlqa_metric(self) -> str:
-        return str(self.cfg.options.get("mlqa_metric", "mlqa"))
+        options = self.options
+        predictions = postprocess_predictions(eval_set.examples, features, outputs, n_best=options.n_best,
+                                              max_answer_length=options.max_answer_length)
+        return evaluate(predictions, eval_set.examples, metric_language(eval_set.name, options.mlqa_metric))

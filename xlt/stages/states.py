@@ -9,8 +9,12 @@ analysing a finished sweep costs no training:
 * original: ``load_encoder(cfg.model)``;
 * adjusted: ``adjust_stage(cfg)`` (cached; built if absent, since it
   is a deterministic function of the config like every other stage);
-* fine-tuned: ``<cache_dir>/checkpoints/<training_hash>/last.ckpt`` of the
-  job with ``mode=original|adjusted|continual`` and the same other settings.
+* fine-tuned: the finished checkpoint (``done.json``) of a job with
+  ``mode=original|adjusted|continual`` and the same other settings, found
+  by the training config its checkpoint folder records
+  (``xlt.keys.TRAINING_RECORD``), never by rebuilding that job's config:
+  whatever its task config held (``conf/model/mbert.yaml`` writes
+  ``task.head=bert`` into it), the record says so.
 
 A user may point any state (or a new one) at a directory or a ``.ckpt``.  A
 state that cannot be found is skipped with a warning, because a partial
@@ -19,16 +23,18 @@ figure (say, before the fine-tuning jobs finish) is still useful.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
 from xlt.errors import XltError
+from xlt.keys import TRAINING_RECORD, training_config
 
 log = logging.getLogger(__name__)
 
@@ -110,71 +116,86 @@ def path_state(name: str, path: str, cfg: DictConfig) -> ModelState:
 # ---------------------------------------------------------------------------
 # Finding the states of a configuration
 # ---------------------------------------------------------------------------
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """Where ``xlt.stages.job.run_job`` leaves the fine-tuned model of ``cfg``."""
-    from xlt.keys import checkpoint_dir
+def finetuned_checkpoint(cfg: DictConfig, mode: str, task: str) -> Path:
+    """The finished fine-tuning of ``task`` in ``mode`` with ``cfg``'s other
+    settings: the checkpoint whose folder records that training config.
 
-    return checkpoint_dir(cfg) / "last.ckpt"
+    Compared: every setting the recorded training depends on, as ``cfg``
+    holds it under that mode (``xlt.keys.training_config``), except the
+    trainer (a state trained on a GPU is evaluated anywhere) and, unless
+    ``cfg`` is itself a job of ``task``, the task's settings (a retrieval
+    job knows the fine-tuning task by name only).  None found: FileNotFoundError
+    naming where it looked; several: XltError listing them.
+    """
+    root = Path(cfg.paths.cache_dir) / "checkpoints"
+    ours = OmegaConf.to_container(cfg, resolve=True)
+    found = []
+    for record in sorted(root.glob(f"*/{TRAINING_RECORD}")):
+        if not (record.parent / "done.json").is_file():
+            continue
+        theirs = json.loads(record.read_text(encoding="utf-8"))
+        if (theirs.get("mode") or {}).get("name") != mode or (theirs.get("task") or {}).get("name") != task:
+            continue
+        mine = training_config({**ours, "mode": theirs["mode"]})
+        skip = {"trainer"} | ({"task"} if cfg.task.name != task else set())
+        if all(mine.get(key) == value for key, value in theirs.items() if key not in skip):
+            found.append(record.parent / "last.ckpt")
+    if len(found) > 1:
+        raise XltError(f"{len(found)} finished {task} fine-tunings in mode={mode} match this job "
+                       f"({', '.join(str(p.parent.name) for p in found)}); choose one with a path "
+                       "(task.options.checkpoints.<state>=<.ckpt>, or states.<name>=<.ckpt> in xlt-analyze)")
+    if not found:
+        raise FileNotFoundError(f"no finished {task} fine-tuning in mode={mode} with these settings under {root}")
+    return found[0]
 
 
-def default_state(name: str, configs: Mapping[str, DictConfig]) -> Optional[ModelState]:
-    """A built-in state located from the config of its mode; None when its
-    fine-tuning checkpoint is not there (yet)."""
+def default_state(name: str, cfg: DictConfig, task: str) -> ModelState:
+    """A built-in state for the job config ``cfg``; FileNotFoundError when a
+    fine-tuned state's checkpoint is not there (yet)."""
     from xlt.models.encoder import load_encoder
     from xlt.stages.adjust import adjust_stage
 
-    cfg = configs[STATES[name][1]]
     if name == "original":
         return ModelState(name, label(name), f"model={cfg.model.name}", lambda: load_encoder(cfg.model, cfg.paths.cache_dir))
     if name == "adjusted":
         directory = adjust_stage(cfg)
         return ModelState(name, label(name), str(directory), lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(directory)))
-    checkpoint = checkpoint_path(cfg)
-    if not checkpoint.is_file():
-        return None
+    checkpoint = finetuned_checkpoint(cfg, STATES[name][1], task)
     return ModelState(name, label(name), str(checkpoint), lambda: load_checkpoint_encoder(cfg, checkpoint))
 
 
-def resolve_states(
-    configs: Mapping[str, DictConfig],
-    names: Optional[Iterable[str]] = None,
-    explicit: Optional[Mapping[str, str]] = None,
-    warn: Warn = lambda message: log.warning(message),
-) -> list[ModelState]:
-    """The states to analyse, in the paper's order, explicit paths first.
-
-    ``configs`` maps a mode name to the job config with that mode;
-    ``names`` restricts the built-in states (default: all five); ``explicit``
-    maps a state name to a path and replaces (or adds to) the built-ins.
-    Missing states are reported through ``warn`` and skipped; none at all is
-    an XltError.
-    """
+def find_states(cfg: DictConfig, names: Iterable[str], explicit: Optional[Mapping[str, str]], task: Optional[str],
+                warn: Warn = lambda message: log.warning(message)) -> list[ModelState]:
+    """The states ``names`` (built-in, :data:`STATES`) plus those given by
+    path in ``explicit``, in that order; fine-tuned states are fine-tunings
+    of ``task`` (default: ``cfg``'s own task).  A missing state is reported
+    through ``warn`` and skipped; none at all is an XltError."""
     explicit = dict(explicit or {})
-    wanted = list(names) if names is not None else list(STATES)
+    wanted = list(names)
     unknown = [n for n in wanted if n not in STATES and n not in explicit]
     if unknown:
-        raise XltError(f"unknown state(s) {', '.join(unknown)}; valid: {', '.join(STATES)} or states.<name>=<path>")
+        raise XltError(f"unknown state(s) {', '.join(unknown)}; valid: {', '.join(STATES)} or a path per state")
     order = wanted + [n for n in explicit if n not in wanted]
     states = []
     for name in order:
-        state = find_state(name, configs, explicit.get(name), warn)
+        state = find_state(name, cfg, explicit.get(name), task or cfg.task.name, warn)
         if state is not None:
             states.append(state)
     if not states:
-        raise XltError("no model state to analyse: " + ", ".join(order) + " were all missing")
+        raise XltError("no model state: " + ", ".join(order) + " were all missing (see the warnings above)")
     return states
 
 
-def find_state(name: str, configs: Mapping[str, DictConfig], path: Optional[str], warn: Warn) -> Optional[ModelState]:
+def find_state(name: str, cfg: DictConfig, path: Optional[str], task: str, warn: Warn) -> Optional[ModelState]:
     """One state, or None with a warning saying what was missing and why."""
     if path is not None:
         if not Path(path).exists():
             warn(f"state {name}: {path} does not exist; skipped")
             return None
-        return path_state(name, path, configs["original"])
-    state = default_state(name, configs)
-    if state is None:
+        return path_state(name, path, cfg)
+    try:
+        return default_state(name, cfg, task)
+    except FileNotFoundError as missing:
         mode = STATES[name][1]
-        warn(f"state {name}: no fine-tuned checkpoint at {checkpoint_path(configs[mode])} "
-             f"(run `xlt mode={mode} ...` with the same settings first); skipped")
-    return state
+        warn(f"state {name}: {missing} (run `xlt task={task} mode={mode} ...` with the same settings first); skipped")
+        return None

@@ -1,25 +1,29 @@
-"""NLI data, mixed-language XNLI and scoring, on the real XNLI files."""
+"""Sentence-pair classification (xlt.tasks.pair): XNLI data, mixed-language
+sets and scoring on the real XNLI files; PAWS-X from its YAML alone."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from xlt.config import DataConfig, TaskConfig
+from tests.helpers import make_task
 from xlt.errors import XltError
 from xlt.tasks.base import EvalSet
-from xlt.tasks.nli import LABELS, mixed_language, read_nli_tsv
-from xlt.tasks.registry import build_task
+from xlt.tasks.pair import PairClassificationTask, mixed_language, read_pair_tsv
+
+XNLI = (["premise", "hypothesis", "label"], ["entailment", "neutral", "contradiction"])
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def read_nli_tsv(path: str, prefix: str) -> list[dict]:
+    return read_pair_tsv(path, prefix, *XNLI, header=False)
 
 
 def nli_task(root, lang="ru", eval_limit=None, sets=None):
-    cfg = TaskConfig(
-        name="xnli",
-        eval_limit=eval_limit,
-        local={"train": "nli/xnli/dev-en.tsv", "eval": "nli/xnli/test-{lang}.tsv", "english": "nli/xnli/test-en.tsv"},
-        options={"mixed_seed": 0},
-    )
-    return build_task(cfg, lang, DataConfig(source="local", root=str(root)), sets)
+    overrides = [f"task.eval_limit={eval_limit or 'null'}"] + ([f"task.eval_sets=[{','.join(sets)}]"] if sets else [])
+    return make_task("xnli", lang, root, *overrides)
 
 
 def test_reads_real_xnli(shared_data):
@@ -44,11 +48,18 @@ def test_mixed_language_replaces_exactly_one_side(shared_data):
 
 
 def test_eval_sets_and_limit(shared_data):
-    sets = nli_task(shared_data, "vi", eval_limit=30).eval_sets()
-    assert [s.name for s in sets] == ["xnli.vi", "xnli_mixed.vi", "xnli_mixed_premise.vi", "xnli_mixed_hypothesis.vi"]
-    assert all(len(s.examples) == 30 for s in sets)
-    with pytest.raises(XltError, match=r"unknown NLI evaluation set\(s\) \['xnli_mix'\]"):
-        nli_task(shared_data, "vi", sets=["xnli_mix"]).eval_sets()
+    """Under task.eval_limit the mixed set is the first N pairs mixed, and its
+    halves split exactly those N (issue 26, point 7)."""
+    sets = {s.name: s for s in nli_task(shared_data, "vi", eval_limit=30).eval_sets()}
+    assert list(sets) == ["xnli.vi", "xnli_mixed.vi", "xnli_mixed_premise.vi", "xnli_mixed_hypothesis.vi"]
+    mixed, premise, hypothesis = sets["xnli_mixed.vi"], sets["xnli_mixed_premise.vi"], sets["xnli_mixed_hypothesis.vi"]
+    assert len(sets["xnli.vi"].examples) == len(mixed.examples) == 30
+    assert len(premise.examples) + len(hypothesis.examples) == 30 and premise.examples and hypothesis.examples
+    assert premise.examples + hypothesis.examples == sorted(mixed.examples, key=lambda e: e["replaced"] == "hypothesis")
+    full = {s.name: s for s in nli_task(shared_data, "vi").eval_sets()}
+    assert full["xnli_mixed.vi"].examples[:30] == mixed.examples  # the limit takes a prefix of the same draw
+    with pytest.raises(XltError, match="task.eval_sets: unknown xnli_mix for task=xnli; valid: xnli, xnli_en"):
+        nli_task(shared_data, "vi", sets=["xnli_mix"])
 
 
 def test_english_test_set_is_opt_in_and_is_the_english_file(shared_data):
@@ -109,18 +120,43 @@ def test_malformed_tsv_names_file_and_line(tmp_path, content, message):
 
 
 def test_missing_file_and_empty_set(tmp_path):
-    with pytest.raises(XltError, match="NLI file not found: .*nope.tsv"):
+    with pytest.raises(XltError, match="sentence-pair file not found: .*nope.tsv"):
         read_nli_tsv(str(tmp_path / "nope.tsv"), "x")
     (tmp_path / "nli/xnli").mkdir(parents=True)
     (tmp_path / "nli/xnli/dev-en.tsv").write_text("", encoding="utf-8")
-    with pytest.raises(XltError, match="empty dataset: NLI training set"):
+    with pytest.raises(XltError, match="empty dataset: xnli training set"):
         nli_task(tmp_path).train_examples()
 
 
 def test_unknown_eval_set(shared_data):
-    with pytest.raises(XltError, match="unknown NLI evaluation set"):
-        nli_task(shared_data, sets=["xnli", "mlqa"]).eval_sets()
+    with pytest.raises(XltError, match="task.eval_sets: unknown mlqa for task=xnli"):
+        nli_task(shared_data, sets=["xnli", "mlqa"])
 
 
-def test_labels_order():
-    assert LABELS == ("entailment", "neutral", "contradiction")
+def test_labels_order(shared_data):
+    assert list(nli_task(shared_data).options.labels) == ["entailment", "neutral", "contradiction"]
+
+
+def test_a_label_is_a_class_name_or_its_index(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("id\tsentence1\tsentence2\tlabel\n7\ta\tb\t1\n8\tc\td\tparaphrase\n", encoding="utf-8")
+    rows = read_pair_tsv(str(path), "p", ["sentence1", "sentence2", "label"], ["different", "paraphrase"], header=True)
+    assert [(r["sentence1"], r["sentence2"], r["label"]) for r in rows] == [("a", "b", 1), ("c", "d", 1)]
+    path.write_text("id\tsentence1\tlabel\n", encoding="utf-8")
+    with pytest.raises(XltError, match="pairs.tsv:1: header has no column sentence2"):
+        read_pair_tsv(str(path), "p", ["sentence1", "sentence2", "label"], ["different", "paraphrase"], header=True)
+
+
+def test_pawsx_is_one_yaml_file_of_the_pair_task():
+    """PAWS-X needs no code: conf/task/pawsx.yaml names the kind, columns,
+    labels and files; its local layout (header, 0/1 labels) reads as is."""
+    task = make_task("pawsx", "es", FIXTURES)
+    assert isinstance(task, PairClassificationTask) and task.num_labels == 2
+    sets = {s.name: s for s in task.eval_sets()}
+    assert list(sets) == ["pawsx.es", "pawsx_mixed.es", "pawsx_mixed_sentence1.es", "pawsx_mixed_sentence2.es"]
+    english = {e["id"]: e for e in make_task("pawsx", "es", FIXTURES, "task.eval_sets=[pawsx_en]").eval_sets()[0].examples}
+    for row in sets["pawsx_mixed.es"].examples:
+        side = row["replaced"]
+        assert row[side] == english[row["id"].replace("-es-", "-en-")][side]
+    with pytest.raises(XltError, match="task=pawsx has no evaluation data for lang=ru"):
+        make_task("pawsx", "ru", FIXTURES)

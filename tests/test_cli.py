@@ -1,0 +1,30 @@
+"""The command line (xlt.cli): which compositions check a sweep, pipes,
+and the entry points' one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from xlt import cli
+
+
+def test_a_sweep_is_checked_with_every_value_but_not_every_combination():
+    jobs = cli.job_overrides(["-m", "lang=es,ru,hi", "seed=range(1,3)", "task.lr=1e-5", "hydra.launcher.x=1"])
+    assert jobs == [["lang=es", "seed=1", "task.lr=1e-5"], ["lang=ru", "seed=1", "task.lr=1e-5"],
+                    ["lang=hi", "seed=1", "task.lr=1e-5"], ["lang=es", "seed=2", "task.lr=1e-5"]]
+
+
+def test_more_config_folders_reach_the_check():
+    """hydra.searchpath (a language YAML elsewhere) is passed to the composition
+    that checks the jobs; other hydra.* overrides stay Hydra's."""
+    jobs = cli.job_overrides(["hydra.searchpath=[file:///x]", "lang=xx", "hydra.run.dir=out"])
+    assert jobs == [["hydra.searchpath=[file:///x]", "lang=xx"]]
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """``xlt --help | head -1``: the reader is gone before xlt writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "xlt", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # closed before the child (still importing) writes a byte
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-500:]

@@ -1,0 +1,240 @@
+"""The config contract (xlt.contract, xlt.config): every enum, range and rule
+is checked before anything launches, in one line and exit 2, for single
+jobs and sweeps alike; hardware is not (issue 24 point 1, issue 26 point 4,
+issue 22 point 1)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from xlt import cli
+from xlt.config import CONF_DIR, Range, schema_fields
+from xlt.contract import compose, validate
+from xlt.errors import XltError
+from xlt.tasks.registry import KINDS
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["xlt", "model=tiny", *args])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    return stop.value.code, capsys.readouterr().err
+
+
+def one_line_error(monkeypatch, capsys, *args: str, single: bool = True, sweep: bool = True) -> str:
+    """The error of ``xlt args`` as a single job and (or) as one value of a
+    sweep: the same one line, exit 2, before anything runs."""
+    errors = []
+    for prefix in ([()] if single else []) + ([("-m", "seed=1,2")] if sweep else []):
+        code, err = run_main(monkeypatch, capsys, *prefix, *args)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("xlt: error: "), err
+        errors.append(err)
+    assert len(set(errors)) == 1, errors
+    return errors[0].removeprefix("xlt: error: ").strip()
+
+
+# ---- every enum key ----------------------------------------------------------------
+def enum_keys() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """(override, context overrides, valid values) of every enum field: the
+    job schema's and each task kind's options."""
+    keys = [(key, (), spec.metadata["choices"]) for key, spec in schema_fields() if "choices" in spec.metadata]
+    tasks = {kind: next(p.stem for p in sorted((CONF_DIR / "task").glob("*.yaml"))
+                        if OmegaConf.load(p).get("kind") == kind) for kind in KINDS}
+    for kind, cls in KINDS.items():
+        keys += [(f"task.options.{key}", (f"task={tasks[kind]}",), spec.metadata["choices"])
+                 for key, spec in schema_fields(cls.options_schema) if "choices" in spec.metadata]
+    return keys
+
+
+ENUMS = enum_keys()
+
+
+def test_the_walk_covers_the_enums_issue_24_names():
+    walked = {key for key, _, _ in ENUMS}
+    assert {"adjustment.reduction", "continual.reduction", "task.head", "adjustment.regularize", "trainer.precision",
+            "trainer.accelerator", "corpus.format", "aligner.name", "task.options.mlqa_metric"} <= walked
+
+
+@pytest.mark.parametrize("key, context, valid", ENUMS, ids=[key for key, _, _ in ENUMS])
+def test_every_enum_typo_is_one_line_before_launch(monkeypatch, capsys, key, context, valid):
+    """Through the command line as one value of a sweep (the pre-launch check
+    composes every job of it; a single job is the same check with one job)."""
+    message = one_line_error(monkeypatch, capsys, *context, f"{key}=bogus", single=False)
+    assert message == f"{key}=bogus: valid: {', '.join(valid)}"
+
+
+@pytest.mark.parametrize("key, context, valid", ENUMS, ids=[key for key, _, _ in ENUMS])
+def test_every_enum_typo_fails_the_contract(bases, key, context, valid):
+    kind = next((k for k, cls in KINDS.items() if context and key.startswith("task.options.")
+                 and key.split(".")[2] in {f for f, _ in schema_fields(cls.options_schema)}), "")
+    cfg = bases[kind].copy()
+    OmegaConf.update(cfg, key, "bogus")
+    with pytest.raises(XltError, match=f"^{key}=bogus: valid: {', '.join(valid)}$"):
+        validate(cfg)
+
+
+# ---- every numeric key -------------------------------------------------------------
+def bad_values(spec) -> list:
+    """Values of a numeric field outside its range (of the field's type)."""
+    bounds: Range = spec.metadata["range"]
+    is_float = "float" in str(spec.type)
+    step = 0.5 if is_float else 1
+    values = []
+    if bounds.ge is not None:
+        values.append(bounds.ge - step)
+    if bounds.gt is not None:
+        values.append(bounds.gt)
+    if bounds.le is not None:
+        values.append(bounds.le + step)
+    if bounds.lt is not None:
+        values.append(bounds.lt)
+    if is_float:
+        values = [float(v) for v in values] + [math.inf, math.nan] + ([2.5] if bounds.whole else [])
+    return [v for v in values if v not in bounds.also]
+
+
+def numeric_keys() -> list[tuple[str, str, object]]:
+    cases = []
+    for key, spec in schema_fields():
+        cases += [("", key, value) for value in bad_values(spec)] if "range" in spec.metadata else []
+    for kind, cls in KINDS.items():
+        for key, spec in schema_fields(cls.options_schema):
+            if "range" in spec.metadata:
+                cases += [(kind, f"task.options.{key}", value) for value in bad_values(spec)]
+    return cases
+
+
+NUMERIC = numeric_keys()
+
+
+def test_every_numeric_field_has_a_range():
+    """No int or float setting escapes the walk below."""
+    numeric = [key for key, spec in schema_fields() if any(t in str(spec.type) for t in ("int", "float"))]
+    unranged = [key for key, spec in schema_fields() if key in numeric and "range" not in spec.metadata]
+    assert numeric and not unranged, unranged
+
+
+@pytest.fixture(scope="module")
+def bases() -> dict[str, object]:
+    """One composed job per task kind (model=tiny: it has model.random)."""
+    tasks = {kind: next(p.stem for p in sorted((CONF_DIR / "task").glob("*.yaml"))
+                        if OmegaConf.load(p).get("kind") == kind) for kind in KINDS}
+    return {kind: compose(["model=tiny", f"task={task}", "paths.output_dir=unused"]) for kind, task in
+            [("", "xnli"), *tasks.items()]}
+
+
+@pytest.mark.parametrize("kind, key, value", NUMERIC, ids=[f"{k}={v}" for _, k, v in NUMERIC])
+def test_every_numeric_value_out_of_range_is_one_line(bases, kind, key, value):
+    cfg = bases[kind].copy()
+    OmegaConf.update(cfg, key, value)
+    with pytest.raises(XltError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(f"{key}={value}: must be ") and "\n" not in str(err.value)
+
+
+# ---- the cases of issue 26 point 4, through the command line ------------------------
+# issue 26 point 4: as a single job and in a sweep
+ISSUE_26 = {
+    "aligner.p_null=2.0": "aligner.p_null=2.0: must be in [0, 1)",
+    "continual.alpha=inf": "continual.alpha=inf: must be finite and >= 0",
+    "task.epochs=0.3": "task.epochs=0.3: must be a whole number > 0 (whole epochs, as the paper's scripts; "
+                       "stop earlier with trainer.max_steps)",
+    "aligner.diagonal_tension=-1": "aligner.diagonal_tension=-1.0: must be > 0",
+    "adjustment.split_batch=-3": "adjustment.split_batch=-3: must be >= 0",
+    "trainer.checkpoint_every_n_steps=0": "trainer.checkpoint_every_n_steps=0: must be >= 1, or null",
+    "trainer.checkpoint_every_n_steps=-5": "trainer.checkpoint_every_n_steps=-5: must be >= 1, or null",
+    "task.adam_eps=-1": "task.adam_eps=-1.0: must be > 0",
+    "trainer.devices=0": "trainer.devices=0: must be a count >= 1, -1 (all), 'auto', or a list of device indices",
+    "trainer.precision=fp7": "trainer.precision=fp7: valid: 32-true, 64-true, 16-mixed, bf16-mixed",
+    "model.random.hidden_size=33": "model.random.hidden_size=33: must be divisible by model.random.num_attention_heads=2",
+    "corpus=local": "corpus.path is required",
+}
+RANGES = {
+    "task.epochs=0": "task.epochs=0.0: must be a whole number > 0",
+    "task.eval_limit=-1": "task.eval_limit=-1: must be >= 1, or null (all examples)",
+    "seed=4294967296": "seed=4294967296: must be in [0, 2**32)",
+    "trainer.accumulate_grad_batches=5": "trainer.accumulate_grad_batches=5: must divide task.batch_size=32",
+    "+task.options.n_bets=3": "task.options.n_bets: Key 'n_bets' not in 'PairOptions'",
+    "task.options.mixed_seed=abc": "task.options.mixed_seed: Value 'abc' of type 'str' could not be converted to Integer",
+    "task.epochs=abc": "Error merging override task.epochs=abc: Value 'abc' of type 'str' could not be converted to Float",
+    "task.bogus=1": "Could not override 'task.bogus'",
+    "lang=xx": "unknown lang 'xx'; valid: es, hi, ru, vi",
+    "task=retrieval task.options.layer=foo": "task.options.layer=foo: must be a layer index >= 0 or 'all'",
+    "task=qa +task.options.n_bets=3": "Key 'n_bets' not in 'QaOptions' (task=qa options: doc_stride, n_best",
+    "mode=continual mode.adjust=false": "mode=continual: continual=true needs adjust=true",
+    "aligner=eflomal aligner.p_null=0.1": "aligner.p_null is a fast_align setting; aligner.name=eflomal does not use it",
+    "model=tiny model.source=hub": "model.random is set but model.source=hub does not use it",
+}
+
+
+@pytest.mark.parametrize("overrides", list(ISSUE_26))
+def test_out_of_range_values_are_one_line_before_launch(monkeypatch, capsys, overrides):
+    assert ISSUE_26[overrides] in one_line_error(monkeypatch, capsys, *overrides.split())
+
+
+@pytest.mark.parametrize("overrides", list(RANGES))
+def test_bad_values_are_one_line_before_launch(monkeypatch, capsys, overrides):
+    assert RANGES[overrides] in one_line_error(monkeypatch, capsys, *overrides.split(), sweep=False)
+
+
+def test_export_into_a_missing_folder_creates_nothing(monkeypatch, capsys, tmp_path):
+    target = tmp_path / "no" / "such" / "x.align"
+    message = one_line_error(monkeypatch, capsys, f"aligner.export={target}")
+    assert message == f"aligner.export={target}: the folder {target.parent} does not exist"
+    assert not (tmp_path / "no").exists()
+
+
+def test_valid_configs_pass(tmp_path):
+    """Every shipped experiment and task validates (no false alarms); no GPU
+    is needed to validate a GPU preset (the job checks hardware)."""
+    for experiment in sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")):
+        validate(compose([f"experiment={experiment}", f"paths.output_dir={tmp_path}"]))
+    for task in sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml")):
+        validate(compose([f"task={task}", "mode=continual", "lang=es", f"paths.output_dir={tmp_path}"]))
+
+
+def test_task_options_are_the_typed_node_the_task_reads():
+    """Bound at composition: the kind's schema fills every default, and the
+    job config itself holds it (what tasks, keys and results.json see)."""
+    cfg = compose(["task=qa", "paths.output_dir=unused", "~task.options.cross_lingual"])
+    assert OmegaConf.get_type(cfg.task.options).__name__ == "QaOptions"
+    assert cfg.task.options.cross_lingual is True  # the schema's default, not a reader's fallback
+
+
+def test_an_unknown_kind_is_one_line(tmp_path):
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "mine.yaml").write_text("name: mine\nkind: sentiment\n")
+    with pytest.raises(XltError, match="task.kind=sentiment: valid: pair_classification, ner, qa, retrieval"):
+        compose([f"hydra.searchpath=[file://{tmp_path}]", "task=mine", "paths.output_dir=unused"])
+
+
+def test_no_gpu_is_checked_where_the_job_runs(tmp_path, monkeypatch):
+    """trainer=gpu validates on a machine without one; the job stops in one line."""
+    import torch
+
+    from xlt.stages.job import run_job
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose(["model=tiny", "trainer=gpu", f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}"])
+    validate(cfg)
+    with pytest.raises(XltError, match=r"^trainer.accelerator=gpu: no CUDA GPU is visible on this machine \(use trainer=cpu\)$"):
+        run_job(cfg)
+    assert not list(tmp_path.iterdir())  # stopped before any work
+
+
+def test_a_made_up_language_composes_from_one_yaml_file(tmp_path, monkeypatch, capsys):
+    """conf/lang/<code>.yaml on the search path is all a language needs to
+    compose and validate (the job itself: tests/test_jobs.py)."""
+    (tmp_path / "lang").mkdir()
+    (tmp_path / "lang" / "xx.yaml").write_text("code: xx\nname: Testish\n")
+    cfg = compose([f"hydra.searchpath=[file://{tmp_path}]", "lang=xx", "task=ner", "paths.output_dir=unused"])
+    validate(cfg)
+    assert cfg.lang.code == "xx"
+    message = one_line_error(monkeypatch, capsys, f"hydra.searchpath=[file://{tmp_path}]", "lang=xx")  # task=xnli
+    assert message.startswith("task=xnli has no evaluation data for lang=xx (task.languages: ar, bg, de")
+    message = one_line_error(monkeypatch, capsys, f"hydra.searchpath=[file://{tmp_path}]", "lang=yy")
+    assert message == "unknown lang 'yy'; valid: es, hi, ru, vi, xx"

@@ -1,0 +1,127 @@
+"""Model states (xlt.stages.states): found where the pipeline left them, by
+the training config a checkpoint folder records, never by a config rebuilt
+by hand (issue 24 point 2: retrieval missed mBERT-configured checkpoints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from xlt.contract import compose
+from xlt.errors import XltError
+from xlt.keys import TRAINING_RECORD, checkpoint_dir
+from xlt.stages.states import encoder_state_dict, find_states
+
+# A model YAML that writes into the task node, as conf/model/mbert.yaml does
+# (head: bert, adam_eps: 1e-6), on the tiny random encoder.
+TINY_BERT = """# @package _global_
+model:
+  name: tiny
+  source: random
+  pretrained: tiny
+  random: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}
+task:
+  head: bert
+  adam_eps: 1e-6
+"""
+
+
+def job(tmp_path: Path, cache: Path, *overrides: str):
+    return compose(["model=tiny", "lang=ru", f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path / 'out'}",
+                    "corpus.size=60", "corpus.heldout=40", *overrides])
+
+
+def finish_training(cfg, out: Path) -> Path:
+    """What run_job leaves in the cache when a fine-tuning finishes: the
+    folder (with its training record, written by the job's own
+    ``link_checkpoints``), the weights in ``last.ckpt`` and ``done.json``."""
+    from xlt.models.encoder import load_encoder
+    from xlt.stages.job import link_checkpoints
+
+    folder = checkpoint_dir(cfg)
+    link_checkpoints(out, folder, cfg)
+    encoder = load_encoder(cfg.model, cfg.paths.cache_dir)
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "global_step": 3},
+               folder / "last.ckpt")
+    (folder / "done.json").write_text(json.dumps({"global_step": 3}))
+    return folder / "last.ckpt"
+
+
+def test_missing_states_are_skipped_and_none_is_an_error(tiny_cache, tmp_path):
+    cfg = job(tmp_path, tiny_cache)
+    warnings: list[str] = []
+    states = find_states(cfg, ["original", "original_ft", "continual"], {"mine": str(tmp_path / "nope")}, None,
+                         warnings.append)
+    assert [s.name for s in states] == ["original"]
+    assert len(warnings) == 3 and all("skipped" in w for w in warnings)
+    assert f"no finished xnli fine-tuning in mode=original with these settings under {tiny_cache}/checkpoints" in warnings[0]
+    with pytest.raises(XltError, match="no model state"):
+        find_states(cfg, ["original_ft"], None, None, warnings.append)
+    with pytest.raises(XltError, match="unknown state"):
+        find_states(cfg, ["bogus"], None, None, warnings.append)
+
+
+def test_finetuned_state_loads_encoder_weights_from_checkpoint(tiny_cache, tmp_path):
+    cfg = job(tmp_path, tiny_cache)
+    checkpoint = finish_training(cfg, tmp_path / "run")
+    assert json.loads((checkpoint.parent / TRAINING_RECORD).read_text())["task"]["name"] == "xnli"
+    torch.save({"state_dict": {"head.weight": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    states = find_states(cfg, ["original_ft"], {"bad": str(tmp_path / "bad.ckpt")}, None, pytest.fail)
+    assert states[0].source == str(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    loaded = states[0].load().state_dict()
+    assert saved and all(torch.equal(loaded[name.removeprefix("encoder.")], value) for name, value in saved.items())
+    with pytest.raises(XltError, match="no 'encoder"):
+        states[1].load()
+
+
+def test_retrieval_finds_mbert_configured_checkpoints(tiny_cache, tmp_path):
+    """The model YAML writes task.head=bert and task.adam_eps=1e-6 into the
+    fine-tuning job's task; the retrieval job (another task) finds that
+    checkpoint by its record.  The old lookup rebuilt the xnli task from its
+    YAML (head linear, eps 1e-8), hashed that, and found nothing."""
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny_bert.yaml").write_text(TINY_BERT)
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    finetuning = job(tmp_path, tiny_cache, searchpath, "model=tiny_bert")
+    assert (finetuning.task.head, finetuning.task.adam_eps) == ("bert", 1e-6)
+    checkpoint = finish_training(finetuning, tmp_path / "run")
+    retrieval = job(tmp_path, tiny_cache, searchpath, "model=tiny_bert", "task=retrieval")
+    (state,) = find_states(retrieval, ["original_ft"], None, "xnli", pytest.fail)
+    assert state.source == str(checkpoint)
+
+
+def test_several_matching_fine_tunings_are_named_not_guessed(tiny_cache, tmp_path):
+    """Two finished fine-tunings that differ only in the task's settings: a
+    job of that task finds its own; a retrieval job (which cannot tell them
+    apart) is told to choose one by path."""
+    low = job(tmp_path, tiny_cache, "task.lr=1e-5")
+    finish_training(low, tmp_path / "low")
+    high = finish_training(job(tmp_path, tiny_cache, "task.lr=1e-3"), tmp_path / "high")
+    (state,) = find_states(job(tmp_path, tiny_cache, "task.lr=1e-3"), ["original_ft"], None, None, pytest.fail)
+    assert state.source == str(high)
+    with pytest.raises(XltError, match=r"2 finished xnli fine-tunings in mode=original match this job .*choose one"):
+        find_states(job(tmp_path, tiny_cache, "task=retrieval"), ["original_ft"], None, "xnli", pytest.fail)
+
+
+class _Touch:
+    """Unpickling this runs ``Path(marker).touch()``: what a malicious file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_with_a_side_effect_is_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "payload": _Touch(marker)}, evil)
+    with pytest.raises(XltError, match="not loadable as weights only") as err:
+        encoder_state_dict(evil)
+    assert not marker.exists()
+    assert "\n" not in str(err.value)

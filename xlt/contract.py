@@ -1,0 +1,71 @@
+"""The config contract: compose a job config, bind its task, validate it.
+
+Every entry point goes through here before any work: ``xlt`` and ``xlt -m``
+(each value of a sweep, ``xlt.cli.check_jobs``), ``xlt-align``,
+``xlt-adjust``, ``xlt-analyze``, and ``run_job`` itself when called from
+Python.  ``validate`` covers every key of the composed config: the schemas'
+enums and ranges and the rules between fields (``xlt.config.problems``,
+Lightning's Trainer arguments included), the task's options schema and
+what the task can do for the language (``xlt.tasks.registry``).  The first
+problem is raised as one ``XltError`` line.
+
+Hardware is not part of the contract: a sweep for Slurm is composed and
+validated on a login node without a GPU; ``xlt.stages.trainer.check_hardware``
+runs in the job.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+
+from omegaconf import DictConfig
+
+from xlt import config
+from xlt.errors import XltError
+from xlt.tasks import registry
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The bound job config of ``overrides`` outside a Hydra app (tests,
+    ``xlt-analyze``, bench).  ``paths.output_dir`` must be given (it is
+    Hydra's run dir inside an app); ``hydra.searchpath=[file://DIR]`` adds a
+    folder of config groups (a new language, model or task YAML)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    config.register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+    except HydraException as err:
+        raise XltError(one_line(err)) from None
+    return registry.bind(cfg)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Bind the task and check every key of a composed job config; raise
+    the first problem as an XltError naming the key, its value and what is
+    allowed."""
+    registry.bind(cfg)
+    for problem in chain(config.problems(cfg), registry.problems(cfg)):
+        raise XltError(problem)
+
+
+def one_line(err: BaseException) -> str:
+    """A composition error as a single line: an unknown group choice names
+    the valid ones (those of every config folder on the search path); other
+    errors get the first line of their cause (Hydra's "Error merging
+    override x=abc" says why only there)."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
+        group, _, value = str(err.missing_cfg_file).rpartition("/")
+        return f"unknown {group} '{value}'; valid: {', '.join(sorted(err.options))}"
+    message = " ".join(str(err).split())
+    cause = err.__cause__ or err.__context__
+    if cause is not None and not isinstance(err, XltError):
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if reason and reason not in message:
+            message = f"{message}: {reason}"
+    return message
