@@ -162,7 +162,7 @@ RANGES = {
     "task.options.mixed_seed=abc": "task.options.mixed_seed: Value 'abc' of type 'str' could not be converted to Integer",
     "task.epochs=abc": "Error merging override task.epochs=abc: Value 'abc' of type 'str' could not be converted to Float",
     "task.bogus=1": "Could not override 'task.bogus'",
-    "lang=xx": "unknown lang 'xx'; valid: es, hi, ru, vi",
+    "lang=xx": f"unknown lang 'xx'; valid: {', '.join(sorted(p.stem for p in (CONF_DIR / 'lang').glob('*.yaml')))}",
     "task=retrieval task.options.layer=foo": "task.options.layer=foo: must be a layer index >= 0 or 'all'",
     "task=qa +task.options.n_bets=3": "Key 'n_bets' not in 'QaOptions' (task=qa options: doc_stride, n_best",
     "mode=continual mode.adjust=false": "mode=continual: continual=true needs adjust=true",
@@ -237,4 +237,5 @@ def test_a_made_up_language_composes_from_one_yaml_file(tmp_path, monkeypatch, c
     message = one_line_error(monkeypatch, capsys, f"hydra.searchpath=[file://{tmp_path}]", "lang=xx")  # task=xnli
     assert message.startswith("task=xnli has no evaluation data for lang=xx (task.languages: ar, bg, de")
     message = one_line_error(monkeypatch, capsys, f"hydra.searchpath=[file://{tmp_path}]", "lang=yy")
-    assert message == "unknown lang 'yy'; valid: es, hi, ru, vi, xx"
+    shipped = sorted(p.stem for p in (CONF_DIR / "lang").glob("*.yaml"))
+    assert message == f"unknown lang 'yy'; valid: {', '.join(sorted([*shipped, 'xx']))}"

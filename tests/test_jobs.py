@@ -57,6 +57,47 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     # The reported accuracy is the hand count over the saved predictions.
     assert results["metrics"]["xnli.hi"]["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 12)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    # the task's own description, and the states the job produced (what readers use, not a rebuilt config)
+    assert saved["report"] == {"title": "XNLI", "significance": "paired_ttest", "headline": ["accuracy"]}
+    finetuned = Path(saved["states"]["finetuned"])
+    assert finetuned == (tmp_path / "run" / "checkpoints").resolve() / "last.ckpt" and "adjusted" not in saved["states"]
+    record = json.loads((finetuned.parent / "training.json").read_text())
+    assert record["task"]["name"] == "xnli" and record["lang"] is None and record["seed"] == 4
+
+
+def write_tsv_sentences(source: Path, target: Path, sentences: int) -> None:
+    """The first ``sentences`` sentences of a real token<TAB>tag file."""
+    blocks = source.read_text(encoding="utf-8").split("\n\n")[:sentences]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+
+
+def test_a_made_up_language_is_one_yaml_file(tmp_path, tiny_cache, shared_data):
+    """A language xlt has never heard of: conf/lang/xx.yaml in a folder on the
+    search path (and its data) is all it takes to run a job; the YAML names
+    its own NER file, as es.yaml does.  No other file is touched."""
+    conf, data = tmp_path / "conf", tmp_path / "data"
+    (conf / "lang").mkdir(parents=True)
+    (conf / "lang" / "xx.yaml").write_text("code: xx\nname: Testish\nlocal:\n  ner: {eval: ner/wikiann/xx/dev.tsv}\n")
+    write_tsv_sentences(shared_data / "ner/wikiann/en/train.tsv", data / "ner/wikiann/en/train.tsv", 64)
+    write_tsv_sentences(shared_data / "ner/wikiann/vi/test.tsv", data / "ner/wikiann/xx/dev.tsv", 20)  # real rows
+    cfg = compose_job(tmp_path / "run", tiny_cache, f"hydra.searchpath=[file://{conf}]", "lang=xx", "task=ner",
+                      f"data.root={data}", "task.epochs=1")
+    results = pipeline.run_job(cfg)
+    assert results["status"] == "ok" and results["config"]["lang"] == "xx"
+    assert results["metrics"]["wikiann.xx"]["n"] == 12  # task.eval_limit of SMALL
+    assert len(read_jsonl(tmp_path / "run" / "predictions" / "wikiann.xx.jsonl")) == 12
+
+
+def test_pawsx_runs_from_its_yaml_file(tmp_path, tiny_cache):
+    """conf/task/pawsx.yaml on the sentence-pair task kind, on the fixture's rows."""
+    fixtures = REPO / "tests" / "fixtures"
+    cfg = compose_job(tmp_path / "run", tiny_cache, "task=pawsx", "lang=es", f"data.root={fixtures}",
+                      "task.epochs=1", "task.batch_size=4")
+    results = pipeline.run_job(cfg)
+    assert set(results["metrics"]) == {"pawsx.es", "pawsx_mixed.es", "pawsx_mixed_sentence1.es", "pawsx_mixed_sentence2.es"}
+    assert results["metrics"]["pawsx.es"]["n"] == 6 and 0.0 <= results["metrics"]["pawsx.es"]["accuracy"] <= 1.0
+    assert results["report"]["title"] == "PAWS-X"
 
 
 def test_rerun_skips_a_finished_job_unless_config_code_or_data_changed(tmp_path, tiny_cache, monkeypatch):
@@ -186,7 +227,8 @@ def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
 def test_unknown_choice_is_one_line():
     result = xlt("lang=xx")
     assert result.returncode == 2
-    assert result.stderr.strip() == "xlt: error: unknown lang 'xx'; valid: es, hi, ru, vi"
+    shipped = ", ".join(sorted(p.stem for p in (REPO / "conf" / "lang").glob("*.yaml")))  # whatever languages ship
+    assert result.stderr.strip() == f"xlt: error: unknown lang 'xx'; valid: {shipped}"
     result = xlt("model=foo")
     assert result.returncode == 2 and result.stderr.strip().startswith("xlt: error: unknown model 'foo'; valid: e5_small")
 

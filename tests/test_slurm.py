@@ -3,7 +3,9 @@
 hydra-submitit-launcher submits on this machine.  One job gets SIGUSR2 while
 it trains (what Slurm sends ``signal_delay_s`` before a preemption), writes
 its checkpoint, is requeued through ``scontrol requeue``, resumes mid-epoch,
-and ``xlt-report`` on the sweep is complete."""
+and ``xlt-report`` on the sweep is complete.  A GPU preset composes and is
+submitted from this machine, which has no GPU (a login node): every job is
+submitted and each records, where it runs, that it has no GPU."""
 
 from __future__ import annotations
 
@@ -68,3 +70,43 @@ def preempt_while_training(state: Path, cache: Path, deadline: float) -> str:
             return pids[0].name.removesuffix(".pid")
         time.sleep(0.1)
     raise AssertionError(f"no step checkpoint appeared; events: {(state / 'events.log').read_text()}")
+
+
+def fake_slurm_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{FAKE / 'bin'}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path / "slurm"),
+            "XLT_CACHE_DIR": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_gpu_preset_is_submitted_from_a_machine_without_a_gpu(tmp_path):
+    """issue 22 point 1: a table2_nli-shaped sweep (tiny model, local data,
+    trainer=gpu from the preset) composes, validates and submits here; each
+    job, lacking a GPU, records a one-line failure in its results.json."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "xlt", "-m", "experiment=table2_nli", "model=tiny", "data=demo", "corpus=demo",
+               "mode=original,adjusted,continual", "lang=ru,hi", "seed=1", "hydra/launcher=slurm",
+               "hydra.launcher.partition=gpu", f"hydra.sweep.dir={sweep}"]
+    run = subprocess.run(command, cwd=REPO, env=fake_slurm_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr[-3000:]  # every job ran and failed: the sweep says so
+    assert run.stderr.strip().splitlines()[-1].startswith("xlt: error: 6 job(s) of the sweep did not finish ok")
+    assert "sbatch 1000 tasks 0-5 name=xlt-table2_nli" in (tmp_path / "slurm" / "events.log").read_text()
+    saved = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert len(saved) == 6 and {(r["config"]["mode"], r["config"]["lang"]) for r in saved} == {
+        (m, lang) for m in ("original", "adjusted", "continual") for lang in ("ru", "hi")}
+    for record in saved:
+        assert record["status"] == "failed" and record["config"]["resolved"]["trainer"]["accelerator"] == "gpu"
+        assert record["error"] == "trainer.accelerator=gpu: no CUDA GPU is visible on this machine (use trainer=cpu)"
+    assert not (tmp_path / "cache" / "alignments").exists()  # stopped before any work
+
+
+def test_the_readmes_alignment_step_is_submitted_without_a_gpu(tmp_path):
+    """README, Slurm step 1: xlt-align on a CPU partition with a GPU preset."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-c", "from xlt.cli import align_main; align_main()", "-m", "experiment=table2_nli",
+               "mode=adjusted", "model=tiny", "data=demo", "corpus=demo", "corpus.size=200", "lang=ru,hi", "seed=1",
+               "hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=0",
+               "hydra.launcher.tasks_per_node=1", f"hydra.sweep.dir={sweep}"]
+    run = subprocess.run(command, cwd=REPO, env=fake_slurm_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "sbatch 1000 tasks 0-1" in (tmp_path / "slurm" / "events.log").read_text()
+    assert len(list((tmp_path / "cache" / "alignments").glob("*-demo-fast_align-*/links.align"))) == 2  # ru and hi

@@ -23,6 +23,7 @@ without a GPU; ``xlt.stages.trainer.check_hardware`` runs in the job.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -58,8 +59,6 @@ MLQA_METRICS = ("mlqa", "squad")
 POOLINGS = ("mean", "cls")
 DISTANCES = ("cosine", "l2")
 RETRIEVAL_SOURCES = ("heldout", "tatoeba_local", "tatoeba_hub")
-# Config groups whose choices are YAML files in conf/<group>/.
-GROUPS = ("model", "lang", "task", "mode", "corpus", "aggregation", "tokens", "aligner", "trainer", "logger", "data", "experiment")
 
 
 # ---------------------------------------------------------------------------
@@ -130,9 +129,9 @@ class Rule:
         return self.text
 
 
-def choice(default: Any, valid: tuple[str, ...], none: str = "") -> Any:
-    """An enum field: ``default`` and one of ``valid`` (or null, meaning ``none``)."""
-    return field(default=default, metadata={"choices": valid, "none": none})
+def choice(default: str, valid: tuple[str, ...]) -> Any:
+    """An enum field: ``default``, one of ``valid``."""
+    return field(default=default, metadata={"choices": valid})
 
 
 def number(default: Any, **bounds: Any) -> Any:
@@ -142,18 +141,18 @@ def number(default: Any, **bounds: Any) -> Any:
 
 def ruled(default: Any, allows: Callable[[Any], bool], text: str) -> Any:
     """A field whose valid values a predicate says (text: what is allowed)."""
-    factory = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    factory = {"default_factory": lambda: copy.deepcopy(default)} if isinstance(default, (list, dict)) else {"default": default}
     return field(**factory, metadata={"rule": Rule(allows, text)})
 
 
-def _positive_int(value: Any) -> bool:
+def _index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _devices(value: Any) -> bool:
     """lightning's ``devices``: a count >= 1, -1 (all), 'auto', or the GPU indices."""
     if isinstance(value, (list, ListConfig)):
-        return len(value) > 0 and all(_positive_int(v) for v in value)
+        return len(value) > 0 and all(_index(v) for v in value)
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]
         return value == "auto" or value.strip() == "-1" or (bool(parts) and all(p.isdigit() for p in parts))
@@ -475,7 +474,7 @@ def field_problems(node: Any, schema: type, prefix: str = "") -> Iterator[str]:
         value = node[spec.name]
         meta = spec.metadata
         if "choices" in meta:
-            if not (value is None and meta["none"]) and value not in meta["choices"]:
+            if value not in meta["choices"]:
                 yield f"{key}={value}: valid: {', '.join(meta['choices'])}"
         elif "range" in meta or "rule" in meta:
             check = meta.get("range") or meta["rule"]

@@ -234,7 +234,7 @@ def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
             log.warning("skipping evaluation set %s: %s", name, err)
     task.eval_set_names = names
     if not sets:
-        raise XltError(f"no evaluation set available for {task.name} lang={task.lang}: " + "; ".join(dict.fromkeys(skipped.values())))
+        raise XltError(f"no evaluation set available for {task.cfg.name} lang={task.lang}: " + "; ".join(dict.fromkeys(skipped.values())))
     return sets, skipped
 
 
