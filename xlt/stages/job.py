@@ -103,7 +103,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = results_file.ok_results(cfg, metrics, started, inputs, report_info(task))
     results["training"] = training
-    results["states"] = {**({"adjusted": str(adjusted)} if adjusted else {}), "finetuned": str(checkpoints / "last.ckpt")}
+    results["states"] = {**({"adjusted": str(adjusted.resolve())} if adjusted else {}),
+                         "finetuned": str((checkpoints / "last.ckpt").resolve())}
     if skipped:
         results["skipped_eval_sets"] = skipped
     if adjusted:
@@ -296,8 +297,12 @@ def link_checkpoints(out: Path, checkpoints: Path, cfg: DictConfig) -> None:
     The folder records the training config it holds (``keys.TRAINING_RECORD``),
     which is how ``xlt.stages.states`` finds it for another job."""
     checkpoints.mkdir(parents=True, exist_ok=True)
-    if not (checkpoints / TRAINING_RECORD).exists():
-        write_json(checkpoints / TRAINING_RECORD, training_config(OmegaConf.to_container(cfg, resolve=True)))
+    record = checkpoints / TRAINING_RECORD
+    if not record.exists():
+        try:
+            write_json(record, training_config(OmegaConf.to_container(cfg, resolve=True)))
+        except PermissionError:  # a read-only cache: readers cannot find this state by its record
+            log.warning("cannot write %s (read-only cache): other jobs will not find this checkpoint by its settings", record)
     out.mkdir(parents=True, exist_ok=True)
     link = out / "checkpoints"
     if not link.exists() and not link.is_symlink():

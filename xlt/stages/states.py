@@ -38,7 +38,7 @@ from xlt.keys import TRAINING_RECORD, training_config
 
 log = logging.getLogger(__name__)
 
-# name -> (label in figures, mode whose config locates it)
+# name -> (label in figures, mode of the job that made it: mode.name in its record)
 STATES: dict[str, tuple[str, str]] = {
     "original": ("original", "original"),
     "adjusted": ("adjusted", "adjusted"),
@@ -46,7 +46,6 @@ STATES: dict[str, tuple[str, str]] = {
     "adjusted_ft": ("adjusted fine-tuned", "adjusted"),
     "continual": ("continual", "continual"),
 }
-FINETUNED = ("original_ft", "adjusted_ft", "continual")
 
 Warn = Callable[[str], None]
 

@@ -55,10 +55,6 @@ def bind(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def is_bound(cfg: DictConfig) -> bool:
-    return cfg.task.kind in KINDS and OmegaConf.get_type(cfg.task.options) is KINDS[cfg.task.kind].options_schema
-
-
 def problems(cfg: DictConfig) -> Iterator[str]:
     """What the task cannot do with this (bound) job config: no data for the
     language, unknown evaluation sets... (its option values are checked with
