@@ -28,3 +28,13 @@ def test_help_into_a_closed_pipe_ends_without_a_traceback():
     proc.stdout.close()  # closed before the child (still importing) writes a byte
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-500:]
+
+
+def test_the_stage_commands_put_their_override_beside_the_others():
+    """``xlt-align -m lang=ru,hi`` (the README's Slurm step 1): Hydra takes
+    the overrides as one run, so command=align joins it, after the flags."""
+    assert cli.with_override(["xlt-align", "-m", "lang=ru,hi", "seed=1"], "command=align") == [
+        "xlt-align", "-m", "command=align", "lang=ru,hi", "seed=1"]
+    assert cli.with_override(["xlt-adjust", "lang=ru", "--cfg", "job"], "command=adjust") == [
+        "xlt-adjust", "command=adjust", "lang=ru", "--cfg", "job"]
+    assert cli.with_override(["xlt-align"], "command=align") == ["xlt-align", "command=align"]

@@ -208,15 +208,23 @@ def main() -> None:
              "`xlt-report` on the sweep dir lists them", code=1)
 
 
+def with_override(argv: list[str], override: str) -> list[str]:
+    """``argv`` with ``override`` beside its other overrides: Hydra's parser
+    takes the overrides as one run of words, so one put before a flag
+    (``xlt-align command=align -m lang=ru``) left the rest unrecognised."""
+    first = next((i for i, arg in enumerate(argv) if i > 0 and "=" in arg and not arg.startswith("-")), len(argv))
+    return [*argv[:first], override, *argv[first:]]
+
+
 def align_main() -> None:
     """``xlt-align [overrides]``: sample and word-align a corpus (cached)."""
-    sys.argv.insert(1, "command=align")
+    sys.argv = with_override(sys.argv, "command=align")
     main()
 
 
 def adjust_main() -> None:
     """``xlt-adjust [overrides]``: adjust an encoder (cached), no fine-tuning."""
-    sys.argv.insert(1, "command=adjust")
+    sys.argv = with_override(sys.argv, "command=adjust")
     main()
 
 

@@ -14,7 +14,8 @@ Data
     translated contexts that cannot occur verbatim in English training data,
     so the English XQuAD contexts are the whole guard.
 
-Evaluation sets for ``lang`` (families from ``conf/lang``):
+Evaluation sets for ``lang`` (the families of ``task.eval_sets`` that have it, by
+the families' language lists below):
     ``xquad.<lang>``, ``mlqa.<lang>``, ``tydiqa.<lang>`` and, with
     ``options.cross_lingual``, question/context language swaps:
     ``xquad.q-<lang>.c-en`` (target question, English context and answers)
