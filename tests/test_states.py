@@ -94,6 +94,20 @@ def test_retrieval_finds_mbert_configured_checkpoints(tiny_cache, tmp_path):
     assert state.source == str(checkpoint)
 
 
+def test_a_job_folder_gives_the_state_its_results_json_records(tiny_cache, tmp_path):
+    """states.<name>=<job folder>: the path the job recorded, not one rebuilt."""
+    from xlt import results
+
+    cfg = job(tmp_path, tiny_cache)
+    checkpoint = finish_training(cfg, tmp_path / "run")
+    results.write(tmp_path / "run", {"config": {"seed": 1}, "status": "ok", "metrics": {},
+                                     "states": {"finetuned": str(checkpoint.resolve())}})
+    (state,) = find_states(cfg, [], {"original_ft": str(tmp_path / "run")}, None, pytest.fail)
+    assert state.source == str(checkpoint.resolve()) and state.load() is not None
+    with pytest.raises(XltError, match="records no adjusted state"):
+        find_states(cfg, [], {"adjusted": str(tmp_path / "run")}, None, pytest.fail)
+
+
 def test_several_matching_fine_tunings_are_named_not_guessed(tiny_cache, tmp_path):
     """Two finished fine-tunings that differ only in the task's settings: a
     job of that task finds its own; a retrieval job (which cannot tell them

@@ -7,7 +7,8 @@ lang=hi task=xnli task.train_limit=2000`` finds the checkpoints that
 * ``lang=es,hi``            several languages: one more figure, the grid;
 * ``--out DIR`` / ``analysis.out=DIR``   output folder (default ``analysis``);
 * ``analysis.states=original,adjusted``  which built-in states (default all);
-* ``states.<name>=<dir|.ckpt>``           a state from an explicit path (weights only, never unpickled code);
+* ``states.<name>=<dir|.ckpt|job dir>``   a state from an explicit path (weights only, never unpickled
+                                         code), or the one a job folder's results.json records;
 * ``analysis.batch_size=N``              encoder batch size (default 32).
 
 Distances are measured on the *held-out* pairs of the aligned corpus sample

@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
+from xlt import results
 from xlt.errors import XltError
 from xlt.keys import TRAINING_RECORD, training_config
 
@@ -103,13 +104,29 @@ def load_checkpoint_encoder(cfg: DictConfig, checkpoint: Path) -> PreTrainedMode
 
 
 def path_state(name: str, path: str, cfg: DictConfig) -> ModelState:
-    """A state given by the user: a save_pretrained directory or a ``.ckpt``."""
+    """A state given by the user: a save_pretrained directory, a ``.ckpt``,
+    or a job folder, whose results.json records the states the job produced
+    (``adjusted`` for the adjusted state, ``finetuned`` for the others)."""
     from xlt.models.encoder import load_encoder
 
     target = Path(path)
+    if (target / results.RESULTS_FILE).is_file():
+        target = recorded_state(name, target)
     if target.is_dir():
         return ModelState(name, label(name), str(target), lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(target)))
     return ModelState(name, label(name), str(target), lambda: load_checkpoint_encoder(cfg, target))
+
+
+def recorded_state(name: str, run_dir: Path) -> Path:
+    """The path of state ``name`` that the job in ``run_dir`` recorded."""
+    try:
+        recorded = results.read(run_dir).get("states") or {}
+    except (OSError, ValueError) as err:
+        raise XltError(f"{run_dir / results.RESULTS_FILE}: unreadable ({err})") from None
+    kind = "adjusted" if name == "adjusted" else "finetuned"
+    if kind not in recorded:
+        raise XltError(f"{run_dir / results.RESULTS_FILE} records no {kind} state (it has: {', '.join(recorded) or 'none'})")
+    return Path(recorded[kind])
 
 
 # ---------------------------------------------------------------------------
