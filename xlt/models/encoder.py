@@ -9,6 +9,7 @@ An adjusted model is just another directory passed as ``path``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Optional
@@ -32,9 +33,17 @@ def model_path(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
+    """The model's tokenizer, read once per process: XLM-R's tokenizer.json
+    (e5_small, tiny) takes seconds to parse, and a job asks for it in every
+    stage.  xlt never changes a tokenizer, so one object serves them all."""
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
-        return AutoTokenizer.from_pretrained(source)
+        return _tokenizer(source)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str):
+    return AutoTokenizer.from_pretrained(source)
 
 
 def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> PreTrainedModel:
