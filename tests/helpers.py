@@ -7,6 +7,7 @@ data elsewhere.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +67,22 @@ def make_task(task: str, lang: str, root, *overrides: str, source: str = "local"
     job's (its YAML, the language's files, typed options), reading data under
     ``root``; ``check=False`` skips the contract (a unit test of an edge case
     outside the valid range)."""
-    from xlt.contract import compose, validate
+    from xlt.contract import validate
     from xlt.tasks.registry import build_task
 
-    cfg = compose([f"task={task}", f"lang={lang}", f"data.root={root}", f"data.source={source}",
-                   "paths.output_dir=unused", *overrides])
+    cfg = _composed((f"task={task}", f"lang={lang}", f"data.root={root}", f"data.source={source}",
+                     "paths.output_dir=unused", *overrides)).copy()
     if check:
         validate(cfg)
     return build_task(cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...]):
+    """Compositions the unit tests repeat (a Hydra composition takes ~0.3 s); callers copy."""
+    from xlt.contract import compose
+
+    return compose(list(overrides))
 
 
 def write_composed_job(root: Path, name: str, overrides: list[str], correct: list[int] | None,

@@ -50,6 +50,7 @@ def objective(alpha: float, reg: float, seed: int = 3) -> ContinualObjective:
     return ContinualObjective(pairs, 0, loss, alpha=alpha, reg_weight=reg, batch_size=16, seed=seed)
 
 
+@pytest.mark.slow
 def test_zero_weights_equal_plain_finetuning_step_for_step():
     _, plain = finetune()
     module, continual = finetune(objective(0.0, 0.0))

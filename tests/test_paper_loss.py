@@ -33,6 +33,9 @@ from xlt.models.continual import ContinualObjective
 
 N_PAIRS = 6
 
+# Forward passes of the real e5-small (118M parameters) on real pairs: minutes on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ru_pairs(shared_data):
