@@ -522,7 +522,7 @@ def _dataclass_in(hint: Any) -> Optional[type]:
 def problems(cfg: DictConfig) -> Iterator[str]:
     """Every problem of a composed job config, one line each: values outside
     their field's choices and ranges, then the rules between fields."""
-    yield from (f"{key} is required: set it (e.g. on the command line)" for key in _missing(cfg))
+    yield from (f"{key} is required: pass {key}=<value>" for key in _missing(cfg))
     yield from field_problems(cfg, XltConfig)
     for rule in RULES:
         message = rule(cfg)
