@@ -17,6 +17,8 @@ CASES = {
     "task.eval_limit=-1": "task.eval_limit=-1: must be >= 1, or null",
     "task.train_limit=0": "task.train_limit=0: must be >= 1, or null",
     "corpus.size=0": "corpus.size=0: must be >= 1",
+    "corpus.pool_size=0": "corpus.pool_size=0: must be >= 1",
+    "corpus.pool_size=100": "corpus.size=5000: must be <= corpus.pool_size=100",
     "seed=-1": "seed=-1: must be in [0, 2**32)",
     "seed=4294967296": "seed=4294967296: must be in [0, 2**32)",
     "trainer.accumulate_grad_batches=0": "trainer.accumulate_grad_batches=0: must be >= 1",

@@ -100,8 +100,10 @@ class CorpusConfig:
     tgt), ``fast_align`` (``target ||| english``, already tokenised: split on
     spaces, not re-tokenised), ``moses`` (two line-aligned files ``path.en`` /
     ``path.<lang>``) or ``hub``.  ``{lang}`` and ``{data_root}`` in ``path``
-    are filled in.  The whole filtered corpus is aligned once; ``size`` and
-    ``heldout`` pairs are then sampled from it per seed.
+    are filled in.  The pool is aligned once; ``size`` and ``heldout`` pairs
+    are then sampled from it per seed.  ``pool_size``: the pool is a seeded
+    draw (the same for every job seed) of ``pool_size + heldout`` usable pairs,
+    as the paper's fixed 250K-pair file per language; null = every usable pair.
     """
 
     name: str = MISSING
@@ -111,6 +113,7 @@ class CorpusConfig:
     max_words: int = 64
     min_score: Optional[float] = None
     heldout: int = 500  # pairs kept aside for distance evidence / analysis
+    pool_size: Optional[int] = None
     hub_id: Optional[str] = None
 
 
@@ -385,6 +388,10 @@ def _problems(cfg: DictConfig):
         rule("corpus.size", cfg.corpus.size >= 1, "must be >= 1 (the number of sampled sentence pairs)"),
         rule("corpus.max_words", cfg.corpus.max_words >= 1, "must be >= 1"),
         rule("corpus.heldout", cfg.corpus.heldout >= 0, "must be >= 0"),
+        rule("corpus.pool_size", cfg.corpus.pool_size is None or cfg.corpus.pool_size >= 1,
+             "must be >= 1 (the pairs aligned once and sampled from), or null for the whole corpus"),
+        rule("corpus.size", cfg.corpus.pool_size is None or cfg.corpus.size <= cfg.corpus.pool_size,
+             f"must be <= corpus.pool_size={cfg.corpus.pool_size} (samples are drawn from the pool)"),
         rule("corpus.format", cfg.corpus.format in FORMATS, f"valid: {', '.join(FORMATS)}"),
         rule("aggregation.name", cfg.aggregation.name in AGGREGATIONS, f"valid: {', '.join(AGGREGATIONS)}"),
         rule("tokens", cfg.tokens.use_words or cfg.tokens.use_cls or cfg.tokens.use_sep,

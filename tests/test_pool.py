@@ -1,0 +1,207 @@
+"""WikiMatrix scale (issue 23): the ``corpus.pool_size`` pool, fast_align's
+streamed EM in bounded memory, every core for tokenising and the E-step, and
+progress lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from xlt import cores, keys
+from xlt.config import CorpusConfig, compose_config
+from xlt.data import fast_align as F
+from xlt.data import parallel as P
+from xlt.data.sentences import Sentences
+from xlt.stages.align import align_stage
+
+# --------------------------------------------------------------------------- the pool
+
+
+def _corpus(tmp_path: Path, n: int = 60) -> str:
+    """``target ||| English``; line k is marked by k on both sides; line 7 is too long."""
+    rows = [(f"e{k} a b c", f"t{k} x y") for k in range(n)]
+    rows[7] = (" ".join(["long"] * 11), "t7 x")
+    path = tmp_path / "c.ru-en"
+    path.write_text("".join(f"{target} ||| {english}\n" for english, target in rows), encoding="utf-8")
+    return str(path)
+
+
+def _cfg(tmp_path: Path, corpus: str, *overrides: str):
+    return compose_config(["model=tiny", "corpus=local", "corpus.format=fast_align", f"corpus.path={corpus}",
+                           "corpus.max_words=10", "corpus.heldout=3", "corpus.pool_size=12", "corpus.size=5", "seed=1",
+                           f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+def _pool_lines(path: Path) -> list[int]:
+    return [int(row.split("\t")[0]) for row in (path / "pairs.tsv").read_text(encoding="utf-8").splitlines()]
+
+
+def test_pool_size_aligns_one_seeded_draw_that_every_size_and_seed_samples(tmp_path: Path) -> None:
+    """The pool is a draw of pool_size + heldout usable pairs, the same for every
+    job seed; samples and held-out pairs of every size and seed come from it and
+    share its one alignment; another pool_size is another artifact."""
+    corpus = _corpus(tmp_path)
+    export = tmp_path / "export.align"
+    runs = [align_stage(_cfg(tmp_path, corpus, f"corpus.size={size}", f"seed={seed}", f"aligner.export={export}"))
+            for size, seed in ((5, 1), (12, 2), (8, 3))]
+    assert len({run.path for run in runs}) == 1
+    assert len([p for p in (tmp_path / "cache" / "alignments").iterdir() if p.is_dir()]) == 1
+    lines = _pool_lines(runs[0].path)
+    assert len(lines) == 15 and lines == sorted(lines)
+    assert lines != list(range(1, 16)) and 8 not in lines  # a draw, of usable pairs (line 8 = row 7 is too long)
+    pool_words = {f"e{line - 1}" for line in lines}
+    for run in runs:
+        assert {p.english[0] for p in run.train + run.heldout} <= pool_words
+        assert len(run.heldout) == 3
+    assert [len(run.train) for run in runs] == [5, 12, 8]
+    exported = export.read_text().split("\n")[:-1]
+    assert len(exported) == 60 and all((text == "") == (k + 1 not in lines) for k, text in enumerate(exported))
+
+    other = align_stage(_cfg(tmp_path, corpus, "corpus.pool_size=20"))
+    assert other.path != runs[0].path and len(_pool_lines(other.path)) == 23
+
+
+def test_a_size_and_seed_sweep_shares_one_alignment_key(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    dirs = {keys.alignment_dir(_cfg(tmp_path, corpus, f"corpus.size={size}", f"seed={seed}"))
+            for size in (5, 8, 12) for seed in (1, 2)}
+    assert len(dirs) == 1
+    assert keys.alignment_dir(_cfg(tmp_path, corpus, "corpus.pool_size=20")) not in dirs
+    assert keys.alignment_dir(_cfg(tmp_path, corpus, "corpus.pool_size=null")) not in dirs
+    # the pool is the first pool_size + heldout pairs of one draw: the same pairs, the same artifact
+    assert keys.alignment_dir(_cfg(tmp_path, corpus, "corpus.pool_size=13", "corpus.heldout=2")) in dirs
+
+
+def test_prepare_corpus_samples_the_same_pool(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    cfg = _cfg(tmp_path, corpus, "corpus.size=9", "seed=4")
+    aligned = align_stage(cfg)
+    train, heldout = P.prepare_corpus(cfg.corpus, "ru", str(tmp_path), seed=4)
+    assert [p.english for p in train] == [p.english for p in aligned.train]
+    assert [p.english for p in heldout] == [p.english for p in aligned.heldout]
+
+
+def test_a_pool_larger_than_the_corpus_is_all_of_it(tmp_path: Path, caplog) -> None:
+    corpus = _corpus(tmp_path, n=12)
+    with caplog.at_level(logging.INFO):
+        aligned = align_stage(_cfg(tmp_path, corpus, "corpus.pool_size=100", "corpus.size=8"))
+    assert len(_pool_lines(aligned.path)) == 11 and "has only 11 usable pairs" in caplog.text
+
+
+def test_without_pool_size_sampling_is_unchanged(tmp_path: Path) -> None:
+    """pool_size=null: the pool is every usable pair and the per-seed draw is the
+    one prepare_corpus makes from the whole corpus (issue 23 changed neither)."""
+    corpus = _corpus(tmp_path)
+    cfg = _cfg(tmp_path, corpus, "corpus.pool_size=null", "corpus.size=20", "seed=7")
+    aligned = align_stage(cfg)
+    assert len(_pool_lines(aligned.path)) == 59
+    train, heldout = P.prepare_corpus(cfg.corpus, "ru", str(tmp_path), seed=7)
+    assert [p.english for p in train] == [p.english for p in aligned.train]
+    assert [p.english for p in heldout] == [p.english for p in aligned.heldout]
+
+
+# --------------------------------------------------------------------------- the table index
+
+
+def test_pair_index_numbers_keys_in_sorted_order_through_growth_and_collisions() -> None:
+    rng = np.random.default_rng(0)
+    distinct = rng.choice(1 << 40, 300_000, replace=False)
+    index = F.PairIndex(n_f=1 << 20)
+    for batch in np.array_split(rng.permutation(np.concatenate([distinct, distinct[:50_000]])), 7):
+        index.add(batch)  # repeats inside and across batches; grows from 65,536 slots
+    assert len(index) == len(distinct)
+    index.freeze()
+    query = rng.choice(distinct, 100_000)
+    assert np.array_equal(index.lookup(query), np.searchsorted(np.sort(distinct), query))
+    assert np.array_equal(index.rows(slice(None)), np.sort(distinct) // (1 << 20))
+
+
+# --------------------------------------------------------------------------- the streamed EM
+
+
+def _repetitive(lines: int) -> tuple[Sentences, Sentences]:
+    """Many long lines over a small vocabulary: many cells, a small table."""
+    rng = np.random.default_rng(1)
+    src = [[f"s{w}" for w in rng.integers(0, 40, rng.integers(20, 30))] for _ in range(lines)]
+    trg = [[f"t{w}" for w in rng.integers(0, 40, rng.integers(20, 30))] for _ in range(lines)]
+    return Sentences.from_lists(src), Sentences.from_lists(trg)
+
+
+def test_em_memory_is_the_table_and_one_unit_not_every_cell() -> None:
+    """The E-step streams units of at most ``unit_cells`` cells: its peak memory
+    stays far below one 4-byte value per cell of the corpus (what holding a
+    cell -> table index for every sentence at once takes)."""
+    src, trg = _repetitive(7000)
+    cells = int((trg.lengths() * (src.lengths() + 1)).sum())
+    settings = F.FastAlignSettings(iterations=2)
+    tracemalloc.start()
+    F.align(src, trg, settings, workers=1, unit_cells=1 << 14)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert cells > 4_000_000 and peak < cells * 4 / 4, (cells, peak)
+
+
+def test_units_and_threads_do_not_change_the_links() -> None:
+    """One unit per shape and one thread, or many small units on two threads:
+    the same Viterbi links (the E-step is the same arithmetic, streamed) but for
+    near-ties, where the counts' summation order decides (1-3 of 19,600 words
+    on this random corpus of 40 words a side, which is full of ties)."""
+    src, trg = _repetitive(800)
+    settings = F.FastAlignSettings()
+    whole = F.align(src, trg, settings, workers=1, unit_cells=1 << 30)
+    streamed = F.align(src, trg, settings, workers=2, unit_cells=600)
+    assert len(whole) == 19_600 and (whole != streamed).sum() <= 10
+    assert (whole >= 0).mean() > 0.5  # most words linked: a real alignment, not all-null
+
+
+def test_em_logs_progress_per_iteration(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")
+    src, trg = _repetitive(50)
+    with caplog.at_level(logging.INFO, logger="xlt.progress"):
+        F.align(src, trg, F.FastAlignSettings(iterations=3), workers=1, name="fast_align forward")
+    for stage in ("initial pass", "iteration 1/3", "iteration 3/3"):
+        assert any(f"fast_align forward {stage}: 50/50 pairs (100%)" in line and "pairs/s" in line
+                   for line in caplog.messages), stage
+
+
+# --------------------------------------------------------------------------- cores
+
+
+def test_job_cores_respects_affinity_and_omp_num_threads(monkeypatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cores.job_cores() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the local_gpus launcher's share of the machine
+    assert cores.job_cores() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert cores.job_cores() == 4
+
+
+def test_tokenising_on_two_processes_gives_the_pool_of_one(shared_data: Path, monkeypatch, caplog) -> None:
+    """Reading and tokenising run in worker processes on the job's cores (with
+    progress lines); the pool is the same as tokenised inline."""
+    cfg = CorpusConfig(name="golden", format="fast_align", path=str(shared_data / "golden/fast_align/corpus.hi-en"),
+                       size=100, heldout=10, pool_size=3000)
+    pools, started = [], []
+    real_pool = cores.process_pool
+
+    def spy(workers: int):
+        started.append(workers)
+        return real_pool(workers)
+
+    monkeypatch.setattr(P, "process_pool", spy)
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")
+    for n in (1, 2):
+        monkeypatch.setattr(P, "job_cores", lambda n=n: n)
+        with caplog.at_level(logging.INFO, logger="xlt.progress"):
+            pools.append(P.load_pool(cfg, "hi", str(shared_data)))
+    assert started == [1, 2]
+    one, two = pools
+    assert np.array_equal(one.lines, two.lines) and len(one) == 3010
+    assert all(one.pair(k) == two.pair(k) for k in range(0, len(one), 97))
+    assert any(line.startswith("reading ") and "lines" in line for line in caplog.messages)
+    assert any(line.startswith("tokenising ") and "pairs/s" in line for line in caplog.messages)
