@@ -174,6 +174,12 @@ class PairIndex:
         self._table = np.full(_capacity(count), _EMPTY, np.int64)
         _insert(self._table, old)
 
+    def drain(self) -> np.ndarray:
+        """All keys (any order), emptying the index."""
+        keys = self._table[self._table != _EMPTY]
+        self._table, self._count = np.full(_capacity(0), _EMPTY, np.int64), 0
+        return keys
+
     def freeze(self) -> None:
         """Number the keys in sorted order; no more :meth:`add`."""
         occupied = np.flatnonzero(self._table != _EMPTY)
@@ -418,12 +424,24 @@ class _EM:
 
     def _initial(self) -> None:
         """The tool's initial pass: a table entry for every co-occurring pair.
-        One thread: per-thread tables would each grow to the whole table."""
-        self.bar = Progress(f"{self.name} initial pass", len(self.src), unit="pairs")
-        for unit in self.units:
-            self.index.add(_unit_keys(unit, self.src, self.trg, self.n_f))
-            self.bar.update(len(unit.lines))
-        self.bar.close()
+        With several workers each one reads every unit but keeps the keys of
+        its own residue class (``key % workers``) in its own table, so the
+        tables split the work without each growing to the whole table; they
+        are merged into one index after."""
+        parts = len(self.shares)
+        tables = [self.index] if parts == 1 else [PairIndex(self.n_f) for _ in range(parts)]
+
+        def build(_share: list[_Unit], w: int) -> None:
+            for unit in self.units:  # every unit: the residue class splits the work
+                keys = _unit_keys(unit, self.src, self.trg, self.n_f)
+                tables[w].add(keys if parts == 1 else keys[keys % parts == w])
+                if w == 0:
+                    self._done(unit)
+
+        self._map("initial pass", build)
+        if parts > 1:
+            for table in tables:
+                self.index.add(table.drain())
 
     def _estep(self, units: list[_Unit], shapes: dict, probs: np.ndarray | None, counts: np.ndarray | None,
                choices: np.ndarray) -> float:

@@ -317,6 +317,9 @@ class Tokenized:
     target: Sentences
     ranks: np.ndarray
 
+    def take(self, rows: np.ndarray) -> Tokenized:
+        return Tokenized(self.english.take(rows), self.target.take(rows), self.ranks[rows])
+
 
 TOKENIZE_CHUNK = 500  # pairs per task sent to a tokenising process
 
@@ -330,24 +333,18 @@ def _tokenize_chunk(fmt: str, lang: str, max_words: int, rows: list[tuple[int, s
 
 
 def _tokenize(rows: Iterator[tuple[int, str, str]], total: int, fmt: str, lang: str, max_words: int,
-              workers: ProcessPoolExecutor | None, need: int | None = None, what: str = "tokenising") -> Tokenized:
-    """The usable pairs of ``rows`` (the first ``need`` of them), tokenised by
-    the ``workers`` processes, in the order of ``rows``."""
+              workers: ProcessPoolExecutor | None, what: str = "tokenising") -> Tokenized:
+    """The usable pairs of ``rows`` (a stream: never all in memory), tokenised
+    by the ``workers`` processes, in the order of ``rows``."""
     english, target, ranks = SentencesBuilder(), SentencesBuilder(), []
     chunks = iter(lambda: list(islice(rows, TOKENIZE_CHUNK)), [])
     work = partial(_tokenize_chunk, fmt, lang, max_words)
-    bar, kept = Progress(what, total, unit="pairs"), 0
+    bar = Progress(what, total, unit="pairs")
     for n_rows, chunk_ranks, en, tg in ordered_map(work, chunks, workers, 2 * job_cores()):
-        if need is not None and kept + len(chunk_ranks) > need:
-            cut = need - kept
-            chunk_ranks, en, tg = chunk_ranks[:cut], _cut(en, cut), _cut(tg, cut)
         english.add(*en)
         target.add(*tg)
         ranks.append(chunk_ranks)
-        kept += len(chunk_ranks)
         bar.update(n_rows)
-        if need is not None and kept >= need:
-            break
     bar.close()
     return Tokenized(english.build(), target.build(), np.concatenate(ranks) if ranks else np.zeros(0, np.int64))
 
@@ -355,12 +352,6 @@ def _tokenize(rows: Iterator[tuple[int, str, str]], total: int, fmt: str, lang: 
 def _workers(n_pairs: int):
     """Tokenising processes on the job's cores (none for a few pairs: not worth starting)."""
     return process_pool(job_cores() if n_pairs > 4 * TOKENIZE_CHUNK else 1)
-
-
-def _cut(local: tuple[list[str], np.ndarray, np.ndarray], count: int):
-    """The first ``count`` sentences of a worker's ``(vocab, ids, lengths)``."""
-    vocab, ids, lengths = local
-    return vocab, ids[:int(lengths[:count].sum())], lengths[:count]
 
 
 def _shuffled(n: int, seed: int) -> list[int]:
@@ -372,23 +363,24 @@ def _shuffled(n: int, seed: int) -> list[int]:
 
 def draw(scan: Scan, seed: int, count: int, max_words: int) -> Tokenized:
     """The first ``count`` usable pairs in the order :func:`_shuffled` gives
-    ``seed``: a uniform sample of the usable pairs, tokenising only about as
-    many as it keeps (in batches, on every core)."""
+    ``seed`` (in that order): a uniform sample of the usable pairs.  Only about
+    as many pairs as it keeps are tokenised (a batch of the order at a time,
+    read and tokenised as a stream in corpus order, on every core)."""
     order = np.array(_shuffled(len(scan), seed), np.int64)
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
     parts, done, kept = [], 0, 0
     with _workers(min(count, len(scan))) as workers:
         while done < len(order) and kept < count:
             need = count - kept
-            batch = order[done:done + need + need // 10 + 1000]  # room for a few unusable pairs
+            batch = order[done:done + need + need // 20 + 1000]  # room for a few unusable pairs
             done += len(batch)
             wanted = np.zeros(len(scan), bool)
             wanted[batch] = True
-            texts = {rank: (english, target) for rank, english, target in _texts(scan, wanted)}
-            rows = ((rank, *texts.pop(rank)) for rank in batch.tolist())
-            parts.append(_tokenize(rows, len(batch), scan.fmt, scan.lang, max_words, workers, need,
-                                   f"tokenising {scan.path}"))
+            got = _tokenize(_texts(scan, wanted), len(batch), scan.fmt, scan.lang, max_words, workers,
+                            f"tokenising {scan.path}")
+            parts.append(got.take(np.argsort(position[got.ranks])[:need]))  # in draw order
             kept += len(parts[-1].ranks)
-            del texts, rows
     return _concat(parts)
 
 
@@ -483,8 +475,7 @@ def load_pool(cfg: CorpusConfig, lang: str, data_root: str) -> Pool:
                             workers, what=f"tokenising {scan.path}")
     else:
         got = draw(scan, POOL_SEED, cfg.pool_size + cfg.heldout, cfg.max_words)
-        order = np.argsort(got.ranks)  # corpus order
-        got = Tokenized(got.english.take(order), got.target.take(order), got.ranks[order])
+        got = got.take(np.argsort(got.ranks))  # corpus order
         if len(got.ranks) < cfg.pool_size + cfg.heldout:
             log.info("corpus %s has only %d usable pairs: the pool (corpus.pool_size=%d + %d held out) is all of them",
                      scan.path, len(got.ranks), cfg.pool_size, cfg.heldout)
