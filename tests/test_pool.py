@@ -10,6 +10,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from xlt import cores, keys
 from xlt.config import CorpusConfig, compose_config
@@ -168,6 +169,41 @@ def test_em_logs_progress_per_iteration(monkeypatch, caplog) -> None:
                    for line in caplog.messages), stage
 
 
+# --------------------------------------------------------------------------- links as arrays
+
+
+def test_intersect_choices_equals_the_set_intersection() -> None:
+    """The vectorised intersection of the two directions' choices is
+    :func:`intersect` of their link lists, pair by pair (random choices,
+    random lengths, nulls included)."""
+    from xlt.data.align import intersect, intersect_choices
+
+    rng = np.random.default_rng(3)
+    en_len, tg_len = rng.integers(1, 9, 400), rng.integers(1, 9, 400)
+    english = Sentences.from_lists([["e"] * k for k in en_len])
+    target = Sentences.from_lists([["t"] * k for k in tg_len])
+    line_en, line_tg = np.repeat(np.arange(400), en_len), np.repeat(np.arange(400), tg_len)
+    forward = (rng.integers(0, 1 << 20, len(line_en)) % (tg_len[line_en] + 1) - 1).astype(np.int32)  # per English word
+    reverse = (rng.integers(0, 1 << 20, len(line_tg)) % (en_len[line_tg] + 1) - 1).astype(np.int32)  # per target word
+    links = intersect_choices(forward, reverse, english, target)
+    forward_lists = [[(i, j) for i, j in enumerate(forward[english.offsets[k]:english.offsets[k + 1]]) if j >= 0]
+                     for k in range(400)]
+    reverse_lists = [[(i, j) for j, i in enumerate(reverse[target.offsets[k]:target.offsets[k + 1]]) if i >= 0]
+                     for k in range(400)]
+    expected = [intersect(f, r) for f, r in zip(forward_lists, reverse_lists)]
+    assert list(links.lines()) == expected and sum(map(len, expected)) > 100
+
+
+def test_precomputed_links_outside_a_pair_name_their_line(tmp_path: Path) -> None:
+    from xlt.data.align import Links, check_bounds
+    from xlt.errors import XltError
+
+    english, target = Sentences.from_lists([["a", "b"], ["c"]]), Sentences.from_lists([["x"], ["y", "z"]])
+    check_bounds(Links.from_lists([[(1, 0)], [(0, 1)]]), english, target, ["f:1", "f:2"])
+    with pytest.raises(XltError, match=r"f:2: link 1-1 outside the sentence pair \(2 target, 1 English words\)"):
+        check_bounds(Links.from_lists([[(1, 0)], [(1, 1)]]), english, target, ["f:1", "f:2"])
+
+
 # --------------------------------------------------------------------------- cores
 
 
@@ -179,6 +215,20 @@ def test_job_cores_respects_affinity_and_omp_num_threads(monkeypatch) -> None:
     assert cores.job_cores() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     assert cores.job_cores() == 4
+
+
+def _square_in(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_ordered_map_runs_on_the_pool_processes_in_task_order() -> None:
+    with cores.process_pool(2) as pool:
+        results = list(cores.ordered_map(_square_in, iter(range(40)), pool, in_flight=4))
+    assert [square for square, _ in results] == [x * x for x in range(40)]
+    assert os.getpid() not in {pid for _, pid in results}
+    with cores.process_pool(1) as pool:  # one core: inline, no process started
+        assert pool is None
+        assert list(cores.ordered_map(_square_in, range(3), pool)) == [(x * x, os.getpid()) for x in range(3)]
 
 
 def test_tokenising_on_two_processes_gives_the_pool_of_one(shared_data: Path, monkeypatch, caplog) -> None:
