@@ -485,9 +485,13 @@ def align(src: Sentences, trg: Sentences, settings: FastAlignSettings, workers: 
     start, cpu = time.perf_counter(), time.process_time()
     em = _EM(src, trg, settings, job_cores() if workers is None else workers, name, unit_cells)
     choices = em.run()
-    log.info("%s: %d pairs, %d iterations, %d table entries, tension %.4f, %d threads, %.1fs (%.1fs CPU)", name,
-             len(src), settings.iterations, len(em.index), em.tension, len(em.shares), time.perf_counter() - start,
-             time.process_time() - cpu)
+    entries, mb = len(em.index), 1 / 2 ** 20
+    counts = len(em.shares) if settings.iterations > 1 else 0
+    log.info("%s: %d pairs, %d iterations, %d table entries, tension %.4f, %d threads, %.1fs (%.1fs CPU); "
+             "table memory: index %.0f MB, probabilities %.0f MB, expected counts %d x %.0f MB", name, len(src),
+             settings.iterations, entries, em.tension, len(em.shares), time.perf_counter() - start,
+             time.process_time() - cpu, (em.index.slots.nbytes + em.index.keys.nbytes) * mb, 8 * entries * mb, counts,
+             8 * entries * mb)
     return choices
 
 

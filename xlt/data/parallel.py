@@ -480,9 +480,12 @@ def load_pool(cfg: CorpusConfig, lang: str, data_root: str) -> Pool:
             log.info("corpus %s has only %d usable pairs: the pool (corpus.pool_size=%d + %d held out) is all of them",
                      scan.path, len(got.ranks), cfg.pool_size, cfg.heldout)
     pool = Pool(got.english, got.target, scan.lines[got.ranks], got.ranks, len(scan), scan.n_lines, scan.path)
-    log.info("corpus %s: %d usable pairs of %d lines%s; read and tokenised in %.1fs (%.1fs CPU, %d cores)", scan.path,
-             len(pool), pool.n_lines, f" (pool of corpus.pool_size={cfg.pool_size} + {cfg.heldout} held out)"
-             if cfg.pool_size else "", time.perf_counter() - start, _cpu_with_children() - cpu, job_cores())
+    log.info("corpus %s: %d usable pairs of %d lines%s; read and tokenised in %.1fs (%.1fs CPU, %d cores); "
+             "%d + %d words as ids: %.0f MB, vocabularies of %d + %d words", scan.path, len(pool), pool.n_lines,
+             f" (pool of corpus.pool_size={cfg.pool_size} + {cfg.heldout} held out)" if cfg.pool_size else "",
+             time.perf_counter() - start, _cpu_with_children() - cpu, job_cores(), len(pool.english.ids),
+             len(pool.target.ids), sum(side.ids.nbytes + side.offsets.nbytes for side in (pool.english, pool.target))
+             / 2 ** 20, len(pool.english.vocab), len(pool.target.vocab))
     return pool
 
 
