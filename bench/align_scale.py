@@ -175,6 +175,12 @@ def bench_xlt(corpus: Path, size: int, work: Path) -> dict[str, Any]:
     t_rev, rev = _find(events, r"fast_align reverse: .* ([\d.]+)s \(([\d.]+)s CPU\)")
     _, entries_fwd = _find(events, r"fast_align forward: .* (\d+) table entries")
     _, entries_rev = _find(events, r"fast_align reverse: .* (\d+) table entries")
+    memory = {"words_as_ids_mb": float(_find(events, r"words as ids: ([\d.]+) MB")[1].group(1))}
+    for direction in ("forward", "reverse"):
+        parts = _find(events, rf"fast_align {direction}: .*table memory: index ([\d.]+) MB, probabilities ([\d.]+) MB, "
+                              r"expected counts (\d+) x ([\d.]+) MB")[1].groups()
+        memory[direction] = {"index_mb": float(parts[0]), "probabilities_mb": float(parts[1]),
+                             "counts_mb": int(parts[2]) * float(parts[3])}
     artifact = next((work / "cache" / "alignments").glob("ru-*"))
     em_wall = float(fwd.group(1)) + float(rev.group(1))
     return {
@@ -189,6 +195,7 @@ def bench_xlt(corpus: Path, size: int, work: Path) -> dict[str, Any]:
                "peak_pss_mb": sampler.peak_mb(t_read, t_rev)},
         "rest": {"wall_s": round(run["end"] - t_rev, 1), "peak_pss_mb": sampler.peak_mb(start=t_rev)},
         "peak_pss_mb": sampler.peak_mb(),
+        "memory": memory,
         "artifact": str(artifact),
     }
 
@@ -289,6 +296,10 @@ def print_align_scale(results: dict[str, Any]) -> None:
         print(f"{'':>10} {'  EM, both directions':<26} {t['wall_s']:>8} {t['cpu_s']:>8} {t['peak_pss_mb']:>8}   "
               f"table entries {t['table_entries'][0]:,} / {t['table_entries'][1]:,}")
         print(f"{'':>10} {'  writing + sampling':<26} {x['rest']['wall_s']:>8} {'':>8} {x['rest']['peak_pss_mb']:>8}")
+        m = x["memory"]
+        print(f"{'':>10} memory held: words as ids {m['words_as_ids_mb']:.0f} MB; per EM direction: hash index "
+              f"{m['forward']['index_mb']:.0f}, probabilities {m['forward']['probabilities_mb']:.0f}, expected counts "
+              f"{m['forward']['counts_mb']:.0f} MB (forward)")
         if "reference" in row:
             ref, q = row["reference"], row["ratios"]
             print(f"{'':>10} {'reference, 2 directions':<26} {ref['wall_s']:>8} {ref['cpu_s']:>8} {ref['maxrss_mb']:>8}   "
