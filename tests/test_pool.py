@@ -105,6 +105,26 @@ def test_without_pool_size_sampling_is_unchanged(tmp_path: Path) -> None:
     assert [p.english for p in heldout] == [p.english for p in aligned.heldout]
 
 
+def test_a_subword_pool_aligns_the_tokenizers_pieces(tmp_path: Path, tiny_cache: Path, shared_data: Path) -> None:
+    """aggregation=subword: the pool (drawn as words) is re-tokenised into the
+    model's subword pieces chunk by chunk and those are aligned."""
+    from xlt.models.encoder import load_tokenizer
+
+    cfg = compose_config(["model=tiny", "lang=ru", "aggregation=subword", f"paths.cache_dir={tiny_cache}",
+                          f"data.root={shared_data}", "corpus.size=60", "corpus.heldout=10", "corpus.pool_size=200",
+                          f"paths.output_dir={tmp_path}"])
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    aligned = align_stage(cfg, tokenizer)
+    assert len(_pool_lines(aligned.path)) == 210 and len(aligned.train) == 60
+    vocabulary = tokenizer.get_vocab()
+    for pair, links in zip(aligned.train, aligned.train_alignments):
+        assert all(piece in vocabulary for piece in pair.english + pair.target)  # the tokenizer's pieces
+        assert all(i < len(pair.english) and j < len(pair.target) for i, j in links)
+    words, _ = P.prepare_corpus(cfg.corpus, "ru", str(shared_data), cfg.seed)  # the same sample, as words
+    assert sum(len(p.english) for p in aligned.train) > 1.1 * sum(len(p.english) for p in words)
+    assert sum(map(len, aligned.train_alignments)) > 300
+
+
 # --------------------------------------------------------------------------- the table index
 
 
