@@ -1,6 +1,6 @@
 """Throughput benchmarks for continual learning and cross-lingual adjustment.
 
-``make bench`` runs this script.  Five measurements, all on real data:
+``make bench`` runs this script.  Six measurements, all on real data:
 
 1. **Continual overhead** -- seconds per training step of continual
    fine-tuning (task batch 32 + aligned en-ru batch 16, alpha = 0.01, the
@@ -25,6 +25,9 @@
    step (``bench/peer.py``).
 5. **Evaluation order** -- predicting in length-sorted batches against file
    order (``bench/eval_order.py``).
+6. **Align scale** -- ``xlt-align`` on WikiMatrix-sized pools (about 250K
+   and 1M pairs) against the reference fast_align: wall, CPU, peak memory
+   (``bench/align_scale.py``; ``--align-sizes`` selects the sizes).
 
 How steps are timed: a plain Python loop drives the real
 ``LightningModule.training_step`` (so the task loss, the auxiliary loss and
@@ -75,6 +78,7 @@ from xlt.models.encoder import load_encoder, load_tokenizer  # noqa: E402
 from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader  # noqa: E402
 from xlt.models.pooling import pool_spans  # noqa: E402
 from xlt.tasks.registry import build_task  # noqa: E402
+from bench.align_scale import bench_align_scale, print_align_scale, sizes_from  # noqa: E402
 
 TASK_NAMES = {"nli": "xnli", "ner": "ner"}  # bench name -> conf/task name
 PAPER_SLOWDOWN = {"nli": 2.4, "ner": 5.0}  # the paper's code: continual vs plain fine-tuning
@@ -588,6 +592,8 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"\n5. Evaluation order ({e['eval_set']}, {e['examples']} pairs, batch {e['batch']}): file order {e['file_order_s']:.2f} s "
               f"vs length-sorted {e['sorted_s']:.2f} s = {e['speedup']:.2f}x; token positions {e['file_order_positions']} vs "
               f"{e['sorted_positions']}; max |logit diff| {e['max_abs_logit_diff']:.1e}")
+    if results.get("align_scale", {}).get("sizes"):
+        print_align_scale(results["align_scale"])
     print("=" * 118)
 
 
@@ -608,6 +614,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--peer-steps", type=int, default=3, help="timed steps per round of section 4 (xlt vs HF Trainer); 0 skips it")
     parser.add_argument("--eval-rounds", type=int, default=3, help="rounds of section 5 (evaluation order); 0 skips it")
     parser.add_argument("--adjust-warmup", type=int, default=1, help="untimed adjustment steps first")
+    parser.add_argument("--align-sizes", default=os.environ.get("XLT_BENCH_ALIGN_SIZES"),
+                        help="section 6: comma-separated pool sizes (default 250000,1000000: ~30 min on 2 cores with "
+                             "the reference; $XLT_BENCH_ALIGN_SIZES); none skips it")
+    parser.add_argument("--fast-align", default=None,
+                        help="section 6: the reference fast_align binary (default $XLT_FAST_ALIGN or fast_align on PATH)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", default=os.environ.get("XLT_DATA_DIR", str(REPO.parent / "shared" / "data")),
@@ -673,6 +684,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
             print("\n== 5. evaluation: length-sorted batches vs file order, XNLI ru test")
             results["eval_order"] = bench_eval_order(compose(args, "mode=original"), encoder, tokenizer, args.eval_rounds)
+        sizes = sizes_from(args.align_sizes)
+        if sizes:
+            del encoder, ctx
+            gc.collect()
+            results["align_scale"] = bench_align_scale(sizes, Path(args.data_dir), args.fast_align)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["runtime_s"] = round(time.time() - started, 1)
     print_table(results)

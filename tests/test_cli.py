@@ -38,3 +38,22 @@ def test_the_stage_commands_put_their_override_beside_the_others():
     assert cli.with_override(["xlt-adjust", "lang=ru", "--cfg", "job"], "command=adjust") == [
         "xlt-adjust", "command=adjust", "lang=ru", "--cfg", "job"]
     assert cli.with_override(["xlt-align"], "command=align") == ["xlt-align", "command=align"]
+
+
+ALIGN_IMPORTS = """
+import atexit, sys
+atexit.register(lambda: print("imported:", *[m for m in ("torch", "lightning") if m in sys.modules]))
+from xlt.cli import align_main
+sys.argv = ["xlt-align", *sys.argv[1:]]
+align_main()
+"""
+
+
+def test_xlt_align_imports_neither_torch_nor_lightning(tmp_path):
+    """An align job's memory is the alignment's: torch and Lightning (~0.5 GB)
+    stay out of it, validation of the config included."""
+    proc = subprocess.run([sys.executable, "-c", ALIGN_IMPORTS, "lang=vi", "corpus.pool_size=200", "corpus.size=100",
+                           "corpus.heldout=20", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "alignments:" in proc.stdout and "imported:\n" in proc.stdout, proc.stdout[-2000:]

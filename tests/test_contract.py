@@ -147,6 +147,7 @@ RANGES = {
     "task.eval_limit=-1": "task.eval_limit=-1: must be >= 1, or null (all examples)",
     "seed=4294967296": "seed=4294967296: must be in [0, 2**32)",
     "trainer.accumulate_grad_batches=5": "trainer.accumulate_grad_batches=5: must divide task.batch_size=32",
+    "corpus.pool_size=100": "corpus.size=5000: must be <= corpus.pool_size=100 (samples are drawn from the pool)",
     "+task.options.n_bets=3": "task.options.n_bets: Key 'n_bets' not in 'PairOptions'",
     "task.options.mixed_seed=abc": "task.options.mixed_seed: Value 'abc' of type 'str' could not be converted to Integer",
     "task.epochs=abc": "Error merging override task.epochs=abc: Value 'abc' of type 'str' could not be converted to Float",

@@ -151,7 +151,7 @@ def prepare_corpus(cfg: CorpusConfig, lang: str, root: str, seed: int) -> tuple[
     """(sample, held out) pairs as the alignment stage draws them from the pool."""
     pool = load_pool(cfg, lang, root)
     train, held = sample_pool(pool, cfg, seed)
-    return [pool.pairs[k] for k in train], [pool.pairs[k] for k in held]
+    return [pool.pair(k) for k in train], [pool.pair(k) for k in held]
 
 
 def test_sample_deterministic_disjoint(small_corpus, tmp_path: Path) -> None:

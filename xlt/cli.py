@@ -127,7 +127,8 @@ def dispatch(cfg) -> float | None:
     """Run the stage named by ``command``; turn bad input into one line."""
     from hydra.core.hydra_config import HydraConfig
 
-    quiet_libraries()
+    if cfg.command != "align":  # aligning runs no Lightning: do not import it (and torch)
+        quiet_libraries()
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
     try:
@@ -148,29 +149,36 @@ def dispatch(cfg) -> float | None:
 
 def run_command(cfg) -> float | None:
     from xlt.contract import validate
-    from xlt.stages.adjust import adjust_stage
-    from xlt.stages.align import align_stage
-    from xlt.stages.job import run_job
 
     validate(cfg)
+    # Each command imports only its stage: xlt-align needs neither torch nor
+    # Lightning (their ~0.5 GB would be most of its memory at 250K pairs).
     if cfg.command == "run":
+        from xlt.stages.job import run_job
+
         results = run_job(cfg)
         first = next(iter(results.get("metrics", {}).values()), {})  # {} on DDP ranks > 0
         return next((v for k, v in first.items() if k != "n"), None)
     if cfg.command == "align":
+        from xlt.stages.align import align_stage
+
         corpus = align_stage(cfg, _tokenizer(cfg))
         print(f"alignments: {corpus.path} ({len(corpus.train)} pairs, {len(corpus.heldout)} held out)")
         return None
     if cfg.command == "adjust":
+        from xlt.stages.adjust import adjust_stage
+
         print(f"adjusted model: {adjust_stage(cfg)}")
         return None
     raise XltError(f"unknown command '{cfg.command}'; valid: run, align, adjust")
 
 
 def _tokenizer(cfg):
+    if cfg.aggregation.name != "subword":
+        return None
     from xlt.models.encoder import load_tokenizer
 
-    return load_tokenizer(cfg.model, cfg.paths.cache_dir) if cfg.aggregation.name == "subword" else None
+    return load_tokenizer(cfg.model, cfg.paths.cache_dir)
 
 
 def record_failure(cfg, message: str) -> None:

@@ -275,7 +275,9 @@ class CorpusConfig:
     and ``{pair}`` (the two codes in alphabetical order, as WikiMatrix names
     its files: ``en-ru``, ``de-en``) are filled in.  The whole filtered
     corpus is aligned once; ``size`` and ``heldout`` pairs are then sampled
-    from it per seed.
+    from it per seed.  ``pool_size``: the pool is a seeded draw (the same for
+    every job seed) of ``pool_size + heldout`` usable pairs, as the paper's
+    fixed 250K-pair file per language; null = every usable pair.
     """
 
     name: str = MISSING
@@ -285,6 +287,8 @@ class CorpusConfig:
     max_words: int = number(64, ge=1)
     min_score: Optional[float] = number(None, none="no score filter")
     heldout: int = number(500, ge=0)  # pairs kept aside for distance evidence / analysis
+    pool_size: Optional[int] = number(None, ge=1, none="align every usable pair",
+                                      why="the pairs aligned once and sampled from")
 
 
 @dataclass
@@ -464,11 +468,14 @@ def register_configs() -> None:
 # ---------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------
-def field_problems(node: Any, schema: type, prefix: str = "") -> Iterator[str]:
+def field_problems(node: Any, schema: type, prefix: str = "", skip: tuple[str, ...] = ()) -> Iterator[str]:
     """One message per value of ``node`` outside what ``schema``'s fields allow
-    (choices, ranges, rules), walking nested dataclasses."""
+    (choices, ranges, rules), walking nested dataclasses; ``skip``: top-level
+    fields left unchecked."""
     for spec in fields(schema):
         key = f"{prefix}{spec.name}"
+        if spec.name in skip:
+            continue
         if not isinstance(node, DictConfig) or spec.name not in node or OmegaConf.is_missing(node, spec.name):
             continue
         value = node[spec.name]
@@ -521,9 +528,11 @@ def _dataclass_in(hint: Any) -> Optional[type]:
 
 def problems(cfg: DictConfig) -> Iterator[str]:
     """Every problem of a composed job config, one line each: values outside
-    their field's choices and ranges, then the rules between fields."""
+    their field's choices and ranges, then the rules between fields.
+    ``xlt-align`` trains nothing: its trainer settings are not its concern
+    (checking them imports Lightning, a third of an align job's memory)."""
     yield from (f"{key} is required: pass {key}=<value>" for key in _missing(cfg))
-    yield from field_problems(cfg, XltConfig)
+    yield from field_problems(cfg, XltConfig, skip=("trainer",) if cfg.get("command", "run") == "align" else ())
     for rule in RULES:
         message = rule(cfg)
         if message:
@@ -541,6 +550,13 @@ def _batch_divides(cfg: DictConfig) -> Optional[str]:
     if parts >= 1 and cfg.task.batch_size % parts:
         return (f"trainer.accumulate_grad_batches={parts}: must divide task.batch_size={cfg.task.batch_size} "
                 "(each step = that many equal micro-batches)")
+    return None
+
+
+def _size_within_pool(cfg: DictConfig) -> Optional[str]:
+    pool = cfg.corpus.get("pool_size")
+    if pool is not None and pool >= 1 and cfg.corpus.size > pool:
+        return f"corpus.size={cfg.corpus.size}: must be <= corpus.pool_size={pool} (samples are drawn from the pool)"
     return None
 
 
@@ -597,7 +613,10 @@ def _export_folder(cfg: DictConfig) -> Optional[str]:
 
 
 def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
-    """Every trainer key is a ``lightning.Trainer`` argument or xlt's own."""
+    """Every trainer key is a ``lightning.Trainer`` argument or xlt's own
+    (not for ``xlt-align``: it trains nothing and must not import Lightning)."""
+    if cfg.get("command", "run") == "align":
+        return None
     import inspect
 
     import lightning
@@ -611,7 +630,7 @@ def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
 
 
 RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
-    _batch_divides, _tokens_chosen, _random_model, _continual_needs_corpus, _fast_align_flags, _pharaoh_words,
+    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _continual_needs_corpus, _fast_align_flags, _pharaoh_words,
     _export_folder, _trainer_arguments,
 )
 

@@ -16,13 +16,10 @@ runs in the job.
 
 from __future__ import annotations
 
-from itertools import chain
-
 from omegaconf import DictConfig
 
 from xlt import config
 from xlt.errors import XltError
-from xlt.tasks import registry
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -40,6 +37,21 @@ def compose(overrides: list[str]) -> DictConfig:
             cfg = hydra_compose("config", overrides=overrides)
     except HydraException as err:
         raise XltError(one_line(err)) from None
+    return bind(cfg)
+
+
+def uses_task(cfg: DictConfig) -> bool:
+    """``xlt-align`` reads no task (and must not import torch: its memory is
+    the alignment's); every other command does."""
+    return cfg.get("command", "run") != "align"
+
+
+def bind(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with its task options typed by the task's schema (in place)."""
+    if not uses_task(cfg):
+        return cfg
+    from xlt.tasks import registry  # imports torch
+
     return registry.bind(cfg)
 
 
@@ -47,9 +59,14 @@ def validate(cfg: DictConfig) -> None:
     """Bind the task and check every key of a composed job config; raise
     the first problem as an XltError naming the key, its value and what is
     allowed."""
-    registry.bind(cfg)
-    for problem in chain(config.problems(cfg), registry.problems(cfg)):
+    bind(cfg)
+    for problem in config.problems(cfg):
         raise XltError(problem)
+    if uses_task(cfg):
+        from xlt.tasks import registry
+
+        for problem in registry.problems(cfg):
+            raise XltError(problem)
 
 
 def one_line(err: BaseException) -> str:

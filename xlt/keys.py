@@ -41,7 +41,7 @@ from xlt.artifacts import config_hash, content_checksum
 from xlt.config import task_local
 
 # Format version of each stage's output (see the rule above).
-STAGE_VERSION = {"align": 1, "adjust": 1, "finetune": 1}
+STAGE_VERSION = {"align": 2, "adjust": 1, "finetune": 1}
 
 # ---- what changes a result ----------------------------------------------------
 # Top-level nodes that say where outputs go and which entry point ran.
@@ -271,12 +271,16 @@ def alignment_key(cfg: DictConfig) -> dict[str, Any]:
     """What the aligned corpus depends on: the corpus *content* (checksums, so a
     moved file is reused and an edited one realigned), how it is read and
     filtered, the language, the aligner settings (a Pharaoh file by checksum)
-    and, for ``aggregation=subword``, the tokenizer.  Not the sample size or
-    seed: every sample is drawn from the one aligned corpus."""
+    and, for ``aggregation=subword``, the tokenizer, and with
+    ``corpus.pool_size`` the number of pairs drawn into the pool
+    (``pool_size + heldout``).  Not the sample size or seed: every sample is
+    drawn from the one aligned pool."""
     aligner = OmegaConf.to_container(cfg.aligner, resolve=True)
+    pool = cfg.corpus.get("pool_size")
     return {
         "inputs": checksums(cfg, corpus_files(cfg)),  # corpus and Pharaoh file, by content
         "corpus": {k: cfg.corpus.get(k) for k in ("format", "min_score", "max_words")},
+        "pool": None if pool is None else pool + cfg.corpus.heldout,
         "lang": cfg.lang.code,
         "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
         "subword_model": cfg.model.name if cfg.aggregation.name == "subword" else None,

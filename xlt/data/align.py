@@ -21,16 +21,54 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
 
 from xlt.artifacts import atomic_write_text
 from xlt.config import ALIGNERS, SYMMETRIZATIONS, AlignerConfig
-from xlt.data.fast_align import FastAlignSettings, fast_align
+from xlt.data import fast_align
+from xlt.data.fast_align import FastAlignSettings
 from xlt.data.parallel import SentencePair
+from xlt.data.sentences import Sentences
 from xlt.errors import XltError, require_file
 
 log = logging.getLogger(__name__)
 
 Alignment = list[tuple[int, int]]
+
+
+@dataclass
+class Links:
+    """The links of many pairs in flat arrays (8 bytes a link, not a tuple):
+    pair ``k`` links English word ``english[x]`` with target word ``target[x]``
+    for ``x`` in ``offsets[k]:offsets[k + 1]``."""
+
+    english: np.ndarray  # int32
+    target: np.ndarray   # int32
+    offsets: np.ndarray  # int64, len(self) + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def line(self, k: int) -> Alignment:
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        return list(zip(self.english[lo:hi].tolist(), self.target[lo:hi].tolist()))
+
+    def lines(self) -> Iterator[Alignment]:
+        return (self.line(k) for k in range(len(self)))
+
+    @classmethod
+    def from_lists(cls, alignments: Iterable[Alignment]) -> Links:
+        english, target, lengths = [], [], []
+        for links in alignments:
+            english += [i for i, _ in links]
+            target += [j for _, j in links]
+            lengths.append(len(links))
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(np.array(english, np.int32), np.array(target, np.int32), offsets)
 
 
 # --------------------------------------------------------------------------- Pharaoh files
@@ -63,8 +101,25 @@ def read_pharaoh(path: str, n_expected: int | None = None, what: str = "sentence
     return alignments
 
 
-def write_pharaoh(path: str, alignments: list[Alignment]) -> None:
-    atomic_write_text(path, "".join(format_pharaoh(a) + "\n" for a in alignments))
+def read_pharaoh_lines(path: str, lines: np.ndarray, n_expected: int, what: str = "sentence pairs") -> Links:
+    """The alignments on the 1-based ``lines`` (ascending) of a Pharaoh file of
+    ``n_expected`` lines, read as a stream (only those lines are parsed and kept)."""
+    require_file(path, "alignment file")
+    wanted, chosen, count = iter(np.asarray(lines).tolist()), [], 0
+    line = next(wanted, None)
+    with open(path, encoding="utf-8") as handle:
+        for count, text in enumerate(handle, start=1):
+            if count == line:
+                chosen.append(parse_pharaoh_line(text, f"{path}:{count}"))
+                line = next(wanted, None)
+    if count != n_expected:
+        raise XltError(f"{path}: {count} alignment lines but {n_expected} {what}")
+    return Links.from_lists(chosen)
+
+
+def write_pharaoh(path: str, alignments: Iterable[Alignment]) -> None:
+    """One line per pair, streamed, written atomically."""
+    atomic_write_text(path, (format_pharaoh(a) + "\n" for a in alignments))
 
 
 # --------------------------------------------------------------------------- symmetrization
@@ -136,13 +191,38 @@ def fast_align_settings(cfg: AlignerConfig) -> FastAlignSettings:
                              alpha=cfg.alpha, diagonal_tension=cfg.diagonal_tension, use_null=cfg.null_word)
 
 
+def fast_align_choices(english: Sentences, target: Sentences, cfg: AlignerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """fast_align's two directions on the corpus ``target ||| English``:
+    forward (``-i``: the target word each English word picks, per English
+    word) and reverse (``-r``: the English word each target word picks, per
+    target word); -1 = null."""
+    settings = fast_align_settings(cfg)
+    forward = fast_align.align(target, english, settings, name="fast_align forward")
+    reverse = fast_align.align(english, target, settings, name="fast_align reverse")
+    return forward, reverse
+
+
 def fast_align_directions(pairs: list[SentencePair], cfg: AlignerConfig) -> tuple[list[Alignment], list[Alignment]]:
     """Forward (``-i target|||English``) and reverse (``-r``) links, both as ``(i_en, j_tgt)``."""
-    settings = fast_align_settings(cfg)
-    targets, englishes = [p.target for p in pairs], [p.english for p in pairs]
-    forward = [[(j, i) for i, j in links] for links in fast_align(targets, englishes, settings)]
-    reverse = fast_align(englishes, targets, settings)
-    return forward, reverse
+    english = Sentences.from_lists([p.english for p in pairs])
+    target = Sentences.from_lists([p.target for p in pairs])
+    forward, reverse = fast_align_choices(english, target, cfg)
+    return ([[(i, j) for j, i in links] for links in fast_align.links_of(forward, english)],
+            fast_align.links_of(reverse, target))
+
+
+def intersect_choices(forward: np.ndarray, reverse: np.ndarray, english: Sentences, target: Sentences) -> Links:
+    """:func:`intersect` of every pair at once: English word ``i`` and target
+    word ``j`` are linked when ``i`` picks ``j`` (forward) and ``j`` picks ``i``."""
+    line = np.repeat(np.arange(len(english)), english.lengths())
+    i = np.arange(len(english.ids)) - english.offsets[line]
+    j = forward.astype(np.int64)
+    picked = j >= 0
+    agreed = np.zeros(len(j), bool)
+    agreed[picked] = reverse[target.offsets[line[picked]] + j[picked]] == i[picked]
+    offsets = np.zeros(len(english) + 1, np.int64)
+    np.cumsum(np.bincount(line[agreed], minlength=len(english)), out=offsets[1:])
+    return Links(i[agreed].astype(np.int32), j[agreed].astype(np.int32), offsets)
 
 
 # --------------------------------------------------------------------------- eflomal
@@ -173,28 +253,46 @@ def eflomal_directions(pairs: list[SentencePair], workdir: str | None = None) ->
 
 # --------------------------------------------------------------------------- entry point
 
-def check_bounds(alignments: list[Alignment], pairs: list[SentencePair], where: list[str]) -> None:
-    """Precomputed links must index words that exist (catches a wrong file)."""
-    for links, pair, place in zip(alignments, pairs, where):
-        for i, j in links:
-            if i >= len(pair.english) or j >= len(pair.target):
-                raise XltError(f"{place}: link {j}-{i} outside the sentence pair "
-                               f"({len(pair.target)} target, {len(pair.english)} English words)")
+def check_bounds(links: Links, english: Sentences, target: Sentences, where: list[str]) -> None:
+    """Precomputed links must index words that exist (catches a wrong file);
+    ``where[k]`` (``file:line``) names pair ``k`` in the error."""
+    line = np.repeat(np.arange(len(links)), np.diff(links.offsets))
+    bad = np.flatnonzero((links.english >= english.lengths()[line]) | (links.target >= target.lengths()[line]))
+    if bad.size:
+        x = int(bad[0])
+        k = int(line[x])
+        raise XltError(f"{where[k]}: link {links.target[x]}-{links.english[x]} outside the sentence pair "
+                       f"({target.lengths()[k]} target, {english.lengths()[k]} English words)")
+
+
+def align_sentences(english: Sentences, target: Sentences, cfg: AlignerConfig, workdir: str | None = None) -> Links:
+    """Symmetrized word alignment of every pair ``(english[k], target[k])`` with
+    ``cfg``'s aligner.  fast_align + intersect never makes a Python object per
+    word or link: the form that scales to millions of pairs.  Its settings
+    were checked with the config (``xlt.config.problems``)."""
+    start = time.perf_counter()
+    if cfg.name == "fast_align":
+        forward, reverse = fast_align_choices(english, target, cfg)
+        if cfg.symmetrization == "intersect":
+            links = intersect_choices(forward, reverse, english, target)
+        else:
+            forward_lines = ([(i, j) for j, i in line] for line in fast_align.iter_links(forward, english))
+            links = Links.from_lists(symmetrize(f, r, cfg.symmetrization)
+                                     for f, r in zip(forward_lines, fast_align.iter_links(reverse, target)))
+    elif cfg.name == "eflomal":
+        pairs = [SentencePair(english.words(k), target.words(k)) for k in range(len(english))]
+        forward_lists, reverse_lists = eflomal_directions(pairs, workdir)
+        links = Links.from_lists(symmetrize(f, r, cfg.symmetrization) for f, r in zip(forward_lists, reverse_lists))
+    else:
+        raise XltError(f"unknown aligner.name {cfg.name!r}; choose one of {', '.join(ALIGNERS)}")
+    total, words = len(links.english), len(english.ids)
+    log.info("%s/%s: %d pairs, %d links for %d English words (%.2f per word), %.1fs", cfg.name,
+             cfg.symmetrization, len(english), total, words, total / max(words, 1), time.perf_counter() - start)
+    return links
 
 
 def align_corpus(pairs: list[SentencePair], cfg: AlignerConfig, workdir: str | None = None) -> list[Alignment]:
-    """Symmetrized word alignment of every pair with ``cfg``'s aligner (its
-    settings were checked with the config, ``xlt.config.problems``)."""
-    start = time.perf_counter()
-    if cfg.name == "fast_align":
-        forward, reverse = fast_align_directions(pairs, cfg)
-    elif cfg.name == "eflomal":
-        forward, reverse = eflomal_directions(pairs, workdir)
-    else:
-        raise XltError(f"unknown aligner.name {cfg.name!r}; choose one of {', '.join(ALIGNERS)}")
-    alignments = [symmetrize(f, r, cfg.symmetrization) for f, r in zip(forward, reverse)]
-    total = sum(len(a) for a in alignments)
-    words = sum(len(p.english) for p in pairs)
-    log.info("%s/%s: %d pairs, %d links for %d English words (%.2f per word), %.1fs", cfg.name,
-             cfg.symmetrization, len(pairs), total, words, total / max(words, 1), time.perf_counter() - start)
-    return alignments
+    """:func:`align_sentences` on a list of pairs."""
+    english = Sentences.from_lists([p.english for p in pairs])
+    target = Sentences.from_lists([p.target for p in pairs])
+    return list(align_sentences(english, target, cfg, workdir).lines())

@@ -28,10 +28,17 @@ every ``trg`` word picks one ``src`` word or null.  Links are ``(i_src, j_trg)``
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
+
+from xlt.cores import job_cores
+from xlt.data.sentences import Sentences
+from xlt.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +117,9 @@ def digamma(x: np.ndarray) -> np.ndarray:
     x = np.array(x, dtype=np.float64)
     result = np.zeros_like(x)
     small = x < 7
-    while small.any():
-        result[small] -= 1 / x[small]
-        x[small] += 1
+    while small.any():  # whole-array steps (subtracting 0 elsewhere): no masked gathers
+        result -= np.where(small, 1 / x, 0.0)
+        x += small
         small = x < 7
     x -= 1.0 / 2.0
     xx = 1.0 / x
@@ -122,112 +129,199 @@ def digamma(x: np.ndarray) -> np.ndarray:
     return result
 
 
-# --------------------------------------------------------------------------- the corpus as cells
+# --------------------------------------------------------------------------- the translation table's cells
+
+_EMPTY = -1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+_MAX_LOAD = 0.6
 
 
-@dataclass
-class _Cells:
-    """Every (target word j, source position i or null) of a block of lines,
-    target-major: row r = one target token, its cells contiguous, null first,
-    then the source words in order (exactly fast_align's ``probs`` vector)."""
+class PairIndex:
+    """Dense ids of the co-occurring word pairs ``(e, f)``: the cells of
+    fast_align's translation table (``TTable::Insert`` in its initial pass).
 
-    row_start: np.ndarray   # row -> first cell
-    cell_row: np.ndarray    # cell -> row
-    is_null: np.ndarray     # cell is the null word
-    pos_i: np.ndarray       # cell -> 1-based source position (0 for null)
-    pos_j: np.ndarray       # cell -> 0-based target position
-    len_n: np.ndarray       # cell -> source length
-    len_m: np.ndarray       # cell -> target length
-    cell_line: np.ndarray   # cell -> line (in the block)
-    row_line: np.ndarray    # row -> line (in the block)
-    row_j: np.ndarray       # row -> target position
-    row_m: np.ndarray
-    row_n: np.ndarray
+    Keys are ``e * n_f + f``.  While the corpus streams through :meth:`add`
+    they live in an open-addressing hash table (linear probing, vectorised);
+    :meth:`freeze` then numbers them in sorted order, so each conditioning word's
+    cells are one contiguous run (the M-step normalises runs), and keeps only a
+    4-byte id per slot plus the sorted keys: about 18 bytes per cell at most.
+    Every E-step looks its cells up again (:meth:`lookup`) instead of storing a
+    cell -> entry index for the whole corpus (4 bytes x every word pair of every
+    sentence: 2.5 GB per direction at a million pairs).
+    """
+
+    def __init__(self, n_f: int, expected: int = 0):
+        self.n_f = n_f
+        self._table: np.ndarray | None = np.full(_capacity(expected), _EMPTY, np.int64)
+        self._count = 0
+        self.keys = np.zeros(0, np.int64)    # after freeze: sorted keys, then a -1 sentinel
+        self.slots = np.zeros(0, np.int32)   # after freeze: id in each slot (len(keys) - 1 when empty)
+
+    def __len__(self) -> int:
+        return len(self.keys) - 1 if self._table is None else self._count
+
+    def add(self, keys: np.ndarray) -> None:
+        """Insert ``keys`` (repeats and known keys are fine)."""
+        assert self._table is not None, "PairIndex.add after freeze"
+        if self._count + len(keys) > 0.9 * len(self._table):
+            self._rehash(self._count + len(keys))
+        self._count += _insert(self._table, keys)
+        if self._count > _MAX_LOAD * len(self._table):
+            self._rehash(self._count)
+
+    def _rehash(self, count: int) -> None:
+        old = self._table[self._table != _EMPTY]
+        self._table = np.full(_capacity(count), _EMPTY, np.int64)
+        _insert(self._table, old)
+
+    def drain(self) -> np.ndarray:
+        """All keys (any order), emptying the index."""
+        keys = self._table[self._table != _EMPTY]
+        self._table, self._count = np.full(_capacity(0), _EMPTY, np.int64), 0
+        return keys
+
+    def freeze(self) -> None:
+        """Number the keys in sorted order; no more :meth:`add`."""
+        occupied = np.flatnonzero(self._table != _EMPTY)
+        keys = self._table[occupied]
+        size = len(self._table)
+        self._table = None
+        order = np.argsort(keys)
+        self.keys = np.append(keys[order], -1)
+        del keys
+        if len(order) >= np.iinfo(np.int32).max:
+            raise ValueError(f"fast_align: {len(order):,} word pairs do not fit 32-bit ids")
+        self.slots = np.full(size, len(order), np.int32)
+        self.slots[occupied[order]] = np.arange(len(order), dtype=np.int32)
+
+    def rows(self, part: slice) -> np.ndarray:
+        """The conditioning word ``e`` of the ids ``part`` (ids of one ``e`` are contiguous)."""
+        return self.keys[:-1][part] // self.n_f
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of ``keys`` (every key must have been added)."""
+        mask = len(self.slots) - 1
+        slot = _hash(keys, len(self.slots))
+        ids = self.slots[slot]
+        miss = np.flatnonzero(self.keys[ids] != keys)
+        wanted, slot = keys[miss], slot[miss]
+        while miss.size:
+            slot = (slot + 1) & mask
+            found = self.slots[slot]
+            hit = self.keys[found] == wanted
+            ids[miss[hit]] = found[hit]
+            left = ~hit
+            miss, wanted, slot = miss[left], wanted[left], slot[left]
+        return ids
 
 
-def _geometry(n: np.ndarray, m: np.ndarray) -> _Cells:
-    """Cell layout of lines with source lengths ``n`` and target lengths ``m``."""
-    row_line = np.repeat(np.arange(len(m)), m)
-    row_j = np.arange(len(row_line)) - np.repeat(np.cumsum(m) - m, m)
-    row_width = (n + 1)[row_line]
-    row_start = np.cumsum(row_width) - row_width
-    cell_row = np.repeat(np.arange(len(row_line)), row_width)
-    pos_i = np.arange(int(row_width.sum())) - row_start[cell_row]
-    line = row_line[cell_row]
-    return _Cells(row_start=row_start, cell_row=cell_row, is_null=pos_i == 0, pos_i=pos_i, pos_j=row_j[cell_row],
-                  len_n=n[line], len_m=m[line], cell_line=line, row_line=row_line, row_j=row_j,
-                  row_m=m[row_line], row_n=n[row_line])
+def _capacity(count: int) -> int:
+    """The power of two that keeps ``count`` keys under the load limit."""
+    return 1 << max(16, int(np.ceil(np.log2(max(count, 1) / _MAX_LOAD))))
 
 
-@dataclass
-class _Corpus:
-    """The corpus as word ids, cut into blocks of lines (bounded memory), with
-    every block's cells mapped to the table entries ``(e, f)`` they read."""
-
-    n: np.ndarray                   # source lengths
-    m: np.ndarray                   # target lengths
-    blocks: list[tuple[int, int]]   # line ranges
-    params: list[np.ndarray]        # per block: its distinct table entries
-    local: list[np.ndarray]         # per block: cell -> index into its entries
-    param_row: np.ndarray           # table entry -> e (its conditioning word; 0 = null)
+def _hash(keys: np.ndarray, size: int) -> np.ndarray:
+    bits = np.uint64(64 - (size.bit_length() - 1))
+    return ((np.ascontiguousarray(keys).view(np.uint64) * _GOLDEN) >> bits).view(np.int64)
 
 
-BLOCK_CELLS = 2_000_000  # cells per block: ~0.25 GB of temporaries
+def _insert(table: np.ndarray, keys: np.ndarray) -> int:
+    """Linear-probing insertion of many keys at once; returns how many were new.
+    Keys that want the same free slot: the first takes it, the others probe on."""
+    mask, added = len(table) - 1, 0
+    slot = _hash(keys, len(table))
+    while keys.size:
+        current = table[slot]
+        free = current == _EMPTY
+        if free.any():
+            wanted = slot[free]
+            claimed, first = np.unique(wanted, return_index=True)
+            table[claimed] = keys[free][first]
+            added += len(claimed)
+            current[free] = table[wanted]
+        left = current != keys
+        keys, slot = keys[left], (slot[left] + 1) & mask
+    return added
 
 
-def _ids(sentences: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
-    return np.fromiter((vocab.setdefault(w, len(vocab)) for s in sentences for w in s), np.int64)
+# --------------------------------------------------------------------------- the corpus in work units
+
+UNIT_CELLS = 1 << 19  # cells (target word x (source words + null)) per unit: ~25 MB of temporaries
 
 
-def _blocks(cells_per_line: np.ndarray, limit: int) -> list[tuple[int, int]]:
-    ends = np.cumsum(cells_per_line)
-    blocks, lo = [], 0
-    while lo < len(ends):
-        base = ends[lo - 1] if lo else 0
-        hi = max(int(np.searchsorted(ends, base + limit, side="right")), lo + 1)
-        blocks.append((lo, hi))
-        lo = hi
-    return blocks
+@dataclass(frozen=True)
+class _Unit:
+    """Lines of one shape (``m`` target, ``n`` source words): their cells form a
+    dense ``(lines, m, n + 1)`` block (null first, as fast_align's ``probs``)."""
+
+    m: int
+    n: int
+    lines: np.ndarray
+
+    @property
+    def cells(self) -> int:
+        return len(self.lines) * self.m * (self.n + 1)
 
 
-def _build_corpus(src: list[list[str]], trg: list[list[str]], block_cells: int = BLOCK_CELLS) -> _Corpus:
-    """fast_align's initial pass: one table entry per co-occurring (e, f) and (null, f)."""
-    src_vocab: dict[str, int] = {"<eps>": 0}
-    trg_vocab: dict[str, int] = {}
-    n = np.array([len(s) for s in src], np.int64)
-    m = np.array([len(t) for t in trg], np.int64)
-    src_flat = _ids([["<eps>"] + s for s in src], src_vocab)  # each line's [null, words...]
-    trg_flat = _ids(trg, trg_vocab)
-    src_off, trg_off = np.cumsum(n + 1) - (n + 1), np.cumsum(m) - m
-    width = max(len(trg_vocab), 1)
-    blocks = _blocks((n + 1) * m, block_cells)
-    uniques, local = [], []
-    for lo, hi in blocks:
-        cells = _geometry(n[lo:hi], m[lo:hi])
-        e = src_flat[src_off[lo + cells.cell_line] + cells.pos_i]
-        f = trg_flat[trg_off[lo + cells.row_line] + cells.row_j][cells.cell_row]
-        keys, inverse = np.unique(e * width + f, return_inverse=True)
-        uniques.append(keys)
-        local.append(inverse.astype(np.int32))
-    table_keys = np.unique(np.concatenate(uniques)) if uniques else np.zeros(0, np.int64)
-    params = [np.searchsorted(table_keys, keys) for keys in uniques]
-    return _Corpus(n=n, m=m, blocks=blocks, params=params, local=local, param_row=table_keys // width)
+def _units(src_len: np.ndarray, trg_len: np.ndarray, unit_cells: int) -> list[_Unit]:
+    """The lines grouped by shape, cut to at most ``unit_cells`` cells (or one line)."""
+    order = np.lexsort((src_len, trg_len))
+    m, n = trg_len[order], src_len[order]
+    starts = np.flatnonzero(np.r_[True, (m[1:] != m[:-1]) | (n[1:] != n[:-1])])
+    units = []
+    for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), len(order)]):
+        shape_m, shape_n = int(m[lo]), int(n[lo])
+        if shape_m == 0:
+            continue
+        step = max(1, unit_cells // (shape_m * (shape_n + 1)))
+        units += [_Unit(shape_m, shape_n, order[a:min(a + step, hi)]) for a in range(lo, hi, step)]
+    return units
+
+
+def _unit_keys(unit: _Unit, src: Sentences, trg: Sentences, n_f: int) -> np.ndarray:
+    """``e * n_f + f`` of every cell of the unit, ``e`` = 0 for null, else source id + 1."""
+    e = np.zeros((len(unit.lines), unit.n + 1), np.int64)
+    e[:, 1:] = src.ids[src.offsets[unit.lines][:, None] + np.arange(unit.n)]
+    e[:, 1:] += 1
+    f = trg.ids[trg.offsets[unit.lines][:, None] + np.arange(unit.m)]
+    return ((e * n_f)[:, None, :] + f[:, :, None]).reshape(-1)
+
+
+def _deal(units: list[_Unit], workers: int) -> list[list[_Unit]]:
+    """Units per worker, balanced by cells; fixed for a given number of workers,
+    so that every run on as many cores adds the counts in the same order."""
+    shares: list[list[_Unit]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for unit in sorted(units, key=lambda u: -u.cells):
+        w = load.index(min(load))
+        shares[w].append(unit)
+        load[w] += unit.cells
+    return shares
 
 
 # --------------------------------------------------------------------------- EM
 
 
-def _prior(cells: _Cells, s: FastAlignSettings, tension: float) -> np.ndarray:
-    """``prob_a_i`` of every cell: p(a_j = i) under the diagonal (or uniform) model."""
+@dataclass(frozen=True)
+class _Shape:
+    prior: np.ndarray    # (m, n + 1): p(a_j = i), null first
+    feature: np.ndarray  # (m, n + 1): the tension's empirical feature, 0 for null
+
+
+def _shape(m: int, n: int, s: FastAlignSettings, tension: float) -> _Shape:
+    """``prob_a_i`` of a sentence shape, computed as the tool does per cell."""
+    j = np.arange(m)[:, None] + np.zeros(n + 1, np.int64)  # 0-based target position
+    i = np.zeros(m, np.int64)[:, None] + np.arange(n + 1)  # source position, 0 = null
+    mm, nn = np.full(j.shape, m), np.full(j.shape, n)
+    feature = np.where(i == 0, 0.0, _feature(j, i, mm, nn))
     if not s.favor_diagonal:
-        uniform = 1.0 / (cells.len_n + (1 if s.use_null else 0))
-        return uniform
-    az = compute_z(cells.row_j + 1, cells.row_m, cells.row_n, tension) / (1.0 - s.p_null)
-    word = _unnormalized(cells.pos_j + 1, cells.pos_i, cells.len_m, cells.len_n, tension) / az[cells.cell_row]
-    return np.where(cells.is_null, s.p_null, word)
+        return _Shape(np.full(j.shape, 1.0 / (n + (1 if s.use_null else 0))), feature)
+    az = compute_z(j[:, 0] + 1, mm[:, 0], nn[:, 0], tension) / (1.0 - s.p_null)
+    word = _unnormalized(j + 1, i, mm, nn, tension) / az[:, None]
+    return _Shape(np.where(i == 0, s.p_null, word), feature)
 
 
-def _tension_step(sizes: tuple[np.ndarray, np.ndarray, np.ndarray], emp_feat: float, tension: float,
+def _tension_step(sizes: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], emp_feat: float, tension: float,
                   n_tokens: float) -> float:
     """fast_align's 8 gradient steps on the diagonal tension (the ``-o`` flag)."""
     j, m, n, count = sizes
@@ -238,76 +332,181 @@ def _tension_step(sizes: tuple[np.ndarray, np.ndarray, np.ndarray], emp_feat: fl
     return tension
 
 
-def _size_table(src: list[list[str]], trg: list[list[str]]):
+def _size_table(src_len: np.ndarray, trg_len: np.ndarray):
     """(j, m, n, count) for every target position of every distinct (m, n) length pair."""
-    pairs, counts = np.unique(np.array([(len(t), len(s)) for s, t in zip(src, trg)], np.int64).reshape(-1, 2),
-                              axis=0, return_counts=True)
+    pairs, counts = np.unique(np.stack([trg_len, src_len], axis=1).reshape(-1, 2), axis=0, return_counts=True)
     m = np.repeat(pairs[:, 0], pairs[:, 0])
     n = np.repeat(pairs[:, 1], pairs[:, 0])
-    j = np.concatenate([np.arange(1, k + 1) for k in pairs[:, 0]])
+    j = np.concatenate([np.arange(1, k + 1) for k in pairs[:, 0]]) if len(pairs) else np.zeros(0, np.int64)
     return j, m, n, np.repeat(counts, pairs[:, 0]).astype(np.float64)
 
 
-def _normalize(counts: np.ndarray, rows: np.ndarray, s: FastAlignSettings) -> np.ndarray:
-    """M-step per conditioning word: ``TTable::NormalizeVB`` or ``Normalize``."""
-    if s.variational_bayes:
-        total = np.bincount(rows, weights=counts + s.alpha)
-        total[total == 0] = 1
-        return np.exp(digamma(counts + s.alpha) - digamma(total)[rows])
-    total = np.bincount(rows, weights=counts)
+M_STEP_ENTRIES = 1 << 20  # table entries normalised at once (bounds the M-step's temporaries)
+
+
+def _normalize(counts: np.ndarray, index: PairIndex, s: FastAlignSettings, probs: np.ndarray) -> None:
+    """M-step per conditioning word, into ``probs``: ``TTable::NormalizeVB`` or ``Normalize``."""
+    extra = s.alpha if s.variational_bayes else 0.0
+    chunks = [slice(lo, lo + M_STEP_ENTRIES) for lo in range(0, len(counts), M_STEP_ENTRIES)]
+    total = np.zeros(int(index.rows(slice(-1, None))[0]) + 1 if len(counts) else 0)
+    for part in chunks:
+        total += np.bincount(index.rows(part), weights=counts[part] + extra, minlength=len(total))
     total[total == 0] = 1
-    return counts / total[rows]
+    if s.variational_bayes:
+        total = digamma(total)
+        for part in chunks:
+            probs[part] = np.exp(digamma(counts[part] + s.alpha) - total[index.rows(part)])
+    else:
+        for part in chunks:
+            probs[part] = counts[part] / total[index.rows(part)]
 
 
-def _viterbi(cells: _Cells, probs: np.ndarray, links: list[list[tuple[int, int]]], first_line: int) -> None:
-    """First maximum of each row (null wins ties, as the tool's strict ``>``)."""
-    best = np.maximum.reduceat(probs, cells.row_start)
-    first = np.where(probs == best[cells.cell_row], cells.pos_i, np.iinfo(np.int64).max)
-    choice = np.minimum.reduceat(first, cells.row_start)
-    for line, j, i in zip(cells.row_line.tolist(), cells.row_j.tolist(), choice.tolist()):
-        if i > 0:
-            links[first_line + line].append((i - 1, j))
+class _EM:
+    """One direction of fast_align: ``src`` words explain ``trg`` words."""
+
+    def __init__(self, src: Sentences, trg: Sentences, settings: FastAlignSettings, workers: int, name: str,
+                 unit_cells: int):
+        self.src, self.trg, self.s, self.name = src, trg, settings, name
+        self.n_f = max(len(trg.vocab), 1)
+        src_len, trg_len = src.lengths(), trg.lengths()
+        self.units = _units(src_len, trg_len, unit_cells)
+        self.shares = _deal(self.units, max(1, min(workers, len(self.units))))
+        self.pool = ThreadPoolExecutor(len(self.shares)) if len(self.shares) > 1 else None
+        self.n_tokens = float(trg_len.sum())
+        self.sizes = _size_table(src_len, trg_len) if settings.favor_diagonal and settings.optimize_tension else None
+        self.index = PairIndex(self.n_f)
+        self.tension = settings.diagonal_tension
+        self.lock = threading.Lock()
+
+    def run(self) -> np.ndarray:
+        """The final iteration's Viterbi choices (see :func:`align`)."""
+        s = self.s
+        try:
+            self._initial()
+            self.index.freeze()
+            probs: np.ndarray | None = None
+            counts = [np.zeros(len(self.index)) for _ in self.shares] if s.iterations > 1 else []
+            choices = np.full(len(self.trg.ids), -1, np.int32)
+            for iteration in range(s.iterations):
+                final = iteration == s.iterations - 1
+                shapes = {(u.m, u.n): _shape(u.m, u.n, s, self.tension) for u in self.units}
+                emp_feat = sum(self._map(f"iteration {iteration + 1}/{s.iterations}", lambda units, w: self._estep(
+                    units, shapes, probs, None if final else counts[w], choices)))
+                if final:
+                    break
+                if self.sizes is not None and iteration > 0:
+                    self.tension = _tension_step(self.sizes, emp_feat / self.n_tokens, self.tension, self.n_tokens)
+                for other in counts[1:]:
+                    counts[0] += other
+                probs = np.empty(len(self.index)) if probs is None else probs
+                _normalize(counts[0], self.index, s, probs)
+                for part in counts:
+                    part.fill(0.0)
+            return choices
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+    def _map(self, stage: str, work) -> list:
+        """``work(units, worker)`` on every worker's units (threads: numpy releases the GIL), with progress."""
+        self.bar = Progress(f"{self.name} {stage}", len(self.src), unit="pairs")
+        if self.pool is None:
+            results = [work(self.shares[0], 0)]
+        else:
+            futures = [self.pool.submit(work, share, w) for w, share in enumerate(self.shares)]
+            results = [future.result() for future in futures]
+        self.bar.close()
+        return results
+
+    def _done(self, unit: _Unit) -> None:
+        with self.lock:
+            self.bar.update(len(unit.lines))
+
+    def _initial(self) -> None:
+        """The tool's initial pass: a table entry for every co-occurring pair.
+        With several workers each one reads every unit but keeps the keys of
+        its own residue class (``key % workers``) in its own table, so the
+        tables split the work without each growing to the whole table; they
+        are merged into one index after."""
+        parts = len(self.shares)
+        tables = [self.index] if parts == 1 else [PairIndex(self.n_f) for _ in range(parts)]
+
+        def build(_share: list[_Unit], w: int) -> None:
+            for unit in self.units:  # every unit: the residue class splits the work
+                keys = _unit_keys(unit, self.src, self.trg, self.n_f)
+                tables[w].add(keys if parts == 1 else keys[keys % parts == w])
+                if w == 0:
+                    self._done(unit)
+
+        self._map("initial pass", build)
+        if parts > 1:
+            for table in tables:
+                self.index.add(table.drain())
+
+    def _estep(self, units: list[_Unit], shapes: dict, probs: np.ndarray | None, counts: np.ndarray | None,
+               choices: np.ndarray) -> float:
+        s, emp_feat = self.s, 0.0
+        for unit in units:
+            shape = shapes[unit.m, unit.n]
+            ids = self.index.lookup(_unit_keys(unit, self.src, self.trg, self.n_f))
+            if probs is None:  # the first E-step sees the flat table
+                p = np.full((len(unit.lines), unit.m, unit.n + 1), FLAT_PROB) * shape.prior
+            else:
+                p = probs[ids].reshape(len(unit.lines), unit.m, unit.n + 1) * shape.prior
+            if not s.use_null:
+                p[..., 0] = -1.0 if counts is None else 0.0
+            if counts is None:  # final iteration: Viterbi, first maximum (null wins ties)
+                choices[self.trg.offsets[unit.lines][:, None] + np.arange(unit.m)] = p.argmax(-1) - 1
+            else:
+                p /= p.sum(-1, keepdims=True)
+                emp_feat += float((p.sum(0) * shape.feature).sum())
+                np.add.at(counts, ids, p.reshape(-1))
+            self._done(unit)
+        return emp_feat
 
 
-def fast_align(src: list[list[str]], trg: list[list[str]], settings: FastAlignSettings,
-               block_cells: int = BLOCK_CELLS) -> list[list[tuple[int, int]]]:
-    """Train fast_align on the pairs and return the final iteration's Viterbi links
-    ``(i_src, j_trg)`` per line, as ``fast_align -i src|||trg`` prints them.
+def align(src: Sentences, trg: Sentences, settings: FastAlignSettings, workers: int | None = None,
+          name: str = "fast_align", unit_cells: int = UNIT_CELLS) -> np.ndarray:
+    """Train fast_align on the sentence pairs ``(src[k], trg[k])`` and return the
+    final iteration's Viterbi choice of every ``trg`` word (in ``trg.ids``
+    order): the 0-based index of its ``src`` word, or -1 for null, as
+    ``fast_align -i src|||trg`` prints them.
 
-    Memory: 4 bytes per (source word + 1) x target word of the corpus, the
-    table, and temporaries of one block of ``block_cells`` cells.
+    Memory: the table (ids, keys, probabilities: ~40 bytes per co-occurring
+    word pair, plus 8 per pair and worker for the expected counts) and
+    ``unit_cells`` cells of temporaries per worker; never a value per cell of
+    the whole corpus.  ``workers`` threads (default: the job's cores) share
+    the E-step, as the tool's OpenMP loop does.
     """
     if settings.variational_bayes and settings.alpha <= 0:
         raise ValueError("fast_align: alpha must be > 0 with variational_bayes")
-    start = time.perf_counter()
-    corpus = _build_corpus(src, trg, block_cells)
-    n_tokens = float(corpus.m.sum())
-    sizes = _size_table(src, trg) if settings.favor_diagonal and settings.optimize_tension else None
-    table = None
-    tension = settings.diagonal_tension
-    links: list[list[tuple[int, int]]] = [[] for _ in src]
-    for iteration in range(settings.iterations):
-        final = iteration == settings.iterations - 1
-        counts = np.zeros(len(corpus.param_row))
-        emp_feat = 0.0
-        for (lo, hi), params, local in zip(corpus.blocks, corpus.params, corpus.local):
-            cells = _geometry(corpus.n[lo:hi], corpus.m[lo:hi])
-            t = np.full(len(local), FLAT_PROB) if table is None else table[params][local]
-            probs = t * _prior(cells, settings, tension)
-            if not settings.use_null:
-                probs[cells.is_null] = -1.0 if final else 0.0
-            if final:
-                _viterbi(cells, probs, links, lo)
-                continue
-            posterior = probs / np.add.reduceat(probs, cells.row_start)[cells.cell_row]
-            feature = np.where(cells.is_null, 0.0, _feature(cells.pos_j, cells.pos_i, cells.len_m, cells.len_n))
-            emp_feat += float((feature * posterior).sum())
-            counts[params] += np.bincount(local, weights=posterior, minlength=len(params))
-        if final:
-            break
-        if sizes is not None and iteration > 0:
-            tension = _tension_step(sizes, emp_feat / n_tokens, tension, n_tokens)
-        table = _normalize(counts, corpus.param_row, settings)
-    log.info("fast_align: %d pairs, %d iterations, tension %.4f, %.1fs",
-             len(src), settings.iterations, tension, time.perf_counter() - start)
-    return links
+    if len(src) != len(trg):
+        raise ValueError(f"fast_align: {len(src)} source but {len(trg)} target sentences")
+    start, cpu = time.perf_counter(), time.process_time()
+    em = _EM(src, trg, settings, job_cores() if workers is None else workers, name, unit_cells)
+    choices = em.run()
+    entries, mb = len(em.index), 1 / 2 ** 20
+    counts = len(em.shares) if settings.iterations > 1 else 0
+    log.info("%s: %d pairs, %d iterations, %d table entries, tension %.4f, %d threads, %.1fs (%.1fs CPU); "
+             "table memory: index %.0f MB, probabilities %.0f MB, expected counts %d x %.0f MB", name, len(src),
+             settings.iterations, entries, em.tension, len(em.shares), time.perf_counter() - start,
+             time.process_time() - cpu, (em.index.slots.nbytes + em.index.keys.nbytes) * mb, 8 * entries * mb, counts,
+             8 * entries * mb)
+    return choices
+
+
+def iter_links(choices: np.ndarray, trg: Sentences) -> Iterator[list[tuple[int, int]]]:
+    """``(i_src, j_trg)`` links of each line from :func:`align`'s choices."""
+    for lo, hi in zip(trg.offsets[:-1].tolist(), trg.offsets[1:].tolist()):
+        yield [(i, j) for j, i in enumerate(choices[lo:hi].tolist()) if i >= 0]
+
+
+def links_of(choices: np.ndarray, trg: Sentences) -> list[list[tuple[int, int]]]:
+    return list(iter_links(choices, trg))
+
+
+def fast_align(src: list[list[str]], trg: list[list[str]], settings: FastAlignSettings,
+               workers: int | None = None) -> list[list[tuple[int, int]]]:
+    """:func:`align` on word lists, returning ``(i_src, j_trg)`` links per line."""
+    target = Sentences.from_lists(trg)
+    return links_of(align(Sentences.from_lists(src), target, settings, workers), target)

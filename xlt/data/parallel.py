@@ -9,19 +9,30 @@ line is an ``XltError`` naming the file and the 1-based line number.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import html
 import logging
 import random
 import re
+import resource
+import time
+from array import array
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import islice
-from typing import IO, Callable, Iterator
+from functools import lru_cache, partial
+from itertools import islice, zip_longest
+from typing import IO, Iterator
+
+import numpy as np
 
 from xlt.config import CORPUS_FORMATS, CorpusConfig
+from xlt.cores import job_cores, ordered_map, process_pool
+from xlt.data.sentences import Sentences, SentencesBuilder, local_ids
 from xlt.errors import XltError, require_file
+from xlt.progress import Progress
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -83,17 +94,16 @@ def _pair(path: str, number: int, english: str, target: str) -> tuple[str, str]:
 Numbered = list[tuple[int, str, str]]  # (1-based corpus line, english, target)
 
 
-def _read_tsv(path: str) -> Numbered:
-    return [(n, *_pair(path, n, *_columns(path, n, line, 2))) for n, line in _lines(path)]
+def _read_tsv(path: str) -> Iterator[tuple[int, str, str]]:
+    for n, line in _lines(path):
+        yield (n, *_pair(path, n, *_columns(path, n, line, 2)))
 
 
-def _read_fast_align(path: str) -> Numbered:
+def _read_fast_align(path: str) -> Iterator[tuple[int, str, str]]:
     """``target ||| english`` lines (fast_align's input, target = its source)."""
-    out = []
     for n, line in _lines(path):
         target, english = _columns(path, n, line, 2, sep="|||")
-        out.append((n, *_pair(path, n, english, target)))
-    return out
+        yield (n, *_pair(path, n, english, target))
 
 
 def wikimatrix_english_column(lang: str) -> int:
@@ -108,9 +118,8 @@ def wikimatrix_english_column(lang: str) -> int:
     return 1 if "en" <= lang else 2
 
 
-def _read_wikimatrix(path: str, lang: str, min_score: float | None) -> Numbered:
+def _read_wikimatrix(path: str, lang: str, min_score: float | None) -> Iterator[tuple[int, str, str]]:
     en_col = wikimatrix_english_column(lang)
-    out = []
     for n, line in _lines(path):
         cols = _columns(path, n, line, 3)
         try:
@@ -119,28 +128,24 @@ def _read_wikimatrix(path: str, lang: str, min_score: float | None) -> Numbered:
             raise XltError(f"{path}:{n}: score {cols[0]!r} is not a number") from None
         pair = _pair(path, n, cols[en_col], cols[3 - en_col])
         if min_score is None or score >= min_score:
-            out.append((n, *pair))
-    return out
+            yield (n, *pair)
 
 
-def _read_moses(prefix: str, lang: str) -> Numbered:
+def _read_moses(prefix: str, lang: str) -> Iterator[tuple[int, str, str]]:
     """Two line-aligned files ``<prefix>.en`` and ``<prefix>.<lang>``."""
     en_path, xx_path = f"{prefix}.en", f"{prefix}.{lang}"
-    en_lines = [line for _, line in _lines(en_path)]
-    xx_lines = [line for _, line in _lines(xx_path)]
-    if len(en_lines) != len(xx_lines):
-        short = en_path if len(en_lines) < len(xx_lines) else xx_path
-        raise XltError(
-            f"{short}:{min(len(en_lines), len(xx_lines)) + 1}: line counts differ "
-            f"({en_path}: {len(en_lines)} lines, {xx_path}: {len(xx_lines)} lines)"
-        )
-    out = []
-    for n, (english, target) in enumerate(zip(en_lines, xx_lines), start=1):
-        where = en_path if not english.strip() else xx_path
-        if not english.strip() or not target.strip():
-            raise XltError(f"{where}:{n}: empty line (the other side has text)")
-        out.append((n, english.strip(), target.strip()))
-    return out
+    en_lines, xx_lines = _lines(en_path), _lines(xx_path)
+    n = 0
+    for n, (english, target) in enumerate(zip_longest(en_lines, xx_lines), start=1):
+        if english is None or target is None:
+            n_en = n - 1 + (english is not None) + sum(1 for _ in en_lines)
+            n_xx = n - 1 + (target is not None) + sum(1 for _ in xx_lines)
+            short = en_path if n_en < n_xx else xx_path
+            raise XltError(f"{short}:{n}: line counts differ ({en_path}: {n_en} lines, {xx_path}: {n_xx} lines)")
+        english, target = english[1].strip(), target[1].strip()
+        if not english or not target:
+            raise XltError(f"{en_path if not english else xx_path}:{n}: empty line (the other side has text)")
+        yield (n, english, target)
 
 
 def read_pairs(fmt: str, path: str, lang: str, min_score: float | None = None) -> list[tuple[str, str]]:
@@ -155,19 +160,27 @@ def read_pairs(fmt: str, path: str, lang: str, min_score: float | None = None) -
 def read_numbered_pairs(fmt: str, path: str, lang: str, min_score: float | None = None) -> Numbered:
     """:func:`read_pairs` with each pair's 1-based line in the corpus file
     (what a Pharaoh file's line k refers to)."""
-    if fmt == "tsv":
-        pairs = _read_tsv(path)
-    elif fmt == "wikimatrix":
-        pairs = _read_wikimatrix(path, lang, min_score)
-    elif fmt == "fast_align":
-        pairs = _read_fast_align(path)
-    elif fmt == "moses":
-        pairs = _read_moses(path, lang)
-    else:
-        raise XltError(f"unknown corpus.format {fmt!r}; choose one of {', '.join(CORPUS_FORMATS)}")
+    pairs = list(iter_numbered_pairs(fmt, path, lang, min_score))
     if not pairs:
-        raise XltError(f"{path}: no sentence pairs" + (f" with score >= {min_score}" if min_score else ""))
+        raise _no_pairs(path, min_score)
     return pairs
+
+
+def iter_numbered_pairs(fmt: str, path: str, lang: str, min_score: float | None = None) -> Iterator[tuple[int, str, str]]:
+    """:func:`read_numbered_pairs` one pair at a time (a large corpus is never held as text)."""
+    if fmt == "tsv":
+        return _read_tsv(path)
+    if fmt == "wikimatrix":
+        return _read_wikimatrix(path, lang, min_score)
+    if fmt == "fast_align":
+        return _read_fast_align(path)
+    if fmt == "moses":
+        return _read_moses(path, lang)
+    raise XltError(f"unknown corpus.format {fmt!r}; choose one of {', '.join(CORPUS_FORMATS)}")
+
+
+def _no_pairs(path: str, min_score: float | None) -> XltError:
+    return XltError(f"{path}: no sentence pairs" + (f" with score >= {min_score}" if min_score else ""))
 
 
 # --------------------------------------------------------------------------- tokenizing
@@ -222,15 +235,6 @@ def count_lines(fmt: str, path: str, lang: str) -> int:
     return sum(1 for _ in _lines(corpus_files(fmt, path, lang)[0]))
 
 
-def _dedupe(raw: Numbered) -> Numbered:
-    """Drop exact repeats (first kept) so a held-out pair cannot reappear in the sample."""
-    seen: set[tuple[str, str]] = set()
-    out = [p for p in raw if not (p[1:] in seen or seen.add(p[1:]))]
-    if len(out) < len(raw):
-        log.info("dropped %d duplicate sentence pairs", len(raw) - len(out))
-    return out
-
-
 _WHITESPACE = re.compile(r"[ \t]+")
 
 
@@ -246,22 +250,153 @@ def _usable(pair: SentencePair, max_words: int) -> bool:
     return 0 < len(pair.english) <= max_words and 0 < len(pair.target) <= max_words
 
 
-def _read_corpus(cfg: CorpusConfig, lang: str, data_root: str) -> tuple[str, Numbered]:
-    path = corpus_path(cfg, lang, data_root)
-    return path, _dedupe(read_numbered_pairs(cfg.format, path, lang, cfg.min_score))
+# --------------------------------------------------------------------------- scanning and drawing
 
 
-def _sample_ranks(n: int, cfg: CorpusConfig, seed: int, usable: Callable[[int], bool],
-                  path: str) -> tuple[list[int], list[int]]:
-    """``(heldout, sample)`` ranks among the ``n`` de-duplicated pairs.
+@dataclass
+class Scan:
+    """The de-duplicated pairs of a corpus file, without their text: pair
+    ``rank`` is on corpus line ``lines[rank]``.  What sampling needs of a file
+    of millions of lines: 8 bytes a pair."""
 
-    Pairs are visited in an order shuffled by ``random.Random(seed)``; the first
-    ``cfg.heldout`` usable ones are held out, the next ``cfg.size`` form the
-    sample.  This equals sampling from the filtered corpus and is deterministic.
-    """
+    fmt: str
+    path: str
+    lang: str
+    min_score: float | None
+    lines: np.ndarray  # int64, ascending
+    n_lines: int       # data lines of the file (a Pharaoh file's line count)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def scan_corpus(fmt: str, path: str, lang: str, min_score: float | None = None) -> Scan:
+    """Read the whole file once (every malformed line is an error here), keep
+    the first of exact repeats (so a held-out pair cannot reappear in the
+    sample) by a 128-bit digest of the pair, not its text."""
+    lines, digests = array("q"), bytearray()
+    bar = Progress(f"reading {path}", unit="lines")
+    for n, english, target in iter_numbered_pairs(fmt, path, lang, min_score):
+        lines.append(n)
+        digests += hashlib.blake2b(f"{english}\n{target}".encode(), digest_size=16).digest()
+        if len(lines) % 10_000 == 0:
+            bar.update(10_000)
+    if not lines:
+        raise _no_pairs(path, min_score)
+    bar.update(len(lines) % 10_000)
+    keys = np.frombuffer(bytes(digests), np.uint64).reshape(-1, 2)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: a repeat sorts after its first occurrence
+    ordered = keys[order]
+    repeat = np.zeros(len(order), bool)
+    repeat[order[1:]] = (ordered[1:] == ordered[:-1]).all(axis=1)
+    kept = np.frombuffer(lines, np.int64)[~repeat]
+    if repeat.any():
+        log.info("dropped %d duplicate sentence pairs", int(repeat.sum()))
+    bar.close()
+    return Scan(fmt, path, lang, min_score, kept.copy(), count_lines(fmt, path, lang))
+
+
+def _texts(scan: Scan, wanted: np.ndarray) -> Iterator[tuple[int, str, str]]:
+    """``(rank, english, target)`` of the ranks where ``wanted`` is true, in corpus order."""
+    rank, lines = 0, scan.lines
+    for n, english, target in iter_numbered_pairs(scan.fmt, scan.path, scan.lang, scan.min_score):
+        while rank < len(lines) and lines[rank] < n:
+            rank += 1
+        if rank == len(lines):
+            return
+        if lines[rank] == n and wanted[rank]:
+            yield rank, english, target
+
+
+@dataclass
+class Tokenized:
+    """Usable pairs as word ids, with their ranks (in the order they were drawn)."""
+
+    english: Sentences
+    target: Sentences
+    ranks: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Tokenized:
+        return Tokenized(self.english.take(rows), self.target.take(rows), self.ranks[rows])
+
+
+TOKENIZE_CHUNK = 500  # pairs per task sent to a tokenising process
+
+
+def _tokenize_chunk(fmt: str, lang: str, max_words: int, rows: list[tuple[int, str, str]]):
+    """Worker: tokenise, drop unusable pairs, return compact ids (cheap to send back)."""
+    pairs = [(rank, tokenize_pair(fmt, english, target, lang)) for rank, english, target in rows]
+    pairs = [(rank, p) for rank, p in pairs if _usable(p, max_words)]
+    return (len(rows), np.array([rank for rank, _ in pairs], np.int64), local_ids([p.english for _, p in pairs]),
+            local_ids([p.target for _, p in pairs]))
+
+
+def _tokenize(rows: Iterator[tuple[int, str, str]], total: int, fmt: str, lang: str, max_words: int,
+              workers: ProcessPoolExecutor | None, what: str = "tokenising") -> Tokenized:
+    """The usable pairs of ``rows`` (a stream: never all in memory), tokenised
+    by the ``workers`` processes, in the order of ``rows``."""
+    english, target, ranks = SentencesBuilder(), SentencesBuilder(), []
+    chunks = iter(lambda: list(islice(rows, TOKENIZE_CHUNK)), [])
+    work = partial(_tokenize_chunk, fmt, lang, max_words)
+    bar = Progress(what, total, unit="pairs")
+    for n_rows, chunk_ranks, en, tg in ordered_map(work, chunks, workers, 2 * job_cores()):
+        english.add(*en)
+        target.add(*tg)
+        ranks.append(chunk_ranks)
+        bar.update(n_rows)
+    bar.close()
+    return Tokenized(english.build(), target.build(), np.concatenate(ranks) if ranks else np.zeros(0, np.int64))
+
+
+def _workers(n_pairs: int):
+    """Tokenising processes on the job's cores (none for a few pairs: not worth starting)."""
+    return process_pool(job_cores() if n_pairs > 4 * TOKENIZE_CHUNK else 1)
+
+
+def _shuffled(n: int, seed: int) -> list[int]:
+    """The order in which pairs are drawn for ``seed`` (``random.Random``: stable across versions)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    kept = list(islice((rank for rank in order if usable(rank)), cfg.heldout + cfg.size))
+    return order
+
+
+def draw(scan: Scan, seed: int, count: int, max_words: int) -> Tokenized:
+    """The first ``count`` usable pairs in the order :func:`_shuffled` gives
+    ``seed`` (in that order): a uniform sample of the usable pairs.  Only about
+    as many pairs as it keeps are tokenised (a batch of the order at a time,
+    read and tokenised as a stream in corpus order, on every core)."""
+    order = np.array(_shuffled(len(scan), seed), np.int64)
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    parts, done, kept = [], 0, 0
+    with _workers(min(count, len(scan))) as workers:
+        while done < len(order) and kept < count:
+            need = count - kept
+            batch = order[done:done + need + need // 20 + 1000]  # room for a few unusable pairs
+            done += len(batch)
+            wanted = np.zeros(len(scan), bool)
+            wanted[batch] = True
+            got = _tokenize(_texts(scan, wanted), len(batch), scan.fmt, scan.lang, max_words, workers,
+                            f"tokenising {scan.path}")
+            parts.append(got.take(np.argsort(position[got.ranks])[:need]))  # in draw order
+            kept += len(parts[-1].ranks)
+    return _concat(parts)
+
+
+def _concat(parts: list[Tokenized]) -> Tokenized:
+    if len(parts) == 1:
+        return parts[0]
+    english, target = SentencesBuilder(), SentencesBuilder()
+    for part in parts:
+        english.add(part.english.vocab, part.english.ids, part.english.lengths())
+        target.add(part.target.vocab, part.target.ids, part.target.lengths())
+    ranks = np.concatenate([p.ranks for p in parts]) if parts else np.zeros(0, np.int64)
+    return Tokenized(english.build(), target.build(), ranks)
+
+
+def _split(kept: list[int], cfg: CorpusConfig, path: str, n_read: int) -> tuple[list[int], list[int]]:
+    """``(heldout, sample)`` ranks (sorted) from the first ``heldout + size``
+    usable ranks of a draw: the first ``cfg.heldout`` are held out."""
     if len(kept) <= cfg.heldout:
         raise XltError(f"{path}: only {len(kept)} pairs with at most {cfg.max_words} words per side; "
                        f"corpus.heldout={cfg.heldout} leaves none for training")
@@ -269,40 +404,79 @@ def _sample_ranks(n: int, cfg: CorpusConfig, seed: int, usable: Callable[[int], 
     if len(sample) < cfg.size:
         raise XltError(f"corpus.size={cfg.size} but {path} has only {len(sample)} usable pairs "
                        f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
-    log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), n)
+    log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), n_read)
     return sorted(heldout), sorted(sample)
+
+
+def _scan(cfg: CorpusConfig, lang: str, data_root: str) -> Scan:
+    return scan_corpus(cfg.format, corpus_path(cfg, lang, data_root), lang, cfg.min_score)
+
+
+# Seed of the draw that makes a corpus.pool_size pool: fixed, not the job's seed,
+# so that every seed and sample size of a sweep shares the one aligned pool.
+POOL_SEED = 0
 
 
 @dataclass
 class Pool:
-    """Every usable pair of a corpus (de-duplicated, at most ``max_words`` words
-    a side), in corpus order: what is word-aligned once and sampled from."""
+    """The pairs that are word-aligned once and sampled from, in corpus order:
+    every usable pair of the corpus (de-duplicated, at most ``max_words``
+    words a side) or, with ``corpus.pool_size``, a seeded draw of
+    ``pool_size + heldout`` of them."""
 
-    pairs: list[SentencePair]
-    lines: list[int]   # 1-based corpus line of each pair
-    ranks: list[int]   # index among the de-duplicated pairs (the sampling unit)
+    english: Sentences
+    target: Sentences
+    lines: np.ndarray  # 1-based corpus line of each pair
+    ranks: np.ndarray  # index among the de-duplicated pairs (the sampling unit)
     n_read: int        # de-duplicated pairs read
     n_lines: int       # data lines of the corpus file
     path: str
 
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def pair(self, k: int) -> SentencePair:
+        return SentencePair(self.english.words(k), self.target.words(k))
+
 
 def load_pool(cfg: CorpusConfig, lang: str, data_root: str) -> Pool:
-    """Read, de-duplicate, tokenize and filter the whole corpus."""
-    path, raw = _read_corpus(cfg, lang, data_root)
-    pool = Pool([], [], [], len(raw), count_lines(cfg.format, path, lang), path)
-    for rank, (line, english, target) in enumerate(raw):
-        pair = tokenize_pair(cfg.format, english, target, lang)
-        if _usable(pair, cfg.max_words):
-            pool.pairs.append(pair)
-            pool.lines.append(line)
-            pool.ranks.append(rank)
-    log.info("corpus %s: %d usable pairs of %d lines", path, len(pool.pairs), pool.n_lines)
+    """Read, de-duplicate, tokenize and filter the corpus (or draw its pool)."""
+    start, cpu = time.perf_counter(), _cpu_with_children()
+    scan = _scan(cfg, lang, data_root)
+    if cfg.pool_size is None:
+        with _workers(len(scan)) as workers:
+            got = _tokenize(_texts(scan, np.ones(len(scan), bool)), len(scan), cfg.format, lang, cfg.max_words,
+                            workers, what=f"tokenising {scan.path}")
+    else:
+        got = draw(scan, POOL_SEED, cfg.pool_size + cfg.heldout, cfg.max_words)
+        got = got.take(np.argsort(got.ranks))  # corpus order
+        if len(got.ranks) < cfg.pool_size + cfg.heldout:
+            log.info("corpus %s has only %d usable pairs: the pool (corpus.pool_size=%d + %d held out) is all of them",
+                     scan.path, len(got.ranks), cfg.pool_size, cfg.heldout)
+    pool = Pool(got.english, got.target, scan.lines[got.ranks], got.ranks, len(scan), scan.n_lines, scan.path)
+    log.info("corpus %s: %d usable pairs of %d lines%s; read and tokenised in %.1fs (%.1fs CPU, %d cores); "
+             "%d + %d words as ids: %.0f MB, vocabularies of %d + %d words", scan.path, len(pool), pool.n_lines,
+             f" (pool of corpus.pool_size={cfg.pool_size} + {cfg.heldout} held out)" if cfg.pool_size else "",
+             time.perf_counter() - start, _cpu_with_children() - cpu, job_cores(), len(pool.english.ids),
+             len(pool.target.ids), sum(side.ids.nbytes + side.offsets.nbytes for side in (pool.english, pool.target))
+             / 2 ** 20, len(pool.english.vocab), len(pool.target.vocab))
     return pool
 
 
-def sample_pool(pool: Pool, cfg: CorpusConfig, seed: int) -> tuple[list[int], list[int]]:
-    """``(train, heldout)`` indices into ``pool.pairs`` (sorted), drawn by
-    :func:`_sample_ranks` for the corpus settings and seed."""
-    index = {rank: k for k, rank in enumerate(pool.ranks)}
-    heldout, sample = _sample_ranks(pool.n_read, cfg, seed, index.__contains__, pool.path)
-    return [index[r] for r in sample], [index[r] for r in heldout]
+def _cpu_with_children() -> float:
+    """CPU seconds of this process and its finished children (the tokenising workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def sample_pool(pool, cfg: CorpusConfig, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, heldout)`` indices into the pool (sorted), drawn for the
+    corpus settings and seed (the same pool for every seed).
+    ``pool`` needs ``ranks``, ``n_read`` and ``path`` (a :class:`Pool` or the
+    index of a cached one)."""
+    position = np.full(pool.n_read, -1, np.int64)
+    position[np.asarray(pool.ranks, np.int64)] = np.arange(len(pool.ranks))
+    member = position >= 0
+    kept = list(islice((rank for rank in _shuffled(pool.n_read, seed) if member[rank]), cfg.heldout + cfg.size))
+    heldout, sample = _split(kept, cfg, pool.path, pool.n_read)
+    return position[sample].tolist(), position[heldout].tolist()

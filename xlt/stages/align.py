@@ -1,19 +1,22 @@
-"""Stage 1: word-align the whole filtered corpus once (cached), then sample
-``corpus.size`` pairs (+ held out) *with their links* for the job's seed.
+"""Stage 1: word-align the pool once (cached), then sample ``corpus.size``
+pairs (+ held out) *with their links* for the job's seed.
 
-Aligning the corpus rather than the sample keeps alignment quality
-independent of ``corpus.size`` (fast_align learns from every pair), and one
-artifact serves every size and seed.
+The pool is the whole filtered corpus, or with ``corpus.pool_size`` a seeded
+draw of it (the paper's fixed 250K-pair file).  Aligning the pool rather than
+the sample keeps alignment quality independent of ``corpus.size`` (fast_align
+learns from every pair), and one artifact serves every size and seed.
 """
 
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from xlt.artifacts import atomic_write_text, build_once, write_json
@@ -35,76 +38,120 @@ class AlignedCorpus:
     path: Path
 
 
-def _pool_links(cfg: DictConfig, pool, workdir: Path) -> list[list[tuple[int, int]]]:
+def _pool_links(cfg: DictConfig, pool, workdir: Path):
     """Links of every pool pair: from ``aligner.pharaoh_path`` (line k = corpus
     line k) or from the aligner run on the whole pool."""
-    from xlt.data.align import align_corpus, check_bounds, read_pharaoh
+    from xlt.data.align import align_sentences, check_bounds, read_pharaoh_lines
 
     pharaoh = cfg.aligner.pharaoh_path
     if not pharaoh:
-        log.info("aligning all %d usable pairs of %s with %s", len(pool.pairs), pool.path, cfg.aligner.name)
-        return align_corpus(pool.pairs, cfg.aligner, str(workdir))
-    lines = read_pharaoh(pharaoh, pool.n_lines, what=f"lines in the corpus {pool.path}")
-    links = [lines[n - 1] for n in pool.lines]
-    check_bounds(links, pool.pairs, [f"{pharaoh}:{n}" for n in pool.lines])
+        log.info("aligning all %d pairs of the pool of %s with %s", len(pool), pool.path, cfg.aligner.name)
+        return align_sentences(pool.english, pool.target, cfg.aligner, str(workdir))
+    links = read_pharaoh_lines(pharaoh, pool.lines, pool.n_lines, what=f"lines in the corpus {pool.path}")
+    check_bounds(links, pool.english, pool.target, [f"{pharaoh}:{n}" for n in pool.lines.tolist()])
     log.info("using the alignments in aligner.pharaoh_path=%s instead of aligning (%d corpus lines)",
              pharaoh, pool.n_lines)
     return links
 
 
-def _build_pool(cfg: DictConfig, tokenizer, tmp: Path) -> None:
-    """The aligned corpus: usable pairs (corpus order) with their lines and links."""
-    from xlt.data.align import write_pharaoh
-    from xlt.data.parallel import load_pool
+SUBWORD_CHUNK = 10_000  # pairs converted to subwords at once
+
+
+def _subword_pool(pool, tokenizer):
+    """The pool with both sides as subword tokens (aggregation=subword), chunk by chunk."""
+    from xlt.data.sentences import SentencesBuilder
     from xlt.data.words import subword_pairs
 
+    english, target = SentencesBuilder(), SentencesBuilder()
+    for lo in range(0, len(pool), SUBWORD_CHUNK):
+        pairs = subword_pairs(tokenizer, [pool.pair(k) for k in range(lo, min(lo + SUBWORD_CHUNK, len(pool)))])
+        english.add_lists([p.english for p in pairs])
+        target.add_lists([p.target for p in pairs])
+    pool.english, pool.target = english.build(), target.build()
+    return pool
+
+
+def _build_pool(cfg: DictConfig, tokenizer, tmp: Path) -> None:
+    """The aligned pool: pairs (corpus order) with their lines, ranks and links."""
+    from xlt.data.align import write_pharaoh
+    from xlt.data.parallel import load_pool
+
     pool = load_pool(cfg.corpus, cfg.lang.code, cfg.data.root)
-    if not pool.pairs:
+    if not len(pool):
         raise XltError(f"{pool.path}: no usable sentence pairs (at most {cfg.corpus.max_words} words per side)")
     if cfg.aggregation.name == "subword":
-        pool.pairs = subword_pairs(tokenizer, pool.pairs)
+        pool = _subword_pool(pool, tokenizer)
     links = _pool_links(cfg, pool, tmp)
-    atomic_write_text(tmp / "pairs.tsv", "".join(
-        f"{line}\t{rank}\t{' '.join(p.english)}\t{' '.join(p.target)}\n"
-        for line, rank, p in zip(pool.lines, pool.ranks, pool.pairs)))
-    write_pharaoh(tmp / "links.align", links)
+    atomic_write_text(tmp / "pairs.tsv", (
+        f"{line}\t{rank}\t{' '.join(pool.english.words(k))}\t{' '.join(pool.target.words(k))}\n"
+        for k, (line, rank) in enumerate(zip(pool.lines.tolist(), pool.ranks.tolist()))))
+    write_pharaoh(tmp / "links.align", links.lines())
     write_json(tmp / "meta.json", {"n_read": pool.n_read, "n_lines": pool.n_lines, "path": pool.path,
                                    "key": alignment_key(cfg)})
 
 
-def load_aligned_pool(path: Path):
-    """The cached aligned corpus as ``(Pool, links)``."""
+@dataclass
+class PoolIndex:
+    """What sampling needs of a cached pool (not its text): each pair's corpus
+    line and rank, in the order of ``pairs.tsv`` and ``links.align``."""
+
+    lines: np.ndarray
+    ranks: np.ndarray
+    n_read: int
+    n_lines: int
+    path: str
+
+
+def read_pool_index(path: Path) -> PoolIndex:
     import json
 
-    from xlt.data.align import read_pharaoh
-    from xlt.data.parallel import Pool, SentencePair
-
     meta = json.loads((path / "meta.json").read_text())
-    pool = Pool([], [], [], meta["n_read"], meta["n_lines"], meta["path"])
+    lines, ranks = array("q"), array("q")
     with open(path / "pairs.tsv", encoding="utf-8") as handle:
         for row in handle:
-            line, rank, english, target = row.rstrip("\n").split("\t")
-            pool.pairs.append(SentencePair(english.split(" "), target.split(" ")))
-            pool.lines.append(int(line))
-            pool.ranks.append(int(rank))
-    return pool, read_pharaoh(str(path / "links.align"), len(pool.pairs))
+            line, rank, _ = row.split("\t", 2)
+            lines.append(int(line))
+            ranks.append(int(rank))
+    return PoolIndex(np.array(lines, np.int64), np.array(ranks, np.int64), meta["n_read"], meta["n_lines"], meta["path"])
 
 
-def export_alignments(path: str, pool, links: list[list[tuple[int, int]]]) -> None:
+def read_pool_rows(path: Path, rows: list[int]) -> dict[int, tuple[Any, list[tuple[int, int]]]]:
+    """``{row: (pair, links)}`` of the cached pool's rows ``rows``, read as a
+    stream (a job materialises only its sample and held-out pairs).  Words are
+    shared string objects, as in a vocabulary."""
+    from xlt.data.align import parse_pharaoh_line
+    from xlt.data.parallel import SentencePair
+
+    wanted, words, out = set(rows), {}, {}
+    with open(path / "pairs.tsv", encoding="utf-8") as pairs, open(path / "links.align", encoding="utf-8") as links:
+        for k, (row, link_line) in enumerate(zip(pairs, links)):
+            if k in wanted:
+                _, _, english, target = row.rstrip("\n").split("\t")
+                english_words = [words.setdefault(w, w) for w in english.split(" ")]
+                target_words = [words.setdefault(w, w) for w in target.split(" ")]
+                out[k] = (SentencePair(english_words, target_words),
+                          parse_pharaoh_line(link_line, f"{path / 'links.align'}:{k + 1}"))
+    return out
+
+
+def export_alignments(path: str, artifact: Path, index: PoolIndex) -> None:
     """Pharaoh file with one line per corpus line (empty where the line is not
-    used: a duplicate, too long, below ``min_score``), so that it can be read
-    back as ``aligner.pharaoh_path``."""
-    from xlt.data.align import format_pharaoh
+    used: a duplicate, too long, below ``min_score``, outside the pool), so
+    that it can be read back as ``aligner.pharaoh_path``."""
+    def lines():
+        with open(artifact / "links.align", encoding="utf-8") as links:
+            previous = 0
+            for line, text in zip(index.lines.tolist(), links):
+                yield "\n" * (line - previous - 1) + text
+                previous = line
+            yield "\n" * (index.n_lines - previous)
 
-    lines = [""] * pool.n_lines
-    for line, alignment in zip(pool.lines, links):
-        lines[line - 1] = format_pharaoh(alignment)
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    log.info("wrote the alignments of %d corpus lines (%d aligned) to %s", pool.n_lines, len(links), path)
+    atomic_write_text(path, lines())
+    log.info("wrote the alignments of %d corpus lines (%d aligned) to %s", index.n_lines, len(index.lines), path)
 
 
 def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
-    """Align the whole corpus once, then sample ``corpus.size`` + held-out pairs.
+    """Align the pool once, then sample ``corpus.size`` + held-out pairs.
 
     With ``aggregation=subword`` the aligner runs on subword tokens of the
     model's tokenizer, so the artifact is keyed by the model too.
@@ -114,12 +161,13 @@ def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
     path = build_once(alignment_dir(cfg), lambda tmp: _build_pool(cfg, tokenizer, tmp))
     if cfg.aligner.pharaoh_path:
         log.info("alignments from aligner.pharaoh_path=%s (not aligning), cached in %s", cfg.aligner.pharaoh_path, path)
-    pool, links = load_aligned_pool(path)
+    index = read_pool_index(path)
     if cfg.aligner.get("export"):
-        export_alignments(cfg.aligner.export, pool, links)
-    train, heldout = sample_pool(pool, cfg.corpus, cfg.seed)
-    return AlignedCorpus([pool.pairs[k] for k in train], [links[k] for k in train],
-                         [pool.pairs[k] for k in heldout], [links[k] for k in heldout], path)
+        export_alignments(cfg.aligner.export, path, index)
+    train, heldout = sample_pool(index, cfg.corpus, cfg.seed)
+    rows = read_pool_rows(path, train + heldout)
+    return AlignedCorpus([rows[k][0] for k in train], [rows[k][1] for k in train],
+                         [rows[k][0] for k in heldout], [rows[k][1] for k in heldout], path)
 
 
 def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout: bool = False):
