@@ -27,7 +27,7 @@ from xlt.artifacts import atomic_write_text
 from xlt.config import AlignerConfig
 from xlt.data.fast_align import FastAlignSettings, fast_align
 from xlt.data.parallel import SentencePair
-from xlt.errors import XltError, require_file
+from xlt.errors import XltError, open_utf8, require_file
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,12 @@ def parse_pharaoh_line(line: str, where: str) -> Alignment:
 def read_pharaoh(path: str, n_expected: int | None = None, what: str = "sentence pairs") -> list[Alignment]:
     """Read one alignment per line; ``n_expected`` checks it matches the corpus."""
     require_file(path, "alignment file")
-    with open(path, encoding="utf-8") as handle:
-        alignments = [parse_pharaoh_line(line, f"{path}:{n}") for n, line in enumerate(handle, start=1)]
+    try:
+        with open(path, encoding="utf-8") as handle:  # streamed: cached alignments of a large corpus
+            alignments = [parse_pharaoh_line(line, f"{path}:{n}") for n, line in enumerate(handle, start=1)]
+    except UnicodeDecodeError:
+        open_utf8(path)  # raises the one-line error naming the line and the byte
+        raise
     if n_expected is not None and len(alignments) != n_expected:
         raise XltError(f"{path}: {len(alignments)} alignment lines but {n_expected} {what}")
     return alignments
