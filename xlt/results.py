@@ -4,14 +4,15 @@ One job directory holds
 
 * ``results.json``::
 
-      {"status": "ok" | "failed",
+      {"status": "ok" | "failed" | "stopped",
        "config": {<identity: model, lang, task, mode, corpus, size, aggregation,
                    tokens, aligner, seed>, "config_hash", "code_version" (package
                    version + hash of its source), "code_commit" (git, for humans),
                    "data_checksums", "resolved": {<the whole resolved job config,
                    without paths and command>}},
        "metrics": {"<eval set>": {"<metric>": float, ..., "n": int}},   # ok only
-       "error": "...",                                                    # failed only
+       "error": "...",                              # failed and stopped ("stopped at fine-tuning by SIGTERM ...")
+       "stage": "alignment" | "adjustment" | "fine-tuning" | "evaluation" | "start",   # stopped only
        "runtime_s": float, ...extras (adjustment evidence, skipped sets)}
 
 * ``predictions/<eval set>.jsonl``: one record per example with ``id``,
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 PREDICTIONS_DIR = "predictions"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
-OK, FAILED, KILLED = "ok", "failed", "killed"
-STATUSES = (OK, FAILED)
+OK, FAILED, STOPPED, KILLED = "ok", "failed", "stopped", "killed"
+STATUSES = (OK, FAILED, STOPPED)
 # Per-example field of a prediction record whose mean over examples is the metric.
 SCORE_KEYS = {"accuracy": "correct", "f1": "f1", "exact_match": "em"}
 # Top-level config nodes that do not change a job's result.
@@ -128,6 +129,22 @@ def write_failed(run_dir: str | Path, cfg: DictConfig, error: str) -> None:
     """Record a failed job unless it already wrote a result."""
     if not (Path(run_dir) / RESULTS_FILE).exists():
         write(run_dir, {"config": describe(cfg), "status": FAILED, "error": error})
+
+
+def write_stopped(run_dir: str | Path, cfg: DictConfig, message: str, stage: str, since: float) -> None:
+    """Record a job stopped by a signal (or not run because its sweep was).
+
+    Overwrites any older results.json (an earlier run's result must not
+    stand for this run), but not an ok result this run wrote (``since``: when
+    the job started): a signal after the last write loses nothing.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        if read(run_dir)["status"] == OK and path.stat().st_mtime >= since:
+            return
+    except (OSError, ValueError):
+        pass
+    write(run_dir, {"config": describe(cfg), "status": STOPPED, "error": message, "stage": stage})
 
 
 def read(run_dir: str | Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from xlt import stopping
 from xlt.artifacts import atomic_write_text, build_once, write_json
 from xlt.config import TokensConfig
 from xlt.errors import XltError
@@ -105,6 +106,7 @@ def export_alignments(path: str, pool, links: list[list[tuple[int, int]]]) -> No
     log.info("wrote the alignments of %d corpus lines (%d aligned) to %s", pool.n_lines, len(links), path)
 
 
+@stopping.in_stage("alignment")
 def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
     """Align the whole corpus once, then sample ``corpus.size`` + held-out pairs.
 
