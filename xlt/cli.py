@@ -160,8 +160,6 @@ def dispatch(cfg) -> float | None:
 
     from xlt import stopping
 
-    quiet_libraries()
-
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
     started = time.time()
     if stopping.sweep_stop() is not None:  # an earlier job of this sweep was stopped: start no more
@@ -169,6 +167,7 @@ def dispatch(cfg) -> float | None:
         return None
     try:
         with stopping.handling_signals():
+            quiet_libraries()
             return run_command(cfg)
     except stopping.Stopped as stop:
         record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir, stop), stop.stage, started)
