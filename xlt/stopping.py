@@ -112,7 +112,7 @@ def handling_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _state.owner = None
+        _state.owner, _state.signum = None, None  # outside a job nothing is requested
 
 
 @contextmanager
