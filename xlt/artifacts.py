@@ -110,11 +110,6 @@ def _build_lock(path: Path, lock: Path):
         guard.release()
 
 
-def intact(path: Path) -> bool:
-    """``path`` is a finished artifact whose files match its manifest."""
-    return damage(path) is None
-
-
 def damage(path: Path) -> str | None:
     """Why the artifact at ``path`` cannot be reused, or None when it can.
 
