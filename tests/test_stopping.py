@@ -90,7 +90,9 @@ def test_sigusr2_is_recorded_then_handed_to_submitit(tmp_path, monkeypatch):
 
 def signalled(tmp_path: Path, stage: str, signame: str, *args: str, step: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "XLT_TEST_SIGNAL": signame, "XLT_TEST_STAGE": stage, "XLT_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), str(step), *SMALL, *args],
+    flags = [a for a in args if a == "-m"]  # Hydra takes its flags before the overrides
+    overrides = [a for a in args if a != "-m"]
+    return subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), str(step), *flags, *SMALL, *overrides],
                           cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
