@@ -3,6 +3,11 @@ handler runs, nothing is flushed), as a preempted node or an OOM killer would.
 
     python tests/kill_at_step.py N xlt-overrides...
     XLT_TEST_SIGNAL=SIGTERM python tests/kill_at_step.py N ...   (a polite stop instead)
+    XLT_TEST_STAGE=adjustment ...   (after adjustment step N; also: alignment, evaluation, done-json)
+
+``alignment`` signals as the aligner starts, ``evaluation`` at the first
+predicted batch, ``done-json`` between the weights-only save of a finished
+training and the write of its done.json.  The signal is sent once per process.
 """
 
 from __future__ import annotations
@@ -14,17 +19,45 @@ import sys
 
 def main() -> None:
     from xlt.cli import main as xlt_main
-    from xlt.models.finetune import FineTuneModule
 
     step, sent = int(sys.argv[1]), []
     signum = getattr(signal, os.environ.get("XLT_TEST_SIGNAL", "SIGKILL"))
+    stage = os.environ.get("XLT_TEST_STAGE", "fine-tuning")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.global_step >= step and not sent:  # callbacks (the step checkpoint) ran before this module hook
+    def fire() -> None:
+        if not sent:
             sent.append(signum)
             os.kill(os.getpid(), signum)
 
-    FineTuneModule.on_train_batch_end = on_train_batch_end
+    def after_step(self, outputs, batch, batch_idx) -> None:
+        if self.global_step >= step:  # callbacks (the step checkpoint) ran before this module hook
+            fire()
+
+    if stage == "fine-tuning":
+        from xlt.models.finetune import FineTuneModule
+
+        FineTuneModule.on_train_batch_end = after_step
+    elif stage == "adjustment":
+        from xlt.models.adjust import AdjustModule
+
+        AdjustModule.on_train_batch_end = after_step
+    elif stage == "alignment":
+        import xlt.data.align as align
+
+        align_corpus = align.align_corpus
+        align.align_corpus = lambda *args, **kwargs: fire() or align_corpus(*args, **kwargs)
+    elif stage == "evaluation":
+        from xlt.models.finetune import FineTuneModule
+
+        predict_step = FineTuneModule.predict_step
+        FineTuneModule.predict_step = lambda self, *args: fire() or predict_step(self, *args)
+    elif stage == "done-json":
+        import xlt.stages.job as job
+
+        write_json = job.write_json
+        job.write_json = lambda path, obj: (str(path).endswith("done.json") and fire()) or write_json(path, obj)
+    else:
+        raise SystemExit(f"unknown XLT_TEST_STAGE {stage}")
     sys.argv = ["xlt", *sys.argv[2:]]
     xlt_main()
 

@@ -64,6 +64,13 @@ def test_pharaoh_malformed(tmp_path: Path, bad: str) -> None:
         A.read_pharaoh(str(path))
 
 
+def test_pharaoh_latin1_byte_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.align"
+    path.write_bytes(b"0-0 1-1\n0-0 1-\xe9\n")
+    with pytest.raises(XltError, match=rf"^{path}:2: not UTF-8 \(byte 0xe9 at column 7"):
+        A.read_pharaoh(str(path))
+
+
 def test_eflomal_missing_gives_install_hint(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "eflomal", None)
     with pytest.raises(XltError, match="pip install eflomal"):

@@ -73,7 +73,7 @@ def _counting_builder(calls: list):
 
 def test_lock_is_removed_after_a_build(tmp_path):
     built = build_once(tmp_path / "artifact", _counting_builder([]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "checksums.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
     assert (built / "manifest.json").is_file()
 
 
@@ -90,21 +90,53 @@ def test_a_damaged_artifact_is_rebuilt(tmp_path):
     assert [p.name for p in tmp_path.glob("artifact.corrupt-*")]  # kept aside, never reused
 
 
-def test_a_truncated_safetensors_of_an_old_artifact_is_rebuilt(tmp_path):
-    """Artifacts built before manifests existed: the safetensors header is checked."""
-    import torch
-    from safetensors.torch import save_file
-
-    target = tmp_path / "artifact"
-    target.mkdir()
-    save_file({"w": torch.zeros(100)}, str(target / "model.safetensors"))
+def test_an_artifact_that_cannot_be_verified_is_rebuilt(tmp_path):
+    """No manifest (deleted with config.json, or from before manifests), a
+    file the manifest does not list, a deleted file: set aside and rebuilt,
+    never used unverified or failing every rerun."""
     calls: list = []
+    target = tmp_path / "artifact"
     build_once(target, _counting_builder(calls))
-    assert calls == []
-    with open(target / "model.safetensors", "r+b") as handle:
-        handle.truncate(200)
+    (target / "manifest.json").unlink()
+    (target / "config.json").unlink()
     build_once(target, _counting_builder(calls))
-    assert len(calls) == 1
+    assert len(calls) == 2 and (target / "config.json").is_file()
+    (target / "pytorch_model.bin").write_bytes(b"planted")
+    build_once(target, _counting_builder(calls))
+    assert len(calls) == 3 and not (target / "pytorch_model.bin").exists()
+    (target / "config.json").unlink()
+    build_once(target, _counting_builder(calls))
+    assert len(calls) == 4 and len(list(tmp_path.glob("artifact.corrupt-*"))) == 3
+
+
+def test_a_same_size_edit_with_its_mtime_restored_is_detected(tmp_path, caplog):
+    """Checksums are verified before reuse: a flipped byte of the same size,
+    its mtime put back, is found (one log line saying why) and rebuilt."""
+    import xlt.artifacts as artifacts
+
+    calls: list = []
+    target = tmp_path / "artifact"
+    build_once(target, _counting_builder(calls))
+    weights = target / "model.safetensors"
+    before = os.stat(weights)
+    data = bytearray(weights.read_bytes())
+    data[123] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(weights).st_size == before.st_size and os.stat(weights).st_mtime_ns == before.st_mtime_ns
+    with caplog.at_level("WARNING"):
+        build_once(target, _counting_builder(calls))
+    assert len(calls) == 2 and (target / "model.safetensors").read_bytes() == b"weights" * 100
+    (line,) = [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]
+    assert "model.safetensors does not match its manifest.json" in line and ".corrupt-" in line
+    # Inputs are keyed the same way: the edit changes the content checksum although size and mtime did not.
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("a\tb\n")
+    first = artifacts.content_checksum(corpus, tmp_path)
+    stat = os.stat(corpus)
+    corpus.write_text("c\td\n")
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert artifacts.content_checksum(corpus, tmp_path) != first
 
 
 def test_reusing_an_artifact_takes_no_lock(tmp_path, monkeypatch):
@@ -125,27 +157,6 @@ def test_reusing_an_artifact_takes_no_lock(tmp_path, monkeypatch):
         pass
 
 
-def test_a_damaged_checkpoint_is_set_aside(tmp_path):
-    import torch
-
-    from xlt.artifacts import checkpoint_intact, set_aside_if_corrupt
-
-    checkpoint = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 1}, checkpoint)
-    assert checkpoint_intact(checkpoint)
-    set_aside_if_corrupt(checkpoint)
-    assert checkpoint.exists()
-    data = bytearray(checkpoint.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte in the tensor data
-    checkpoint.write_bytes(bytes(data))
-    assert not checkpoint_intact(checkpoint)
-    set_aside_if_corrupt(checkpoint)
-    assert not checkpoint.exists() and list(tmp_path.glob("last.ckpt.corrupt-*"))
-    checkpoint.write_bytes(b"garbage")
-    set_aside_if_corrupt(checkpoint)
-    assert not checkpoint.exists()
-
-
 def test_building_in_a_read_only_cache_is_one_line(tmp_path):
     from xlt.errors import XltError
 
@@ -153,3 +164,28 @@ def test_building_in_a_read_only_cache_is_one_line(tmp_path):
     blocker.write_text("a file where the cache folder should be (chmod does not stop root)")
     with pytest.raises(XltError, match="is missing or damaged and cannot be built here"):
         build_once(blocker / "adjusted" / "model", pytest.fail)
+
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch):
+    """A build or a write that runs out of space: one line with the path and
+    the space, nothing half-written left."""
+    import errno
+
+    import xlt.artifacts as artifacts
+    from xlt.errors import XltError
+
+    def fill(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_bytes(b"x" * 5000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(XltError, match=r"no space left on device writing .*artifact.tmp.*: failed after 4.9 KB, .* free there"):
+        build_once(tmp_path / "artifact", fill)
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact.lock"]  # no artifact, no temporary directory
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts.os, "replace", full)
+    with pytest.raises(XltError, match=r"writing .*results.json: needs 2 B, .* free there"):
+        atomic_write_text(tmp_path / "run" / "results.json", "{}")
+    assert list((tmp_path / "run").iterdir()) == []

@@ -60,6 +60,20 @@ def test_utf8_files_read_as_before(tmp_path):
         assert handle.read() == "a\tb\nc\td\n"
 
 
+def test_a_bom_is_dropped_and_a_nul_byte_is_one_line(tmp_path):
+    """A byte-order mark (Excel, Notepad) is not part of the first premise; a
+    NUL byte (a binary or broken file) is never trained on."""
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes(b"\xef\xbb\xbfA man sleeps.\tA person rests.\tentailment\n")
+    with open_utf8(str(bom)) as handle:
+        assert handle.read() == "A man sleeps.\tA person rests.\tentailment\n"
+    nul = tmp_path / "nul.tsv"
+    nul.write_bytes(b"ok\tok\tneutral\nA man\x00 sleeps.\tA person rests.\tentailment\n")
+    with pytest.raises(XltError) as err:
+        open_utf8(str(nul))
+    assert str(err.value) == f"{nul}:2: NUL byte at column 6 (a binary or UTF-16 file?); data files must be UTF-8 text"
+
+
 def test_hub_model_offline_is_one_line(monkeypatch):
     import transformers
 

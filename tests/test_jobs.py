@@ -164,7 +164,7 @@ def test_results_name_the_code_the_job_started_with(tmp_path, tiny_cache, monkey
 def test_gradient_accumulation_keeps_the_effective_batch(tmp_path, cache_dir):
 
     pipeline.run_job(compose_job(tmp_path / "run", cache_dir, "trainer.accumulate_grad_batches=2"))
-    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4  # 64 examples / batch 32 x 2 epochs, in micro-batches of 16
 
 
@@ -188,7 +188,7 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "b" / "results.json").exists()  # nothing half-written
     checkpoint = torch.load(cache / "checkpoints" / os.listdir(cache / "checkpoints")[0] / "last.ckpt",
-                            map_location="cpu", weights_only=False)
+                            map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 16 and checkpoint["xlt_sampler"] == {"epoch": 1, "batches": 4}
 
     resumed = xlt(*overrides, f"hydra.run.dir={tmp_path / 'b'}")
@@ -205,23 +205,29 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
         assert read_jsonl(tmp_path / "b" / "predictions" / f"{name}.jsonl") == read_jsonl(
             tmp_path / "a" / "predictions" / f"{name}.jsonl"
         )
-    final = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "optimizer_states" not in final and final["global_step"] == 24  # finished: weights only
+    weights = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    differ = [k for k in final["state_dict"] if not torch.equal(final["state_dict"][k], weights[k])]
+    assert differ == [] and len(weights) == len(final["state_dict"])  # bit-identical, not only the same predictions
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
     """SIGTERM (scancel, a plain kill) after step 18: the job writes last.ckpt
-    at step 18 (not only the step-16 one) and exits with 143, no results."""
+    at step 18 (not only the step-16 one), records that it stopped, exits 143."""
     cache = tmp_path / "cache"
     stopped = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), "18", *SMALL, *RESUMABLE,
                               f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, text=True,
                              capture_output=True, timeout=600, env={**os.environ, "XLT_TEST_SIGNAL": "SIGTERM"})
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     (last,) = cache.glob("checkpoints/*/last.ckpt")
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 18 and "optimizer_states" in checkpoint
     assert checkpoint["xlt_sampler"] == {"epoch": 1, "batches": 6}
-    assert not (tmp_path / "run" / "results.json").exists()
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "stopped" and record["stage"] == "fine-tuning" and "metrics" not in record
+    assert record["error"] == f"stopped at fine-tuning by SIGTERM (checkpoint at step 18 in {last})"
+    assert stopped.stderr.strip().splitlines()[-1].startswith("xlt: error: stopped at fine-tuning by SIGTERM")
 
 
 def test_unknown_choice_is_one_line():
@@ -397,3 +403,76 @@ def test_evaluation_predicts_each_input_once_in_length_sorted_batches(tmp_path):
     assert widths == [3, 8, 11]  # sorted by length: [2,2,3] [5,7,8] [9,11] (file order: 9, 11, 8); the half: none
     assert [r["output"] for r in read_jsonl(tmp_path / "all.jsonl")] == [100 + i for i in range(len(lengths))]
     assert [r["output"] for r in read_jsonl(tmp_path / "half.jsonl")] == [105, 101, 101]
+
+
+def test_a_planted_pickle_in_the_cache_never_runs(tmp_path, tiny_cache):
+    """A crafted pickle written as a cached last.ckpt (with a done.json) and as
+    Lightning's hpc_ckpt_*.ckpt: the job refuses them, sets them aside, trains
+    from the last good state (none here: from step 0), and the payload never runs."""
+    from xlt.keys import checkpoint_dir
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    cfg = compose_job(tmp_path / "run", tiny_cache, "seed=3")
+    folder = checkpoint_dir(cfg)
+    folder.mkdir(parents=True)
+    evil = ("import os, torch\nclass P:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\n"
+            "torch.save({{'global_step': {step}, 'state_dict': {{}}, 'optimizer_states': [], 'loops': {{}}, 'p': P()}}, '{path}')")
+    for name, step in (("last.ckpt", 4), ("hpc_ckpt_9.ckpt", 9)):
+        subprocess.run([sys.executable, "-c", evil.format(marker=marker, step=step, path=folder / name)], check=True)
+    (folder / "done.json").write_text(json.dumps({"global_step": 4}))
+    results = pipeline.run_job(cfg)
+    assert not marker.exists()
+    assert results["status"] == "ok" and results["training"]["resumed_from_step"] == 0 and results["training"]["steps"] == 4
+    assert sorted(p.name.split(".corrupt-")[0] for p in folder.glob("*.corrupt-*")) == ["done.json", "hpc_ckpt_9.ckpt", "last.ckpt"]
+
+
+def test_a_kill_before_done_json_reuses_the_finished_training(tmp_path, tiny_cache):
+    """SIGKILL between the weights-only save of a finished training and its
+    done.json used to fail every rerun (resuming from weights only)."""
+    overrides = [*SMALL, f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={tmp_path / 'run'}"]
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), "0", *overrides], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "XLT_TEST_STAGE": "done-json"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (folder,) = tiny_cache.glob("checkpoints/*")
+    assert not (folder / "done.json").exists() and "optimizer_states" not in torch.load(folder / "last.ckpt", weights_only=True)
+    rerun = xlt(*overrides)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    training = json.loads((tmp_path / "run" / "results.json").read_text())["training"]
+    assert training["reused_checkpoint"] and training["steps"] == 4
+    assert json.loads((folder / "done.json").read_text()) == {"global_step": 4}
+
+
+def test_max_length_beyond_the_position_embeddings_is_one_line(tmp_path):
+    """A 1,000-word premise with task.max_length=100000 failed deep in the
+    embedding layer (a 129-line traceback); now one line before any training."""
+    data = tmp_path / "data"
+    train = data / "nli" / "xnli" / "dev-en.tsv"
+    train.parent.mkdir(parents=True)
+    real = (REPO / "data" / "demo" / "nli" / "xnli" / "dev-en.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    _, hypothesis, label = real[0].rstrip("\n").split("\t")
+    train.write_text(" ".join(["word"] * 1000) + f"\t{hypothesis}\t{label}\n" + "".join(real[1:40]), encoding="utf-8")
+    for name in ("test-ru.tsv", "test-en.tsv"):
+        (train.parent / name).write_text((REPO / "data" / "demo" / "nli" / "xnli" / name).read_text(encoding="utf-8"))
+    result = xlt(*SMALL, f"data.root={data}", "task.max_length=100000", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("xlt: error: task.max_length=100000 is longer than model=tiny "
+                                                      "can read (512 positions); set task.max_length=512 or less")
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_truncated_checkpoint(tmp_path, tiny_cache, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from xlt.errors import XltError
+    from xlt.keys import checkpoint_dir
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    cfg = compose_job(tmp_path / "run", tiny_cache, "trainer.checkpoint_every_n_steps=1", "seed=5")
+    with pytest.raises(XltError) as err:
+        pipeline.run_job(cfg)
+    folder = checkpoint_dir(cfg)
+    assert str(err.value).startswith(f"no space left on device writing {folder}/last.ckpt: needs ")
+    assert str(err.value).endswith("1.0 MB free there; free some space (or set paths.cache_dir / hydra.run.dir "
+                                   "elsewhere) and rerun the same command")
+    assert sorted(p.name for p in folder.iterdir()) == ["train.lock"]  # no checkpoint, no temporary file

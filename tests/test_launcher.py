@@ -123,11 +123,14 @@ def test_ctrl_c_stops_every_job(tmp_path, e5_dir):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted: stopped 2 running jobs; 1 jobs not started" in stdout  # Hydra logs to stdout
+    assert "interrupted: stopped 2 running jobs; 1 jobs not started (SIGINT; stopped: #0 (" in stdout  # Hydra logs to stdout
+    assert "; not started: #2)" in stdout
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert sorted(probe_runs(tmp_path)) == [0, 1]
+    records = {job: json.loads((tmp_path / "sweep" / str(job) / "results.json").read_text()) for job in (0, 1)}
+    assert all(r["status"] == "stopped" and r["error"].endswith("by SIGINT") for r in records.values()), records
 
 
 def test_more_jobs_than_gpus_is_one_line(tmp_path):

@@ -429,3 +429,33 @@ def test_layer_columns_in_natural_order() -> None:
 
     columns = [f"ru.en-ru.L{k}" for k in (11, 2, 10, 0, 1)] + ["ru"]
     assert _column_order(columns) == ["ru", *(f"ru.en-ru.L{k}" for k in (0, 1, 2, 10, 11))]
+
+
+@pytest.mark.parametrize("count", ["0", "-5"])
+def test_permutations_below_one_exit_2_one_line(sweep: dict, capsys: pytest.CaptureFixture, count: str) -> None:
+    """--permutations 0 used to drop every randomization test silently (p = NaN)."""
+    assert report.main([str(sweep["root"]), "--out", str(sweep["out"]), "--permutations", count]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"xlt-report: error: --permutations must be at least 1, got {count} (the randomization tests "
+                   "need permutations; --no-significance skips every test)\n")
+    assert not (sweep["out"] / "report.md").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.61", None])
+def test_a_metric_that_is_not_a_finite_number_is_warned_about(tmp_path: Path, value: Any,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A NaN, infinite or string metric used to become a silent "—" (or vanish):
+    it is named in a warning and its seed counts as missing in its cell."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        write_nli_job(root, f"o{seed}", "original", "ru", seed)
+    bad = json.loads((root / "o2" / "results.json").read_text())
+    bad["metrics"]["xnli.ru"]["accuracy"] = value
+    (root / "o2" / "results.json").write_text(json.dumps(bad))
+    assert report.main([str(root), "--out", str(tmp_path / "out"), "--no-significance"]) == 0
+    warning = f"{root / 'o2'}/results.json: xnli.ru accuracy = {value!r} is not a finite number; that seed counts as missing"
+    assert warning in caplog.text
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"- WARNING: {warning}" in md
+    line = next(line for line in md.splitlines() if line.startswith("| original |"))
+    assert "(1/3 missing)" in line and "—" not in line  # the mean of the two good seeds, the third missing

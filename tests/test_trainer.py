@@ -78,3 +78,47 @@ def test_bf16_on_a_gpu_without_it_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
     with pytest.raises(XltError, match=r"needs a GPU with bfloat16 .*Tesla V100.*trainer.precision=16-mixed"):
         make_trainer(compose(tmp_path, "trainer=gpu"), 1, None, tmp_path)
+
+
+def diverging_module():
+    """A toy LightningModule whose auxiliary term becomes infinite at step 3
+    (as ``continual.alpha=inf`` or a huge learning rate make it), and its data."""
+    import lightning as L
+    import torch
+
+    class Diverging(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            task = self.layer(batch).pow(2).mean()
+            pairs = torch.tensor(float("inf") if self.global_step >= 2 else 0.5)
+            self.log("train/task_loss", task)
+            self.log("train/pairs", pairs)
+            return task + pairs
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Diverging(), torch.utils.data.DataLoader(torch.ones(16, 2), batch_size=2)
+
+
+@pytest.mark.parametrize("stage", ["adjustment", "fine-tuning"])
+def test_a_non_finite_loss_stops_with_one_line_naming_the_step(tmp_path, stage):
+    """Every training (adjustment, fine-tuning, continual) stops at its first
+    non-finite loss instead of reporting an accuracy from NaN weights, and
+    writes no checkpoint of that state."""
+    import torch
+
+    from xlt import stopping
+
+    module, data = diverging_module()
+    trainer = make_trainer(compose(tmp_path, "trainer.checkpoint_every_n_steps=1", "trainer.enable_progress_bar=false"),
+                           1, tmp_path / "ckpt", tmp_path / "logs")
+    with stopping.stage(stage), pytest.raises(XltError) as err:
+        trainer.fit(module, data)
+    assert str(err.value).startswith(f"{stage}: non-finite training loss at optimizer step 3 (epoch 0, batch 2): "
+                                     "train/pairs=inf")
+    assert "\n" not in str(err.value)
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 2  # the last finite state

@@ -6,7 +6,8 @@ into a temporary directory next to their final place and renamed into place
 under a file lock.  So jobs of one sweep share them, two jobs that need the
 same artifact at once build it once, and a killed job never leaves a
 half-written artifact behind.  Each artifact carries a manifest of its files'
-checksums, so one damaged later is rebuilt instead of failing every rerun.
+checksums, verified before every reuse, so one damaged later is rebuilt
+instead of failing every rerun (or being used as it is).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from filelock import FileLock
 
 from xlt import __version__
+from xlt.errors import disk_full, no_space
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +49,41 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
     builders; whoever waits finds the finished artifact and reuses it.
 
     Reuse needs no lock (a read-only cache works when the artifact exists).
-    An artifact whose files no longer match its manifest (a truncated or
-    overwritten ``model.safetensors``) is moved aside and rebuilt.  The lock
-    file is removed once the artifact is in place: every waiter re-checks for
-    the artifact after taking the lock, so nobody builds twice.
+    Before reuse every file is checked against the manifest (``damage``); an
+    artifact that does not match (a flipped byte, a truncated or deleted
+    file, a missing manifest) is moved aside with one log line saying why
+    and rebuilt.  The lock file is removed once the artifact is in place:
+    every waiter re-checks for the artifact after taking the lock, so nobody
+    builds twice.
     """
     path = Path(path)
-    if intact(path):
+    if damage(path) is None:
         return path
     lock = Path(str(path) + ".lock")
     with _build_lock(path, lock):
-        if intact(path):
+        reason = damage(path)
+        if reason is None:
             log.info("reusing %s (built by another job)", path)
             lock.unlink(missing_ok=True)  # a waiter re-creates the file while polling: remove it too
             return path
-        if path.exists():
-            _set_aside(path)
+        if path.exists() or path.is_symlink():
+            _set_aside(path, reason)
         for stale in path.parent.glob(path.name + ".tmp*"):  # left by a killed builder
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
         try:
-            builder(tmp)
+            try:
+                builder(tmp)
+            except Exception as err:  # noqa: BLE001 - only a full disk is turned into one line
+                if no_space(err):
+                    raise disk_full(tmp, written=_size(tmp)) from None
+                raise
             manifest = {str(f.relative_to(tmp)): file_checksum(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
             write_json(tmp / MANIFEST, manifest)
             _share(tmp)
             os.replace(tmp, path)
-            for name, checksum in manifest.items():  # the rename kept size, mtime and inode: no rehash on reuse
-                _remember(path / name, checksum, path.parent)
+            for name, checksum in manifest.items():  # just hashed: this process need not hash them again
+                _verified[os.path.realpath(path / name)] = (_stamp(path / name), checksum)
             lock.unlink(missing_ok=True)  # still held: late waiters find the artifact, new callers need no lock
         finally:
             if tmp.exists():
@@ -101,71 +110,46 @@ def _build_lock(path: Path, lock: Path):
         guard.release()
 
 
-def intact(path: Path) -> bool:
-    """``path`` is a finished artifact whose files match its manifest.
+def damage(path: Path) -> str | None:
+    """Why the artifact at ``path`` cannot be reused, or None when it can.
 
-    Checksums come from ``content_checksum`` (cached by size and mtime), so a
-    check costs a stat per file unless a file changed.  Artifacts built before
-    manifests existed are trusted as they are.
+    Every file listed in ``manifest.json`` must exist with the recorded
+    checksum (each file is hashed in full, once per process and file
+    version: about 0.5 s per GB), and no file may be there that the manifest
+    does not list.  An artifact without a manifest cannot be verified and is
+    rebuilt.  This catches accidental damage (a truncated copy, a flipped
+    byte, a deleted config); it is no defence against someone who can write
+    the cache, since they can rewrite the manifest too (README: "What the
+    cache trusts").
     """
     if not path.is_dir():
-        return False
+        return "absent" if not path.exists() and not path.is_symlink() else "not a directory"
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
-        return all(_safetensors_complete(f) for f in path.glob("*.safetensors"))
-    except (OSError, ValueError):
-        return False
+        return f"no {MANIFEST} (its files cannot be verified)"
+    except (OSError, ValueError) as err:
+        return f"unreadable {MANIFEST} ({err})"
+    if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+        return f"malformed {MANIFEST}"
+    present = {str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() or f.is_symlink()} - {MANIFEST}
+    if extra := sorted(present - set(manifest)):
+        return f"{extra[0]} is not in its {MANIFEST}"
     for name, checksum in manifest.items():
         file = path / name
-        if not file.is_file() or content_checksum(file, path.parent) != checksum:
-            log.warning("%s: %s is missing or changed since it was built; rebuilding the artifact", path, name)
-            return False
-    return True
+        if not file.is_file():
+            return f"{name} is missing"
+        if (actual := verified_checksum(file)) != checksum:
+            return f"{name} does not match its {MANIFEST} (sha256 {actual}, recorded {checksum})"
+    return None
 
 
-def _safetensors_complete(file: Path) -> bool:
-    """The header of a ``.safetensors`` file parses and its tensors end where
-    the file ends (catches truncated and overwritten files in artifacts built
-    before manifests existed)."""
-    try:
-        with open(file, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return file.stat().st_size == 8 + size + end
-    except (OSError, ValueError, KeyError, TypeError, IndexError, MemoryError, OverflowError):
-        log.warning("%s is damaged; rebuilding the artifact", file)
-        return False
-
-
-def _set_aside(path: Path) -> None:
+def _set_aside(path: Path, reason: str) -> Path:
     """Move a damaged artifact out of the way (kept for inspection, never reused)."""
     aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
     os.replace(path, aside)
-    log.warning("moved the damaged artifact %s to %s", path, aside)
-
-
-def checkpoint_intact(path: Path) -> bool:
-    """A ``torch.save`` file (zip) whose members all pass their CRC check: a
-    truncated or overwritten ``last.ckpt`` is detected before Lightning
-    tries to resume from it (about 0.1 s per 100 MB)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
-        return False
-
-
-def set_aside_if_corrupt(checkpoint: Path) -> bool:
-    """Before resuming: a damaged checkpoint is moved aside (the training
-    starts over) instead of failing every rerun until deleted by hand.
-    True when it was."""
-    if checkpoint.exists() and not checkpoint_intact(checkpoint):
-        log.warning("%s is damaged (not a complete torch checkpoint); training starts over", checkpoint)
-        _set_aside(checkpoint)
-        return True
-    return False
+    log.warning("%s: %s; moved it to %s and rebuilding it", path, reason, aside.name)
+    return aside
 
 
 def lock_unless_read_only(path: Path):
@@ -200,6 +184,10 @@ def atomic_write_text(path: str | os.PathLike, text: str | Iterable[str]) -> Non
             out.writelines([text] if isinstance(text, str) else text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
         os.replace(tmp, path)
+    except OSError as err:
+        if no_space(err):
+            raise disk_full(path, needed=len(text.encode("utf-8"))) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -230,21 +218,47 @@ def file_checksum(path: str | os.PathLike, length: int = 16) -> str:
 
 CHECKSUM_INDEX = "checksums.json"
 _memo: dict[str, tuple[list[int], str]] = {}
+_verified: dict[str, tuple[list[int], str]] = {}  # artifact files hashed in full by this process
+
+
+def _stamp(path: str | os.PathLike) -> list[int]:
+    """What says a file is unchanged: size, mtime, inode and ctime.  ctime
+    cannot be set back (``touch -d`` and ``os.utime`` set it to now), so an
+    edit of the same size with its mtime restored still changes the stamp;
+    so do chmod and rename, which only cost a rehash."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def verified_checksum(path: str | os.PathLike) -> str:
+    """``file_checksum`` of ``path`` from its bytes, hashed once per process
+    and file version (never taken from the shared ``checksums.json``)."""
+    real = os.path.realpath(path)
+    stamp = _stamp(real)
+    if real in _verified and _verified[real][0] == stamp:
+        return _verified[real][1]
+    checksum = file_checksum(real)
+    _verified[real] = (stamp, checksum)
+    return checksum
+
+
+def _size(directory: Path) -> int:
+    """Bytes of the files below ``directory`` (what a failed build had written)."""
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
 def content_checksum(path: str | os.PathLike, index_dir: str | os.PathLike | None = None) -> str:
-    """``file_checksum`` of ``path``, remembered by (size, mtime_ns, inode).
+    """``file_checksum`` of ``path``, remembered by its ``_stamp`` (size, mtime, inode, ctime).
 
     Cache keys hash the *content* of their input files (an edit in place must
     invalidate an alignment, an adjusted model or a checkpoint), but a 250K-pair
     corpus should be read once, not by every job of a sweep: the checksum is
     kept in memory and in ``<index_dir>/checksums.json``, and recomputed only
-    when the file's size, modification time or inode change.  The index is a
+    when the file's size, modification time, inode or ctime change.  The index is a
     cache: a lost concurrent update or a read-only cache only costs a rehash.
     """
     real = os.path.realpath(path)
-    st = os.stat(real)
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    stamp = _stamp(real)
     if real in _memo and _memo[real][0] == stamp:
         return _memo[real][1]
     index_file = Path(index_dir) / CHECKSUM_INDEX if index_dir is not None else None
@@ -262,8 +276,7 @@ def _remember(path: str | os.PathLike, checksum: str, index_dir: str | os.PathLi
     """Record ``checksum`` as the content of ``path`` as it is now."""
     real = os.path.realpath(path)
     if stamp is None:
-        st = os.stat(real)
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        stamp = _stamp(real)
     _memo[real] = (stamp, checksum)
     if index_dir is None:
         return

@@ -13,8 +13,11 @@ import logging
 import sys
 import traceback
 
+from xlt import rundir
 from xlt.config import CONF_DIR
 from xlt.errors import XltError
+
+rundir.register()  # here, not in main(): a process that unpickles an xlt job (submitit) resolves run folders too
 
 log = logging.getLogger("xlt")
 
@@ -124,15 +127,34 @@ def quiet_libraries() -> None:
 
 
 def dispatch(cfg) -> float | None:
-    """Run the stage named by ``command``; turn bad input into one line."""
+    """Run the stage named by ``command``; turn bad input into one line and
+    a stop signal into a "stopped" record and a non-zero exit (``xlt.stopping``)."""
+    import time
+
     from hydra.core.hydra_config import HydraConfig
 
-    if cfg.command != "align":  # aligning runs no Lightning: do not import it (and torch)
-        quiet_libraries()
+    from xlt import stopping
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    started = time.time()
+    if stopping.sweep_stop() is not None:  # an earlier job of this sweep was stopped: start no more
+        record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir), "not run", started)
+        return None
     try:
-        return run_command(cfg)
+        with stopping.handling_signals():
+            if cfg.command != "align":  # aligning runs no Lightning: do not import it (and torch)
+                quiet_libraries()
+            return run_command(cfg)
+    except stopping.Stopped as stop:
+        record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir, stop), stop.stage, started)
+        log.error("job %s", stop.message)
+        requeue = stopping.previous_handler(stop.signum) if stop.name == "SIGUSR2" else None
+        if requeue is not None:  # submitit's handler: requeue this job (it resumes), then exit
+            requeue(stop.signum, None)
+        if multirun:  # the sweep records the rest as not run and exits non-zero (main)
+            return None
+        fail(f"{stop.message}; rerun the same command to continue (finished stages are cached, "
+             "fine-tuning resumes from its checkpoint)", code=stop.exit_code)
     except XltError as err:
         record_failure(cfg, str(err))
         if multirun:
@@ -181,6 +203,18 @@ def _tokenizer(cfg):
     return load_tokenizer(cfg.model, cfg.paths.cache_dir)
 
 
+def record_stopped(cfg, message: str, stage: str, started: float) -> None:
+    """A stopped job (or one its sweep's stop kept from running) leaves
+    results.json saying so, never an "ok" or nothing at all."""
+    try:
+        from xlt import results
+
+        if cfg.command == "run":
+            results.write_stopped(cfg.paths.output_dir, cfg, message, stage, started)
+    except Exception:  # noqa: BLE001 - reporting a stop must not fail
+        log.warning("could not record the stop in %s", cfg.paths.output_dir)
+
+
 def record_failure(cfg, message: str) -> None:
     """A failed job leaves results.json with its config and the error, never a
     half-written result."""
@@ -208,8 +242,13 @@ def main() -> None:
     check_launcher(sys.argv[1:])
     check_jobs(sys.argv[1:])
     _hydra_app()()
+    from xlt import stopping
     from xlt.report.sweep import SweepOutcome
 
+    if (stop := stopping.sweep_stop()) is not None:  # this process was told to stop: name what that cost
+        lost = stopping.lost_jobs()
+        shown = "; ".join(lost[:10]) + (f"; and {len(lost) - 10} more" if len(lost) > 10 else "")
+        fail(f"the sweep was {stop.message}: {len(lost)} job(s) did not finish: {shown}", code=stop.exit_code)
     if SweepOutcome.problems:  # a multirun ran every job; say which did not end ok
         problems = SweepOutcome.problems
         fail(f"{len(problems)} job(s) of the sweep did not finish ok (first: {problems[0].splitlines()[0]}); "

@@ -24,11 +24,53 @@ def require_file(path: str, what: str = "file") -> str:
     return path
 
 
+def no_space(err: BaseException) -> bool:
+    """``err`` says the disk (or the user's quota) is full; safetensors and
+    torch report it in their own exception types, so the message counts too."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text
+
+
+def disk_full(path, needed: int | None = None, written: int | None = None) -> XltError:
+    """One line for a write that a full disk stopped: the path, the space it
+    needed (or had written before it failed) and what is free there."""
+    import os
+    import shutil
+
+    folder = str(path)
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = f"{_size(shutil.disk_usage(folder or '.').free)} free there"
+    except OSError:
+        free = "free space unknown"
+    wanted = (f"needs {_size(needed)}" if needed is not None
+              else f"failed after {_size(written)}" if written is not None else "needs more space")
+    return XltError(f"no space left on device writing {path}: {wanted}, {free}; free some space "
+                    "(or set paths.cache_dir / hydra.run.dir elsewhere) and rerun the same command")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def open_utf8(path: str, newline: str | None = None):
     """``open(path, encoding="utf-8")`` for a data file, read at once, so that
     invalid UTF-8 (a latin-1 export, say) is one line naming the file, the
     line and the byte instead of a UnicodeDecodeError traceback without a
-    file name, in a job and in a sweep's recorded error alike."""
+    file name, in a job and in a sweep's recorded error alike.
+
+    A byte-order mark (what Windows tools put first) is dropped, not kept as
+    part of the first field; a NUL byte (a binary or UTF-16 file, a broken
+    copy) is an error naming its line, never text a model is trained on."""
     import io
 
     require_file(path, "data file")
@@ -43,6 +85,13 @@ def open_utf8(path: str, newline: str | None = None):
             f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x} at column {column}: {err.reason}); "
             "convert it, e.g. iconv -f latin1 -t utf-8"
         ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if (nul := text.find("\0")) >= 0:
+        line = text.count("\n", 0, nul) + 1
+        column = nul - (text.rfind("\n", 0, nul) + 1) + 1
+        raise XltError(f"{path}:{line}: NUL byte at column {column} (a binary or UTF-16 file?); "
+                       "data files must be UTF-8 text")
     return io.StringIO(text, newline=newline)
 
 

@@ -14,9 +14,10 @@ without rebuilding another job's config.
 A key is made of three parts, so that no stale artifact is ever reused:
 
 * the whole config subtree(s) the stage reads (no allow-lists);
-* the *content* of every input file it reads (``content_checksum``: sha256,
-  remembered by size and mtime so a large corpus is hashed once), never just
-  its path: an edit in place invalidates what was built from it;
+* the path and the *content* of every input file it reads (``content_checksum``:
+  sha256, remembered by size, mtime, inode and ctime so a large corpus is
+  hashed once), never just its path: an edit in place invalidates what was
+  built from it (a moved file does too: its path changed);
 * ``STAGE_VERSION`` of the stage and of every stage upstream of it.
 
 The rule for ``STAGE_VERSION``: bump a stage's number in the same commit that
@@ -268,8 +269,8 @@ class _Fill(dict):
 
 
 def alignment_key(cfg: DictConfig) -> dict[str, Any]:
-    """What the aligned corpus depends on: the corpus *content* (checksums, so a
-    moved file is reused and an edited one realigned), how it is read and
+    """What the aligned corpus depends on: the corpus files, by path and
+    content (an edited file is realigned, and so is a moved one), how it is read and
     filtered, the language, the aligner settings (a Pharaoh file by checksum)
     and, for ``aggregation=subword``, the tokenizer, and with
     ``corpus.pool_size`` the number of pairs drawn into the pool

@@ -4,7 +4,7 @@ One job directory holds
 
 * ``results.json``::
 
-      {"status": "ok" | "failed",
+      {"status": "ok" | "failed" | "stopped",
        "config": {<identity: model, lang, task, mode, corpus, size, aggregation,
                    tokens, aligner, seed>, "config_hash", "code_version" (package
                    version + hash of its source), "code_commit" (git, for humans),
@@ -13,7 +13,8 @@ One job directory holds
        "metrics": {"<eval set>": {"<metric>": float in [0, 1], ..., "n": int}},   # ok only
        "report": {"title", "significance", "headline"},   # how the task is tabulated (ok only)
        "states": {"adjusted": dir, "finetuned": checkpoint},   # the model states the job produced
-       "error": "...",                                                    # failed only
+       "error": "...",                              # failed and stopped ("stopped at fine-tuning by SIGTERM ...")
+       "stage": "alignment" | "adjustment" | "fine-tuning" | "evaluation" | "start",   # stopped only
        "runtime_s": float, ...extras (adjustment evidence, skipped sets)}
 
   Every metric is a fraction in [0, 1] (accuracy, F1, exact match alike;
@@ -56,8 +57,8 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 PREDICTIONS_DIR = "predictions"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
-OK, FAILED, KILLED = "ok", "failed", "killed"
-STATUSES = (OK, FAILED)
+OK, FAILED, STOPPED, KILLED = "ok", "failed", "stopped", "killed"
+STATUSES = (OK, FAILED, STOPPED)
 # Top-level config nodes results.json does not record (where outputs go, the entry point).
 NOT_RECORDED = ("paths", "command")
 
@@ -135,6 +136,22 @@ def write_failed(run_dir: str | Path, cfg: DictConfig, error: str) -> None:
     """Record a failed job unless it already wrote a result."""
     if not (Path(run_dir) / RESULTS_FILE).exists():
         write(run_dir, {"config": describe(cfg), "status": FAILED, "error": error})
+
+
+def write_stopped(run_dir: str | Path, cfg: DictConfig, message: str, stage: str, since: float) -> None:
+    """Record a job stopped by a signal (or not run because its sweep was).
+
+    Overwrites any older results.json (an earlier run's result must not
+    stand for this run), but not an ok result this run wrote (``since``: when
+    the job started): a signal after the last write loses nothing.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        if read(run_dir)["status"] == OK and path.stat().st_mtime >= since:
+            return
+    except (OSError, ValueError):
+        pass
+    write(run_dir, {"config": describe(cfg), "status": STOPPED, "error": message, "stage": stage})
 
 
 def read(run_dir: str | Path) -> dict[str, Any]:

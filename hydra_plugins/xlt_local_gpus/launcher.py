@@ -179,7 +179,7 @@ def recorded_failure(job_dir: Path) -> Optional[str]:
         record = results.read(job_dir)  # the one reader of the results.json contract
     except (OSError, ValueError):
         return None
-    return str(record.get("error", results.FAILED)) if record["status"] == results.FAILED else None
+    return str(record.get("error", record["status"])) if record["status"] != results.OK else None  # failed, stopped
 
 
 class LocalGpusLauncher(Launcher):
@@ -265,11 +265,14 @@ class Pool:
                     self.running.remove(done)
                     free.append(done.slot)
                     self.finish(done)
-        except KeyboardInterrupt:
-            stopped = len(self.running)
+        except KeyboardInterrupt as interrupt:
+            signum = interrupt.args[0] if interrupt.args else signal.SIGINT
+            stopped = [f"#{r.job.idx} ({r.job.job_dir})" for r in self.running]
             self.stop()
-            log.error(f"interrupted: stopped {stopped} running jobs; {len(pending)} jobs not started")
-            raise SystemExit(130) from None
+            log.error(f"interrupted: stopped {len(stopped)} running jobs; {len(pending)} jobs not started "
+                      f"({signal.Signals(signum).name}; stopped: {', '.join(stopped) or 'none'}; "
+                      f"not started: {', '.join(f'#{job.idx}' for job in pending) or 'none'})")
+            raise SystemExit(128 + signum) from None
         finally:
             _restore_sigterm(previous)
         if self.failures:
@@ -347,7 +350,7 @@ def _raise_on_sigterm() -> dict:
     see them."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(signum)
 
     try:
         return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}

@@ -32,7 +32,7 @@ from xlt.data import fast_align
 from xlt.data.fast_align import FastAlignSettings
 from xlt.data.parallel import SentencePair
 from xlt.data.sentences import Sentences
-from xlt.errors import XltError, require_file
+from xlt.errors import XltError, open_utf8, require_file
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,12 @@ def parse_pharaoh_line(line: str, where: str) -> Alignment:
 def read_pharaoh(path: str, n_expected: int | None = None, what: str = "sentence pairs") -> list[Alignment]:
     """Read one alignment per line; ``n_expected`` checks it matches the corpus."""
     require_file(path, "alignment file")
-    with open(path, encoding="utf-8") as handle:
-        alignments = [parse_pharaoh_line(line, f"{path}:{n}") for n, line in enumerate(handle, start=1)]
+    try:
+        with open(path, encoding="utf-8") as handle:  # streamed: cached alignments of a large corpus
+            alignments = [parse_pharaoh_line(line, f"{path}:{n}") for n, line in enumerate(handle, start=1)]
+    except UnicodeDecodeError:
+        open_utf8(path)  # raises the one-line error naming the line and the byte
+        raise
     if n_expected is not None and len(alignments) != n_expected:
         raise XltError(f"{path}: {len(alignments)} alignment lines but {n_expected} {what}")
     return alignments
@@ -107,11 +111,15 @@ def read_pharaoh_lines(path: str, lines: np.ndarray, n_expected: int, what: str 
     require_file(path, "alignment file")
     wanted, chosen, count = iter(np.asarray(lines).tolist()), [], 0
     line = next(wanted, None)
-    with open(path, encoding="utf-8") as handle:
-        for count, text in enumerate(handle, start=1):
-            if count == line:
-                chosen.append(parse_pharaoh_line(text, f"{path}:{count}"))
-                line = next(wanted, None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for count, text in enumerate(handle, start=1):
+                if count == line:
+                    chosen.append(parse_pharaoh_line(text, f"{path}:{count}"))
+                    line = next(wanted, None)
+    except UnicodeDecodeError:
+        open_utf8(path)  # raises the one-line error naming the line and the byte
+        raise
     if count != n_expected:
         raise XltError(f"{path}: {count} alignment lines but {n_expected} {what}")
     return Links.from_lists(chosen)

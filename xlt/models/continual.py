@@ -17,7 +17,11 @@ replacement) from the adjustment sample.  The draw of step k depends only on
 * the task side of training (its batches, its dropout) is untouched by the
   auxiliary loss: with α = β = 0 a continual run equals plain fine-tuning
   step for step;
-* a resumed run draws the same auxiliary batches as an uninterrupted one.
+* a resumed run draws the same auxiliary batches as an uninterrupted one,
+  and ends with bit-identical weights: the reference vectors cached before
+  the interruption are rebuilt exactly as they were computed (``replay``),
+  since a sentence's cached vectors depend on the batch that first held it
+  (its padding, its partners in the forward pass).
 
 Speed: English and target sentences share one forward pass, sentences keep
 their own short length (no padding to the task length), and the frozen
@@ -51,21 +55,47 @@ class ContinualObjective:
         self.examples, self.pad_id, self.loss = examples, pad_id, loss
         self.alpha, self.reg_weight, self.batch_size, self.seed = alpha, reg_weight, batch_size, seed
         self.device = torch.device("cpu")
+        self.replayed = False
 
     def to(self, device: torch.device) -> "ContinualObjective":
         self.device = torch.device(device)
         self.loss.to(self.device)
         return self
 
+    def indices(self, step: int) -> list[int]:
+        """The examples drawn (with replacement) at training step ``step``."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randint(len(self.examples), (self.batch_size,), generator=generator).tolist()
+
     def batch(self, step: int) -> Batch:
         """The aligned batch of training step ``step`` (deterministic)."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        indices = torch.randint(len(self.examples), (self.batch_size,), generator=generator).tolist()
+        indices = self.indices(step)
         batch = collate_aligned([self.examples[i] for i in indices], self.pad_id, indices)
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def replay(self, step: int) -> None:
+        """Fill the reference-vector cache as steps ``0 .. step-1`` left it.
+
+        The cache keeps a sentence's frozen vectors as first computed, in the
+        forward pass over that step's not-yet-cached sentences; rounding
+        depends on that batch.  A run resumed at ``step`` recomputes them in
+        the same batches, in the same order (under the same autocast, being
+        called from a training step), so its later steps see the same values
+        as an uninterrupted run.  Costs one frozen forward per distinct
+        sentence drawn so far, as the uninterrupted run spent.
+        """
+        cache = self.loss.cache
+        if cache is None:
+            return
+        for earlier in range(step):
+            if any(i not in cache for i in self.indices(earlier)):
+                self.loss.reference_vectors(self.batch(earlier))
+
     def step_loss(self, encoder: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
         """``{"pairs", "regularizer", "weighted"}`` for training step ``step``."""
+        if not self.replayed:  # the first step of this process: a resumed run rebuilds the cache first
+            self.replayed = True
+            self.replay(step)
         batch = self.batch(step)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):

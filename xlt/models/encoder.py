@@ -67,6 +67,22 @@ def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> P
         return AutoModel.from_pretrained(source, add_pooling_layer=False)
 
 
+# Model types whose position ids start after the padding index (RoBERTa's
+# convention): max_position_embeddings counts pad_token_id + 1 unusable rows.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+
+
+def max_positions(encoder: PreTrainedModel) -> int | None:
+    """The longest input ``encoder`` can embed (None if its config does not say)."""
+    config = encoder.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", "") in OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
 def _loading(cfg: ModelConfig, source: str):
     """Hub failures of a hub model as one line; a local directory's own
     errors (a corrupt file) are left as they are, they are not network ones."""

@@ -66,6 +66,9 @@ def check_metrics(jobs: pd.DataFrame, metrics: Sequence[str] | None) -> None:
 def run(dirs: Sequence[str], out: str, metrics: Sequence[str] | None = None, iterations: int = 1000,
         significance: bool = True, markers: Sequence[Marker] = DEFAULT_MARKERS) -> str:
     """Collect, summarise and write the three reports; returns the markdown."""
+    if iterations < 1:
+        raise XltError(f"--permutations must be at least 1, got {iterations} (the randomization tests need "
+                       "permutations; --no-significance skips every test)")
     check_dirs(dirs)
     jobs = collect(dirs)
     if jobs.empty:

@@ -70,10 +70,24 @@ def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
                 path = run_dir / (results.RESULTS_FILE if (run_dir / results.RESULTS_FILE).exists() else results.HYDRA_CONFIG)
                 log.warning("skipping %s: %s", path, err)
                 skipped.append(f"{path}: {err}")
+    bad_metrics = _bad_metrics(rows)
     config_columns = sorted({k for row in rows for k in row} - set(JOB_COLUMNS))
     df = pd.DataFrame(rows, columns=[*JOB_COLUMNS, *config_columns])
-    df.attrs.update(skipped=skipped, config_columns=config_columns)
+    df.attrs.update(skipped=skipped, config_columns=config_columns, bad_metrics=bad_metrics)
     return df
+
+
+def _bad_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning (logged, and listed in the report) for each metric value that
+    is not a finite number (its seed counts as missing in its cell); removes
+    the rows' ``BAD_VALUE`` marks."""
+    bad = []
+    for row in rows:
+        if BAD_VALUE in row:
+            bad.append(f"{row['run_dir']}/{results.RESULTS_FILE}: {row['eval_set']} {row['metric']} = "
+                       f"{row.pop(BAD_VALUE)!r} is not a finite number; that seed counts as missing")
+            log.warning(bad[-1])
+    return bad
 
 
 def _read(run_dir: Path) -> dict[str, Any] | None:
@@ -141,12 +155,25 @@ def mode_rank(config: dict[str, Any]) -> int:
     return LEGACY_MODE_RANKS.get(str(config.get("mode")), 9)
 
 
+BAD_VALUE = "_bad_value"  # key of a row whose metric value is not a finite number (dropped from the frame)
+
+
 def _metric_rows(base: dict[str, Any], metrics: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """One row per numeric metric of each eval set (``n`` rides along as a column)."""
+    """One row per metric of each eval set (``n`` rides along as a column).
+
+    A value that is not a finite number (NaN, inf, a string) becomes NaN,
+    which the summary counts as a missing seed, and is reported by ``collect``.
+    """
     for eval_set, values in metrics.items():
         if not isinstance(values, dict):
             continue
         for metric, value in values.items():
-            if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                yield {**base, "eval_set": eval_set, "metric": metric, "value": float(value), "n": values.get("n")}
+            if metric == "n":
+                continue
+            row = {**base, "eval_set": eval_set, "metric": metric, "value": math.nan, "n": values.get("n")}
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                row["value"] = float(value)
+            else:
+                row[BAD_VALUE] = value
+            yield row
 

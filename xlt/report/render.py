@@ -268,7 +268,7 @@ def render_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence
               "(each task's own test: paired t-test over examples, NER approximate randomization, retrieval "
               "sign-flip permutation; see xlt.evaluation.significance). "
               f"{MIXED_MARK}: seeds from different code versions or data.\n\n")
-    warnings = report_warnings(summary)
+    warnings = report_warnings(summary) + jobs.attrs.get("bad_metrics", [])
     if warnings:
         out.write("## Warnings\n\n" + "".join(f"- WARNING: {w}\n" for w in warnings) + "\n")
     for table in build_tables(summary, metrics):

@@ -260,7 +260,7 @@ def _summary_row(cell: dict[str, Any], group: pd.DataFrame, bases: dict[str, pd.
                  predictions: _Predictions, iterations: int, markers: tuple[Marker, ...], ranks: dict[str, int],
                  warnings: list[str]) -> dict[str, Any]:
     """Statistics of one cell (see ``summarise``); ``bases`` = baseline group per mode."""
-    ok = group[group["status"] == results.OK]
+    ok = group[(group["status"] == results.OK) & group["value"].notna()]  # NaN: not a finite metric (collect warns)
     values = ok["value"].astype(float)
     seeds = set(int(s) for s in ok["seed"])
     expected = set(int(s) for s in group["seed"])

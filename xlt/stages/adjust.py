@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from xlt import stopping
 from xlt.artifacts import build_once, write_json
 from xlt.errors import XltError
 from xlt.keys import adjusted_dir, corpus_path
@@ -21,6 +22,7 @@ from xlt.stages.trainer import make_trainer, one_device
 log = logging.getLogger(__name__)
 
 
+@stopping.in_stage("adjustment")
 def adjust_stage(cfg: DictConfig) -> Path:
     """The adjusted encoder's directory (built once per distinct setting)."""
     from xlt.models.encoder import load_tokenizer

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from xlt import stopping
 from xlt.artifacts import atomic_write_text, build_once, write_json
 from xlt.config import TokensConfig
 from xlt.errors import XltError
@@ -150,6 +151,7 @@ def export_alignments(path: str, artifact: Path, index: PoolIndex) -> None:
     log.info("wrote the alignments of %d corpus lines (%d aligned) to %s", index.n_lines, len(index.lines), path)
 
 
+@stopping.in_stage("alignment")
 def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
     """Align the pool once, then sample ``corpus.size`` + held-out pairs.
 

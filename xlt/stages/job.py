@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +23,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from xlt import results as results_file
-from xlt.artifacts import lock_unless_read_only, set_aside_if_corrupt, write_json, write_jsonl
+from xlt import stopping
+from xlt.artifacts import lock_unless_read_only, write_json, write_jsonl
+from xlt.checkpoints import DONE, HPC_GLOB, LAST, State, shapes_of, usable_state
+from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
 from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_config
@@ -85,6 +89,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     adjusted = adjust_stage(cfg) if cfg.mode.adjust and not (cfg.mode.continual and cfg.continual.init == "original") else None
     L.seed_everything(cfg.seed, verbose=False)
     encoder = load_encoder(cfg.model, cfg.paths.cache_dir, str(adjusted) if adjusted else None)
+    check_max_length(cfg, encoder)
     objective = build_objective(cfg, tokenizer, encoder) if cfg.mode.continual else None
     pooler = load_pooler(cfg.model, cfg.paths.cache_dir) if cfg.task.head == "bert" else None
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective,
@@ -116,8 +121,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+@stopping.in_stage("fine-tuning")
 def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path):
-    """Fine-tune, resuming from ``checkpoints/last.ckpt`` when an earlier run
+    """Fine-tune, resuming from the newest usable checkpoint when an earlier run
     of the same training left one (mid-epoch included), and return the trainer
     and the ``training`` record of results.json.
 
@@ -128,6 +134,9 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     the other ranks are started by Lightning or srun and must reach the
     rendezvous, not the lock.  A finished training keeps the weights only
     (``done.json`` marks it); the optimizer state is needed only to resume.
+    Checkpoints are read as data and checked first (``xlt.checkpoints``): an
+    unusable one is set aside and the training goes on from the last good state.
+    A stop signal writes the checkpoint at the next step boundary, then stops.
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -137,41 +146,43 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     micro_batch = micro_batch_size(cfg, trainer.world_size)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     trainer.callbacks.insert(0, SamplerPosition(loader))
-    last, done = checkpoints / "last.ckpt", checkpoints / "done.json"
     with lock_unless_read_only(checkpoints / "train.lock") if trainer.global_rank == 0 else nullcontext():
-        if set_aside_if_corrupt(last):
-            done.unlink(missing_ok=True)
-        if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
-            return trainer, {**load_finished(module, last, done), "processes": trainer.world_size, "micro_batch": micro_batch}
-        resume, resumed = latest_checkpoint(checkpoints)
+        state = usable_state(checkpoints, shapes_of(module))
+        if state.kind == "finished":  # a twin (or an earlier run) finished this training: reuse its weights
+            return trainer, {**load_finished(module, state), "processes": trainer.world_size, "micro_batch": micro_batch}
+        resume, resumed = state.path, state.step
         log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
-        with ddp_job(out):
+        with ddp_job(out), stopping.deferred():
             try:
-                trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+                trainer.fit(module, loader, ckpt_path=str(resume) if resume else None, weights_only=True)
             except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
-                raise SystemExit(143) from stop
+                raise stopping.Stopped(signal.SIGTERM, "fine-tuning",
+                                       f"checkpoint at step {trainer.global_step} in {checkpoints / LAST}") from stop
             keep_weights_only(trainer, checkpoints)
     return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False,
                      "processes": trainer.world_size, "micro_batch": micro_batch}
 
 
-def latest_checkpoint(checkpoints: Path) -> tuple[Path | None, int]:
-    """The checkpoint to resume from and its step: ``last.ckpt``, or Lightning's
-    own ``hpc_ckpt_<n>.ckpt`` when its SIGUSR1 auto-requeue wrote a later one."""
-    saved = {path: checkpoint_step(path) for path in [checkpoints / "last.ckpt", *checkpoints.glob("hpc_ckpt_*.ckpt")]
-             if path.exists()}
-    resume = max(saved, key=saved.get) if saved else None
-    return resume, saved[resume] if resume else 0
-
-
 def keep_weights_only(trainer: L.Trainer, checkpoints: Path) -> None:
     """A finished training keeps its weights (``last.ckpt``, marked by
     ``done.json``); the optimizer state, twice the weights, only served resuming."""
-    trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=True)  # collective: every rank calls it
+    trainer.save_checkpoint(checkpoints / LAST, weights_only=True)  # collective: every rank calls it
     if trainer.global_rank == 0:
-        write_json(checkpoints / "done.json", {"global_step": trainer.global_step})
-        for stale in checkpoints.glob("hpc_ckpt_*.ckpt"):
+        write_json(checkpoints / DONE, {"global_step": trainer.global_step})
+        for stale in checkpoints.glob(HPC_GLOB):
             stale.unlink()
+
+
+def check_max_length(cfg: DictConfig, encoder) -> None:
+    """``task.max_length`` beyond the encoder's position embeddings would fail
+    deep inside the model on the first long input (an IndexError, a CUDA
+    assert): one line before any work instead."""
+    from xlt.models.encoder import max_positions
+
+    limit = max_positions(encoder)
+    if limit is not None and cfg.task.max_length > limit:
+        raise XltError(f"task.max_length={cfg.task.max_length} is longer than model={cfg.model.name} can read "
+                       f"({limit} positions); set task.max_length={limit} or less")
 
 
 def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
@@ -183,21 +194,12 @@ def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
     return cfg.task.batch_size // parts
 
 
-def checkpoint_step(path: Path) -> int:
-    """The optimizer step a Lightning checkpoint was written at."""
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-
-
-def load_finished(module, last: Path, done: Path) -> dict[str, Any]:
-    """Load the weights of a finished training into ``module``."""
-    import torch
-
-    module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
-    steps = json.loads(done.read_text())["global_step"]
-    log.info("training: reusing the finished checkpoint %s (%d steps)", last, steps)
-    return {"resumed_from_step": steps, "steps": steps, "reused_checkpoint": True}
+def load_finished(module, state: State) -> dict[str, Any]:
+    """Load the weights of a finished training into ``module`` (as data only;
+    ``usable_state`` checked that they fit)."""
+    module.load_state_dict(load_checkpoint(state.path)["state_dict"])
+    log.info("training: reusing the finished checkpoint %s (%d steps)", state.path, state.step)
+    return {"resumed_from_step": state.step, "steps": state.step, "reused_checkpoint": True}
 
 
 def format_metrics(results: dict[str, Any]) -> str:
@@ -210,6 +212,7 @@ def format_metrics(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@stopping.in_stage("evaluation")
 def finetuned_distances(cfg: DictConfig, tokenizer, encoder) -> dict[str, float]:
     """Held-out related / unrelated distances of the fine-tuned encoder."""
     from xlt.evaluation.distances import distance_summary
@@ -239,6 +242,7 @@ def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
     return sets, skipped
 
 
+@stopping.in_stage("evaluation")
 def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: Path) -> dict[str, dict[str, float]]:
     """Predict every evaluation set, score it, write per-example records.
 

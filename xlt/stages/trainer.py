@@ -20,6 +20,8 @@ from typing import Any, Iterator
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from xlt import stopping
+from xlt.checkpoints import AtomicCheckpointIO
 from xlt.config import TRAINER_XLT_KEYS
 from xlt.errors import XltError
 
@@ -81,19 +83,20 @@ def make_trainer(
 
     With ``checkpoint_dir``, ``last.ckpt`` is written every
     ``trainer.checkpoint_every_n_steps`` optimizer steps and when the job is
-    told to stop (SIGTERM, or SIGUSR2 that Slurm/submitit send before
-    preemption or time-out), so a rerun resumes mid-epoch.
+    told to stop (SIGTERM, SIGINT, or SIGUSR2 that Slurm/submitit send before
+    preemption or time-out), so a rerun resumes mid-epoch.  Every training
+    stops at its first non-finite loss (``FiniteLoss``).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     check_hardware(cfg)
-    callbacks = [*callbacks, *config_callbacks(cfg)]
+    callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss()]
     if checkpoint_dir is not None:
         every = cfg.trainer.checkpoint_every_n_steps
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every))
         callbacks.append(StopSignal(checkpoint_dir / "last.ckpt"))
     kwargs = {"enable_model_summary": False, "deterministic": False, **trainer_kwargs(cfg, **override)}
-    return L.Trainer(
+    trainer = L.Trainer(
         **kwargs,
         max_epochs=int(max_epochs),  # whole epochs (the config contract rejects a fraction)
         enable_checkpointing=checkpoint_dir is not None,
@@ -101,52 +104,38 @@ def make_trainer(
         callbacks=callbacks,
         logger=make_logger(cfg, log_dir),
     )
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # no truncated checkpoint on a full disk
+    return trainer
 
 
 class StopSignal(L.Callback):
     """Checkpoint, then stop, when the job is asked to stop.
 
-    SIGTERM (``scancel``, a plain kill) is noted by Lightning
-    (``trainer.received_sigterm``); SIGUSR2 is what submitit asks Slurm to
-    send ``signal_delay_s`` before a preemption or a time-out.  A signal handler
-    may run in the middle of an optimizer step, so it only sets a flag; the
-    checkpoint is written at the next step boundary, and then the previous
-    USR2 handler (submitit's: requeue this job) runs or the process exits.
+    ``xlt.stopping`` notes SIGTERM (``scancel``, a plain kill), SIGINT
+    (Ctrl-C) and SIGUSR2 (what submitit asks Slurm to send
+    ``signal_delay_s`` before a preemption or a time-out) while fine-tuning;
+    Lightning also notes SIGTERM (``trainer.received_sigterm``).  A signal
+    handler may run in the middle of an optimizer step, so it only sets a
+    flag; the checkpoint is written here, at the next step boundary, and then
+    ``Stopped`` ends the job (``xlt.cli.dispatch`` records it, hands SIGUSR2
+    to submitit's requeue, and exits non-zero).
     """
 
     def __init__(self, path: Path):
-        self.path, self.requested, self.previous = path, False, None
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and hasattr(signal, "SIGUSR2"):
-            try:
-                self.previous = signal.signal(signal.SIGUSR2, self._note)
-            except ValueError:  # not the main thread
-                self.previous = None
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and self.previous is not None:
-            signal.signal(signal.SIGUSR2, self.previous)
-            self.previous = None
-
-    def _note(self, signum, frame) -> None:
-        self.requested = True
+        self.path = path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not step_boundary(trainer, batch_idx):
             return
-        stop = self.requested or trainer.received_sigterm
+        signum = stopping.requested() or (signal.SIGTERM if trainer.received_sigterm else None)
+        stop = signum is not None
         if trainer.world_size > 1:  # ranks may see the signal a step apart: agree, or the collective save hangs
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return
         trainer.save_checkpoint(self.path)
         log.warning("stop requested: checkpoint at step %d written to %s", trainer.global_step, self.path)
-        previous = self.previous
-        if self.requested and callable(previous):
-            self.teardown(trainer, pl_module, "fit")
-            previous(signal.SIGUSR2, None)  # submitit: requeue, then exit
-        raise SystemExit(143 if trainer.received_sigterm else 128 + signal.SIGUSR2)
+        raise stopping.Stopped(signum or signal.SIGTERM, "fine-tuning", f"checkpoint at step {trainer.global_step} in {self.path}")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """SIGTERM noticed by Lightning between two steps (it raises before the
@@ -165,6 +154,31 @@ def step_boundary(trainer: L.Trainer, batch_idx: int) -> bool:
     Lightning's own accumulation decides."""
     done = batch_idx + 1
     return done % trainer.accumulate_grad_batches == 0 or done == trainer.num_training_batches
+
+
+class FiniteLoss(L.Callback):
+    """Stop at the first non-finite training loss, with one line naming the
+    step and the terms that are not finite.
+
+    Optimizer steps on NaN or infinite gradients leave NaN weights that
+    still "predict" (one class everywhere), so a job would report a
+    meaningless accuracy and exit 0.  Checking costs one device sync per
+    step.  Runs before the step's checkpoint callback: no NaN state is saved.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import torch
+
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
+            return
+        step = trainer.global_step + (1 if trainer.fit_loop._should_accumulate() else 0)
+        terms = {k: float(v) for k, v in trainer.callback_metrics.items()
+                 if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v))}
+        shown = ", ".join(f"{k}={v}" for k, v in terms.items()) or f"loss={float(loss)}"
+        raise XltError(f"{stopping.current_stage()}: non-finite training loss at optimizer step {step} "
+                       f"(epoch {trainer.current_epoch}, batch {batch_idx}): {shown}; lower the learning rate "
+                       "or check the loss weights (continual.alpha, continual.reg_weight, adjustment.reg_weight)")
 
 
 def one_device() -> dict[str, Any]:
