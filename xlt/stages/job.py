@@ -26,7 +26,8 @@ from xlt.errors import XltError
 from xlt.keys import checkpoint_dir, corpus_path, data_checksums, pin_code
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import ddp_job, make_trainer, one_device, trainer_kwargs
+from xlt.stages.trainer import ddp_job, describe_progress, make_trainer, one_device, trainer_kwargs
+from xlt.tracking import log_kept, log_results, mark_tracked, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     pin_code()  # results.json names the source this job starts with
     out = Path(cfg.paths.output_dir)
     if (done := results_file.finished(out, cfg, data_checksums(cfg))) is not None:  # a rerun of a sweep
+        log_kept(cfg, out, done)  # a tracker chosen since gets its hyperparameters and metrics
         print(format_metrics(done))
         return done
     started = time.time()
@@ -98,13 +100,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     inputs = data_checksums(cfg)  # provenance: the content just read (and that keys the checkpoint)
     checkpoints = checkpoint_dir(cfg)
     link_checkpoints(out, checkpoints)
-    trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out)
-    if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
-        if trainer.global_rank != 0:
-            return {}
-        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", **one_device())
+    with stage_run(cfg, "finetune", out / "logs") as loggers:  # after the adjustment's run has ended
+        trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out, loggers)
+        if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
+            if trainer.global_rank != 0:
+                return {}
+            trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", loggers=loggers, **one_device())
+        metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
+        log_results(loggers, cfg, metrics, training["steps"])
 
-    metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = results_file.ok_results(cfg, metrics, started, inputs)
     results["training"] = training
     if skipped:
@@ -114,14 +118,16 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode.adjust:  # does fine-tuning undo the adjustment? (the paper's "forgetting")
         results["finetuned_distances"] = finetuned_distances(cfg, tokenizer, module.encoder)
     results_file.write(out, results)
+    mark_tracked(cfg, out, fresh=True)
     print(format_metrics(results))
     return results
 
 
-def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path):
+def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path, loggers: list):
     """Fine-tune, resuming from ``checkpoints/last.ckpt`` when an earlier run
     of the same training left one (mid-epoch included), and return the trainer
-    and the ``training`` record of results.json.
+    and the ``training`` record of results.json.  The job's CSV curve is
+    rewound to the step the training resumes from (``xlt.tracking.resume``).
 
     Each process gets ``task.batch_size / (accumulate_grad_batches x world
     size)`` examples per micro-batch, so the effective batch is the task's
@@ -135,7 +141,9 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
 
     from xlt.models.finetune import SamplerPosition, task_loader
 
-    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", use_distributed_sampler=False)
+    from xlt.tracking import resume as resume_curves
+
+    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", loggers=loggers, use_distributed_sampler=False)
     micro_batch = micro_batch_size(cfg, trainer.world_size)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     trainer.callbacks.insert(0, SamplerPosition(loader))
@@ -144,8 +152,10 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
         if set_aside_if_corrupt(last):
             done.unlink(missing_ok=True)
         if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
+            resume_curves(loggers, 0, checkpoints.name)  # this job trains nothing: no curve
             return trainer, {**load_finished(module, last, done), "processes": trainer.world_size, "micro_batch": micro_batch}
         resume, resumed = latest_checkpoint(checkpoints)
+        resume_curves(loggers, resumed, checkpoints.name)
         log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
         with ddp_job(out):
             try:
@@ -257,6 +267,7 @@ def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: 
         keys = [model_input(f) for f in features]
         new = first_occurrences(keys, known)
         order = [new[i] for i in length_order([features[i] for i in new])]
+        describe_progress(trainer, f"evaluation {eval_set.name}")
         batches = trainer.predict(module, task_loader(task, tokenizer, [features[i] for i in order], batch_size, seed=None)) if order else []
         predicted = [row.numpy() for batch in batches for row in batch]
         if len(predicted) != len(order):
