@@ -22,6 +22,7 @@ CASES = {
     "trainer.accumulate_grad_batches=0": "trainer.accumulate_grad_batches=0: must be >= 1",
     "trainer.accumulate_grad_batches=5": "trainer.accumulate_grad_batches=5: must divide task.batch_size=32",
     "adjustment.target=frozn": "adjustment.target=frozn: valid: current, frozen",
+    "adjustment.warmup_unit=epochs": "adjustment.warmup_unit=epochs: valid: sentences, steps",
     "continual.init=random": "continual.init=random: valid: adjusted, original",
     "continual.reference=foo": "continual.reference=foo: valid: original, init",
     "aggregation.name=mean": "aggregation.name=mean: valid: avg, start, end, subword",

@@ -183,6 +183,10 @@ class AdjustmentConfig:
     batch_size: int = 32
     epochs: int = 1
     warmup_ratio: float = 0.1
+    # What warmup_ratio is a share of: sentences (the paper code: linear over
+    # int(ratio * pairs) sentences, then held at the last value set) | steps
+    # (linear over ratio * optimizer steps, then the base lr).
+    warmup_unit: str = "sentences"
     reg_weight: float = 1.0  # lambda for the English regularizer
     target: str = "current"  # current (paper's code) | frozen (Cao et al.)
     # Per-term reduction: mse (paper code, F.mse_loss = mean over every
@@ -362,6 +366,7 @@ def _problems(cfg: DictConfig):
     from xlt.data.align import ALIGNERS, SYMMETRIZATIONS
     from xlt.data.parallel import FORMATS
     from xlt.data.words import AGGREGATIONS
+    from xlt.models.adjust import WARMUP_UNITS
 
     def rule(key: str, ok: bool, wanted: str):
         value = OmegaConf.select(cfg, key)
@@ -397,6 +402,7 @@ def _problems(cfg: DictConfig):
         rule("adjustment.warmup_ratio", 0 <= a.warmup_ratio <= 1, "must be in [0, 1]"),
         rule("adjustment.reg_weight", a.reg_weight >= 0, "must be >= 0"),
         rule("adjustment.target", a.target in ("current", "frozen"), "valid: current, frozen"),
+        rule("adjustment.warmup_unit", a.warmup_unit in WARMUP_UNITS, f"valid: {', '.join(WARMUP_UNITS)}"),
         rule("continual.init", c.init in ("adjusted", "original"), "valid: adjusted, original"),
         rule("continual.reference", c.reference in ("original", "init"), "valid: original, init"),
         rule("continual.alpha", c.alpha >= 0, "must be >= 0"),

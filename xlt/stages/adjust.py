@@ -57,6 +57,7 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         settings.warmup_ratio,
         dropout=settings.dropout,
         freeze_embeddings=settings.freeze_embeddings,
+        warmup_unit=settings.warmup_unit,
     )
     loader = torch.utils.data.DataLoader(
         ListDataset(list(range(len(examples)))),
