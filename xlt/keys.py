@@ -104,11 +104,17 @@ def pin_code() -> None:
 
 
 def job_hash(cfg: DictConfig, with_seed: bool = True) -> str:
-    """Hash of everything that changes a job's result (not paths or display)."""
+    """Hash of everything that changes a job's result (not paths or display,
+    nor the subtrees its mode does not read: ``xlt.results.unused_subtrees``),
+    so an original-mode job of a ``corpus.size`` sweep is one job, not five."""
+    from xlt.results import unused_subtrees
+
     payload = OmegaConf.to_container(cfg, resolve=True)
     payload.pop("paths", None)
     payload.pop("command", None)
     drop_bookkeeping(payload)
+    for key in unused_subtrees(payload):
+        payload.pop(key)
     if not with_seed:
         payload.pop("seed", None)
     return config_hash(payload)

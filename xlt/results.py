@@ -55,6 +55,16 @@ NOT_RESULT = ("paths", "command")
 DISPLAY_ONLY = ("trainer.enable_progress_bar", "trainer.log_every_n_steps")
 # Config subtrees that a mode does not use (their values must not split cells).
 UNUSED_BY = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjustment"), "continual": ("continual",)}
+# Tasks that read those subtrees in every mode (retrieval: the corpus's held-out pairs).
+READ_IN_EVERY_MODE = ("retrieval",)
+
+
+def unused_subtrees(resolved: dict[str, Any]) -> set[str]:
+    """The top-level config nodes a job with this resolved config never reads."""
+    if (resolved.get("task") or {}).get("name") in READ_IN_EVERY_MODE:
+        return set()
+    mode = resolved.get("mode") or {}
+    return {node for switch, nodes in UNUSED_BY.items() if not mode.get(switch, True) for node in nodes}
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -180,8 +190,7 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     resolved = config.get("resolved")
     if not isinstance(resolved, dict):
         return {}
-    mode = resolved.get("mode") or {}
-    unused = {node for switch, nodes in UNUSED_BY.items() if not mode.get(switch, True) for node in nodes}
+    unused = unused_subtrees(resolved)
     flat: dict[str, Any] = {}
     _flatten({k: v for k, v in resolved.items() if k not in unused and k != "seed"}, "", flat)
     return {k: v for k, v in flat.items() if k not in DISPLAY_ONLY}
