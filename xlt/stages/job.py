@@ -254,8 +254,9 @@ def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
 def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: Path) -> dict[str, dict[str, float]]:
     """Predict every evaluation set, score it, write per-example records.
 
-    Each distinct model input is predicted once per job: the mixed-XNLI halves
-    are subsets of the mixed set, so they cost no forward pass of their own.
+    Each distinct model input is predicted once per job: the mixed-XNLI parts
+    (premise / hypothesis replaced) repeat inputs of the mixed set (all of them
+    without ``task.eval_limit``), so they cost few forward passes of their own.
     """
     from xlt.models.finetune import task_loader
 
