@@ -44,6 +44,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def curve(run: Path) -> list[tuple[str, str]]:
+    """(step, training loss) rows of a job's logs/metrics.csv."""
+    return [(row["step"], row["train/task_loss"]) for row in read_csv(run / "logs" / "metrics.csv") if row["train/task_loss"]]
+
+
 def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     cfg = compose_job(tmp_path / "run", cache_dir, "lang=hi", "seed=4")
     results = pipeline.run_job(cfg)
@@ -57,6 +69,11 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     # The reported accuracy is the hand count over the saved predictions.
     assert results["metrics"]["xnli.hi"]["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 12)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    # 4 steps, fewer than log_every_n_steps=10: the curve still has its last step, then the evaluation.
+    rows = read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert [row["step"] for row in rows if row["train/task_loss"]] == ["3"]
+    assert float(rows[-1]["eval/xnli.hi/accuracy"]) == pytest.approx(saved["metrics"]["xnli.hi"]["accuracy"])
+    assert OmegaConf.load(tmp_path / "run" / "logs" / "hparams.yaml").task.lr == cfg.task.lr
 
 
 def test_rerun_skips_a_finished_job_unless_config_code_or_data_changed(tmp_path, tiny_cache, monkeypatch):
@@ -166,6 +183,9 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
         )
     final = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert "optimizer_states" not in final and final["global_step"] == 24  # finished: weights only
+    # The training curve survives the kill: the step-10 row from before it, then the resumed steps, once each.
+    assert [step for step, _ in curve(tmp_path / "b")] == ["9", "19", "23"]
+    assert curve(tmp_path / "b") == curve(tmp_path / "a")
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):

@@ -240,7 +240,7 @@ def make_tracker(cfg: DictConfig, stage: str, save_dir: Path) -> Optional[Logger
 
         accepts = "save_dir" in inspect.signature(cls.__init__).parameters
         return cls(**settings, **({"save_dir": str(save_dir)} if accepts else {}))
-    except (ImportError, ModuleNotFoundError) as err:
+    except ImportError as err:
         raise XltError(f"cannot create logger {node['_target_']}: {err} ({INSTALL_HINT})") from err
     except XltError:
         raise
@@ -332,7 +332,10 @@ def stage_loggers(cfg: DictConfig, stage: str, csv_dir: Path, tracker_dir: Optio
         loggers.append(tracker)
     params = hyperparameters(cfg)
     for logger in loggers:
-        logger.log_hyperparams(params)
+        try:
+            logger.log_hyperparams(params)  # starts the run: a login or store problem shows here, in one line
+        except Exception as err:  # noqa: BLE001 - e.g. wandb without an API key, an unreachable tracking_uri
+            raise XltError(f"cannot start the {type(logger).__name__} run: {' '.join(str(err).split())}") from err
     return loggers
 
 
