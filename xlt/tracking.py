@@ -50,7 +50,9 @@ from xlt.errors import XltError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("finetune", "adjust")
+# A job's stages with a run: fine-tuning + evaluation, the adjustment (its own
+# run), and evaluation alone (task=retrieval).
+STAGES = ("finetune", "adjust", "evaluate")
 TRACKED = "tracked.json"  # in the job's logs/: the trackers that hold this job's result
 INSTALL_HINT = "pip install -e '.[tracking]'"
 
@@ -228,7 +230,7 @@ def make_tracker(cfg: DictConfig, stage: str, save_dir: Path) -> Optional[Logger
     settings = {k: v for k, v in node.items() if k != "_target_"}
     cls = get_class(node["_target_"])
     base = run_name(cfg)
-    name = base if stage == "finetune" else f"{base} [{stage}]"
+    name = f"{base} [{stage}]" if stage == "adjust" else base  # the adjustment is a run of its own beside the job's
     try:
         if issubclass(cls, WandbLogger):
             return cls(**_wandb_settings(cfg, stage, name, save_dir, settings))
@@ -254,7 +256,7 @@ def _wandb_settings(cfg: DictConfig, stage: str, name: str, save_dir: Path, sett
     os.makedirs(save_dir, exist_ok=True)
     fixed = {"save_dir": str(save_dir), "name": settings.pop("name", None) or name,
              "group": settings.pop("group", None) or sweep_name(), "job_type": settings.pop("job_type", None) or stage}
-    if stage == "finetune" and not settings.get("id") and not settings.get("version"):
+    if stage != "adjust" and not settings.get("id") and not settings.get("version"):
         fixed["id"] = run_key(cfg, stage)
     return {**settings, **fixed}
 
@@ -277,7 +279,7 @@ def _mlflow_settings(cfg: DictConfig, stage: str, name: str, settings: dict) -> 
     name = settings.pop("run_name", None) or name
     if rank_zero_only.rank == 0:  # other DDP ranks never log
         artifacts, found = _mlflow_experiment(uri, experiment, artifacts)
-        run_id = run_id or (found(key) if stage == "finetune" else None)
+        run_id = run_id or (found(key) if stage != "adjust" else None)
     return {**settings, "tracking_uri": uri, "experiment_name": experiment, "run_name": name, "tags": tags,
             "artifact_location": artifacts, "run_id": run_id}
 
@@ -313,7 +315,7 @@ def _tensorboard_settings(stage: str, name: str, save_dir: Path, settings: dict)
     ``.../<run name>/adjust``), so ``tensorboard --logdir <sweep>`` names runs
     by their overrides."""
     folder = re.sub(r"[/\\]", "_", name) or "run"
-    version = settings.pop("version", None) or (folder if stage == "finetune" else f"{folder}/{stage}")
+    version = settings.pop("version", None) or (f"{folder}/{stage}" if stage == "adjust" else folder)
     return {"default_hp_metric": False, **settings, "save_dir": str(save_dir),
             "name": settings.pop("name", None) or "tensorboard", "version": version}
 

@@ -347,6 +347,11 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
 
         title = f"{cfg.model.name}, en-{lang}, {len(pairs.english)} {pairs.data} pairs, {options.pooling}/{options.distance}"
         results["figure"] = [str(p) for p in plot_layers(curves, out / "retrieval_layers", title)]
+    from xlt.tracking import log_results, mark_tracked, stage_run
+
+    with stage_run(cfg, "evaluate", out / "logs") as loggers:  # every job in the tracker, this one too
+        log_results(loggers, cfg, metrics, step=0)
     results_file.write(out, results)
+    mark_tracked(cfg, out, fresh=True)
     print(format_metrics(results))
     return results
