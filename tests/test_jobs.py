@@ -56,8 +56,8 @@ def curve(run: Path) -> list[tuple[str, str]]:
     return [(row["step"], row["train/task_loss"]) for row in read_csv(run / "logs" / "metrics.csv") if row["train/task_loss"]]
 
 
-def test_job_writes_results_and_predictions(tmp_path, cache_dir):
-    cfg = compose_job(tmp_path / "run", cache_dir, "lang=hi", "seed=4")
+def test_job_writes_results_and_predictions(tmp_path, tiny_cache):
+    cfg = compose_job(tmp_path / "run", tiny_cache, "lang=hi", "seed=4")  # a fresh cache: this job trains
     results = pipeline.run_job(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "ok" and saved["config"]["lang"] == "hi" and saved["config"]["seed"] == 4
