@@ -381,8 +381,8 @@ def stage_run(cfg: DictConfig, stage: str, csv_dir: Path, tracker_dir: Optional[
         finish(loggers, ok)
 
 
-def resume(loggers: list[Logger], step: int, key: str) -> None:
-    """Rewind the CSV record to ``step`` of training ``key`` (see ``CsvRecord``)."""
+def rewind_curve(loggers: list[Logger], step: int, key: str) -> None:
+    """Rewind the CSV record to ``step`` of training ``key`` (see ``CsvRecord.resume``)."""
     for logger in loggers:
         if isinstance(logger, CsvRecord):
             logger.resume(step, key)

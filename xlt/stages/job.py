@@ -27,7 +27,7 @@ from xlt.keys import checkpoint_dir, corpus_path, data_checksums, pin_code
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples
 from xlt.stages.trainer import ddp_job, describe_progress, make_trainer, one_device, trainer_kwargs
-from xlt.tracking import log_kept, log_results, mark_tracked, stage_run
+from xlt.tracking import log_kept, log_results, mark_tracked, rewind_curve, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     """Fine-tune, resuming from ``checkpoints/last.ckpt`` when an earlier run
     of the same training left one (mid-epoch included), and return the trainer
     and the ``training`` record of results.json.  The job's CSV curve is
-    rewound to the step the training resumes from (``xlt.tracking.resume``).
+    rewound to the step the training resumes from (``xlt.tracking.rewind_curve``).
 
     Each process gets ``task.batch_size / (accumulate_grad_batches x world
     size)`` examples per micro-batch, so the effective batch is the task's
@@ -141,8 +141,6 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
 
     from xlt.models.finetune import SamplerPosition, task_loader
 
-    from xlt.tracking import resume as resume_curves
-
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", loggers=loggers, use_distributed_sampler=False)
     micro_batch = micro_batch_size(cfg, trainer.world_size)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
@@ -152,10 +150,10 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
         if set_aside_if_corrupt(last):
             done.unlink(missing_ok=True)
         if done.exists():  # a twin (or an earlier run) finished this training: reuse its weights
-            resume_curves(loggers, 0, checkpoints.name)  # this job trains nothing: no curve
+            rewind_curve(loggers, 0, checkpoints.name)  # this job trains nothing: no curve
             return trainer, {**load_finished(module, last, done), "processes": trainer.world_size, "micro_batch": micro_batch}
         resume, resumed = latest_checkpoint(checkpoints)
-        resume_curves(loggers, resumed, checkpoints.name)
+        rewind_curve(loggers, resumed, checkpoints.name)
         log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
         with ddp_job(out):
             try:
