@@ -353,6 +353,8 @@ def test_evaluation_predicts_each_input_once_in_length_sorted_batches(tmp_path):
     widths: list[int] = []
 
     class Trainer:
+        callbacks: list = []  # no ProgressLines to name the prediction
+
         def predict(self, module, loader):
             out = []
             for batch in loader:
