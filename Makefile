@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "torch>=2.4,<3"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,tracking]"   # tracking: the tests read what W&B, MLflow, TensorBoard wrote
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install xlt with its dependencies

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import synthetic_pairs, tiny_encoder
-from xlt.models.adjust import AdjustModule, AlignmentLoss, collate_aligned, constant_after_warmup, freeze_copy
+from xlt.models.adjust import AdjustModule, AlignmentLoss, collate_aligned, constant_after_warmup, freeze_copy, paper_warmup
 from xlt.models.pooling import pool_spans
 
 
@@ -78,6 +78,59 @@ def test_warmup_then_constant():
     assert [round(factor(s), 2) for s in (0, 4, 9, 10, 500)] == [0.1, 0.5, 1.0, 1.0, 1.0]
 
 
+def paper_code_rates(num_sentences: int, batch_size: int, lr: float, warmup_frac: float = 0.1) -> list[float]:
+    """The learning rate of each optimizer step of the paper code's adjustment,
+    transcribed from alignment/bert_finetuning_alignment.py (align_bert_multiple:
+    Adam(lr=1.), set_lr / schedule_lr, one language, one epoch)."""
+    learning_rate, learning_rate_warmup_steps = lr, int(num_sentences * warmup_frac)
+    warmup_coeff = learning_rate / learning_rate_warmup_steps
+    current, rates, total_processed = 1.0, [], 0
+    for i in range(0, num_sentences, batch_size):
+        iteration = total_processed // 1 + 1  # schedule_lr(total_processed // len(languages)), then iteration + 1
+        if iteration <= learning_rate_warmup_steps:
+            current = iteration * warmup_coeff
+        rates.append(current)
+        total_processed += len(range(i, min(i + batch_size, num_sentences)))
+    return rates
+
+
+@pytest.mark.parametrize("sentences", [5000, 30000, 250000, 333])
+def test_sentence_warmup_is_the_paper_codes(sentences):
+    """warmup_unit=sentences gives the paper code's rate at every step: at 30K
+    pairs the first step gets lr/3000 = 1.7e-8 (optimizer-step warm-up: lr/93 =
+    5.4e-7), and the rate stays at the last warm-up value, 0.962 lr at 5K pairs."""
+    lr, batch = 5e-5, 32
+    factor = paper_warmup(int(0.1 * sentences), batch)
+    assert [lr * factor(step) for step in range(-(-sentences // batch))] == pytest.approx(paper_code_rates(sentences, batch, lr), rel=1e-12)
+    if sentences == 30000:
+        assert lr * factor(0) == pytest.approx(1.67e-8, rel=0.01)
+        assert lr * constant_after_warmup(int(0.1 * -(-sentences // batch)))(0) == pytest.approx(5.4e-7, rel=0.01)
+    if sentences == 5000:
+        assert factor(10**6) == pytest.approx(0.962)
+
+
+@pytest.mark.parametrize("unit", ["sentences", "steps"])
+def test_adjust_module_schedules_its_warmup_unit(unit):
+    """The rates a real fit uses (200 pairs, batch 32, warm-up 50%)."""
+    encoder = tiny_encoder()
+    examples = synthetic_pairs(200)
+    module = AdjustModule(encoder, AlignmentLoss(freeze_copy(encoder), "current"), lr=1e-3, warmup_ratio=0.5, warmup_unit=unit)
+    rates = []
+
+    class Rate(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    loader = torch.utils.data.DataLoader(list(range(200)), batch_size=32,
+                                         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], 0, idx))
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu", callbacks=[Rate()]).fit(module, loader)
+    if unit == "sentences":
+        assert rates == pytest.approx(paper_code_rates(200, 32, 1e-3, warmup_frac=0.5))  # 1, 33, 65, 97, 97, 97, 97 / 100
+    else:
+        assert rates == pytest.approx([1e-3 * f for f in (1 / 3, 2 / 3, 1, 1, 1, 1, 1)])  # int(0.5 * 7) = 3 steps
+
+
 @pytest.mark.slow
 def test_adjustment_training_pulls_pairs_together():
     L.seed_everything(0, verbose=False)
@@ -134,3 +187,31 @@ def test_bucketed_forward_equals_one_padded_forward():
         grouped = bucketed_forward(encoder, ids, mask, buckets=4)
     real = mask.bool()
     assert torch.allclose(whole[real], grouped[real], atol=1e-5)
+
+
+def test_model_presets_choose_the_warmup_unit(tmp_path):
+    from xlt.config import compose_config
+
+    unit = {model: compose_config([f"paths.output_dir={tmp_path}", f"model={model}"]).adjustment.warmup_unit
+            for model in ("mbert", "e5_small", "xlmr", "tiny")}
+    assert unit == {"mbert": "sentences", "e5_small": "steps", "xlmr": "sentences", "tiny": "sentences"}
+
+
+@pytest.mark.slow
+def test_adjust_stage_trains_with_the_configured_warmup_unit(tmp_path, tiny_cache):
+    """120 pairs in batches of 32: with sentences, W = 12 < 32, so every step
+    keeps the first rate lr/12 (the paper code's behaviour on a small sample);
+    with steps, int(0.1 * 4) = 0 warm-up steps, the base rate at once."""
+    import csv
+
+    from xlt.config import compose_config
+    from xlt.stages.adjust import adjust_stage
+
+    for unit, rate in (("sentences", 5e-5 / 12), ("steps", 5e-5)):
+        cfg = compose_config(["model=tiny", "data=demo", "corpus=demo", "corpus.size=120", "corpus.heldout=30", "mode=adjusted",
+                              f"adjustment.warmup_unit={unit}", "trainer.log_every_n_steps=1",
+                              "trainer.callbacks=[{_target_: lightning.pytorch.callbacks.LearningRateMonitor}]",
+                              f"paths.output_dir={tmp_path / unit}", f"paths.cache_dir={tiny_cache}"])
+        with (adjust_stage(cfg) / "logs" / "metrics.csv").open(newline="") as handle:
+            rates = [float(row["lr-Adam"]) for row in csv.DictReader(handle) if row.get("lr-Adam")]
+        assert rates == pytest.approx([rate] * 4), unit

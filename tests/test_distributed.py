@@ -4,6 +4,7 @@ and the effective batch stays task.batch_size."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -41,6 +42,11 @@ def test_ddp_single_run(tmp_path):
     assert saved["training"]["steps"] == 4 == steps(tmp_path)[0]
     assert (saved["training"]["processes"], saved["training"]["micro_batch"]) == (2, 16)
     assert "MEMBER: 2/2" in result.stdout + result.stderr  # Lightning's rendezvous of both ranks
+    # The curve survives rank 0's evaluation Trainer, and the evaluation metrics follow it.
+    with (tmp_path / "run" / "logs" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows if row["train/task_loss"]] == ["3"]
+    assert float(rows[-1]["eval/xnli.ru/accuracy"]) == pytest.approx(saved["metrics"]["xnli.ru"]["accuracy"])
 
 
 def test_ddp_multirun_runs_each_job_once(tmp_path):

@@ -18,7 +18,7 @@ LAYERS = [
     {"xlt.models"},
     {"xlt.evaluation"},
     {"xlt.tasks"},
-    {"xlt.contract", "xlt.keys", "xlt.results"},
+    {"xlt.contract", "xlt.keys", "xlt.results", "xlt.tracking"},
     {"xlt.stages"},
     {"xlt.report", "xlt.analysis", "xlt.demo"},
     {"xlt.cli", "xlt.__main__"},

@@ -44,8 +44,20 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_job_writes_results_and_predictions(tmp_path, cache_dir):
-    cfg = compose_job(tmp_path / "run", cache_dir, "lang=hi", "seed=4")
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def curve(run: Path) -> list[tuple[str, str]]:
+    """(step, training loss) rows of a job's logs/metrics.csv."""
+    return [(row["step"], row["train/task_loss"]) for row in read_csv(run / "logs" / "metrics.csv") if row["train/task_loss"]]
+
+
+def test_job_writes_results_and_predictions(tmp_path, tiny_cache):
+    cfg = compose_job(tmp_path / "run", tiny_cache, "lang=hi", "seed=4")  # a fresh cache: this job trains
     results = pipeline.run_job(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "ok" and saved["config"]["lang"] == "hi" and saved["config"]["seed"] == 4
@@ -63,6 +75,11 @@ def test_job_writes_results_and_predictions(tmp_path, cache_dir):
     assert finetuned == (tmp_path / "run" / "checkpoints").resolve() / "last.ckpt" and "adjusted" not in saved["states"]
     record = json.loads((finetuned.parent / "training.json").read_text())
     assert record["task"]["name"] == "xnli" and record["lang"] is None and record["seed"] == 4
+    # 4 steps, fewer than log_every_n_steps=10: the curve still has its last step, then the evaluation.
+    rows = read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert [row["step"] for row in rows if row["train/task_loss"]] == ["3"]
+    assert float(rows[-1]["eval/xnli.hi/accuracy"]) == pytest.approx(saved["metrics"]["xnli.hi"]["accuracy"])
+    assert OmegaConf.load(tmp_path / "run" / "logs" / "hparams.yaml").task.lr == cfg.task.lr
 
 
 def write_tsv_sentences(source: Path, target: Path, sentences: int) -> None:
@@ -210,6 +227,9 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
     weights = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     differ = [k for k in final["state_dict"] if not torch.equal(final["state_dict"][k], weights[k])]
     assert differ == [] and len(weights) == len(final["state_dict"])  # bit-identical, not only the same predictions
+    # The training curve survives the kill: the step-10 row from before it, then the resumed steps, once each.
+    assert [step for step, _ in curve(tmp_path / "b")] == ["9", "19", "23"]
+    assert curve(tmp_path / "b") == curve(tmp_path / "a")
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
@@ -381,6 +401,8 @@ def test_evaluation_predicts_each_input_once_in_length_sorted_batches(tmp_path):
     widths: list[int] = []
 
     class Trainer:
+        callbacks: list = []  # no ProgressLines to name the prediction
+
         def predict(self, module, loader):
             out = []
             for batch in loader:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from xlt.progress import Progress, duration, progress
 
@@ -34,3 +41,25 @@ def test_unknown_total_and_durations():
     bar.update(7)
     assert bar.line().startswith("tokenising: 7 it, ")
     assert duration(42) == "42s" and duration(185) == "3m05s" and duration(3720) == "1h02m"
+
+
+@pytest.mark.slow
+def test_a_job_outside_a_terminal_logs_progress_lines_while_it_works(tmp_path, tiny_cache):
+    """A local_gpus job writes to console.log (no terminal): adjustment,
+    fine-tuning and evaluation each log step/total, rate, ETA and the loss
+    while they run, not only a bar at the end."""
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "xlt", "-m", "model=tiny", "data=demo", "task.train_limit=96", "task.batch_size=8",
+         "task.eval_limit=12", "task.epochs=1", "mode=adjusted", "corpus=demo", "corpus.size=120", "corpus.heldout=30",
+         "hydra/launcher=local_gpus", "hydra.launcher.gpus=[]", f"hydra.sweep.dir={sweep}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "XLT_CACHE_DIR": str(tiny_cache), "XLT_PROGRESS_S": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = (sweep / "0" / "console.log").read_text()
+    during = re.findall(r"fine-tuning: (\d+)/12 steps \(\d+%\), [\d.]+ steps/s, ETA \S+, loss \d+\.\d{4}", console)
+    assert [int(step) for step in during] == list(range(1, 12))  # a line per step at XLT_PROGRESS_S=0, before the end
+    assert re.search(r"fine-tuning: 12/12 steps \(100%\), [\d.]+ steps/s, took \S+", console)
+    assert re.search(r"adjustment: 1/4 steps \(25%\), [\d.]+ steps/s, ETA \S+, loss \d", console)
+    assert re.search(r"evaluation xnli.ru: 1/1 batches", console)
+    assert "\r" not in console  # no redrawn bar

@@ -268,6 +268,13 @@ def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cach
         assert all(r["correct"] == int(r["rank"] == 1) == int(r["prediction"] == r["gold"]) for r in records)
     assert json.loads((out / "results.json").read_text())["metrics"] == results["metrics"]
     assert (out / "retrieval_layers.png").stat().st_size > 0 and (out / "retrieval_layers.pdf").stat().st_size > 0
+    import csv
+
+    from xlt.tracking import evaluation_scalars
+
+    with (out / "logs" / "metrics.csv").open(newline="") as handle:  # the job's record, as every tracker gets it
+        logged = {k: float(v) for k, v in list(csv.DictReader(handle))[-1].items() if k.startswith("eval/")}
+    assert logged == pytest.approx(evaluation_scalars(results["metrics"])) and len(logged) == 8
 
 
 @pytest.mark.slow

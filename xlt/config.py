@@ -45,6 +45,7 @@ CORPUS_FORMATS = ("tsv", "wikimatrix", "fast_align", "moses")
 AGGREGATIONS = ("avg", "start", "end", "subword")
 ALIGNERS = ("fast_align", "eflomal")
 SYMMETRIZATIONS = ("intersect", "grow-diag-final-and")
+WARMUP_UNITS = ("sentences", "steps")  # what adjustment.warmup_ratio is a share of
 ADJUSTMENT_TARGETS = ("current", "frozen")
 REDUCTIONS = ("mse", "sum", "vector_mean")
 REGULARIZED = ("all", "chosen")
@@ -365,6 +366,10 @@ class AdjustmentConfig:
     batch_size: int = number(32, ge=1)
     epochs: int = number(1, ge=1)
     warmup_ratio: float = number(0.1, ge=0, le=1)
+    # What warmup_ratio is a share of: sentences (the paper code: linear over
+    # int(ratio * pairs) sentences, then held at the last value set) | steps
+    # (linear over ratio * optimizer steps, then the base lr).
+    warmup_unit: str = choice("sentences", WARMUP_UNITS)
     reg_weight: float = number(1.0, ge=0)  # lambda for the English regularizer
     target: str = choice("current", ADJUSTMENT_TARGETS)  # current (paper's code) | frozen (Cao et al.)
     # Per-term reduction: mse (paper code, F.mse_loss = mean over every

@@ -56,6 +56,9 @@ EVALUATION_ONLY = ("task.eval_limit", "task.eval_batch_size", "task.eval_sets", 
                    "data.skip_missing_eval")
 # Subtrees a job reads only when its mode switch is on.
 MODE_SUBTREES = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjustment"), "continual": ("continual",)}
+# Task kinds that read the corpus subtrees in every mode (retrieval: the
+# aligned corpus's held-out pairs are its default evaluation data).
+EVERY_MODE_KINDS = ("retrieval",)
 # Aligner settings that are file paths: an output, and an input keyed by its content.
 ALIGNER_FILES = ("export", "pharaoh_path")
 
@@ -76,8 +79,12 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def unused_subtrees(mode: dict[str, Any]) -> set[str]:
-    """The subtrees a job of ``mode`` (its switches) does not read."""
+def unused_subtrees(resolved: dict[str, Any]) -> set[str]:
+    """The subtrees a job does not read: those of the switches its mode has
+    off, unless its task kind reads them in every mode."""
+    if (resolved.get("task") or {}).get("kind") in EVERY_MODE_KINDS:
+        return set()
+    mode = resolved.get("mode") or {}
     return {node for switch, nodes in MODE_SUBTREES.items() if not mode.get(switch, True) for node in nodes}
 
 
@@ -87,7 +94,7 @@ def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
     block of a results.json): everything but :data:`NOT_RESULT`,
     :data:`BOOKKEEPING` and the subtrees the mode does not read.  The job
     hash (reruns, the report's cells) is this dict's hash."""
-    payload = {k: v for k, v in resolved.items() if k not in NOT_RESULT and k not in unused_subtrees(resolved.get("mode") or {})}
+    payload = {k: v for k, v in resolved.items() if k not in NOT_RESULT and k not in unused_subtrees(resolved)}
     return _without(payload, BOOKKEEPING)
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from xlt.config import ADJUSTMENT_TARGETS, REDUCTIONS
+from xlt.config import ADJUSTMENT_TARGETS, REDUCTIONS, WARMUP_UNITS
 from xlt.models.pooling import pool_spans
 
 Batch = dict[str, torch.Tensor]
@@ -215,11 +215,41 @@ def bucketed_forward(encoder: PreTrainedModel, ids: torch.Tensor, mask: torch.Te
     return hidden
 
 
+def check_warmup_unit(unit: str, where: str = "adjustment.warmup_unit") -> str:
+    """``unit`` if valid, else a one-line error naming the config key."""
+    if unit not in WARMUP_UNITS:
+        raise XltError(f"{where} must be one of {' | '.join(WARMUP_UNITS)}, got {unit!r}")
+    return unit
+
+
 def constant_after_warmup(warmup_steps: int):
-    """Linear warm-up to the base learning rate, then constant (Cao et al.)."""
+    """Linear warm-up over optimizer steps to the base learning rate, then
+    constant (Cao et al.; ``warmup_unit=steps``)."""
 
     def factor(step: int) -> float:
         return min(1.0, (step + 1) / max(1, warmup_steps))
+
+    return factor
+
+
+def paper_warmup(warmup_sentences: int, batch_size: int):
+    """The paper code's warm-up, counted in sentences (``warmup_unit=sentences``).
+
+    ``alignment/bert_finetuning_alignment.py`` ``align_bert_multiple``: W =
+    ``int(num_sentences * 0.1)``; before each optimizer step, with k sentences
+    processed so far, it sets ``lr = (k + 1) / W * lr`` while ``k + 1 <= W``
+    and never again, so the rate stays at the last value set:
+    ``(B * floor((W - 1) / B) + 1) / W`` of the base rate (0.962 at 5K pairs,
+    batch 32), never the base rate itself.  Step 0 gets ``lr / W`` (1.7e-8 at
+    30K pairs, where 10% of the optimizer steps would give 5.4e-7).  W = 0
+    (under 10 sentences; the paper code divides by zero there): no warm-up.
+    """
+    if warmup_sentences <= 0:
+        return lambda step: 1.0
+    last = batch_size * ((warmup_sentences - 1) // batch_size) + 1
+
+    def factor(step: int) -> float:
+        return min(batch_size * step + 1, last) / warmup_sentences
 
     return factor
 
@@ -236,11 +266,13 @@ class AdjustModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         dropout: bool = True,
         freeze_embeddings: bool = False,
+        warmup_unit: str = "steps",
     ):
         super().__init__()
         self.encoder = encoder.train()
         self.loss = loss  # plain attribute: the frozen reference is not trained or checkpointed
         self.lr, self.reg_weight, self.warmup_ratio, self.dropout = lr, reg_weight, warmup_ratio, dropout
+        self.warmup_unit = check_warmup_unit(warmup_unit)
         if freeze_embeddings:
             encoder.get_input_embeddings().weight.requires_grad_(False)
 
@@ -264,8 +296,17 @@ class AdjustModule(L.LightningModule):
         trainable = [p for p in self.encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=self.lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_after_warmup(int(self.warmup_ratio * total)))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.warmup(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def warmup(self, total_steps: int):
+        """The LambdaLR factor of ``warmup_unit``: a share of the optimizer
+        steps, or of one epoch's sentences (the training loader's dataset,
+        in batches of its batch size) as the paper's code counts."""
+        if self.warmup_unit == "steps":
+            return constant_after_warmup(int(self.warmup_ratio * total_steps))
+        loader = self.trainer.train_dataloader  # set up by estimated_stepping_batches
+        return paper_warmup(int(len(loader.dataset) * self.warmup_ratio), loader.batch_size)
 
 
 def freeze_copy(encoder: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ from xlt.errors import XltError
 from xlt.keys import adjusted_dir, corpus_path
 from xlt.stages.align import align_stage, aligned_examples
 from xlt.stages.trainer import make_trainer, one_device
+from xlt.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         settings.warmup_ratio,
         dropout=settings.dropout,
         freeze_embeddings=settings.freeze_embeddings,
+        warmup_unit=settings.warmup_unit,
     )
     loader = torch.utils.data.DataLoader(
         ListDataset(list(range(len(examples)))),
@@ -66,12 +68,15 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
     )
     probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * settings.epochs // PROBES))
-    trainer = make_trainer(
-        cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], accumulate_grad_batches=1,
-        **one_device(),  # small (one epoch over <= 250K pairs); DDP ranks wait for it on the build lock
-    )
-    started = time.time()
-    trainer.fit(module, loader)
+    # The curve: CSV with the artifact, and the tracker's own run in the job's logs/ (never the job's run).
+    with stage_run(cfg, "adjust", out / "logs", Path(cfg.paths.output_dir) / "logs") as loggers:
+        trainer = make_trainer(
+            cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], loggers=loggers,
+            stage="adjustment", accumulate_grad_batches=1,
+            **one_device(),  # small (one epoch over <= 250K pairs); DDP ranks wait for it on the build lock
+        )
+        started = time.time()
+        trainer.fit(module, loader)
     encoder = module.encoder.cpu()
     after = distance_summary(encoder, probe, pad, reference.cpu()) if probe else {}
     encoder.save_pretrained(out)
@@ -107,3 +112,5 @@ class DistanceProbe(L.Callback):
 
             summary = distance_summary(pl_module.encoder, self.examples, self.pad_id, self.reference)
             self.trajectory.append({"step": trainer.global_step, **summary})
+            for logger in trainer.loggers:  # beside the loss curve (Lightning's step column: optimizer step - 1)
+                logger.log_metrics({f"probe/{k}": v for k, v in summary.items()}, step=trainer.global_step - 1)

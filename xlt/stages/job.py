@@ -32,7 +32,8 @@ from xlt.errors import XltError
 from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_config
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
-from xlt.stages.trainer import check_hardware, ddp_job, make_trainer, one_device
+from xlt.stages.trainer import check_hardware, ddp_job, describe_progress, make_trainer, one_device
+from xlt.tracking import log_kept, log_results, mark_tracked, rewind_curve, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         return evaluate_states(cfg, task)
     out = Path(cfg.paths.output_dir)
     if (done := results_file.finished(out, cfg, data_checksums(cfg))) is not None:  # a rerun of a sweep
+        log_kept(cfg, out, done)  # a tracker chosen since gets its hyperparameters and metrics
         print(format_metrics(done))
         return done
     started = time.time()
@@ -99,13 +101,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     inputs = data_checksums(cfg)  # provenance: the content just read (and that keys the checkpoint)
     checkpoints = checkpoint_dir(cfg)
     link_checkpoints(out, checkpoints, cfg)
-    trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out)
-    if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
-        if trainer.global_rank != 0:
-            return {}
-        trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", **one_device())
+    with stage_run(cfg, "finetune", out / "logs") as loggers:  # after the adjustment's run has ended
+        trainer, training = fine_tune(cfg, module, task, tokenizer, train, checkpoints, out, loggers)
+        if trainer.world_size > 1:  # DDP: rank 0 evaluates every example on one device
+            if trainer.global_rank != 0:
+                return {}
+            trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", loggers=loggers, **one_device())
+        metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
+        log_results(loggers, cfg, metrics, training["steps"])
 
-    metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
     results = results_file.ok_results(cfg, metrics, started, inputs, report_info(task))
     results["training"] = training
     results["states"] = {**({"adjusted": str(adjusted.resolve())} if adjusted else {}),
@@ -117,15 +121,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode.adjust:  # does fine-tuning undo the adjustment? (the paper's "forgetting")
         results["finetuned_distances"] = finetuned_distances(cfg, tokenizer, module.encoder)
     results_file.write(out, results)
+    mark_tracked(cfg, out, fresh=True)
     print(format_metrics(results))
     return results
 
 
 @stopping.in_stage("fine-tuning")
-def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path):
+def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints: Path, out: Path, loggers: list):
     """Fine-tune, resuming from the newest usable checkpoint when an earlier run
     of the same training left one (mid-epoch included), and return the trainer
-    and the ``training`` record of results.json.
+    and the ``training`` record of results.json.  The job's CSV curve is
+    rewound to the step the training resumes from (``xlt.tracking.rewind_curve``).
 
     Each process gets ``task.batch_size / (accumulate_grad_batches x world
     size)`` examples per micro-batch, so the effective batch is the task's
@@ -142,15 +148,17 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
 
     from xlt.models.finetune import SamplerPosition, task_loader
 
-    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", use_distributed_sampler=False)
+    trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", loggers=loggers, use_distributed_sampler=False)
     micro_batch = micro_batch_size(cfg, trainer.world_size)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     trainer.callbacks.insert(0, SamplerPosition(loader))
     with lock_unless_read_only(checkpoints / "train.lock") if trainer.global_rank == 0 else nullcontext():
         state = usable_state(checkpoints, shapes_of(module))
         if state.kind == "finished":  # a twin (or an earlier run) finished this training: reuse its weights
+            rewind_curve(loggers, 0, checkpoints.name)  # this job trains nothing: no curve
             return trainer, {**load_finished(module, state), "processes": trainer.world_size, "micro_batch": micro_batch}
         resume, resumed = state.path, state.step
+        rewind_curve(loggers, resumed, checkpoints.name)
         log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
         with ddp_job(out), stopping.deferred():
             try:
@@ -246,8 +254,9 @@ def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
 def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: Path) -> dict[str, dict[str, float]]:
     """Predict every evaluation set, score it, write per-example records.
 
-    Each distinct model input is predicted once per job: the mixed-XNLI halves
-    are subsets of the mixed set, so they cost no forward pass of their own.
+    Each distinct model input is predicted once per job: the mixed-XNLI parts
+    (premise / hypothesis replaced) repeat inputs of the mixed set (all of them
+    without ``task.eval_limit``), so they cost few forward passes of their own.
     """
     from xlt.models.finetune import task_loader
 
@@ -259,6 +268,7 @@ def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: 
         keys = [model_input(f) for f in features]
         new = first_occurrences(keys, known)
         order = [new[i] for i in length_order([features[i] for i in new])]
+        describe_progress(trainer, f"evaluation {eval_set.name}")
         batches = trainer.predict(module, task_loader(task, tokenizer, [features[i] for i in order], batch_size, seed=None)) if order else []
         predicted = [row.numpy() for batch in batches for row in batch]
         if len(predicted) != len(order):
@@ -324,8 +334,11 @@ def evaluate_states(cfg: DictConfig, task) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     states = find_states(cfg, task.state_names(cfg.mode), task.state_paths(), task.finetuned_task, log.warning)
     metrics, extras = task.run(cfg, states, lambda: heldout_sentences(cfg), out)
+    with stage_run(cfg, "evaluate", out / "logs") as loggers:  # every job in the tracker, this one too
+        log_results(loggers, cfg, metrics, step=0)
     results = results_file.ok_results(cfg, metrics, started, extras.pop("data_checksums", {}), report_info(task))
     results.update(extras)
     results_file.write(out, results)
+    mark_tracked(cfg, out, fresh=True)
     print(format_metrics(results))
     return results

@@ -50,21 +50,6 @@ def check_hardware(cfg: DictConfig) -> None:
                        f"{torch.cuda.get_device_name()} has none: pass trainer.precision=16-mixed or 32-true")
 
 
-def make_logger(cfg: DictConfig, log_dir: Path):
-    """The logger of ``cfg.logger`` (a ``_target_`` node; CSV by default)."""
-    from hydra.utils import instantiate
-
-    node = cfg.get("logger")
-    if node is None or node.get("_target_") is None:
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(str(log_dir), name="", version="")
-    try:
-        return instantiate(node, save_dir=str(log_dir), _convert_="all")
-    except Exception as err:  # noqa: BLE001 - a missing optional package (wandb, mlflow) is a user fix
-        raise XltError(f"cannot create logger {node._target_}: {err.__cause__ or err}") from err
-
-
 def config_callbacks(cfg: DictConfig) -> list:
     """``cfg.trainer.callbacks``: Lightning callbacks as ``_target_`` nodes."""
     from hydra.utils import instantiate
@@ -77,7 +62,8 @@ def config_callbacks(cfg: DictConfig) -> list:
 
 
 def make_trainer(
-    cfg: DictConfig, max_epochs: int, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), **override: Any
+    cfg: DictConfig, max_epochs: int, checkpoint_dir: Path | None, log_dir: Path, callbacks=(), loggers=None,
+    stage: str = "fine-tuning", **override: Any
 ) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer`` (``override`` replaces its values).
 
@@ -85,9 +71,15 @@ def make_trainer(
     ``trainer.checkpoint_every_n_steps`` optimizer steps and when the job is
     told to stop (SIGTERM, SIGINT, or SIGUSR2 that Slurm/submitit send before
     preemption or time-out), so a rerun resumes mid-epoch.  Every training
-    stops at its first non-finite loss (``FiniteLoss``).
+    stops at its first non-finite loss (``FiniteLoss``).  ``loggers``: the
+    stage's (``xlt.tracking``), else a CSV record in ``log_dir``.  Progress:
+    Lightning's bar in a terminal, else a ``ProgressLines`` line every few
+    seconds, named ``stage`` (``trainer.enable_progress_bar=false``: neither).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from xlt.progress import is_terminal
+    from xlt.tracking import CsvRecord
 
     check_hardware(cfg)
     callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss()]
@@ -96,16 +88,92 @@ def make_trainer(
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every))
         callbacks.append(StopSignal(checkpoint_dir / "last.ckpt"))
     kwargs = {"enable_model_summary": False, "deterministic": False, **trainer_kwargs(cfg, **override)}
+    if kwargs.get("enable_progress_bar", True) and not is_terminal():  # a redrawn bar is noise in a file
+        kwargs["enable_progress_bar"] = False
+        callbacks.append(ProgressLines(stage))
+    callbacks.append(LastStepLogged())
     trainer = L.Trainer(
         **kwargs,
         max_epochs=int(max_epochs),  # whole epochs (the config contract rejects a fraction)
         enable_checkpointing=checkpoint_dir is not None,
         default_root_dir=str(checkpoint_dir or log_dir),  # Lightning's own hpc_ckpt_*.ckpt (SIGUSR1) land here
         callbacks=callbacks,
-        logger=make_logger(cfg, log_dir),
+        logger=list(loggers) if loggers is not None else [CsvRecord(log_dir)],
     )
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # no truncated checkpoint on a full disk
     return trainer
+
+
+class ProgressLines(L.Callback):
+    """Training and prediction progress as log lines (``xlt.progress``) where
+    no terminal redraws a bar (a Slurm ``.out``, a launcher's ``console.log``):
+    optimizer steps / total, rate, ETA and the loss; predicted batches / total.
+    Rank 0 only.  ``label`` names the current prediction (``describe_progress``)."""
+
+    def __init__(self, stage: str):
+        self.stage, self.label = stage, "prediction"
+        self.bar, self.step = None, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from xlt.progress import Progress
+
+        if trainer.is_global_zero:
+            self.step = trainer.global_step
+            self.bar = Progress(self.stage, int(trainer.estimated_stepping_batches), "steps", start=self.step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        if self.bar is None or trainer.global_step == self.step:  # other ranks; accumulating micro-batches
+            return
+        done, self.step = trainer.global_step - self.step, trainer.global_step
+        extra = None
+        if time.monotonic() - self.bar.last >= self.bar.interval:  # a line is due: read the loss (a device sync) only now
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            extra = f"loss {float(loss):.4f}" if loss is not None else None
+        self.bar.update(done, extra)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        from xlt.progress import Progress
+
+        if trainer.is_global_zero:
+            self.bar = Progress(self.label, int(sum(trainer.num_predict_batches)), "batches")
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.on_train_end(trainer, pl_module)
+
+
+def describe_progress(trainer: L.Trainer, label: str) -> None:
+    """Name the next prediction in the progress lines (``evaluation xnli.ru``)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ProgressLines):
+            callback.label = label
+
+
+class LastStepLogged(L.Callback):
+    """Log the training metrics of the last optimizer step when Lightning did
+    not (it logs every ``log_every_n_steps``): a run shorter than that would
+    otherwise leave no curve at all, and a longer one would end its curve early.
+    Lightning's step column is the optimizer step minus one."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        steps = trainer.global_step
+        if steps == 0 or steps % trainer.log_every_n_steps == 0 or not trainer.loggers:
+            return
+        last = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+        if last:
+            for logger in trainer.loggers:
+                logger.log_metrics(last, step=steps - 1)
+                logger.save()
 
 
 class StopSignal(L.Callback):
