@@ -190,7 +190,7 @@ def test_bucketed_forward_equals_one_padded_forward():
 
 
 def test_model_presets_choose_the_warmup_unit(tmp_path):
-    from xlt.config import compose_config
+    from xlt.contract import compose as compose_config
 
     unit = {model: compose_config([f"paths.output_dir={tmp_path}", f"model={model}"]).adjustment.warmup_unit
             for model in ("mbert", "e5_small", "xlmr", "tiny")}
@@ -204,7 +204,7 @@ def test_adjust_stage_trains_with_the_configured_warmup_unit(tmp_path, tiny_cach
     with steps, int(0.1 * 4) = 0 warm-up steps, the base rate at once."""
     import csv
 
-    from xlt.config import compose_config
+    from xlt.contract import compose as compose_config
     from xlt.stages.adjust import adjust_stage
 
     for unit, rate in (("sentences", 5e-5 / 12), ("steps", 5e-5)):
