@@ -135,7 +135,7 @@ def ru_examples(shared_data, e5_tokenizer, tmp_path_factory):
     corpus = CorpusConfig(name="shared", path="{data_root}/en-{lang}.tsv", size=100, heldout=100, max_words=30)
     pool = load_pool(corpus, "ru", str(root))
     train_ids, heldout_ids = sample_pool(pool, corpus, seed=1)
-    train, heldout = [pool.pairs[k] for k in train_ids], [pool.pairs[k] for k in heldout_ids]
+    train, heldout = [pool.pair(k) for k in train_ids], [pool.pair(k) for k in heldout_ids]
     alignments = align_corpus(heldout + train, AlignerConfig())
     words = TokensConfig(name="words", use_words=True, use_cls=False, use_sep=False)
     probe = build_aligned_examples(e5_tokenizer, heldout, alignments[: len(heldout)], "avg", words)
