@@ -240,7 +240,7 @@ class FiniteLoss(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
             return
-        step = trainer.global_step + (1 if trainer.fit_loop._should_accumulate() else 0)
+        step = trainer.global_step + (0 if step_boundary(trainer, batch_idx) else 1)  # the step in progress
         terms = {k: float(v) for k, v in trainer.callback_metrics.items()
                  if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v))}
         shown = ", ".join(f"{k}={v}" for k, v in terms.items()) or f"loss={float(loss)}"
