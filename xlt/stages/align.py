@@ -207,8 +207,8 @@ def heldout_sentences(cfg: DictConfig) -> tuple[list[str], list[str], str, tuple
         raise XltError(f"no held-out pairs in {corpus.path} (corpus.heldout={cfg.corpus.heldout})")
     english = [detokenize(p.english, "en") for p in corpus.heldout]
     target = [detokenize(p.target, cfg.lang.code) for p in corpus.heldout]
-    heldout = f"{corpus.path}/heldout.tsv"
-    return english, target, heldout, (corpus_path(cfg), heldout)
+    pairs = corpus.path / "pairs.tsv"  # the artifact's pool: the held-out pairs are lines of it
+    return english, target, f"{pairs} (held out)", (corpus_path(cfg), str(pairs))
 
 
 def detokenize(words: list[str], lang: str) -> str:
