@@ -228,7 +228,7 @@ def test_a_tiny_continual_job_with_objective_contrastive_records_it(tmp_path, ti
     assert {k: saved["config"]["resolved"]["adjustment"][k] for k in ("objective", "temperature")} == {
         "objective": "contrastive", "temperature": 0.2}
     evidence = json.loads((Path(saved["states"]["adjusted"]) / "evidence.json").read_text())
-    assert evidence["objective"] == "contrastive" and evidence["batches_without_negatives"] == 0
+    assert (evidence["objective"], evidence["temperature"], evidence["batches_without_negatives"]) == ("contrastive", 0.2, 0)
     assert saved["adjustment"] == evidence
     with (run / "logs" / "metrics.csv").open(newline="") as handle:
         pairs = [float(row["train/pairs"]) for row in csv.DictReader(handle) if row.get("train/pairs")]

@@ -91,10 +91,10 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         "adjusted": after,
         "during": probe_cb.trajectory,
         "alignments": str(corpus.path),
-        "objective": settings.objective,
+        "objective": module.loss.objective,  # what the loss computed
     }
-    if settings.objective == "contrastive":
-        evidence["batches_without_negatives"] = module.loss.without_negatives
+    if module.loss.objective == "contrastive":
+        evidence.update(temperature=module.loss.temperature, batches_without_negatives=module.loss.without_negatives)
     write_json(out / "evidence.json", evidence)
     log.info("adjustment evidence: %s", json.dumps(evidence))
 
