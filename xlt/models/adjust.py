@@ -185,11 +185,11 @@ class AlignmentLoss:
         objective: str = "l2",
         temperature: float = 0.1,
     ):
-        if target not in ADJUSTMENT_TARGETS or reduction not in REDUCTIONS or objective not in OBJECTIVES:
-            raise ValueError(f"target must be one of {ADJUSTMENT_TARGETS}, reduction one of {REDUCTIONS} and objective "
-                             f"one of {OBJECTIVES}, got {target!r}, {reduction!r}, {objective!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if target not in ADJUSTMENT_TARGETS or reduction not in REDUCTIONS:
+            raise ValueError(f"target must be one of {ADJUSTMENT_TARGETS} and reduction one of {REDUCTIONS}, "
+                             f"got {target!r}, {reduction!r}")
+        if objective not in OBJECTIVES or not temperature > 0:
+            raise ValueError(f"objective must be one of {OBJECTIVES} and temperature > 0, got {objective!r}, {temperature!r}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
         self.reduction = reduction
