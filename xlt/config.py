@@ -604,12 +604,17 @@ def _continual_needs_corpus(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _changed(node: DictConfig, schema: type, names: tuple[str, ...]) -> list[str]:
+    """The fields ``names`` of ``node`` set to something else than ``schema``'s default."""
+    defaults = {f.name: f.default for f in fields(schema) if f.name in names}
+    return [name for name, value in defaults.items() if node.get(name, value) != value]
+
+
 def _fast_align_flags(cfg: DictConfig) -> Optional[str]:
     """fast_align's flags set for another aligner would be ignored."""
     if cfg.aligner.name == "fast_align":
         return None
-    defaults = {f.name: f.default for f in fields(AlignerConfig) if f.name in FAST_ALIGN_ONLY}
-    changed = [name for name, value in defaults.items() if cfg.aligner.get(name, value) != value]
+    changed = _changed(cfg.aligner, AlignerConfig, FAST_ALIGN_ONLY)
     if changed:
         return f"aligner.{changed[0]} is a fast_align setting; aligner.name={cfg.aligner.name} does not use it"
     return None
@@ -620,8 +625,7 @@ def _objective_settings(cfg: DictConfig) -> Optional[str]:
     contrastive batch of one pair has no negatives."""
     settings = cfg.adjustment
     if settings.objective != "contrastive":
-        defaults = {f.name: f.default for f in fields(AdjustmentConfig) if f.name in CONTRASTIVE_ONLY}
-        changed = [name for name, value in defaults.items() if settings.get(name, value) != value]
+        changed = _changed(settings, AdjustmentConfig, CONTRASTIVE_ONLY)
         if changed:
             return (f"adjustment.{changed[0]} is a contrastive setting; adjustment.objective={settings.objective} "
                     "does not use it")
