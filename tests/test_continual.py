@@ -87,3 +87,42 @@ def test_sampler_is_deterministic_under_seed():
 def test_empty_sample_rejected():
     with pytest.raises(ValueError, match="at least one aligned sentence pair"):
         ContinualObjective([], 0, AlignmentLoss(tiny_encoder()))
+
+
+def test_continual_with_objective_contrastive_adds_the_contrastive_term():
+    """The job's builder (xlt.stages.job.continual_objective) reads
+    adjustment.objective and adjustment.temperature: each step's pair term is
+    the contrastive term of that step's draw (copies of a sentence drawn twice
+    left out of its negatives), and alpha weighs it."""
+    from tests.helpers import _composed
+    from tests.test_contrastive import pair_keys, reference_loss, word_vectors
+    from xlt.stages.job import continual_objective
+
+    cfg = _composed(("model=tiny", "mode=continual", "adjustment.objective=contrastive", "adjustment.temperature=0.5",
+                     "continual.alpha=0.3", "paths.output_dir=unused"))
+    pairs = synthetic_pairs(10, seed=1)  # 16 draws from 10 sentences: some drawn twice
+    built = continual_objective(cfg, pairs, 0, freeze_copy(tiny_encoder(seed=1)))
+    encoder = tiny_encoder()
+    for step in (0, 1):
+        drawn = built.indices(step)
+        assert len(set(drawn)) < len(drawn)
+        terms = built.step_loss(encoder, step)
+        english, target = word_vectors(encoder, [pairs[i] for i in drawn])
+        expected = reference_loss(english, target, 0.5, pair_keys([pairs[i] for i in drawn], drawn))
+        assert terms["pairs"].item() == pytest.approx(expected, rel=1e-5)
+        assert terms["weighted"].item() == pytest.approx(0.3 * expected + terms["regularizer"].item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_continual_reports_aligned_batches_without_negatives_once(caplog):
+    import logging
+
+    from tests.test_contrastive import ONE_PAIR
+
+    loss = AlignmentLoss(freeze_copy(tiny_encoder()), objective="contrastive")
+    lonely = ContinualObjective([ONE_PAIR], 0, loss, alpha=1.0, reg_weight=1.0, batch_size=1, seed=3)
+    with caplog.at_level(logging.WARNING, logger="xlt.models.adjust"):
+        finetune(lonely, steps=5)
+    assert [r.getMessage() for r in caplog.records if "no negatives" in r.getMessage()] == [
+        "continual learning: 5 of 5 aligned batches had no negatives (fewer than two word pairs, or copies of one); "
+        "their contrastive term was 0 and only the regulariser trained on them"]

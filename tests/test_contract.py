@@ -55,7 +55,7 @@ ENUMS = enum_keys()
 
 def test_the_walk_covers_the_enums_issue_24_names():
     walked = {key for key, _, _ in ENUMS}
-    assert {"adjustment.reduction", "continual.reduction", "task.head", "adjustment.regularize", "trainer.precision",
+    assert {"adjustment.reduction", "adjustment.objective", "continual.reduction", "task.head", "adjustment.regularize", "trainer.precision",
             "trainer.accelerator", "corpus.format", "aligner.name", "task.options.mlqa_metric"} <= walked
 
 
@@ -158,6 +158,13 @@ RANGES = {
     "mode=continual mode.adjust=false": "mode=continual: continual=true needs adjust=true",
     "aligner=eflomal aligner.p_null=0.1": "aligner.p_null is a fast_align setting; aligner.name=eflomal does not use it",
     "model=tiny model.source=hub": "model.random is set but model.source=hub does not use it",
+    "adjustment.temperature=0.5": "adjustment.temperature is a contrastive setting; adjustment.objective=l2 does not use it",
+    "adjustment.objective=contrastive adjustment.temperature=0": "adjustment.temperature=0.0: must be > 0",
+    "adjustment.objective=contrastive tokens=cls adjustment.batch_size=1":
+        "adjustment.batch_size=1: with tokens=cls every batch holds one pair, and adjustment.objective=contrastive "
+        "has no negatives in it",
+    "mode=continual adjustment.objective=contrastive tokens=cls continual.align_batch_size=1":
+        "continual.align_batch_size=1: with tokens=cls every batch holds one pair",
 }
 
 
@@ -185,6 +192,11 @@ def test_valid_configs_pass(tmp_path):
         validate(compose([f"experiment={experiment}", f"paths.output_dir={tmp_path}"]))
     for task in sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml")):
         validate(compose([f"task={task}", "mode=continual", "lang=es", f"paths.output_dir={tmp_path}"]))
+    for model in sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")):
+        cfg = compose([f"model={model}", "mode=continual", "adjustment.objective=contrastive", "adjustment.temperature=0.05",
+                       "tokens=cls", f"paths.output_dir={tmp_path}"])  # a batch of 32 [CLS] pairs has negatives
+        validate(cfg)
+        assert (cfg.adjustment.objective, cfg.adjustment.temperature) == ("contrastive", 0.05)
 
 
 def test_task_options_are_the_typed_node_the_task_reads():

@@ -77,6 +77,22 @@ def test_a_new_adjustment_field_changes_the_key(tmp_path):
     assert keys.adjusted_dir(cfg) != before[0] and keys.checkpoint_dir(cfg) != before[1]
 
 
+def test_a_contrastive_model_never_reuses_an_l2_artifact(tmp_path):
+    """adjustment.objective and adjustment.temperature key the adjusted model
+    and the checkpoints built on it; the original model's checkpoint reads
+    neither."""
+    def states(*overrides: str) -> tuple:
+        cfg = compose(tmp_path, "mode=continual", *overrides)
+        return keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+
+    l2 = states()
+    contrastive = states("adjustment.objective=contrastive")
+    warmer = states("adjustment.objective=contrastive", "adjustment.temperature=0.5")
+    assert len({l2[0], contrastive[0], warmer[0]}) == 3 and len({l2[1], contrastive[1], warmer[1]}) == 3
+    original = [keys.checkpoint_dir(compose(tmp_path, "mode=original", *o)) for o in ([], ["adjustment.objective=contrastive"])]
+    assert original[0] == original[1]
+
+
 def test_a_stage_version_bump_invalidates_that_stage_and_those_downstream(tmp_path, monkeypatch):
     cfg = compose(tmp_path, "mode=adjusted")
     original = compose(tmp_path, "mode=original")

@@ -47,6 +47,7 @@ ALIGNERS = ("fast_align", "eflomal")
 SYMMETRIZATIONS = ("intersect", "grow-diag-final-and")
 WARMUP_UNITS = ("sentences", "steps")  # what adjustment.warmup_ratio is a share of
 ADJUSTMENT_TARGETS = ("current", "frozen")
+OBJECTIVES = ("l2", "contrastive")  # the pair term: Eq. 1's squared distance | Wu & Dredze's InfoNCE
 REDUCTIONS = ("mse", "sum", "vector_mean")
 REGULARIZED = ("all", "chosen")
 CONTINUAL_INITS = ("adjusted", "original")
@@ -384,13 +385,25 @@ class AdjustmentConfig:
     regularize: str = choice("all", REGULARIZED)
     dropout: bool = True  # off makes the regularizer exact (f = f0 at step 0)
     freeze_embeddings: bool = False  # keep the word-embedding matrix fixed
+    # The pair term, here and in continual learning: l2 (Eq. 1: squared
+    # distance of aligned vectors, reduced by `reduction`) | contrastive (Wu &
+    # Dredze 2020: each aligned vector picks its partner among the batch's
+    # aligned vectors, cosine / temperature; mean over pairs).  The English
+    # regulariser (reg_weight, reduction, split_batch, regularize) is the same.
+    objective: str = choice("l2", OBJECTIVES)
+    # Softmax temperature of the contrastive term (Wu & Dredze's script: 0.1).
+    temperature: float = number(0.1, gt=0)
+
+
+# Settings only the contrastive objective reads: another objective would ignore them.
+CONTRASTIVE_ONLY = ("temperature",)
 
 
 @dataclass
 class ContinualConfig:
     """Fine-tuning with L = L_task + alpha * pairs + reg_weight * regularizer,
     a fresh batch of ``align_batch_size`` aligned pairs every step (read only
-    when ``mode.continual``).  Defaults = the paper code (``utils_alignment.py``
+    when ``mode.continual``; the pair term is ``adjustment.objective``'s).  Defaults = the paper code (``utils_alignment.py``
     ``comp_align_loss``: ``align_wght · F.mse_loss(pairs) + base_diff_wght ·
     F.mse_loss(English, original English)``, scripts ``train_*_multi_task_no_trainer.sh``:
     align_wght 0.01, base_diff_wght 1, align_batch_size 16)."""
@@ -591,14 +604,41 @@ def _continual_needs_corpus(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _changed(node: DictConfig, schema: type, names: tuple[str, ...]) -> list[str]:
+    """The fields ``names`` of ``node`` set to something else than ``schema``'s default."""
+    defaults = {f.name: f.default for f in fields(schema) if f.name in names}
+    return [name for name, value in defaults.items() if node.get(name, value) != value]
+
+
 def _fast_align_flags(cfg: DictConfig) -> Optional[str]:
     """fast_align's flags set for another aligner would be ignored."""
     if cfg.aligner.name == "fast_align":
         return None
-    defaults = {f.name: f.default for f in fields(AlignerConfig) if f.name in FAST_ALIGN_ONLY}
-    changed = [name for name, value in defaults.items() if cfg.aligner.get(name, value) != value]
+    changed = _changed(cfg.aligner, AlignerConfig, FAST_ALIGN_ONLY)
     if changed:
         return f"aligner.{changed[0]} is a fast_align setting; aligner.name={cfg.aligner.name} does not use it"
+    return None
+
+
+def _objective_settings(cfg: DictConfig) -> Optional[str]:
+    """Contrastive settings under objective=l2 would be ignored, and a
+    contrastive batch of one pair has no negatives."""
+    settings = cfg.adjustment
+    if settings.objective != "contrastive":
+        changed = _changed(settings, AdjustmentConfig, CONTRASTIVE_ONLY)
+        if changed:
+            return (f"adjustment.{changed[0]} is a contrastive setting; adjustment.objective={settings.objective} "
+                    "does not use it")
+        return None
+    if cfg.tokens.use_words or cfg.tokens.use_sep:
+        return None
+    batches = {"adjustment.batch_size": settings.batch_size}
+    if cfg.mode.continual:
+        batches["continual.align_batch_size"] = cfg.continual.align_batch_size
+    single = [key for key, size in batches.items() if size == 1]
+    if single:
+        return (f"{single[0]}=1: with tokens={cfg.tokens.name} every batch holds one pair, and "
+                "adjustment.objective=contrastive has no negatives in it")
     return None
 
 
@@ -635,7 +675,8 @@ def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
 
 
 RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
-    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _continual_needs_corpus, _fast_align_flags, _pharaoh_words,
+    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _continual_needs_corpus, _fast_align_flags,
+    _objective_settings, _pharaoh_words,
     _export_folder, _trainer_arguments,
 )
 

@@ -2,6 +2,10 @@
 
     L = R_pairs(f(s_i) − f(t_i))  +  λ · R_english(f(s_j) − f⁰(s_j))
 
+or, with ``adjustment.objective=contrastive``, the same English regulariser
+after Wu & Dredze's (2020) contrastive pair term (:func:`contrastive_term`)
+instead of ``R_pairs``.
+
 ``R`` is the reduction (``adjustment.reduction``, see :data:`REDUCTIONS`):
 ``mse`` is the paper code's ``F.mse_loss`` (mean over every element of the
 [N, H] difference; ``alignment/bert_finetuning_alignment.py``
@@ -28,13 +32,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from xlt.config import ADJUSTMENT_TARGETS, REDUCTIONS, WARMUP_UNITS
+from xlt.config import ADJUSTMENT_TARGETS, OBJECTIVES, REDUCTIONS, WARMUP_UNITS
+from xlt.errors import XltError
 from xlt.models.pooling import pool_spans
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 
@@ -103,6 +113,44 @@ def collate_aligned(examples: list[Any], pad_id: int, indices: list[int] | None 
     }
 
 
+def contrastive_term(anchor: torch.Tensor, target: torch.Tensor, shared: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Wu & Dredze's weak contrastive alignment term for ``N`` aligned pairs
+    (shijie-wu/crosslingual-nlp ``src/model/aligner.py`` ``cntrstv_loss``,
+    with ``aligner_normalize=True``).
+
+    ``S = cos(anchor_i, target_j) / temperature``; each English vector picks
+    its target among the batch's ``N`` target vectors and each target vector
+    its English one: ``(CE(S, arange N) + CE(Sᵀ, arange N)) / 2``, the mean
+    over pairs.  Negatives are the other pairs' vectors, except those of
+    pairs in ``shared`` ([N, N], true where pair j shares a vector with pair
+    i: the same word of the same sentence, drawn twice into one batch), whose
+    logits are left out (Wu & Dredze's code leaves them in: an identical
+    vector as its own negative).  Computed in fp32, outside autocast.
+    Callers handle batches where no pair has a negative (:meth:`AlignmentLoss.pair_term`).
+    """
+    size = len(anchor)
+    with torch.autocast(anchor.device.type, enabled=False):
+        sim = F.normalize(anchor.float(), dim=1) @ F.normalize(target.float(), dim=1).T / temperature
+        sim = sim.masked_fill(shared & ~torch.eye(size, dtype=torch.bool, device=sim.device), float("-inf"))
+        goal = torch.arange(size, device=sim.device)
+        return (F.cross_entropy(sim, goal) + F.cross_entropy(sim.T, goal)) / 2
+
+
+def shared_vectors(batch: Batch) -> torch.Tensor:
+    """``[N, N]``: whether aligned pairs i and j share a vector, i.e. the
+    same English span or the same target span of the same corpus sentence
+    (``batch["index"]``).  Links are one-to-one, so off the diagonal this
+    happens only when a sentence is drawn twice into a batch (continual
+    learning samples with replacement)."""
+    sentence = batch["index"].to(batch["pair_en_row"].device)[batch["pair_en_row"]].unsqueeze(1)
+
+    def same(spans: torch.Tensor) -> torch.Tensor:
+        key = torch.cat([sentence, spans], dim=1)
+        return (key.unsqueeze(1) == key.unsqueeze(0)).all(dim=2)
+
+    return same(batch["pair_en"]) | same(batch["pair_tgt"])
+
+
 class AlignmentLoss:
     """Eq. 1 on a collated batch, with a frozen reference model.
 
@@ -116,6 +164,14 @@ class AlignmentLoss:
     sentences and summed over the groups (:func:`reduce_split`; 0: one group).
     ``buckets``: the batch's sentences run through the encoder in this many
     length-sorted groups, each padded only to its own longest sentence.
+    ``objective``: the pair term, one of :data:`OBJECTIVES`: ``l2`` is Eq. 1's
+    (reduced as above); ``contrastive`` is :func:`contrastive_term` at
+    ``temperature`` over the whole batch (``split`` and ``reduction`` then
+    apply to the regulariser only).  A batch in which no pair has a negative
+    (fewer than two pairs, or only copies of one) gives a contrastive term of
+    exactly 0 (no gradient from it; the regulariser still applies); such
+    batches are counted (``without_negatives``) and reported once, at the end
+    of the stage (:meth:`warn_without_negatives`).
     """
 
     def __init__(
@@ -126,15 +182,21 @@ class AlignmentLoss:
         reduction: str = "mse",
         buckets: int = 4,
         split: int = 0,
+        objective: str = "l2",
+        temperature: float = 0.1,
     ):
         if target not in ADJUSTMENT_TARGETS or reduction not in REDUCTIONS:
             raise ValueError(f"target must be one of {ADJUSTMENT_TARGETS} and reduction one of {REDUCTIONS}, "
                              f"got {target!r}, {reduction!r}")
+        if objective not in OBJECTIVES or not temperature > 0:
+            raise ValueError(f"objective must be one of {OBJECTIVES} and temperature > 0, got {objective!r}, {temperature!r}")
         self.reference = reference.eval().requires_grad_(False)
         self.target = target
         self.reduction = reduction
         self.split = split
         self.buckets = buckets
+        self.objective, self.temperature = objective, temperature
+        self.batches = self.without_negatives = 0  # contrastive batches seen / with a zero term for want of negatives
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
     def to(self, device: torch.device) -> "AlignmentLoss":
@@ -142,7 +204,7 @@ class AlignmentLoss:
         return self
 
     def __call__(self, encoder: PreTrainedModel, batch: Batch) -> dict[str, torch.Tensor]:
-        """Returns the ``pairs`` and ``regularizer`` terms of Eq. 1."""
+        """Returns the ``pairs`` term (of ``objective``) and the ``regularizer`` term of Eq. 1."""
         hidden = bucketed_forward(encoder, batch["input_ids"], batch["attention_mask"], self.buckets)
         english = pool_spans(hidden, batch["pair_en_row"], batch["pair_en"])
         target = pool_spans(hidden, batch["pair_tgt_row"], batch["pair_tgt"])
@@ -150,9 +212,29 @@ class AlignmentLoss:
         anchor = frozen_pairs if self.target == "frozen" else english
         current_reg = pool_spans(hidden, batch["reg_row"], batch["reg"])
         return {
-            "pairs": reduce_split(anchor - target, batch["pair_en_row"], self.reduction, self.split),
+            "pairs": self.pair_term(anchor, target, batch),
             "regularizer": reduce_split(current_reg - frozen_reg, batch["reg_row"], self.reduction, self.split),
         }
+
+    def pair_term(self, anchor: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Eq. 1's pair term, or the contrastive term; 0 (kept in the graph,
+        so every parameter gets a zero gradient) for a contrastive batch
+        without negatives."""
+        if self.objective == "l2":
+            return reduce_split(anchor - target, batch["pair_en_row"], self.reduction, self.split)
+        self.batches += 1
+        shared = shared_vectors(batch)
+        if bool(shared.all()):  # fewer than two pairs, or copies of one pair: no negatives
+            self.without_negatives += 1
+            return (anchor.sum() + target.sum()) * 0.0
+        return contrastive_term(anchor, target, shared, self.temperature)
+
+    def warn_without_negatives(self, stage: str) -> None:
+        """One warning at the end of ``stage`` if some batches had no negatives."""
+        if self.without_negatives:
+            log.warning("%s: %d of %d aligned batches had no negatives (fewer than two word pairs, or copies of one); "
+                        "their contrastive term was 0 and only the regulariser trained on them",
+                        stage, self.without_negatives, self.batches)
 
     @torch.no_grad()
     def reference_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +337,8 @@ def paper_warmup(warmup_sentences: int, batch_size: int):
 
 
 class AdjustModule(L.LightningModule):
-    """Trains the encoder with Eq. 1; the adjusted encoder is ``self.encoder``."""
+    """Trains the encoder with Eq. 1 (or its contrastive variant: ``loss.objective``);
+    the adjusted encoder is ``self.encoder``."""
 
     def __init__(
         self,
@@ -282,6 +365,9 @@ class AdjustModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Without dropout f equals f0 at step 0, so the regularizer is exact.
         self.encoder.train(self.dropout)
+
+    def on_train_end(self) -> None:
+        self.loss.warn_without_negatives("adjustment")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         terms = self.loss(self.encoder, batch)

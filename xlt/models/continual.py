@@ -3,6 +3,9 @@
     L = L_task + α · R(f(s_i) − f(t_i)) + β · R(f(s_j) − f⁰(s_j))
 
 ``R`` is ``continual.reduction`` (:func:`xlt.models.adjust.reduce_squared`).
+With ``adjustment.objective=contrastive`` the α term is the contrastive term
+(:func:`xlt.models.adjust.contrastive_term`) instead: one objective setting
+for the adjustment and the auxiliary loss.
 The paper code (``utils_alignment.py`` ``comp_align_loss``) uses
 ``F.mse_loss`` (``mse``: mean over every element), α = ``align_wght`` = 0.01,
 β = ``base_diff_wght`` = 1 (``scripts/*/train_*_multi_task_no_trainer.sh``);

@@ -165,6 +165,10 @@ class FineTuneModule(L.LightningModule):
         if self.objective is not None:
             self.objective.to(self.device)
 
+    def on_train_end(self) -> None:
+        if self.objective is not None:
+            self.objective.loss.warn_without_negatives("continual learning")
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         task_loss = self.task.loss(self(batch), batch)
         self.log("train/task_loss", task_loss, prog_bar=True, batch_size=len(batch["input_ids"]))

@@ -1,4 +1,4 @@
-"""Stage 2: adjust the encoder with Eq. 1 on the aligned sample (cached)."""
+"""Stage 2: adjust the encoder with Eq. 1 (or its contrastive variant) on the aligned sample (cached)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def adjust_stage(cfg: DictConfig) -> Path:
 
 
 def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
-    """Align (cached), train Eq. 1 for one epoch, save encoder + evidence."""
+    """Align (cached), train Eq. 1 (``adjustment.objective``) for the configured epochs, save encoder + evidence."""
     from xlt.evaluation.distances import distance_summary
     from xlt.models.adjust import AdjustModule, AlignmentLoss, collate_aligned, freeze_copy
     from xlt.models.encoder import load_encoder
@@ -53,7 +53,8 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     settings = cfg.adjustment
     module = AdjustModule(
         encoder,
-        AlignmentLoss(reference, settings.target, reduction=settings.reduction, split=settings.split_batch),
+        AlignmentLoss(reference, settings.target, reduction=settings.reduction, split=settings.split_batch,
+                      objective=settings.objective, temperature=settings.temperature),
         settings.lr,
         settings.reg_weight,
         settings.warmup_ratio,
@@ -90,7 +91,10 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         "adjusted": after,
         "during": probe_cb.trajectory,
         "alignments": str(corpus.path),
+        "objective": module.loss.objective,  # what the loss computed
     }
+    if module.loss.objective == "contrastive":
+        evidence.update(temperature=module.loss.temperature, batches_without_negatives=module.loss.without_negatives)
     write_json(out / "evidence.json", evidence)
     log.info("adjustment evidence: %s", json.dumps(evidence))
 

@@ -57,8 +57,9 @@ def continual_objective(cfg: DictConfig, examples, pad_id: int, reference, cache
     from xlt.models.adjust import AlignmentLoss
     from xlt.models.continual import ContinualObjective
 
-    continual = cfg.continual
-    loss = AlignmentLoss(reference, cfg.adjustment.target, cache=cache, reduction=continual.reduction)
+    continual, settings = cfg.continual, cfg.adjustment
+    loss = AlignmentLoss(reference, settings.target, cache=cache, reduction=continual.reduction,
+                         objective=settings.objective, temperature=settings.temperature)
     return ContinualObjective(examples, pad_id, loss, continual.alpha, continual.reg_weight, continual.align_batch_size, cfg.seed)
 
 
