@@ -497,4 +497,5 @@ def test_a_full_disk_is_one_line_and_leaves_no_truncated_checkpoint(tmp_path, ti
     assert str(err.value).startswith(f"no space left on device writing {folder}/last.ckpt: needs ")
     assert str(err.value).endswith("1.0 MB free there; free some space (or set paths.cache_dir / hydra.run.dir "
                                    "elsewhere) and rerun the same command")
-    assert sorted(p.name for p in folder.iterdir()) == ["train.lock"]  # no checkpoint, no temporary file
+    # no checkpoint, no temporary file: the lock and the folder's training record (written before training)
+    assert sorted(p.name for p in folder.iterdir()) == ["train.lock", "training.json"]
