@@ -44,8 +44,8 @@ def main() -> None:
     elif stage == "alignment":
         import xlt.data.align as align
 
-        align_corpus = align.align_corpus
-        align.align_corpus = lambda *args, **kwargs: fire() or align_corpus(*args, **kwargs)
+        align_sentences = align.align_sentences  # what the alignment stage calls on the pool
+        align.align_sentences = lambda *args, **kwargs: fire() or align_sentences(*args, **kwargs)
     elif stage == "evaluation":
         from xlt.models.finetune import FineTuneModule
 
