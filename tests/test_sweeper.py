@@ -84,5 +84,5 @@ def test_dropped_original_jobs_still_give_every_row_its_baseline(tmp_path, tiny_
     assert report.returncode == 0, report.stderr[-2000:]
     text = (sweep / "report.md").read_text()
     assert "duplicate" not in report.stdout + report.stderr
-    gains = text[text.index("## Table 5 — xnli accuracy: gain over original by size"):].split("##")[1]
+    gains = text[text.index("## XNLI — xnli accuracy: gain over original by size"):].split("##")[1]  # titled by the task
     assert "| adjusted (size=120) |" in gains and "| adjusted (size=240) |" in gains, text  # both rows against the one original
