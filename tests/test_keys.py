@@ -165,3 +165,15 @@ def test_code_version_hashes_the_source_not_the_commit(tmp_path):
     (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "b.py")  # same content, other module
     assert source_hash(tmp_path / "pkg") != before
     assert code_version() == f"{__version__}+src{source_hash(Path(__import__('xlt').__file__).parent)}"
+
+
+def test_an_original_retrieval_job_is_keyed_by_its_corpus_not_the_adjustment(tmp_path):
+    """Retrieval reads the corpus's held-out pairs in every mode, the adjustment
+    settings only when it adjusts: original-mode retrieval jobs that differ in
+    adjustment settings are one job (and one baseline of a screen's report)."""
+    base = ["task=retrieval", "mode=original"]
+    job = keys.job_hash(compose(tmp_path, *base))
+    assert keys.job_hash(compose(tmp_path, *base, "adjustment.lr=1e-4", "adjustment.objective=contrastive")) == job
+    assert keys.job_hash(compose(tmp_path, *base, "corpus.heldout=40")) != job
+    adjusted = keys.job_hash(compose(tmp_path, "task=retrieval", "mode=adjusted"))
+    assert keys.job_hash(compose(tmp_path, "task=retrieval", "mode=adjusted", "adjustment.lr=1e-4")) != adjusted

@@ -56,9 +56,10 @@ EVALUATION_ONLY = ("task.eval_limit", "task.eval_batch_size", "task.eval_sets", 
                    "data.skip_missing_eval")
 # Subtrees a job reads only when its mode switch is on.
 MODE_SUBTREES = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjustment"), "continual": ("continual",)}
-# Task kinds that read the corpus subtrees in every mode (retrieval: the
-# aligned corpus's held-out pairs are its default evaluation data).
-EVERY_MODE_KINDS = ("retrieval",)
+# Subtrees a task kind reads in every mode (retrieval: the corpus's held-out
+# pairs are its default evaluation data; the adjustment settings still only
+# matter when the mode adjusts).
+EVERY_MODE_SUBTREES = {"retrieval": ("corpus",)}
 # Aligner settings that are file paths: an output, and an input keyed by its content.
 ALIGNER_FILES = ("export", "pharaoh_path")
 
@@ -81,11 +82,10 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 def unused_subtrees(resolved: dict[str, Any]) -> set[str]:
     """The subtrees a job does not read: those of the switches its mode has
-    off, unless its task kind reads them in every mode."""
-    if (resolved.get("task") or {}).get("kind") in EVERY_MODE_KINDS:
-        return set()
+    off, but for those its task kind reads in every mode."""
     mode = resolved.get("mode") or {}
-    return {node for switch, nodes in MODE_SUBTREES.items() if not mode.get(switch, True) for node in nodes}
+    unused = {node for switch, nodes in MODE_SUBTREES.items() if not mode.get(switch, True) for node in nodes}
+    return unused - set(EVERY_MODE_SUBTREES.get((resolved.get("task") or {}).get("kind"), ()))
 
 
 def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
