@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from xlt import rundir
-from xlt.config import CONF_DIR
+from xlt.config import CONF_DIR, trains
 from xlt.errors import XltError
 
 rundir.register()  # here, not in main(): a process that unpickles an xlt job (submitit) resolves run folders too
@@ -142,7 +142,7 @@ def dispatch(cfg) -> float | None:
         return None
     try:
         with stopping.handling_signals():
-            if cfg.command != "align":  # aligning runs no Lightning: do not import it (and torch)
+            if trains(cfg):  # xlt-align runs no Lightning: do not import it (and torch)
                 quiet_libraries()
             return run_command(cfg)
     except stopping.Stopped as stop:

@@ -550,11 +550,18 @@ def problems(cfg: DictConfig) -> Iterator[str]:
     ``xlt-align`` trains nothing: its trainer settings are not its concern
     (checking them imports Lightning, a third of an align job's memory)."""
     yield from (f"{key} is required: pass {key}=<value>" for key in _missing(cfg))
-    yield from field_problems(cfg, XltConfig, skip=("trainer",) if cfg.get("command", "run") == "align" else ())
+    yield from field_problems(cfg, XltConfig, skip=() if trains(cfg) else ("trainer",))
     for rule in RULES:
         message = rule(cfg)
         if message:
             yield message
+
+
+def trains(cfg: DictConfig) -> bool:
+    """Whether the command trains or evaluates a model: every one but
+    ``xlt-align``, which reads neither a task nor trainer settings (and must
+    not import torch or Lightning: its memory is the alignment's)."""
+    return cfg.get("command", "run") != "align"
 
 
 def _missing(cfg: DictConfig) -> list[str]:
@@ -572,7 +579,7 @@ def _batch_divides(cfg: DictConfig) -> Optional[str]:
 
 
 def _size_within_pool(cfg: DictConfig) -> Optional[str]:
-    pool = cfg.corpus.get("pool_size")
+    pool = cfg.corpus.pool_size
     if pool is not None and pool >= 1 and cfg.corpus.size > pool:
         return f"corpus.size={cfg.corpus.size}: must be <= corpus.pool_size={pool} (samples are drawn from the pool)"
     return None
@@ -660,7 +667,7 @@ def _export_folder(cfg: DictConfig) -> Optional[str]:
 def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
     """Every trainer key is a ``lightning.Trainer`` argument or xlt's own
     (not for ``xlt-align``: it trains nothing and must not import Lightning)."""
-    if cfg.get("command", "run") == "align":
+    if not trains(cfg):
         return None
     import inspect
 

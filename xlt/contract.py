@@ -40,15 +40,9 @@ def compose(overrides: list[str]) -> DictConfig:
     return bind(cfg)
 
 
-def uses_task(cfg: DictConfig) -> bool:
-    """``xlt-align`` reads no task (and must not import torch: its memory is
-    the alignment's); every other command does."""
-    return cfg.get("command", "run") != "align"
-
-
 def bind(cfg: DictConfig) -> DictConfig:
     """``cfg`` with its task options typed by the task's schema (in place)."""
-    if not uses_task(cfg):
+    if not config.trains(cfg):
         return cfg
     from xlt.tasks import registry  # imports torch
 
@@ -62,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
     bind(cfg)
     for problem in config.problems(cfg):
         raise XltError(problem)
-    if uses_task(cfg):
+    if config.trains(cfg):
         from xlt.tasks import registry
 
         for problem in registry.problems(cfg):
