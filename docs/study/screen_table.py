@@ -63,13 +63,12 @@ def screen(dirs: list[str]) -> pd.DataFrame:
                 row[f"L{layer} {direction.replace(lang, 'xx')}"] = 100 * cell["mean"]
                 row[f"p L{layer} {direction.replace(lang, 'xx')}"] = cell.get("p_vs_original")
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    _original_distances(frame)
+    frame = _original_distances(pd.DataFrame(rows))
     frame["sort"] = frame["mode"].ne("original")
     return frame.sort_values(["lang", "sort", *SETTINGS], key=lambda c: c.astype(str)).drop(columns="sort").reset_index(drop=True)
 
 
-def _original_distances(frame: pd.DataFrame) -> None:
+def _original_distances(frame: pd.DataFrame) -> pd.DataFrame:
     """The original model's distances: the "before" of an adjusted model of the
     same language (the held-out pairs do not depend on corpus.size)."""
     for index, row in frame[frame["mode"] == "original"].iterrows():
@@ -78,7 +77,7 @@ def _original_distances(frame: pd.DataFrame) -> None:
             b = befores[0]
             frame.loc[index, ["related", "unrelated", "ratio", "drift"]] = [
                 b["related_mean"], b["unrelated_mean"], b["related_mean"] / b["unrelated_mean"], 0.0]
-    frame.drop(columns="_before", inplace=True)
+    return frame.drop(columns="_before")
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -104,8 +103,13 @@ def label(r) -> str:
             + (" emb-trained" if str(r["adjustment.freeze_embeddings"]) == "False" else ""))
 
 
-def figure(frame: pd.DataFrame, out: Path) -> None:
-    """English drift vs retrieval gain over the original, one panel per language."""
+def reduction_colour(r) -> str:
+    return "C0" if r["adjustment.reduction"] == "sum" else "C1"
+
+
+def figure(frame: pd.DataFrame, out: Path, label=label, colour=reduction_colour) -> None:
+    """English drift vs retrieval gain over the original, one panel per language
+    (``label`` and ``colour`` of a row: study 2 passes its own)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +121,7 @@ def figure(frame: pd.DataFrame, out: Path) -> None:
         rows = frame[frame["lang"] == lang]
         base = rows.loc[rows["mode"] == "original", "retrieval_mean"].iloc[0]
         for _, r in rows[rows["mode"] != "original"].iterrows():
-            ax.scatter(r["drift"], r["retrieval_mean"] - base, color="C0" if r["adjustment.reduction"] == "sum" else "C1")
+            ax.scatter(r["drift"], r["retrieval_mean"] - base, color=colour(r))
             ax.annotate(label(r), (r["drift"], r["retrieval_mean"] - base), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set(title=f"en-{lang}: adjusted e5_small, 1,000 held-out pairs", xlabel="English drift (mean L2 to the original, last layer)",
@@ -128,17 +132,18 @@ def figure(frame: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(doc: str = __doc__, table=screen, text=markdown, plot=figure) -> None:
+    """Parse ``dirs --out``, write screen.csv / .md / .png / .pdf (study 2 passes its own pieces)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    frame = screen(args.dirs)
+    frame = table(args.dirs)
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "screen.csv", index=False)
-    (args.out / "screen.md").write_text(markdown(frame))
-    figure(frame, args.out)
-    print(markdown(frame))
+    (args.out / "screen.md").write_text(text(frame))
+    plot(frame, args.out)
+    print(text(frame))
 
 
 if __name__ == "__main__":

@@ -19,25 +19,29 @@ against the original model.  Writes ``screen.csv``, ``screen.md`` and
 
 from __future__ import annotations
 
-import argparse
-import json
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
-from xlt import results
 from xlt.report import collect, summarise
+
+
+def _first_study():
+    """docs/study/screen_table.py, whose evidence reader, figure and command
+    line this table shares."""
+    path = Path(__file__).resolve().parents[1] / "study" / "screen_table.py"
+    spec = importlib.util.spec_from_file_location("first_screen_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study1 = _first_study()
+evidence, LAYERS = study1.evidence, study1.LAYERS
 
 SETTINGS = ("adjustment.objective", "adjustment.temperature", "corpus.size", "adjustment.lr", "adjustment.reduction",
             "adjustment.dropout", "adjustment.freeze_embeddings")
-LAYERS = (7, 11)
-
-
-def evidence(run_dir: str) -> dict:
-    """The adjusted model's evidence.json (empty for the original model)."""
-    states = results.read(Path(run_dir)).get("retrieval", {}).get("evaluated_states", {})
-    path = states.get("adjusted")
-    return json.loads((Path(path) / "evidence.json").read_text()) if path else {}
 
 
 def screen(dirs: list[str]) -> pd.DataFrame:
@@ -71,21 +75,9 @@ def screen(dirs: list[str]) -> pd.DataFrame:
                 row[f"L{layer} {direction.replace(lang, 'xx')}"] = 100 * cell["mean"]
                 row[f"p L{layer} {direction.replace(lang, 'xx')}"] = cell.get("p_vs_original")
         rows.append(row)
-    frame = _original_distances(pd.DataFrame(rows))
+    frame = study1._original_distances(pd.DataFrame(rows))
     frame["sort"] = frame["mode"].ne("original")
     return frame.sort_values(["lang", "sort", *SETTINGS], key=lambda c: c.astype(str)).drop(columns="sort").reset_index(drop=True)
-
-
-def _original_distances(frame: pd.DataFrame) -> pd.DataFrame:
-    """The original model's distances: the "before" of an adjusted model of the
-    same language (the held-out pairs do not depend on corpus.size)."""
-    for index, row in frame[frame["mode"] == "original"].iterrows():
-        befores = [b for b in frame.loc[(frame["lang"] == row["lang"]) & (frame["mode"] != "original"), "_before"] if b]
-        if befores:
-            b = befores[0]
-            frame.loc[index, ["related", "unrelated", "ratio", "drift"]] = [
-                b["related_mean"], b["unrelated_mean"], b["related_mean"] / b["unrelated_mean"], 0.0]
-    return frame.drop(columns="_before")
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -112,42 +104,9 @@ def label(r) -> str:
     return f"L2 (A) lr {float(r['adjustment.lr']):g}"
 
 
-def figure(frame: pd.DataFrame, out: Path) -> None:
-    """English drift vs retrieval gain over the original, one panel per language."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    langs = sorted(frame["lang"].unique())
-    fig, axes = plt.subplots(1, len(langs), figsize=(6 * len(langs), 4.5), squeeze=False)
-    for ax, lang in zip(axes[0], langs):
-        rows = frame[frame["lang"] == lang]
-        base = rows.loc[rows["mode"] == "original", "retrieval_mean"].iloc[0]
-        for _, r in rows[rows["mode"] != "original"].iterrows():
-            ax.scatter(r["drift"], r["retrieval_mean"] - base, color="C1" if r["adjustment.objective"] == "contrastive" else "C0")
-            ax.annotate(label(r), (r["drift"], r["retrieval_mean"] - base), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set(title=f"en-{lang}: adjusted e5_small, 1,000 held-out pairs", xlabel="English drift (mean L2 to the original, last layer)",
-               ylabel="retrieval gain over the original (points)")
-    fig.tight_layout()
-    for suffix in ("png", "pdf"):
-        fig.savefig(out / f"screen.{suffix}", dpi=150)
-    plt.close(fig)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    frame = screen(args.dirs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out / "screen.csv", index=False)
-    (args.out / "screen.md").write_text(markdown(frame))
-    figure(frame, args.out)
-    print(markdown(frame))
+def objective_colour(r) -> str:
+    return "C1" if r["adjustment.objective"] == "contrastive" else "C0"
 
 
 if __name__ == "__main__":
-    main()
+    study1.main(__doc__, screen, markdown, lambda frame, out: study1.figure(frame, out, label, objective_colour))
