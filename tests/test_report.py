@@ -225,7 +225,9 @@ def test_ner_and_qa_tables(tmp_path: Path) -> None:
     csv = pd.read_csv(tmp_path / "out" / "report.csv")
     ner = csv[(csv["eval_set"] == "wikiann.hi") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")].iloc[0]
     assert ner["p_vs_original"] == pytest.approx(1 / 201)  # perfect vs. a third of sentences emptied
-    assert math.isnan(csv[(csv["metric"] == "token_f1") & (csv["mode"] == "adjusted")].iloc[0]["p_vs_original"])
+    token = csv[(csv["metric"] == "token_f1") & (csv["mode"] == "adjusted")].iloc[0]
+    assert token["p_vs_original"] == pytest.approx(1 / 201)  # word-level F1: the same test on its own counts
+    assert math.isnan(csv[(csv["metric"] == "precision") & (csv["mode"] == "adjusted")].iloc[0]["p_vs_original"])
     qa_row = csv[(csv["eval_set"] == "xquad.q-ru.c-en") & (csv["metric"] == "f1") & (csv["mode"] == "adjusted")]
     # these files predate the "report" block: their QA F1 (0-100) is read as a fraction, the one scale
     assert qa_row.iloc[0]["mean"] == pytest.approx(np.mean([np.mean(qa[("adjusted", s)]) for s in (1, 2)]) / 100)

@@ -125,6 +125,61 @@ def test_permutation_fast_path_equals_generic_metric() -> None:
     assert 0.01 < fast < 1  # a close call, so the equality is not trivially 1/(n+1)
 
 
+def _ner_records(gold: list[list[str]], pred: list[list[str]]) -> list[dict]:
+    return [{"id": f"s{i}", "gold": g, "prediction": q} for i, (g, q) in enumerate(zip(gold, pred))]
+
+
+def _reference_token_f1_p(gold: list[list[str]], a: list[list[str]], b: list[list[str]], iterations: int) -> float:
+    """Approximate randomization written from the definition: sklearn's micro F1 over
+    the non-O tags, recomputed after each swap of whole sentences; swaps drawn as
+    xlt documents (``default_rng(0)``, one uniform per sentence, swap below 0.5)."""
+    from sklearn.metrics import f1_score as sk_f1
+
+    labels = sorted({t for s in gold for t in s} - {"O"})
+
+    def score(pred: list[list[str]]) -> float:
+        return sk_f1([t for s in gold for t in s], [t for s in pred for t in s], labels=labels, average="micro",
+                     zero_division=0)
+
+    observed = score(a) - score(b)
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(iterations):
+        swap = rng.random(len(gold)) < 0.5
+        x = [q if s else p for p, q, s in zip(a, b, swap)]
+        y = [p if s else q for p, q, s in zip(a, b, swap)]
+        hits += abs(score(x) - score(y)) >= abs(observed) - 1e-12
+    return (hits + 1) / (iterations + 1)
+
+
+def test_ner_test_gives_token_f1_a_p_value_from_the_definition(monkeypatch) -> None:
+    """The NER test also tests word-level F1 (token_f1): its p-value equals a reference
+    recomputing sklearn's F1 per permutation, by permuting per-sentence counts (no
+    per-permutation fallback: 10^4 sentences x 5 seeds x 1,000 permutations would take
+    hours); entity F1 still goes through seqeval's entities, and a metric without a
+    per-sentence count (precision) is not tested."""
+    from xlt.evaluation import significance
+    from xlt.evaluation.significance import compare
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the counts did not reproduce the metric: per-permutation fallback")
+
+    monkeypatch.setattr(significance, "_generic_test", no_fallback)
+
+    gold = [_sentences(60, 20), _sentences(60, 20)]  # two seeds: the same sentences, other predictions
+    a = [_degrade(gold[0], 0.8, 21), _degrade(gold[1], 0.78, 22)]
+    b = [_degrade(gold[0], 0.74, 23), _degrade(gold[1], 0.76, 24)]
+    recs_a = [_ner_records(g, p) for g, p in zip(gold, a)]
+    recs_b = [_ner_records(g, p) for g, p in zip(gold, b)]
+    flat = lambda seeds: [s for seed in seeds for s in seed]  # noqa: E731 (seed-concatenated)
+    p = compare("approximate_randomization", "token_f1", recs_a, recs_b, iterations=200)
+    assert p == _reference_token_f1_p(flat(gold), flat(a), flat(b), 200)
+    assert 0.01 < p < 1  # a close call: the equality is not the trivial 1/(n+1)
+    entity = compare("approximate_randomization", "f1", recs_a, recs_b, iterations=200)
+    assert entity == permutation_test(flat(gold), flat(a), flat(b), seqeval_f1, iterations=200, seed=0)
+    assert math.isnan(compare("approximate_randomization", "precision", recs_a, recs_b, iterations=200))
+
+
 def test_permutation_default_metric_is_entity_f1() -> None:
     gold = _sentences(150, 1)
     better, worse = _degrade(gold, 0.95, 1), _degrade(gold, 0.4, 2)

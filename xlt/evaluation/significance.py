@@ -4,8 +4,8 @@
   example's score (NLI ``correct``, QA ``f1`` or ``em``) is first averaged
   over the seeds both configurations have, so the test compares the two
   *configurations* and not one lucky seed.
-* ``approximate_randomization`` (NER): entity F1 is not a mean of per-sentence scores, so a t-test does not
-  apply; the paper uses approximate randomization instead.  Sentence lists of
+* ``approximate_randomization`` (NER): entity F1 (and the word-level ``token_f1``) is not a mean of
+  per-sentence scores, so a t-test does not apply; the paper uses approximate randomization instead.  Sentence lists of
   all common seeds are concatenated and each sentence's prediction is swapped
   between the systems at random.
 * ``sign_flip`` (retrieval): per-query correctness (0/1) averaged over seeds, compared by a
@@ -32,6 +32,8 @@ Metric = Callable[[list[list[str]], list[list[str]]], float]
 Records = list[list[dict[str, Any]]]  # per seed, the prediction records of one eval set
 # test(metric, records of A by seed, records of B by seed, iterations) -> p-value (NaN: not testable)
 SignificanceTest = Callable[[str, Records, Records, int], float]
+# counts(gold, pred) -> per-sentence true positives, per-sentence predicted items, gold items in all
+Counts = Callable[[Sentences, Sentences], tuple[np.ndarray, np.ndarray, int]]
 
 
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
@@ -138,12 +140,14 @@ def permutation_records_test(metric: str, recs_a: Records, recs_b: Records, iter
     return paired_permutation([means_a[i] for i in common], [means_b[i] for i in common], iterations, seed=0)
 
 
-def entity_f1_test(metric: str, recs_a: Records, recs_b: Records, iterations: int) -> float:
-    """NER: approximate randomization of entity F1 on seed-concatenated sentences."""
-    if metric != "f1":  # only entity F1 is recomputed under permutation
+def ner_f1_test(metric: str, recs_a: Records, recs_b: Records, iterations: int) -> float:
+    """NER: approximate randomization of entity F1 (``f1``) or word-level F1
+    (``token_f1``) on seed-concatenated sentences; other metrics are not tested."""
+    if metric not in NER_COUNTS:
         return math.nan
     gold, pred_a, pred_b = concat_sentences(recs_a, recs_b)
-    return permutation_test(gold, pred_a, pred_b, None, iterations=iterations, seed=0)
+    scorer, counts = NER_COUNTS[metric]()
+    return permutation_test(gold, pred_a, pred_b, scorer, iterations=iterations, seed=0, counts=counts)
 
 
 def concat_sentences(recs_a: Records, recs_b: Records) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
@@ -165,7 +169,7 @@ def concat_sentences(recs_a: Records, recs_b: Records) -> tuple[list[list[str]],
 # The tests a task can declare (``Task.significance``), by name.
 TESTS: dict[str, SignificanceTest] = {
     "paired_ttest": ttest_test,
-    "approximate_randomization": entity_f1_test,
+    "approximate_randomization": ner_f1_test,
     "sign_flip": permutation_records_test,
 }
 
@@ -210,6 +214,38 @@ def _entity_counts(gold: Sentences, pred: Sentences) -> tuple[np.ndarray, np.nda
         tp[i], npred[i] = len(g_ents & p_ents), len(p_ents)
         ngold += len(g_ents)
     return tp, npred, ngold
+
+
+def _token_counts(gold: Sentences, pred: Sentences) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-sentence (true positive words, words predicted non-``O``) and total gold
+    non-``O`` words: ``token_f1`` = 2·TP / (predicted + gold) summed over sentences."""
+    from xlt.evaluation.ner import OUTSIDE
+
+    tp = np.zeros(len(gold), dtype=np.int64)
+    npred = np.zeros(len(gold), dtype=np.int64)
+    ngold = 0
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: gold has {len(g)} words, prediction {len(p)}")
+        tp[i] = sum(1 for a, b in zip(g, p) if a == b and a != OUTSIDE)
+        npred[i] = sum(1 for b in p if b != OUTSIDE)
+        ngold += sum(1 for a in g if a != OUTSIDE)
+    return tp, npred, ngold
+
+
+def _token_f1() -> Metric:
+    from xlt.evaluation.ner import token_f1
+
+    return token_f1
+
+
+# The NER metrics ner_f1_test recomputes, as (metric, its per-sentence counts): each is a
+# micro F1 = 2·TP / (predicted + gold), so a swap of one sentence's predictions only
+# moves that sentence's counts (``_counts_test``).
+NER_COUNTS: dict[str, Callable[[], tuple[Metric, Counts]]] = {
+    "f1": lambda: (_default_metric(), _entity_counts),
+    "token_f1": lambda: (_token_f1(), _token_counts),
+}
 
 
 def _f1_from_counts(tp: np.ndarray, npred: np.ndarray, ngold: int) -> np.ndarray:
@@ -279,16 +315,19 @@ def permutation_test(
     metric: Metric | None = None,
     iterations: int = 1000,
     seed: int = 0,
+    counts: Counts | None = None,
 ) -> float:
     """Two-sided approximate-randomization p-value of metric(A) − metric(B).
 
     ``gold``/``pred_a``/``pred_b`` are aligned sentence lists (for several
     seeds: concatenated, seed by seed, with gold repeated).  ``metric`` is a
     corpus-level score ``metric(gold, pred)``; ``None`` means entity F1
-    (``xlt.tasks.ner.entity_f1``).  For entity F1 the counts are permuted in
-    numpy (thousands of permutations of 10^4–10^5 sentences in seconds); it is
-    used only after checking that it reproduces ``metric`` on A and B, and any
-    other metric falls back to recomputing it per permutation.
+    (``xlt.tasks.ner.entity_f1``).  ``counts`` gives per-sentence (TP,
+    predicted) and the gold total of a micro F1 (default: entities; word-level
+    F1: ``_token_counts``); the counts are permuted in numpy (thousands of
+    permutations of 10^4–10^5 sentences in seconds), used only after checking
+    that they reproduce ``metric`` on A and B; any other metric falls back to
+    recomputing it per permutation.
     The result is deterministic given ``seed``.
     """
     if not len(gold) == len(pred_a) == len(pred_b):
@@ -296,8 +335,9 @@ def permutation_test(
     if len(gold) == 0:
         return math.nan
     metric = metric or _default_metric()
-    tp_a, np_a, ngold = _entity_counts(gold, pred_a)
-    tp_b, np_b, _ = _entity_counts(gold, pred_b)
+    counts = counts or _entity_counts
+    tp_a, np_a, ngold = counts(gold, pred_a)
+    tp_b, np_b, _ = counts(gold, pred_b)
     fast_a = float(_f1_from_counts(tp_a.sum(), np_a.sum(), ngold))
     fast_b = float(_f1_from_counts(tp_b.sum(), np_b.sum(), ngold))
     gold_l = [list(s) for s in gold]
