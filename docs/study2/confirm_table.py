@@ -1,0 +1,240 @@
+"""The stage-2 tables of docs/study2/report.md, from the job folders of docs/study2/confirm.sh.
+
+    python docs/study2/confirm_table.py multirun/study2/confirm --out docs/study2/confirm
+
+``<task>.md|csv`` (task = xnli, ner; whichever has finished jobs): per model,
+language and eval set, mean ± sample std over seeds with xlt-report's markers
+(``summarise``, the code behind ``xlt-report``: * p < 0.05 against the
+original model, ** p < 0.05 of continual against the adjusted model with the
+same settings, the test each task declares: XNLI a paired t-test on
+per-example correctness averaged over seeds, NER the paper's 1,000-iteration
+approximate randomization on seed-concatenated sentences, entity F1 and
+word-level F1), then the gains: each model against the original, continual
+against its adjusted model, and the question of this study, contrastive
+against L2 (the same test on the seeds both have).
+``seeds.md|csv``: the headline metric (XNLI accuracy, NER entity F1) of every
+seed; ``seeds.png|pdf`` plots it.
+``distances.md|csv``: the held-out related/unrelated distances of the adjusted
+models before adjustment, after it, and after each task's English
+fine-tuning (the first study's reader), mean over seeds.
+Copies nothing by hand: the report's tables are these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from xlt import results
+from xlt.evaluation import significance
+from xlt.report import collect, summarise
+
+# (mode, adjustment.objective) -> row label; the settings are in confirm.sh.
+ROWS = {("original", ""): "original", ("adjusted", "l2"): "L2 (A)", ("adjusted", "contrastive"): "contrastive",
+        ("continual", "contrastive"): "continual (contrastive)"}
+# The comparisons of the gains table: (row, against, name of the column).
+GAINS = (("L2 (A)", "original", "vs original"), ("contrastive", "original", "vs original"),
+         ("continual (contrastive)", "original", "vs original"), ("contrastive", "L2 (A)", "contrastive vs L2"),
+         ("continual (contrastive)", "contrastive", "continual vs adjusted"))
+TASKS = {"xnli": {"sets": ("xnli", "xnli_mixed"), "metrics": ("accuracy",)},
+         "ner": {"sets": ("wikiann",), "metrics": ("f1", "token_f1")}}
+LANGS = ("ru", "hi")
+NAMES = {"xnli": "XNLI", "xnli_mixed": "mixed XNLI", "wikiann": "WikiANN", "accuracy": "accuracy", "f1": "entity F1",
+         "token_f1": "token F1"}
+
+
+def _first_study():
+    """docs/study/confirm_table.py, whose held-out distance reader this table shares."""
+    path = Path(__file__).resolve().parents[1] / "study" / "confirm_table.py"
+    spec = importlib.util.spec_from_file_location("first_confirm_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row_label(mode: str, objective) -> str:
+    key = (mode, "" if objective is None or (isinstance(objective, float) and math.isnan(objective)) else str(objective))
+    if key not in ROWS:
+        raise SystemExit(f"confirm_table.py: no row label for mode={mode} adjustment.objective={objective}; add it to ROWS")
+    return ROWS[key]
+
+
+def ok_jobs(task_sweep: Path) -> pd.DataFrame:
+    """xlt's ``collect`` over the stage folders of one task: finished jobs, one row per
+    job, eval set and metric, with the table's row label and the set without its language."""
+    jobs = collect([str(p) for p in sorted(task_sweep.iterdir()) if p.is_dir()])
+    unfinished = jobs[jobs["status"] != "ok"].drop_duplicates("run_dir")
+    if len(unfinished):
+        print(f"{task_sweep}: {len(unfinished)} job(s) not finished (left out): "
+              + ", ".join(f"{r.mode} {r.lang} seed {r.seed} ({r.status})" for r in unfinished.itertuples()))
+    jobs = jobs[jobs["status"] == "ok"]
+    objective = jobs["adjustment.objective"] if "adjustment.objective" in jobs else [None] * len(jobs)
+    return jobs.assign(row=[row_label(m, o) for m, o in zip(jobs["mode"], objective)],
+                       set=jobs["eval_set"].str.rsplit(".", n=1).str[0])
+
+
+def cells(jobs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """``summarise`` per cell (mean, std, seeds, p-values, markers), labelled by row."""
+    summary = summarise(jobs[jobs["metric"].isin(metrics)], iterations=1000)
+    label = jobs.drop_duplicates("config_hash").set_index("config_hash")["row"]
+    summary["row"] = [label[h.split(",")[0]] for h in summary["config_hashes"]]
+    summary["set"] = summary["eval_set"].str.rsplit(".", n=1).str[0]
+    return summary
+
+
+def versus(jobs: pd.DataFrame, row: str, base: str, eval_set: str, metric: str) -> tuple[float, float, int]:
+    """Mean difference (points) and p-value of ``row`` against ``base`` on the seeds both
+    have, with the test the task declared."""
+    pick = jobs[(jobs["eval_set"] == eval_set) & (jobs["metric"] == metric)]
+    a = pick[pick["row"] == row].set_index("seed")
+    b = pick[pick["row"] == base].set_index("seed")
+    common = sorted(set(a.index) & set(b.index))
+    if not common:
+        return math.nan, math.nan, 0
+    gain = 100 * (a.loc[common, "value"].mean() - b.loc[common, "value"].mean())
+    recs_a = [results.read_predictions(a.loc[s, "run_dir"], eval_set) for s in common]
+    recs_b = [results.read_predictions(b.loc[s, "run_dir"], eval_set) for s in common]
+    test = a["significance"].iloc[0]
+    return float(gain), significance.compare(test, metric, recs_a, recs_b, iterations=1000), len(common)
+
+
+def table(task: str, jobs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The task's 5-seed table and gains table, as one frame (csv) and markdown."""
+    spec = TASKS[task]
+    summary = cells(jobs, spec["metrics"])
+    columns = [(s, m, lang) for s in spec["sets"] for m in spec["metrics"] for lang in LANGS]
+    rows = []
+    for label in ROWS.values():
+        for s, m, lang in columns:
+            hit = summary[(summary["row"] == label) & (summary["set"] == s) & (summary["metric"] == m)
+                          & (summary["lang"] == lang)]
+            if len(hit):
+                r = hit.iloc[0]
+                rows.append({"row": label, "set": s, "metric": m, "lang": lang, "mean": 100 * r["mean"],
+                             "std": 100 * r["std"], "seeds": int(r["n_seeds"]), "marker": r["marker"] or ""})
+    frame = pd.DataFrame(rows)
+    gains = []
+    for label, base, name in GAINS:
+        for s, m, lang in columns:
+            gain, p, n = versus(jobs, label, base, f"{s}.{lang}", m)
+            if n:
+                gains.append({"row": label, "against": base, "comparison": name, "set": s, "metric": m, "lang": lang,
+                              "gain": gain, "p": p, "seeds": n})
+    gains = pd.DataFrame(gains)
+    return pd.concat([frame.assign(kind="cell"), gains.assign(kind="gain")], ignore_index=True), \
+        _markdown(frame, gains, columns)
+
+
+def _markdown(frame: pd.DataFrame, gains: pd.DataFrame, columns: list[tuple[str, str, str]]) -> str:
+    names = [f"{NAMES[s]} {NAMES[m]} {lang}" if len(set(c[1] for c in columns)) > 1 else f"{NAMES[s]} {lang}"
+             for s, m, lang in columns]
+    rule = "|---" * (len(columns) + 1) + "|"
+    lines = ["| model | " + " | ".join(names) + " |", rule]
+    for label in ROWS.values():
+        mine = frame[frame["row"] == label] if len(frame) else frame
+        if mine.empty:
+            continue
+        cells = []
+        for s, m, lang in columns:
+            hit = mine[(mine["set"] == s) & (mine["metric"] == m) & (mine["lang"] == lang)]
+            if hit.empty:
+                cells.append("")
+                continue
+            r = hit.iloc[0]
+            seeds = "" if r["seeds"] == 5 else f" ({r['seeds']} seeds)"
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}{r['marker']}{seeds}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| points, p | " + " | ".join(names) + " |", rule]
+    if len(gains):
+        for (label, base), pairs in gains.groupby(["row", "against"], sort=False):
+            cells = []
+            for s, m, lang in columns:
+                hit = pairs[(pairs["set"] == s) & (pairs["metric"] == m) & (pairs["lang"] == lang)]
+                if hit.empty:
+                    cells.append("")
+                    continue
+                r = hit.iloc[0]
+                p = "" if math.isnan(r["p"]) else f", p={r['p']:.3f}"
+                seeds = "" if r["seeds"] == 5 else f" ({r['seeds']} seeds)"
+                cells.append(f"{r['gain']:+.1f}{p}{seeds}")
+            lines.append(f"| {label} − {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds(by_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The headline metric (XNLI accuracy, NER entity F1) of every seed, in %."""
+    frames = []
+    for task, jobs in by_task.items():
+        headline = jobs[(jobs["set"] == TASKS[task]["sets"][0]) & (jobs["metric"] == TASKS[task]["metrics"][0])]
+        frames.append(headline.assign(task=task, value=100 * headline["value"])[["task", "lang", "seed", "row", "value"]])
+    frame = pd.concat(frames).pivot_table(index=["task", "lang", "seed"], columns="row", values="value")
+    return frame[[label for label in ROWS.values() if label in frame.columns]].reset_index()
+
+
+def seeds_markdown(frame: pd.DataFrame) -> str:
+    models = [c for c in frame.columns if c not in ("task", "lang", "seed")]
+    lines = ["| task | lang | seed | " + " | ".join(models) + " |", "|---" * (len(models) + 3) + "|"]
+    for _, r in frame.iterrows():
+        values = ["" if pd.isna(r[m]) else f"{r[m]:.1f}" for m in models]
+        lines.append(f"| {r['task']} | {r['lang']} | {int(r['seed'])} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_figure(frame: pd.DataFrame, out: Path) -> None:
+    """One panel per task and language, one line per model over the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(frame.groupby(["task", "lang"], sort=False))
+    models = [c for c in frame.columns if c not in ("task", "lang", "seed")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
+    for ax, ((task, lang), rows) in zip(axes[0], panels):
+        for model in models:
+            ax.plot(rows["seed"], rows[model], marker="o", label=model)
+        metric = NAMES[TASKS[task]["metrics"][0]]
+        ax.set(title=f"{NAMES[TASKS[task]['sets'][0]]} {lang}", xlabel="seed", ylabel=f"{metric}, %",
+               xticks=sorted(rows["seed"].astype(int)))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"seeds.{suffix}", dpi=150)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path, help="the folder of the task sweeps (multirun/study2/confirm)")
+    parser.add_argument("--out", type=Path, required=True, help="where the tables go (docs/study2/confirm)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    by_task = {task: ok_jobs(args.sweep / task) for task in TASKS if (args.sweep / task).is_dir()}
+    by_task = {task: jobs for task, jobs in by_task.items() if len(jobs)}
+    if not by_task:
+        raise SystemExit(f"confirm_table.py: no finished job under {args.sweep}/{{{','.join(TASKS)}}}")
+    for task, jobs in by_task.items():
+        frame, markdown = table(task, jobs)
+        frame.to_csv(args.out / f"{task}.csv", index=False)
+        (args.out / f"{task}.md").write_text(markdown)
+        print(f"## {task}\n\n{markdown}")
+    per_seed = seeds(by_task)
+    per_seed.to_csv(args.out / "seeds.csv", index=False)
+    (args.out / "seeds.md").write_text(seeds_markdown(per_seed))
+    seeds_figure(per_seed, args.out)
+    study1 = _first_study()
+    adjusted = pd.concat([jobs.assign(row=jobs["row"] + f" → {task}") for task, jobs in by_task.items()])
+    if (adjusted["mode"] != "original").any():
+        probes = study1.distances(adjusted)
+        probes.to_csv(args.out / "distances.csv", index=False)
+        (args.out / "distances.md").write_text(study1.distances_markdown(probes))
+        print(study1.distances_markdown(probes))
+
+
+if __name__ == "__main__":
+    main()
