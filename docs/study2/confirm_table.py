@@ -81,7 +81,11 @@ def cells(jobs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     """``summarise`` per cell (mean, std, seeds, p-values, markers), labelled by row."""
     summary = summarise(jobs[jobs["metric"].isin(metrics)], iterations=1000)
     label = jobs.drop_duplicates("config_hash").set_index("config_hash")["row"]
-    summary["row"] = [label[h.split(",")[0]] for h in summary["config_hashes"]]
+    rows = [{label[h] for h in hashes.split(";")} for hashes in summary["config_hashes"]]
+    merged = [sorted(r) for r in rows if len(r) != 1]
+    if merged:
+        raise SystemExit(f"confirm_table.py: one report cell holds the jobs of several models {merged[0]}")
+    summary["row"] = [r.pop() for r in rows]
     summary["set"] = summary["eval_set"].str.rsplit(".", n=1).str[0]
     return summary
 
