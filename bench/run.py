@@ -28,6 +28,9 @@
 6. **Align scale** -- ``xlt-align`` on WikiMatrix-sized pools (about 250K
    and 1M pairs) against the reference fast_align: wall, CPU, peak memory
    (``bench/align_scale.py``; ``--align-sizes`` selects the sizes).
+7. **Train scale** -- a MultiNLI-size training set (392,702 pairs) tokenised
+   into features as a job does, against plain lists: time, peak and held
+   memory (``bench/train_scale.py``; ``--train-sizes`` selects the sizes).
 
 How steps are timed: a plain Python loop drives the real
 ``LightningModule.training_step`` (so the task loss, the auxiliary loss and
@@ -79,6 +82,7 @@ from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader
 from xlt.models.pooling import pool_spans  # noqa: E402
 from xlt.tasks.registry import build_task  # noqa: E402
 from bench.align_scale import bench_align_scale, print_align_scale, sizes_from  # noqa: E402
+from bench import train_scale  # noqa: E402
 
 TASK_NAMES = {"nli": "xnli", "ner": "ner"}  # bench name -> conf/task name
 PAPER_SLOWDOWN = {"nli": 2.4, "ner": 5.0}  # the paper's code: continual vs plain fine-tuning
@@ -594,6 +598,8 @@ def print_table(results: dict[str, Any]) -> None:
               f"{e['sorted_positions']}; max |logit diff| {e['max_abs_logit_diff']:.1e}")
     if results.get("align_scale", {}).get("sizes"):
         print_align_scale(results["align_scale"])
+    if results.get("train_scale", {}).get("sizes"):
+        train_scale.print_train_scale(results["train_scale"])
     print("=" * 118)
 
 
@@ -619,6 +625,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                              "the reference; $XLT_BENCH_ALIGN_SIZES); none skips it")
     parser.add_argument("--fast-align", default=None,
                         help="section 6: the reference fast_align binary (default $XLT_FAST_ALIGN or fast_align on PATH)")
+    parser.add_argument("--train-sizes", default=os.environ.get("XLT_BENCH_TRAIN_SIZES"),
+                        help="section 7: comma-separated training-set sizes (default 392702, MultiNLI: ~10 min on 2 cores; "
+                             "$XLT_BENCH_TRAIN_SIZES); none skips it")
+    parser.add_argument("--train-rounds", type=int, default=2, help="section 7: alternating rounds per size")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", default=os.environ.get("XLT_DATA_DIR", str(REPO.parent / "shared" / "data")),
@@ -689,6 +699,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             del encoder, ctx
             gc.collect()
             results["align_scale"] = bench_align_scale(sizes, Path(args.data_dir), args.fast_align)
+        train_sizes = train_scale.sizes_from(args.train_sizes)
+        if train_sizes:
+            print("\n== 7. a MultiNLI-size training set: features in memory")
+            results["train_scale"] = train_scale.bench_train_scale(train_sizes, args.cache_dir, args.train_rounds)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["runtime_s"] = round(time.time() - started, 1)
     print_table(results)

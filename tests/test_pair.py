@@ -160,3 +160,26 @@ def test_pawsx_is_one_yaml_file_of_the_pair_task():
         assert row[side] == english[row["id"].replace("-es-", "-en-")][side]
     with pytest.raises(XltError, match="task=pawsx has no evaluation data for lang=ru"):
         make_task("pawsx", "ru", FIXTURES)
+
+
+def test_features_are_compact_and_collate_as_the_tokenizer_pads(shared_data, e5_tokenizer, monkeypatch):
+    """Pair features hold int32/int8 arrays (a 393K-pair MultiNLI set fits in about
+    1 KB per pair, not 8 KB of Python lists), tokenised in chunks whose seams
+    change nothing, and the dynamic-padding collate gives exactly the batch the
+    tokenizer itself pads to the longest pair."""
+    import torch
+
+    from xlt.tasks import pair
+
+    monkeypatch.setattr(pair, "FEATURE_CHUNK", 7)  # 20 pairs: three tokenizer calls
+    task = nli_task(shared_data)
+    examples = task.train_examples()[:20]
+    features = task.features(e5_tokenizer, examples, train=True)
+    assert [f["example_index"] for f in features] == list(range(20))
+    assert features[0]["input_ids"].dtype == np.int32 and features[0]["attention_mask"].dtype == np.int8
+    reference = e5_tokenizer([e["premise"] for e in examples], [e["hypothesis"] for e in examples], truncation=True,
+                             max_length=task.cfg.max_length, padding="longest", return_tensors="pt")
+    batch = task.collate(e5_tokenizer, features)
+    for key in ("input_ids", "attention_mask"):
+        assert batch[key].dtype == torch.long and torch.equal(batch[key], reference[key]), key
+    assert batch["labels"].tolist() == [e["label"] for e in examples]

@@ -41,7 +41,9 @@ from torch import nn
 
 from xlt.config import number, ruled
 from xlt.errors import XltError, open_utf8, require_file
-from xlt.tasks.base import EvalSet, FineTuningTask
+from xlt.tasks.base import EvalSet, FineTuningTask, compact
+
+FEATURE_CHUNK = 10_000  # pairs tokenised per call (bounds the tokenizer's per-token bookkeeping)
 
 
 @dataclass
@@ -178,12 +180,18 @@ class PairClassificationTask(FineTuningTask):
                 for i, row in enumerate(dataset) if row[label] in range(len(self.options.labels))]
 
     def features(self, tokenizer, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
+        """Token ids of each pair as compact arrays, tokenised in chunks so that the
+        tokenizer's per-token bookkeeping of a 393K-pair set never lives at once."""
         first, second = self.sides
-        encoded = tokenizer([e[first] for e in examples], [e[second] for e in examples], truncation=True,
-                            max_length=self.cfg.max_length)
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-        return [{**{k: encoded[k][i] for k in keys}, "labels": example["label"], "example_index": i}
-                for i, example in enumerate(examples)]
+        features: list[dict[str, Any]] = []
+        for start in range(0, len(examples), FEATURE_CHUNK):
+            chunk = examples[start:start + FEATURE_CHUNK]
+            encoded = tokenizer([e[first] for e in chunk], [e[second] for e in chunk], truncation=True,
+                                max_length=self.cfg.max_length)
+            keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+            features += [{**compact(encoded, i, keys), "labels": example["label"], "example_index": start + i}
+                         for i, example in enumerate(chunk)]
+        return features
 
     # ---- model --------------------------------------------------------------
     @property
