@@ -149,8 +149,8 @@ def _markdown(frame: pd.DataFrame, gains: pd.DataFrame, columns: list[tuple[str,
                 cells.append("")
                 continue
             r = hit.iloc[0]
-            seeds = "" if r["seeds"] == 5 else f" ({r['seeds']} seeds)"
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}{r['marker']}{seeds}")
+            spread = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
+            cells.append(f"{r['mean']:.1f}{spread}{r['marker']}{_seeds(r['seeds'])}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| points, p | " + " | ".join(names) + " |", rule]
     if len(gains):
@@ -162,11 +162,15 @@ def _markdown(frame: pd.DataFrame, gains: pd.DataFrame, columns: list[tuple[str,
                     cells.append("")
                     continue
                 r = hit.iloc[0]
-                p = "" if math.isnan(r["p"]) else f", p={r['p']:.3f}"
-                seeds = "" if r["seeds"] == 5 else f" ({r['seeds']} seeds)"
-                cells.append(f"{r['gain']:+.1f}{p}{seeds}")
+                p = "" if math.isnan(r["p"]) else f", p={r['p']:.3f}" if r["p"] >= 0.001 else ", p<0.001"
+                cells.append(f"{r['gain']:+.1f}{p}{_seeds(r['seeds'])}")
             lines.append(f"| {label} − {base} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _seeds(n: int) -> str:
+    """A cell's seed count, shown only when it is not the study's five."""
+    return "" if n == 5 else f" ({n} seed{'s' if n > 1 else ''})"
 
 
 def seeds(by_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
