@@ -139,33 +139,32 @@ def _markdown(frame: pd.DataFrame, gains: pd.DataFrame, columns: list[tuple[str,
     rule = "|---" * (len(columns) + 1) + "|"
     lines = ["| model | " + " | ".join(names) + " |", rule]
     for label in ROWS.values():
-        mine = frame[frame["row"] == label] if len(frame) else frame
-        if mine.empty:
-            continue
-        cells = []
-        for s, m, lang in columns:
-            hit = mine[(mine["set"] == s) & (mine["metric"] == m) & (mine["lang"] == lang)]
-            if hit.empty:
-                cells.append("")
-                continue
-            r = hit.iloc[0]
-            spread = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
-            cells.append(f"{r['mean']:.1f}{spread}{r['marker']}{_seeds(r['seeds'])}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if len(frame) and (frame["row"] == label).any():
+            lines.append(f"| {label} | " + _cells(frame[frame["row"] == label], columns, _mean_text) + " |")
     lines += ["", "| points, p | " + " | ".join(names) + " |", rule]
     if len(gains):
         for (label, base), pairs in gains.groupby(["row", "against"], sort=False):
-            cells = []
-            for s, m, lang in columns:
-                hit = pairs[(pairs["set"] == s) & (pairs["metric"] == m) & (pairs["lang"] == lang)]
-                if hit.empty:
-                    cells.append("")
-                    continue
-                r = hit.iloc[0]
-                p = "" if math.isnan(r["p"]) else f", p={r['p']:.3f}" if r["p"] >= 0.001 else ", p<0.001"
-                cells.append(f"{r['gain']:+.1f}{p}{_seeds(r['seeds'])}")
-            lines.append(f"| {label} − {base} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} − {base} | " + _cells(pairs, columns, _gain_text) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cells(rows: pd.DataFrame, columns: list[tuple[str, str, str]], text) -> str:
+    """One table line's cells: ``text`` of the row of each (set, metric, lang), blank where there is none."""
+    cells = []
+    for s, m, lang in columns:
+        hit = rows[(rows["set"] == s) & (rows["metric"] == m) & (rows["lang"] == lang)]
+        cells.append("" if hit.empty else text(hit.iloc[0]))
+    return " | ".join(cells)
+
+
+def _mean_text(r) -> str:
+    spread = "" if pd.isna(r["std"]) else f" ± {r['std']:.1f}"
+    return f"{r['mean']:.1f}{spread}{r['marker']}{_seeds(r['seeds'])}"
+
+
+def _gain_text(r) -> str:
+    p = "" if math.isnan(r["p"]) else f", p={r['p']:.3f}" if r["p"] >= 0.001 else ", p<0.001"
+    return f"{r['gain']:+.1f}{p}{_seeds(r['seeds'])}"
 
 
 def _seeds(n: int) -> str:
