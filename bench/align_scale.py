@@ -50,10 +50,10 @@ SAMPLE = 250_000  # corpus.size of the xlt-align run (the paper's largest sample
 USABLE = 0.985    # share of a copy that is usable (28,642 of 28,924 en-ru pairs)
 
 
-def sizes_from(text: Optional[str]) -> list[int]:
-    """``"250000,1000000"`` -> sizes; ``none``/``0``/empty -> skip the section."""
+def sizes_from(text: Optional[str], default: tuple[int, ...] = DEFAULT_SIZES) -> list[int]:
+    """``"250000,1000000"`` -> sizes; None -> ``default``; ``none``/``0``/empty -> skip the section."""
     if text is None:
-        return list(DEFAULT_SIZES)
+        return list(default)
     if text.strip().lower() in ("", "0", "none"):
         return []
     return [int(float(size)) for size in text.split(",")]

@@ -37,17 +37,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: bench/ is a folder of the repository, not a package on the path
+
+from bench.align_scale import sizes_from as _parse_sizes  # noqa: E402
 MULTINLI = 392_702
 VARIANTS = ("xlt", "lists")
 
 
 def sizes_from(text: Optional[str]) -> list[int]:
-    """``--train-sizes``: comma-separated sizes, ``none`` for none, default MultiNLI's."""
-    if text is None:
-        return [MULTINLI]
-    if text.strip().lower() == "none":
-        return []
-    return [int(t) for t in text.split(",") if t.strip()]
+    """``--train-sizes``: parsed as section 6's sizes, default MultiNLI's size."""
+    return _parse_sizes(text, (MULTINLI,))
 
 
 def _peak_mb() -> float:
