@@ -34,7 +34,9 @@ def evidence(run_dir: str) -> dict:
     return json.loads((Path(path) / "evidence.json").read_text()) if path else {}
 
 
-def screen(dirs: list[str]) -> pd.DataFrame:
+def screen(dirs: list[str], settings: tuple[str, ...] = SETTINGS, more=lambda probe, before: {}) -> pd.DataFrame:
+    """One row per job; ``settings`` are the swept config columns, ``more(probe, before)``
+    extra distance columns from the adjusted and the original probes (study 2 passes both)."""
     jobs = collect(dirs)
     ok = jobs[(jobs["status"] == "ok") & jobs["metric"].eq("accuracy")]
     summary = summarise(ok, iterations=1000)
@@ -42,7 +44,7 @@ def screen(dirs: list[str]) -> pd.DataFrame:
     for run_dir, job in ok.groupby("run_dir"):
         first = job.iloc[0]
         row = {"lang": first["lang"], "mode": first["mode"]}
-        row.update({key: first.get(key) if first["mode"] != "original" else "" for key in SETTINGS})
+        row.update({key: first.get(key) if first["mode"] != "original" else "" for key in settings})
         found = evidence(run_dir)
         probe = found.get("adjusted", {})
         row["_before"] = found.get("original", {})
@@ -51,6 +53,7 @@ def screen(dirs: list[str]) -> pd.DataFrame:
             related=probe.get("related_mean"), unrelated=probe.get("unrelated_mean"),
             ratio=(probe["related_mean"] / probe["unrelated_mean"]) if probe else None,
             drift=probe.get("english_drift_mean", 0.0),
+            **more(probe, row["_before"]),
         )
         lang = first["lang"]
         values = job.set_index("eval_set")["value"]
@@ -65,7 +68,7 @@ def screen(dirs: list[str]) -> pd.DataFrame:
         rows.append(row)
     frame = _original_distances(pd.DataFrame(rows))
     frame["sort"] = frame["mode"].ne("original")
-    return frame.sort_values(["lang", "sort", *SETTINGS], key=lambda c: c.astype(str)).drop(columns="sort").reset_index(drop=True)
+    return frame.sort_values(["lang", "sort", *settings], key=lambda c: c.astype(str)).drop(columns="sort").reset_index(drop=True)
 
 
 def _original_distances(frame: pd.DataFrame) -> pd.DataFrame:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from xlt.report import collect, summarise
 
 
 def _first_study():
-    """docs/study/screen_table.py, whose evidence reader, figure and command
+    """docs/study/screen_table.py, whose job reader, figure and command
     line this table shares."""
     path = Path(__file__).resolve().parents[1] / "study" / "screen_table.py"
     spec = importlib.util.spec_from_file_location("first_screen_table", path)
@@ -38,46 +37,20 @@ def _first_study():
 
 
 study1 = _first_study()
-evidence, LAYERS = study1.evidence, study1.LAYERS
+LAYERS = study1.LAYERS
 
 SETTINGS = ("adjustment.objective", "adjustment.temperature", "corpus.size", "adjustment.lr", "adjustment.reduction",
             "adjustment.dropout", "adjustment.freeze_embeddings")
 
 
+def shrink(probe: dict, before: dict) -> dict:
+    """How much the adjustment shrank the unrelated distance (0 for the original model)."""
+    unrelated = before.get("unrelated_mean")
+    return {"shrink": (1 - probe["unrelated_mean"] / unrelated) if probe and unrelated else 0.0}
+
+
 def screen(dirs: list[str]) -> pd.DataFrame:
-    jobs = collect(dirs)
-    ok = jobs[(jobs["status"] == "ok") & jobs["metric"].eq("accuracy")]
-    summary = summarise(ok, iterations=1000)
-    rows = []
-    for run_dir, job in ok.groupby("run_dir"):
-        first = job.iloc[0]
-        row = {"lang": first["lang"], "mode": first["mode"]}
-        row.update({key: first.get(key) if first["mode"] != "original" else "" for key in SETTINGS})
-        found = evidence(run_dir)
-        probe = found.get("adjusted", {})
-        row["_before"] = found.get("original", {})
-        before = row["_before"].get("unrelated_mean")
-        row.update(
-            job_s=first["runtime_s"], steps=found.get("steps", 0), adjust_s=found.get("seconds", 0.0),
-            related=probe.get("related_mean"), unrelated=probe.get("unrelated_mean"),
-            ratio=(probe["related_mean"] / probe["unrelated_mean"]) if probe else None,
-            drift=probe.get("english_drift_mean", 0.0),
-            shrink=(1 - probe["unrelated_mean"] / before) if probe and before else 0.0,
-        )
-        lang = first["lang"]
-        values = job.set_index("eval_set")["value"]
-        row["retrieval_mean"] = 100 * values[[s for s in values.index if s.startswith(f"retrieval.{lang}.")]].mean()
-        cells = summary[summary["config_hashes"].str.contains(first["config_hash"], regex=False)]
-        for layer in LAYERS:
-            for direction in (f"en-{lang}", f"{lang}-en"):
-                name = f"retrieval.{lang}.{direction}.L{layer}"
-                cell = cells[cells["eval_set"] == name].iloc[0]
-                row[f"L{layer} {direction.replace(lang, 'xx')}"] = 100 * cell["mean"]
-                row[f"p L{layer} {direction.replace(lang, 'xx')}"] = cell.get("p_vs_original")
-        rows.append(row)
-    frame = study1._original_distances(pd.DataFrame(rows))
-    frame["sort"] = frame["mode"].ne("original")
-    return frame.sort_values(["lang", "sort", *SETTINGS], key=lambda c: c.astype(str)).drop(columns="sort").reset_index(drop=True)
+    return study1.screen(dirs, SETTINGS, shrink)
 
 
 def markdown(frame: pd.DataFrame) -> str:
