@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
+from xlt.models.inputs import model_inputs
+
 
 class TrainableTask(Protocol):
     """What fine-tuning needs of a task (``xlt.tasks.base.FineTuningTask``
@@ -153,7 +155,7 @@ class FineTuneModule(L.LightningModule):
         self.objective = objective
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = {k: batch[k] for k in model_inputs(batch)}
         return self.head(self.encoder(**inputs).last_hidden_state)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -30,6 +30,7 @@ from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
 from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_config
+from xlt.models.inputs import model_inputs
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
 from xlt.stages.trainer import check_hardware, ddp_job, describe_progress, make_trainer, one_device
@@ -281,12 +282,9 @@ def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: 
     return metrics
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 def model_input(feature: dict) -> tuple:
     """What the encoder sees of a feature (equal inputs, equal outputs in eval mode)."""
-    return tuple(tuple(feature[k]) for k in MODEL_INPUTS if k in feature)
+    return tuple(tuple(feature[k]) for k in model_inputs(feature))
 
 
 def first_occurrences(keys: list[tuple], known: dict[tuple, Any]) -> list[int]:

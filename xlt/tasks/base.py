@@ -20,8 +20,8 @@ a count): one scale in results.json, report.csv and the code.
 
 Shapes:
     example  a dict with a unique ``"id"`` (str) plus task fields
-    feature  a dict of python lists/ints: ``input_ids``, ``attention_mask``,
-             optional ``token_type_ids``, task labels, and ``example_index``
+    feature  a dict of python lists/ints (or int arrays): the encoder's inputs
+             (``xlt.models.inputs.MODEL_INPUTS``), task labels, and ``example_index``
              (position of its example in the list given to ``features``)
     output   for each feature, the head's logits trimmed to its length
              (``[C]`` for sequence tasks, ``[T, C]`` for token tasks)
@@ -42,6 +42,7 @@ from torch import nn
 
 from xlt.config import task_local
 from xlt.errors import XltError
+from xlt.models.inputs import model_inputs
 
 
 @dataclass
@@ -172,10 +173,8 @@ class FineTuningTask(Task):
         length = max(len(f["input_ids"]) for f in features)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batch: dict[str, torch.Tensor] = {}
-        pads = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
-        for key, pad in pads.items():
-            if key in features[0]:
-                batch[key] = _padded([f[key] for f in features], length, pad)
+        for key in model_inputs(features[0]):
+            batch[key] = _padded([f[key] for f in features], length, pad_id if key == "input_ids" else 0)
         for key in self.label_keys:
             if key not in features[0]:
                 continue

@@ -34,6 +34,7 @@ from torch import nn
 from xlt.config import ruled
 from xlt.errors import XltError, open_utf8, require_file
 from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
+from xlt.models.inputs import model_inputs
 from xlt.tasks.base import EvalSet, FineTuningTask
 
 EVAL_SET = "wikiann"
@@ -153,7 +154,7 @@ class NerTask(FineTuningTask):
         encoded = tokenizer(
             [e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=self.cfg.max_length
         )
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        keys = model_inputs(encoded)
         label_ids = {label: i for i, label in enumerate(self.labels)}
         features = []
         for i, example in enumerate(examples):

@@ -41,6 +41,7 @@ from torch import nn
 
 from xlt.config import number, ruled
 from xlt.errors import XltError, open_utf8, require_file
+from xlt.models.inputs import model_inputs
 from xlt.tasks.base import EvalSet, FineTuningTask, compact
 
 FEATURE_CHUNK = 10_000  # pairs tokenised per call (bounds the tokenizer's per-token bookkeeping)
@@ -188,7 +189,7 @@ class PairClassificationTask(FineTuningTask):
             chunk = examples[start:start + FEATURE_CHUNK]
             encoded = tokenizer([e[first] for e in chunk], [e[second] for e in chunk], truncation=True,
                                 max_length=self.cfg.max_length)
-            keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+            keys = model_inputs(encoded)
             features += [{**compact(encoded, i, keys), "labels": example["label"], "example_index": start + i}
                          for i, example in enumerate(chunk)]
         return features

@@ -56,6 +56,7 @@ from torch import nn
 from xlt.config import MLQA_METRICS, choice, number
 from xlt.errors import XltError, require_file
 from xlt.evaluation.squad import evaluate
+from xlt.models.inputs import model_inputs
 from xlt.tasks.base import EvalSet, FineTuningTask
 
 log = logging.getLogger(__name__)
@@ -398,7 +399,7 @@ class QaTask(FineTuningTask):
             return_overflowing_tokens=True,
             return_offsets_mapping=True,
         )
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        keys = model_inputs(encoded)
         features = []
         for i, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
             feature = {k: encoded[k][i] for k in keys}
