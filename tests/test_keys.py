@@ -93,6 +93,28 @@ def test_a_contrastive_model_never_reuses_an_l2_artifact(tmp_path):
     assert original[0] == original[1]
 
 
+def test_a_subword_alignment_is_keyed_by_its_tokenizer_not_the_models_name(tmp_path):
+    """aggregation=subword aligns the tokenizer's pieces: another vocabulary,
+    or another local folder under the same model name, is another alignment;
+    word alignments are shared by every tokenizer."""
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+
+    def aligned(*overrides: str) -> Path:
+        return keys.alignment_dir(compose(tmp_path, "mode=adjusted", *overrides))
+
+    subword = aligned("aggregation=subword")
+    assert aligned("aggregation=subword", "model.random.vocab_pieces=4000") != subword
+    assert aligned("aggregation=subword", "model.random.vocab_pieces=null") != subword
+    assert aligned("model.random.vocab_pieces=4000") == aligned()
+    hub = ["model=mbert", f"model.pretrained={folder}", "aggregation=subword"]
+    before = aligned(*hub)
+    edit_in_place(folder / "tokenizer.json")
+    assert aligned(*hub) != before
+    assert aligned("model=mbert", "aggregation=subword") != before  # the same name, the hub's tokenizer
+
+
 def test_a_stage_version_bump_invalidates_that_stage_and_those_downstream(tmp_path, monkeypatch):
     cfg = compose(tmp_path, "mode=adjusted")
     original = compose(tmp_path, "mode=original")

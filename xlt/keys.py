@@ -291,8 +291,21 @@ def alignment_key(cfg: DictConfig) -> dict[str, Any]:
         "pool": None if pool is None else pool + cfg.corpus.heldout,
         "lang": cfg.lang.code,
         "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
-        "subword_model": cfg.model.name if cfg.aggregation.name == "subword" else None,
+        "subword_tokenizer": tokenizer_key(cfg) if cfg.aggregation.name == "subword" else None,
         "stage_version": STAGE_VERSION["align"],
+    }
+
+
+def tokenizer_key(cfg: DictConfig) -> dict[str, Any]:
+    """What names the tokenizer of ``cfg.model``: its source, hub id or local
+    folder (by content), and a random model's vocabulary cut, not the
+    model's name (two configs may give one name to two tokenizers)."""
+    model = cfg.model
+    return {
+        "source": model.source,
+        "pretrained": None if OmegaConf.is_missing(model, "pretrained") else model.pretrained,
+        "vocab_pieces": model.random.get("vocab_pieces") if model.get("random") else None,
+        "files": checksums(cfg, model_files(cfg)),
     }
 
 

