@@ -12,6 +12,7 @@ import torch
 from tests.helpers import make_task as job_task
 from xlt.errors import XltError
 from xlt.evaluation.ner import entity_f1, entity_scores, token_f1
+from xlt.models.inputs import model_inputs
 from xlt.tasks.base import EvalSet
 from xlt.tasks.ner import NerTask, read_ner_tsv
 
@@ -281,7 +282,7 @@ def test_tiny_fine_tune_lowers_loss(shared_data, mbert_tokenizer):
     full = task.collate(mbert_tokenizer, features)
 
     def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = {k: batch[k] for k in model_inputs(batch)}
         logits = head(encoder(**inputs).last_hidden_state)
         assert logits.shape == (*batch["input_ids"].shape, len(LABELS))
         return task.loss(logits, batch)
