@@ -141,8 +141,8 @@ def _markdown(frame: pd.DataFrame, gains: pd.DataFrame, columns: list[tuple[str,
     for label in ROWS.values():
         if len(frame) and (frame["row"] == label).any():
             lines.append(f"| {label} | " + _cells(frame[frame["row"] == label], columns, _mean_text) + " |")
-    lines += ["", "| points, p | " + " | ".join(names) + " |", rule]
-    if len(gains):
+    if len(gains):  # none while only the original model is done
+        lines += ["", "| points, p | " + " | ".join(names) + " |", rule]
         for (label, base), pairs in gains.groupby(["row", "against"], sort=False):
             lines.append(f"| {label} − {base} | " + _cells(pairs, columns, _gain_text) + " |")
     return "\n".join(lines) + "\n"
