@@ -328,7 +328,7 @@ def test_training_labels_point_at_the_answer(shared_data: Path, mbert_tokenizer)
     examples = pick_questions(task, mbert_tokenizer, xquad(shared_data, "hi")[:400], per_kind=5)
     train = task.features(mbert_tokenizer, examples, train=True)
     evalf = task.features(mbert_tokenizer, examples, train=False)
-    assert [f["input_ids"] for f in train] == [f["input_ids"] for f in evalf]
+    assert [list(f["input_ids"]) for f in train] == [list(f["input_ids"]) for f in evalf]
     outputs, _ = gold_logits(evalf, examples)
     for f, logits in zip(train, outputs):
         if logits[:, 0].max() > 0:
@@ -337,6 +337,33 @@ def test_training_labels_point_at_the_answer(shared_data: Path, mbert_tokenizer)
             assert (f["start_positions"], f["end_positions"]) == (0, 0)
     batch = task.collate(mbert_tokenizer, train[:4])
     assert batch["start_positions"].shape == (4,) and batch["input_ids"].shape[0] == 4
+
+
+def test_features_are_compact_and_chunk_seams_change_nothing(shared_data: Path, mbert_tokenizer, monkeypatch) -> None:
+    """QA features hold int32/int8 arrays (SQuAD's 88K training questions as
+    the tokenizer's lists held 2.5 GB), tokenised in chunks of examples whose
+    seams change no window, label, offset or example index: the features
+    equal those of one tokenizer call over every example."""
+    from xlt.tasks import qa
+
+    task = make_task(shared_data, "ru", max_length=96, **{"options.doc_stride": 32})
+    examples = xquad(shared_data, "ru")[:10]
+    whole = {train: task.features(mbert_tokenizer, examples, train=train) for train in (True, False)}
+    monkeypatch.setattr(qa, "FEATURE_CHUNK", 3)  # 10 examples: four tokenizer calls
+    chunked = {train: task.features(mbert_tokenizer, examples, train=train) for train in (True, False)}
+    reference = mbert_tokenizer([e["question"].lstrip() for e in examples], [e["context"] for e in examples],
+                                truncation="only_second", max_length=96, stride=32, return_overflowing_tokens=True)
+    assert len(reference["input_ids"]) > 2 * len(examples)  # several windows per example, so seams cut between them
+    for train in (True, False):
+        assert [f["example_index"] for f in chunked[train]] == list(reference["overflow_to_sample_mapping"])
+        assert [list(f["input_ids"]) for f in chunked[train]] == reference["input_ids"]
+        for mine, one_call in zip(chunked[train], whole[train]):
+            assert {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in mine.items()} == \
+                   {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in one_call.items()}
+    feature = chunked[True][0]
+    assert feature["input_ids"].dtype == np.int32 and feature["attention_mask"].dtype == np.int8
+    assert feature["token_type_ids"].dtype == np.int8
+    assert any(f["start_positions"] for f in chunked[True][len(chunked[True]) // 2:])  # labels past the first seam
 
 
 def test_examples_with_answer_outside_every_window_are_dropped(mbert_tokenizer, tmp_path: Path) -> None:
@@ -398,7 +425,7 @@ def test_long_questions_are_cut_and_bad_stride_is_an_error(mbert_tokenizer, tmp_
     example = {"id": "q", "question": question, "context": context, "answers": {"text": ["Paris"], "answer_start": [len(context) - 6]}}
     features = task.features(mbert_tokenizer, [example], train=True)
     # room = 44 - 3 specials - 16 stride = 25; question budget 12 tokens, cut one early
-    assert all(f["input_ids"][:13] == f["input_ids"][:1] + [mbert_tokenizer.convert_tokens_to_ids("word")] * 11 + [102] for f in features)
+    assert all(list(f["input_ids"][:13]) == [101] + [mbert_tokenizer.convert_tokens_to_ids("word")] * 11 + [102] for f in features)
     # windows of 44 - 3 - 11 = 30 context tokens advancing by 30 - 16 = 14
     n_context = len(mbert_tokenizer(context, add_special_tokens=False)["input_ids"])
     assert len(features) == 1 + -(-(n_context - 30) // 14)

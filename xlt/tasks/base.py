@@ -200,8 +200,13 @@ def _padded(rows: list[Sequence[int]], length: int, pad: int) -> torch.Tensor:
     return out
 
 
+# Examples tokenised per tokenizer call: bounds the tokenizer's per-token
+# bookkeeping (its Encoding objects, offsets) to one chunk of a training set.
+FEATURE_CHUNK = 10_000
+
+
 def compact(encoded: Any, index: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """One example's token fields of a tokenizer output as small numpy arrays
+    """One feature's token fields of a tokenizer output as small numpy arrays
     (ids int32, masks and segment ids int8): a 393K-example training set
     (MultiNLI) held as Python lists of ints takes about 8 KB per example, 3 GB
     in all; as arrays about 1 KB."""

@@ -42,9 +42,8 @@ from torch import nn
 from xlt.config import number, ruled
 from xlt.errors import XltError, open_utf8, require_file
 from xlt.models.inputs import model_inputs
-from xlt.tasks.base import EvalSet, FineTuningTask, compact
+from xlt.tasks.base import FEATURE_CHUNK, EvalSet, FineTuningTask, compact
 
-FEATURE_CHUNK = 10_000  # pairs tokenised per call (bounds the tokenizer's per-token bookkeeping)
 
 
 @dataclass

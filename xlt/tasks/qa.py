@@ -57,7 +57,7 @@ from xlt.config import MLQA_METRICS, choice, number
 from xlt.errors import XltError, require_file
 from xlt.evaluation.squad import evaluate
 from xlt.models.inputs import model_inputs
-from xlt.tasks.base import EvalSet, FineTuningTask
+from xlt.tasks.base import FEATURE_CHUNK, EvalSet, FineTuningTask, compact
 
 log = logging.getLogger(__name__)
 
@@ -387,30 +387,33 @@ class QaTask(FineTuningTask):
     # ---- features -------------------------------------------------------------
     def features(self, tokenizer, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Overlapping windows per example; labels for training, character
-        offsets of context tokens (None elsewhere) for evaluation."""
+        offsets of context tokens (None elsewhere) for evaluation.  Tokenised
+        in chunks, ids kept as compact arrays: SQuAD's 88K training questions
+        as the tokenizer's lists and Encodings peak at about 7 GB per process."""
         stride = self.options.doc_stride
         questions = self._fit_questions(tokenizer, [e["question"].lstrip() for e in examples], stride)
-        encoded = tokenizer(
-            questions,
-            [e["context"] for e in examples],
-            truncation="only_second",
-            max_length=self.cfg.max_length,
-            stride=stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-        )
-        keys = model_inputs(encoded)
         features = []
-        for i, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
-            feature = {k: encoded[k][i] for k in keys}
-            feature["example_index"] = example_index
-            sequence_ids, offsets = encoded.sequence_ids(i), encoded["offset_mapping"][i]
-            if train:
-                start, end = answer_positions(offsets, sequence_ids, examples[example_index])
-                feature.update(start_positions=start, end_positions=end)
-            else:
-                feature["offset_mapping"] = [tuple(o) if s == 1 else None for o, s in zip(offsets, sequence_ids)]
-            features.append(feature)
+        for first in range(0, len(examples), FEATURE_CHUNK):
+            chunk = examples[first:first + FEATURE_CHUNK]
+            encoded = tokenizer(
+                questions[first:first + FEATURE_CHUNK],
+                [e["context"] for e in chunk],
+                truncation="only_second",
+                max_length=self.cfg.max_length,
+                stride=stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+            )
+            keys = model_inputs(encoded)
+            for i, in_chunk in enumerate(encoded["overflow_to_sample_mapping"]):
+                feature = {**compact(encoded, i, keys), "example_index": first + in_chunk}
+                sequence_ids, offsets = encoded.sequence_ids(i), encoded["offset_mapping"][i]
+                if train:
+                    start, end = answer_positions(offsets, sequence_ids, chunk[in_chunk])
+                    feature.update(start_positions=start, end_positions=end)
+                else:
+                    feature["offset_mapping"] = [tuple(o) if s == 1 else None for o, s in zip(offsets, sequence_ids)]
+                features.append(feature)
         if train:
             features, dropped = drop_unanswerable(features)
             log.info("QA features: %d training examples dropped (answer outside every window)", dropped)
