@@ -28,9 +28,9 @@
 6. **Align scale** -- ``xlt-align`` on WikiMatrix-sized pools (about 250K
    and 1M pairs) against the reference fast_align: wall, CPU, peak memory
    (``bench/align_scale.py``; ``--align-sizes`` selects the sizes).
-7. **Train scale** -- a MultiNLI-size training set (392,702 pairs) tokenised
-   into features as a job does, against plain lists: time, peak and held
-   memory (``bench/train_scale.py``; ``--train-sizes`` selects the sizes).
+7. **Train scale** -- MultiNLI- and SQuAD-size training sets (392,702 pairs,
+   87,599 questions) tokenised into features as a job does, against plain lists: time, peak and held
+   memory (``bench/train_scale.py``; ``--train-sizes`` and ``--qa-sizes`` select the sizes).
 
 How steps are timed: a plain Python loop drives the real
 ``LightningModule.training_step`` (so the task loss, the auxiliary loss and
@@ -598,7 +598,7 @@ def print_table(results: dict[str, Any]) -> None:
               f"{e['sorted_positions']}; max |logit diff| {e['max_abs_logit_diff']:.1e}")
     if results.get("align_scale", {}).get("sizes"):
         print_align_scale(results["align_scale"])
-    if results.get("train_scale", {}).get("sizes"):
+    if results.get("train_scale", {}).get("tasks"):
         train_scale.print_train_scale(results["train_scale"])
     print("=" * 118)
 
@@ -626,8 +626,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--fast-align", default=None,
                         help="section 6: the reference fast_align binary (default $XLT_FAST_ALIGN or fast_align on PATH)")
     parser.add_argument("--train-sizes", default=os.environ.get("XLT_BENCH_TRAIN_SIZES"),
-                        help="section 7: comma-separated training-set sizes (default 392702, MultiNLI: ~10 min on 2 cores; "
+                        help="section 7: comma-separated NLI training-set sizes (default 392702, MultiNLI: ~10 min on 2 cores; "
                              "$XLT_BENCH_TRAIN_SIZES); none skips it")
+    parser.add_argument("--qa-sizes", default=os.environ.get("XLT_BENCH_QA_SIZES"),
+                        help="section 7: comma-separated QA training-set sizes (default 87599, SQuAD v1.1; "
+                             "$XLT_BENCH_QA_SIZES); none skips it")
     parser.add_argument("--train-rounds", type=int, default=2, help="section 7: alternating rounds per size")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
@@ -699,10 +702,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             del encoder, ctx
             gc.collect()
             results["align_scale"] = bench_align_scale(sizes, Path(args.data_dir), args.fast_align)
-        train_sizes = train_scale.sizes_from(args.train_sizes)
+        train_sizes = train_scale.task_sizes(args.train_sizes, args.qa_sizes)
         if train_sizes:
-            print("\n== 7. a MultiNLI-size training set: features in memory")
-            results["train_scale"] = train_scale.bench_train_scale(train_sizes, args.cache_dir, args.train_rounds)
+            print("\n== 7. paper-size training sets: features in memory")
+            results["train_scale"] = train_scale.bench_train_scale(train_sizes, args.cache_dir, args.data_dir,
+                                                                   args.train_rounds)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["runtime_s"] = round(time.time() - started, 1)
     print_table(results)
