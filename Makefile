@@ -23,7 +23,7 @@ install: $(STAMP)  ## create .venv and install xlt with its dependencies
 test: $(STAMP)  ## run the test suite (offline)
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## tests without end-to-end jobs and training runs (under 3 min on 2 cores)
+test-fast: $(STAMP)  ## tests without end-to-end jobs and training runs (5-6 min on 2 busy cores)
 	$(BIN)/pytest -m "not slow" --strict-markers
 
 demo: $(STAMP)  ## fine-tune e5_small on English NLI, evaluate XNLI + mixed XNLI (offline, CPU)
