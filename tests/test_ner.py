@@ -88,12 +88,34 @@ def test_labels_sit_on_first_subwords_only(shared_data, tokenizer):
     assert sum(label == -100 for label in feature["labels"]) > 2
 
 
+def test_features_are_compact_and_chunk_seams_change_nothing(shared_data, mbert_tokenizer, monkeypatch):
+    """NER features hold int32/int8 ids and int16 labels, tokenised in chunks
+    of sentences whose seams change no id, label, word position or index."""
+    from xlt.tasks import ner
+
+    task = make_task(shared_data)
+    examples = task.train_examples()[:8]
+    whole = task.features(mbert_tokenizer, examples, train=True)
+    monkeypatch.setattr(ner, "FEATURE_CHUNK", 3)  # 8 sentences: three tokenizer calls
+    chunked = task.features(mbert_tokenizer, examples, train=True)
+    assert [f["example_index"] for f in chunked] == list(range(8))
+    reference = mbert_tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True,
+                                max_length=task.cfg.max_length)
+    assert [list(f["input_ids"]) for f in chunked] == reference["input_ids"]
+    for mine, one_call in zip(chunked, whole):
+        assert {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in mine.items()} == \
+               {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in one_call.items()}
+    assert chunked[0]["input_ids"].dtype == np.int32 and chunked[0]["token_type_ids"].dtype == np.int8
+    assert chunked[0]["labels"].dtype == np.int16
+    assert any(label >= 0 for label in chunked[-1]["labels"])  # labels past the last seam
+
+
 def test_mbert_alignment_by_hand(shared_data, mbert_tokenizer):
     task = make_task(shared_data)
     (feature,) = task.features(mbert_tokenizer, [SENTENCE], train=False)
     tokens = mbert_tokenizer.convert_ids_to_tokens(feature["input_ids"])
     assert tokens == ["[CLS]", "Angela", "Merkel", "visited", "Ou", "##aga", "##dou", "##gou", ".", "[SEP]"]
-    assert feature["labels"] == [-100, 1, 2, 0, 5, -100, -100, -100, 0, -100]
+    assert list(feature["labels"]) == [-100, 1, 2, 0, 5, -100, -100, -100, 0, -100]
     assert feature["first_subword_positions"] == [1, 2, 3, 4, -1, 8]
 
 

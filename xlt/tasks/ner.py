@@ -35,7 +35,7 @@ from xlt.config import ruled
 from xlt.errors import XltError, open_utf8, require_file
 from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
 from xlt.models.inputs import model_inputs
-from xlt.tasks.base import EvalSet, FineTuningTask
+from xlt.tasks.base import FEATURE_CHUNK, EvalSet, FineTuningTask, compact
 
 EVAL_SET = "wikiann"
 
@@ -151,26 +151,21 @@ class NerTask(FineTuningTask):
         """
         if not getattr(tokenizer, "is_fast", False):
             raise XltError("NER needs a fast tokenizer (word_ids); got a slow one")
-        encoded = tokenizer(
-            [e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=self.cfg.max_length
-        )
-        keys = model_inputs(encoded)
         label_ids = {label: i for i, label in enumerate(self.labels)}
         features = []
-        for i, example in enumerate(examples):
-            positions = first_subword_positions(encoded.word_ids(i), len(example["tokens"]))
-            labels = [-100] * len(encoded["input_ids"][i])
-            for word, position in enumerate(positions):
-                if position >= 0:
-                    labels[position] = label_ids[example["tags"][word]]
-            features.append(
-                {
-                    **{k: encoded[k][i] for k in keys},
-                    "labels": labels,
-                    "first_subword_positions": positions,
-                    "example_index": i,
-                }
-            )
+        for first in range(0, len(examples), FEATURE_CHUNK):  # chunks and arrays: see PairClassificationTask.features
+            chunk = examples[first:first + FEATURE_CHUNK]
+            encoded = tokenizer([e["tokens"] for e in chunk], is_split_into_words=True, truncation=True,
+                                max_length=self.cfg.max_length)
+            keys = model_inputs(encoded)
+            for i, example in enumerate(chunk):
+                positions = first_subword_positions(encoded.word_ids(i), len(example["tokens"]))
+                labels = np.full(len(encoded["input_ids"][i]), -100, dtype=np.int16)
+                for word, position in enumerate(positions):
+                    if position >= 0:
+                        labels[position] = label_ids[example["tags"][word]]
+                features.append({**compact(encoded, i, keys), "labels": labels, "first_subword_positions": positions,
+                                 "example_index": first + i})
         return features
 
     # ---- model --------------------------------------------------------------
