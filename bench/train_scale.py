@@ -13,7 +13,8 @@ with e5_small's tokenizer by
   ``FEATURE_CHUNK`` examples, each feature's ids as int32 / int8 arrays);
 * **lists**: the same function as xlt had it until 2026-12-06: one
   tokenizer call on every example, the tokenizer's Python lists kept
-  (``FEATURE_CHUNK`` set to the size and ``compact`` to a plain copy).
+  (``xlt.tasks.base.FEATURE_CHUNK`` set to the size and the task module's
+  ``compact`` to a plain copy).
 
 Each variant runs in its own process (so its peak is its own), alternating
 for ``--train-rounds`` rounds: wall seconds of the tokenisation, the peak
@@ -77,16 +78,18 @@ def child(task_name: str, variant: str, size: int, cache_dir: str, data_dir: str
 
     from xlt.contract import compose
     from xlt.models.encoder import load_tokenizer
+    from xlt.models.inputs import model_inputs
+    from xlt.tasks import base
     from xlt.tasks.registry import build_task
 
     data = ["data=demo"] if task_name == "xnli" else [f"data.root={data_dir}"]
     cfg = compose([f"task={task_name}", *data, "paths.output_dir=unused", f"paths.cache_dir={cache_dir}"])
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     task = build_task(cfg)
-    if variant == "lists":  # the task module's own features(), as it was: one call, the tokenizer's lists
+    if variant == "lists":  # the task's own features(), as it was: one call, the tokenizer's lists
+        base.FEATURE_CHUNK = size
         module = importlib.import_module(type(task).__module__)
-        module.FEATURE_CHUNK = size
-        module.compact = lambda encoded, index, keys: {key: encoded[key][index] for key in keys}
+        module.compact = lambda encoded, index: {key: encoded[key][index] for key in model_inputs(encoded)}
     base = task.train_examples()
     examples = [base[i % len(base)] for i in range(size)]
     tokenizer(["warm up"], ["the tokenizer"])

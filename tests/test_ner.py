@@ -91,12 +91,12 @@ def test_labels_sit_on_first_subwords_only(shared_data, tokenizer):
 def test_features_are_compact_and_chunk_seams_change_nothing(shared_data, mbert_tokenizer, monkeypatch):
     """NER features hold int32/int8 ids and int16 labels, tokenised in chunks
     of sentences whose seams change no id, label, word position or index."""
-    from xlt.tasks import ner
+    from xlt.tasks import base
 
     task = make_task(shared_data)
     examples = task.train_examples()[:8]
     whole = task.features(mbert_tokenizer, examples, train=True)
-    monkeypatch.setattr(ner, "FEATURE_CHUNK", 3)  # 8 sentences: three tokenizer calls
+    monkeypatch.setattr(base, "FEATURE_CHUNK", 3)  # 8 sentences: three tokenizer calls
     chunked = task.features(mbert_tokenizer, examples, train=True)
     assert [f["example_index"] for f in chunked] == list(range(8))
     reference = mbert_tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True,

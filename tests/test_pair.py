@@ -169,9 +169,9 @@ def test_features_are_compact_and_collate_as_the_tokenizer_pads(shared_data, e5_
     tokenizer itself pads to the longest pair."""
     import torch
 
-    from xlt.tasks import pair
+    from xlt.tasks import base
 
-    monkeypatch.setattr(pair, "FEATURE_CHUNK", 7)  # 20 pairs: three tokenizer calls
+    monkeypatch.setattr(base, "FEATURE_CHUNK", 7)  # 20 pairs: three tokenizer calls
     task = nli_task(shared_data)
     examples = task.train_examples()[:20]
     features = task.features(e5_tokenizer, examples, train=True)

@@ -344,12 +344,12 @@ def test_features_are_compact_and_chunk_seams_change_nothing(shared_data: Path, 
     the tokenizer's lists held 2.5 GB), tokenised in chunks of examples whose
     seams change no window, label, offset or example index: the features
     equal those of one tokenizer call over every example."""
-    from xlt.tasks import qa
+    from xlt.tasks import base
 
     task = make_task(shared_data, "ru", max_length=96, **{"options.doc_stride": 32})
     examples = xquad(shared_data, "ru")[:10]
     whole = {train: task.features(mbert_tokenizer, examples, train=train) for train in (True, False)}
-    monkeypatch.setattr(qa, "FEATURE_CHUNK", 3)  # 10 examples: four tokenizer calls
+    monkeypatch.setattr(base, "FEATURE_CHUNK", 3)  # 10 examples: four tokenizer calls
     chunked = {train: task.features(mbert_tokenizer, examples, train=train) for train in (True, False)}
     reference = mbert_tokenizer([e["question"].lstrip() for e in examples], [e["context"] for e in examples],
                                 truncation="only_second", max_length=96, stride=32, return_overflowing_tokens=True)

@@ -33,7 +33,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -203,14 +203,24 @@ def _padded(rows: list[Sequence[int]], length: int, pad: int) -> torch.Tensor:
 # Examples tokenised per tokenizer call: bounds the tokenizer's per-token
 # bookkeeping (its Encoding objects, offsets) to one chunk of a training set.
 FEATURE_CHUNK = 10_000
+Example = TypeVar("Example")
 
 
-def compact(encoded: Any, index: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """One feature's token fields of a tokenizer output as small numpy arrays
-    (ids int32, masks and segment ids int8): a 393K-example training set
-    (MultiNLI) held as Python lists of ints takes about 8 KB per example, 3 GB
-    in all; as arrays about 1 KB."""
-    return {key: np.asarray(encoded[key][index], dtype=np.int32 if key == "input_ids" else np.int8) for key in keys}
+def chunks(examples: list[Example]) -> Iterator[tuple[int, list[Example]]]:
+    """``(offset, examples)`` of each run of ``FEATURE_CHUNK`` examples: a task
+    tokenises one at a time, so a 393K-example set's tokenizer output never
+    lives at once; ``offset`` + the position in the chunk is ``example_index``."""
+    for first in range(0, len(examples), FEATURE_CHUNK):
+        yield first, examples[first:first + FEATURE_CHUNK]
+
+
+def compact(encoded: Any, index: int) -> dict[str, np.ndarray]:
+    """The encoder's inputs (``model_inputs``) of feature ``index`` of a
+    tokenizer output as small numpy arrays (ids int32, masks and segment ids
+    int8): a 393K-example training set (MultiNLI) held as Python lists of ints
+    takes about 8 KB per example, 3 GB in all; as arrays about 1 KB."""
+    return {key: np.asarray(encoded[key][index], dtype=np.int32 if key == "input_ids" else np.int8)
+            for key in model_inputs(encoded)}
 
 
 class StateEvaluationTask(Task):

@@ -34,8 +34,7 @@ from torch import nn
 from xlt.config import ruled
 from xlt.errors import XltError, open_utf8, require_file
 from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
-from xlt.models.inputs import model_inputs
-from xlt.tasks.base import FEATURE_CHUNK, EvalSet, FineTuningTask, compact
+from xlt.tasks.base import EvalSet, FineTuningTask, chunks, compact
 
 EVAL_SET = "wikiann"
 
@@ -153,18 +152,16 @@ class NerTask(FineTuningTask):
             raise XltError("NER needs a fast tokenizer (word_ids); got a slow one")
         label_ids = {label: i for i, label in enumerate(self.labels)}
         features = []
-        for first in range(0, len(examples), FEATURE_CHUNK):  # chunks and arrays: see PairClassificationTask.features
-            chunk = examples[first:first + FEATURE_CHUNK]
+        for first, chunk in chunks(examples):
             encoded = tokenizer([e["tokens"] for e in chunk], is_split_into_words=True, truncation=True,
                                 max_length=self.cfg.max_length)
-            keys = model_inputs(encoded)
             for i, example in enumerate(chunk):
                 positions = first_subword_positions(encoded.word_ids(i), len(example["tokens"]))
                 labels = np.full(len(encoded["input_ids"][i]), -100, dtype=np.int16)
                 for word, position in enumerate(positions):
                     if position >= 0:
                         labels[position] = label_ids[example["tags"][word]]
-                features.append({**compact(encoded, i, keys), "labels": labels, "first_subword_positions": positions,
+                features.append({**compact(encoded, i), "labels": labels, "first_subword_positions": positions,
                                  "example_index": first + i})
         return features
 

@@ -41,9 +41,7 @@ from torch import nn
 
 from xlt.config import number, ruled
 from xlt.errors import XltError, open_utf8, require_file
-from xlt.models.inputs import model_inputs
-from xlt.tasks.base import FEATURE_CHUNK, EvalSet, FineTuningTask, compact
-
+from xlt.tasks.base import EvalSet, FineTuningTask, chunks, compact
 
 
 @dataclass
@@ -184,12 +182,10 @@ class PairClassificationTask(FineTuningTask):
         tokenizer's per-token bookkeeping of a 393K-pair set never lives at once."""
         first, second = self.sides
         features: list[dict[str, Any]] = []
-        for start in range(0, len(examples), FEATURE_CHUNK):
-            chunk = examples[start:start + FEATURE_CHUNK]
+        for start, chunk in chunks(examples):
             encoded = tokenizer([e[first] for e in chunk], [e[second] for e in chunk], truncation=True,
                                 max_length=self.cfg.max_length)
-            keys = model_inputs(encoded)
-            features += [{**compact(encoded, i, keys), "labels": example["label"], "example_index": start + i}
+            features += [{**compact(encoded, i), "labels": example["label"], "example_index": start + i}
                          for i, example in enumerate(chunk)]
         return features
 

@@ -56,8 +56,7 @@ from torch import nn
 from xlt.config import MLQA_METRICS, choice, number
 from xlt.errors import XltError, require_file
 from xlt.evaluation.squad import evaluate
-from xlt.models.inputs import model_inputs
-from xlt.tasks.base import FEATURE_CHUNK, EvalSet, FineTuningTask, compact
+from xlt.tasks.base import EvalSet, FineTuningTask, chunks, compact
 
 log = logging.getLogger(__name__)
 
@@ -393,10 +392,9 @@ class QaTask(FineTuningTask):
         stride = self.options.doc_stride
         questions = self._fit_questions(tokenizer, [e["question"].lstrip() for e in examples], stride)
         features = []
-        for first in range(0, len(examples), FEATURE_CHUNK):
-            chunk = examples[first:first + FEATURE_CHUNK]
+        for first, chunk in chunks(examples):
             encoded = tokenizer(
-                questions[first:first + FEATURE_CHUNK],
+                questions[first:first + len(chunk)],
                 [e["context"] for e in chunk],
                 truncation="only_second",
                 max_length=self.cfg.max_length,
@@ -404,9 +402,8 @@ class QaTask(FineTuningTask):
                 return_overflowing_tokens=True,
                 return_offsets_mapping=True,
             )
-            keys = model_inputs(encoded)
             for i, in_chunk in enumerate(encoded["overflow_to_sample_mapping"]):
-                feature = {**compact(encoded, i, keys), "example_index": first + in_chunk}
+                feature = {**compact(encoded, i), "example_index": first + in_chunk}
                 sequence_ids, offsets = encoded.sequence_ids(i), encoded["offset_mapping"][i]
                 if train:
                     start, end = answer_positions(offsets, sequence_ids, chunk[in_chunk])
