@@ -250,6 +250,27 @@ def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
     assert stopped.stderr.strip().splitlines()[-1].startswith("xlt: error: stopped at fine-tuning by SIGTERM")
 
 
+def test_a_job_stopped_before_its_first_step_checkpoint_keeps_one_last_ckpt(tmp_path):
+    """SIGTERM at step 2, before the first step checkpoint (every 4 steps):
+    the stop writes last.ckpt with no step checkpoint before it.  The rerun's
+    step checkpoints must replace that file, not go beside it: Lightning's
+    version counter wrote them to last-v1.ckpt, which no resume reads (a
+    second kill lost every step since the signal) and which doubled the
+    checkpoints' disk (a 1.4 GB e5_small job filled the study's disk)."""
+    cache = tmp_path / "cache"
+    overrides = [*SMALL, *RESUMABLE, f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"]
+    kill = [sys.executable, str(REPO / "tests" / "kill_at_step.py")]
+    stopped = subprocess.run([*kill, "2", *overrides], cwd=REPO, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "XLT_TEST_SIGNAL": "SIGTERM"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    killed = subprocess.run([*kill, "10", *overrides], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert "training: resumed from step 2" in (tmp_path / "run" / "train.log").read_text()
+    (folder,) = (cache / "checkpoints").iterdir()
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt"]
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 8
+
+
 def test_unknown_choice_is_one_line():
     result = xlt("lang=xx")
     assert result.returncode == 2

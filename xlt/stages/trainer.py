@@ -85,7 +85,11 @@ def make_trainer(
     callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss()]
     if checkpoint_dir is not None:
         every = cfg.trainer.checkpoint_every_n_steps
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every))
+        # No version counter: a resumed job whose checkpoint's callback state
+        # names no earlier step save (a stop before the first one, a moved
+        # cache) would write last-v1.ckpt beside last.ckpt, which no resume reads.
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=every,
+                                         enable_version_counter=False))
         callbacks.append(StopSignal(checkpoint_dir / "last.ckpt"))
     kwargs = {"enable_model_summary": False, "deterministic": False, **trainer_kwargs(cfg, **override)}
     if kwargs.get("enable_progress_bar", True) and not is_terminal():  # a redrawn bar is noise in a file
