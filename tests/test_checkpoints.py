@@ -110,6 +110,17 @@ def test_unusable_checkpoints_are_set_aside_and_training_goes_on(tmp_path):
     assert usable_state(folder, SHAPES) == State("resume", folder / "hpc_ckpt_2.ckpt", 2)  # stable on rerun
 
 
+def test_a_versioned_last_ckpt_of_an_older_cache_is_resumed_when_newer(tmp_path):
+    """Before xlt turned Lightning's version counter off, a job resumed from a
+    stop wrote its step saves to last-v1.ckpt beside last.ckpt: the newer
+    one is where the training stands."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    lightning_checkpoint(folder / "last.ckpt", 41)
+    lightning_checkpoint(folder / "last-v1.ckpt", 100)
+    assert usable_state(folder, SHAPES) == State("resume", folder / "last-v1.ckpt", 100)
+
+
 def test_a_kill_between_the_weights_only_save_and_done_json(tmp_path):
     """The weights-only last.ckpt is written only when a training ends: without
     done.json it is a finished training, marked done instead of failing to resume."""

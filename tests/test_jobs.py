@@ -270,6 +270,12 @@ def test_a_job_stopped_before_its_first_step_checkpoint_keeps_one_last_ckpt(tmp_
     assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt"]
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 8
 
+    (folder / "last.ckpt").rename(folder / "last-v1.ckpt")  # what an older xlt left: resumed, then removed at the end
+    finished = xlt(*overrides)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert f"training: resumed from step 8 ({folder / 'last-v1.ckpt'})" in (tmp_path / "run" / "train.log").read_text()
+    assert sorted(p.name for p in folder.iterdir() if p.suffix != ".lock") == ["done.json", "last.ckpt", "training.json"]
+
 
 def test_unknown_choice_is_one_line():
     result = xlt("lang=xx")

@@ -5,7 +5,10 @@ A training's folder (``<cache>/checkpoints/<training hash>/``) holds
 ``last.ckpt`` (resumable: weights, optimizer, LR schedule, sampler
 position), or once the training finished ``last.ckpt`` with the weights only
 and ``done.json``; Lightning's SLURM auto-requeue (SIGUSR1) may add
-``hpc_ckpt_<n>.ckpt``.  The cache may be shared by a lab, so:
+``hpc_ckpt_<n>.ckpt``, and a cache written before xlt turned Lightning's
+version counter off may hold ``last-v<n>.ckpt`` (step saves of a job resumed
+from a stop, newer than ``last.ckpt``).  All are resume candidates and are
+removed once the training is done.  The cache may be shared by a lab, so:
 
 * **No code runs from a checkpoint.**  Every load goes through
   ``torch.load(weights_only=True)`` (tensors and plain containers;
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 LAST, DONE = "last.ckpt", "done.json"
 HPC_GLOB = "hpc_ckpt_*.ckpt"
+VERSIONED_GLOB = "last-v*.ckpt"  # Lightning's version counter, on in caches of older xlt (see above)
+EXTRA_GLOBS = (HPC_GLOB, VERSIONED_GLOB)
 # Globals torch.load(weights_only=True) may rebuild beyond tensors and plain
 # containers.  Lightning 2.6 checkpoints of xlt's modules (optimizer, LR
 # schedule, ModelCheckpoint and sampler state) need none; add a class here,
@@ -142,7 +147,7 @@ def usable_state(folder: Path, shapes: dict[str, tuple] | None) -> State:
     for stale in folder.glob("*.ckpt.*.tmp"):  # a write killed before its rename
         stale.unlink(missing_ok=True)
     found: dict[Path, tuple[int, bool]] = {}
-    for path in [last, *sorted(folder.glob(HPC_GLOB))]:
+    for path in [last, *(path for pattern in EXTRA_GLOBS for path in sorted(folder.glob(pattern)))]:
         if path.exists():
             try:
                 found[path] = examine(path, shapes)
