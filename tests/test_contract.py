@@ -178,6 +178,17 @@ def test_bad_values_are_one_line_before_launch(monkeypatch, capsys, overrides):
     assert RANGES[overrides] in one_line_error(monkeypatch, capsys, *overrides.split(), sweep=False)
 
 
+def test_a_presets_swept_values_are_checked_before_launch(monkeypatch, capsys):
+    """table5_size sweeps corpus.size up to 250,000 in hydra.sweeper.params:
+    with a 50K pool its 100K and 250K jobs would fail mid-sweep.  A value
+    given on the command line replaces the preset's sweep of that key."""
+    assert one_line_error(monkeypatch, capsys, "experiment=table5_size", "corpus.pool_size=50000") == (
+        "corpus.size=100000: must be <= corpus.pool_size=50000 (samples are drawn from the pool)")
+    assert cli.preset_sweeps(["experiment=table5_size", "corpus.size=5000"]) == ["mode=original,adjusted",
+                                                                                 "seed=1,2,3,4,5"]
+    cli.check_jobs(["experiment=table5_size", "corpus.pool_size=50000", "corpus.size=5000"])  # no exit
+
+
 def test_export_into_a_missing_folder_creates_nothing(monkeypatch, capsys, tmp_path):
     target = tmp_path / "no" / "such" / "x.align"
     message = one_line_error(monkeypatch, capsys, f"aligner.export={target}")

@@ -18,6 +18,7 @@ from xlt.contract import compose as compose_config
 from xlt.data import fast_align as F
 from xlt.data import parallel as P
 from xlt.data.sentences import Sentences
+from xlt.errors import XltError
 from xlt.stages.align import align_stage
 
 # --------------------------------------------------------------------------- the pool
@@ -112,6 +113,21 @@ def test_a_pool_larger_than_the_corpus_is_all_of_it(tmp_path: Path, caplog) -> N
     with caplog.at_level(logging.INFO):
         aligned = align_stage(_cfg(tmp_path, corpus, "corpus.pool_size=100", "corpus.size=8"))
     assert len(_pool_lines(aligned.path)) == 11 and "has only 11 usable pairs" in caplog.text
+
+
+def test_a_corpus_too_small_for_the_size_fails_before_the_aligner_runs(tmp_path: Path, monkeypatch) -> None:
+    """corpus.size beyond what the corpus holds (the README once showed
+    corpus.size=30000 on the 28.9K-pair en-ru default): one line before
+    aligning (hours at a million pairs), not after, and no artifact."""
+    import xlt.data.align as align
+
+    calls = []
+    monkeypatch.setattr(align, "align_sentences", lambda *args, **kwargs: calls.append(1))
+    cfg = _cfg(tmp_path, _corpus(tmp_path, n=12), "corpus.pool_size=null", "corpus.size=9")
+    with pytest.raises(XltError, match=r"^corpus.size=9 but .*c.ru-en has only 8 usable pairs \(at most 10 words "
+                                       r"per side, after 3 held out\)$"):
+        align_stage(cfg)
+    assert calls == [] and not list((tmp_path / "cache" / "alignments").glob("*/meta.json"))
 
 
 def test_without_pool_size_sampling_is_unchanged(tmp_path: Path) -> None:
@@ -237,7 +253,6 @@ def test_intersect_choices_equals_the_set_intersection() -> None:
 
 def test_precomputed_links_outside_a_pair_name_their_line(tmp_path: Path) -> None:
     from xlt.data.align import Links, check_bounds
-    from xlt.errors import XltError
 
     english, target = Sentences.from_lists([["a", "b"], ["c"]]), Sentences.from_lists([["x"], ["y", "z"]])
     check_bounds(Links.from_lists([[(1, 0)], [(0, 1)]]), english, target, ["f:1", "f:2"])

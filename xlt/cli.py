@@ -55,12 +55,29 @@ def job_overrides(argv: list[str]) -> list[list[str]]:
     return jobs
 
 
+def preset_sweeps(overrides: list[str]) -> list[str]:
+    """``key=values`` of the ``hydra.sweeper.params`` that ``overrides`` (one
+    job's) compose to, e.g. a paper table's ``corpus.size: 5000,...,250000``,
+    except keys the command line sets (its value is the one the jobs get)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from xlt.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        params = hydra_compose("config", overrides=overrides, return_hydra_config=True).hydra.sweeper.get("params")
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
+
+
 def check_jobs(argv: list[str]) -> None:
-    """Compose and validate the jobs of the command line before any runs
-    (``xlt.contract``), so an unknown choice or key, a wrong type or an
-    invalid value (``task.epochs=0``, also as one value of a sweep) is one
-    line and exit 2 instead of Hydra's multi-line report or a failed job in
-    the middle of a sweep.  No hardware check: the jobs may run elsewhere."""
+    """Compose and validate the jobs of the command line and of a preset's
+    sweep (``hydra.sweeper.params``) before any runs (``xlt.contract``), so
+    an unknown choice or key, a wrong type or an invalid value
+    (``task.epochs=0``, also as one value of a sweep) is one line and exit 2
+    instead of Hydra's multi-line report or a failed job in the middle of a
+    sweep.  No hardware check: the jobs may run elsewhere."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -69,7 +86,8 @@ def check_jobs(argv: list[str]) -> None:
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in argv):
         return
     try:
-        for overrides in job_overrides(argv):
+        sweeps = preset_sweeps(job_overrides(argv)[0])
+        for overrides in job_overrides([*sweeps, *argv]):
             validate(compose([*overrides, "paths.output_dir=."]))
     except (HydraException, OmegaConfBaseException, XltError) as err:
         fail(one_line(err))

@@ -394,16 +394,23 @@ def _concat(parts: list[Tokenized]) -> Tokenized:
     return Tokenized(english.build(), target.build(), ranks)
 
 
+def check_size(usable: int, cfg: CorpusConfig, path: str) -> None:
+    """``usable`` pairs must give ``cfg.heldout`` held out and ``cfg.size`` to
+    train on.  Checked on the pool before it is aligned (hours at a million
+    pairs), and again on each job's draw."""
+    if usable <= cfg.heldout:
+        raise XltError(f"{path}: only {usable} pairs with at most {cfg.max_words} words per side; "
+                       f"corpus.heldout={cfg.heldout} leaves none for training")
+    if usable - cfg.heldout < cfg.size:
+        raise XltError(f"corpus.size={cfg.size} but {path} has only {usable - cfg.heldout} usable pairs "
+                       f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
+
+
 def _split(kept: list[int], cfg: CorpusConfig, path: str, n_read: int) -> tuple[list[int], list[int]]:
     """``(heldout, sample)`` ranks (sorted) from the first ``heldout + size``
     usable ranks of a draw: the first ``cfg.heldout`` are held out."""
-    if len(kept) <= cfg.heldout:
-        raise XltError(f"{path}: only {len(kept)} pairs with at most {cfg.max_words} words per side; "
-                       f"corpus.heldout={cfg.heldout} leaves none for training")
+    check_size(len(kept), cfg, path)
     heldout, sample = kept[: cfg.heldout], kept[cfg.heldout:]
-    if len(sample) < cfg.size:
-        raise XltError(f"corpus.size={cfg.size} but {path} has only {len(sample)} usable pairs "
-                       f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
     log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), n_read)
     return sorted(heldout), sorted(sample)
 

@@ -75,11 +75,12 @@ def _subword_pool(pool, tokenizer):
 def _build_pool(cfg: DictConfig, tokenizer, tmp: Path) -> None:
     """The aligned pool: pairs (corpus order) with their lines, ranks and links."""
     from xlt.data.align import write_pharaoh
-    from xlt.data.parallel import load_pool
+    from xlt.data.parallel import check_size, load_pool
 
     pool = load_pool(cfg.corpus, cfg.lang.code, cfg.data.root)
     if not len(pool):
         raise XltError(f"{pool.path}: no usable sentence pairs (at most {cfg.corpus.max_words} words per side)")
+    check_size(len(pool), cfg.corpus, pool.path)  # before the aligner runs, not after
     if cfg.aggregation.name == "subword":
         pool = _subword_pool(pool, tokenizer)
     links = _pool_links(cfg, pool, tmp)
