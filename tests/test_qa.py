@@ -82,7 +82,7 @@ def test_squad_evaluate_max_over_golds_and_mean() -> None:
     assert metrics["n"] == 3
     assert [r["f1"] for r in records] == pytest.approx([1.0, 0.8, 0.0])
     assert [r["em"] for r in records] == [1.0, 0.0, 0.0]
-    assert records[2] == {"id": "3", "prediction": "", "f1": 0.0, "em": 0.0}
+    assert records[2] == {"id": "3", "gold": ["Levi's Stadium"], "prediction": "", "f1": 0.0, "em": 0.0}
 
 
 def test_torchmetrics_squad_agrees_except_on_empty_normalisation() -> None:

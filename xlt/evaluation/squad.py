@@ -135,7 +135,8 @@ def evaluate(
 
     ``lang`` None: SQuAD v1.1 rules; a language code: MLQA rules for answers in
     that language.  A question without a prediction scores 0, as officially.
-    Returns ``({"f1", "exact_match", "n"}, [{"id", "prediction", "f1", "em"}])``.
+    Returns ``({"f1", "exact_match", "n"}, [{"id", "gold", "prediction", "f1", "em"}])``
+    (``gold``: the answer texts, for error analysis of predictions/*.jsonl).
     """
     records = []
     for example in examples:
@@ -144,6 +145,7 @@ def evaluate(
         records.append(
             {
                 "id": example["id"],
+                "gold": list(golds),
                 "prediction": prediction,
                 "f1": max_over_golds(f1_score, prediction, golds, lang),
                 "em": max_over_golds(exact_match_score, prediction, golds, lang),
