@@ -189,6 +189,13 @@ def test_a_presets_swept_values_are_checked_before_launch(monkeypatch, capsys):
     cli.check_jobs(["experiment=table5_size", "corpus.pool_size=50000", "corpus.size=5000"])  # no exit
 
 
+@pytest.mark.slow  # ~25 s: every value of every preset's sweep composed and validated
+def test_every_shipped_presets_sweep_passes_the_check():
+    """No false alarm: each value each shipped preset sweeps is a valid job."""
+    for experiment in sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")):
+        cli.check_jobs([f"experiment={experiment}"])
+
+
 def test_export_into_a_missing_folder_creates_nothing(monkeypatch, capsys, tmp_path):
     target = tmp_path / "no" / "such" / "x.align"
     message = one_line_error(monkeypatch, capsys, f"aligner.export={target}")
