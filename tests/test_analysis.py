@@ -239,6 +239,15 @@ def test_cli_bad_input_is_one_line_and_code_2(argv, message, capsys, tmp_path):
     assert message in err and "\n" not in err
 
 
+def test_a_bad_second_language_fails_before_the_first_is_measured(tmp_path, capsys, monkeypatch):
+    from xlt.analysis import cli
+
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured before checking every language"))
+    assert cli.main(["model=tiny", "lang=ru,xx", f"--out={tmp_path / 'analysis'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xlt-analyze: error: unknown lang 'xx'; valid: ") and "\n" not in err
+
+
 def test_read_only_out_fails_before_measuring(tmp_path, capsys, monkeypatch):
     from xlt.analysis import cli
 

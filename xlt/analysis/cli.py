@@ -199,6 +199,8 @@ def run(request: Request, warn) -> int:
     from xlt.stages.states import label
 
     ensure_writable(request.out)  # before minutes of measuring, not after
+    for lang in request.langs:  # every language's config too (analyze_language composes it again)
+        compose_config(request.overrides, lang, request.out)
     summaries, grid = {}, {}
     for lang in request.langs:
         code, summaries[code], grid[code] = analyze_language(request, lang, warn)
