@@ -15,7 +15,8 @@ out=${STUDY_RUNS:-multirun/study}/confirm
 english=()
 case ${2:-} in
   "") ;;
-  english) out=${STUDY_RUNS:-multirun/study}/english; english=('lang.eval_sets.xnli=[xnli_en]') ;;
+  # (the jobs ran at commit a9dcfd9 with lang.eval_sets.xnli=[xnli_en]: eval sets were a language's then)
+  english) out=${STUDY_RUNS:-multirun/study}/english; english=('task.eval_sets=[xnli_en]') ;;
   *) echo "confirm.sh: unknown second argument '$2' (english)" >&2; exit 2 ;;
 esac
 # trainer.checkpoint_every_n_steps=50: a job killed at the end of a session
