@@ -196,6 +196,16 @@ def test_every_shipped_presets_sweep_passes_the_check():
         cli.check_jobs([f"experiment={experiment}"])
 
 
+def test_an_override_hydra_cannot_parse_is_named_with_its_fix(monkeypatch, capsys):
+    """A corpus path template on the command line ({pair}) needs Hydra's
+    quotes; Hydra's own message named neither the override nor the fix."""
+    assert one_line_error(monkeypatch, capsys, "corpus.path=/data/WikiMatrix.{pair}.tsv") == (
+        "cannot parse the override corpus.path=/data/WikiMatrix.{pair}.tsv: mismatched input '{' expecting <EOF>; "
+        "quote a value with { } for Hydra (a path template's {lang}, {pair}): \"corpus.path='/data/WikiMatrix.{pair}.tsv'\"")
+    assert one_line_error(monkeypatch, capsys, "seed=[1,2") == (
+        "cannot parse the override seed=[1,2: no viable alternative at input '[1,2'")
+
+
 def test_export_into_a_missing_folder_creates_nothing(monkeypatch, capsys, tmp_path):
     target = tmp_path / "no" / "such" / "x.align"
     message = one_line_error(monkeypatch, capsys, f"aligner.export={target}")

@@ -68,11 +68,17 @@ def one_line(err: BaseException) -> str:
     the valid ones (those of every config folder on the search path); other
     errors get the first line of their cause (Hydra's "Error merging
     override x=abc" says why only there)."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
         group, _, value = str(err.missing_cfg_file).rpartition("/")
         return f"unknown {group} '{value}'; valid: {', '.join(sorted(err.options))}"
+    if isinstance(err, OverrideParseException):  # Hydra's message names neither the override nor the fix
+        reason = " ".join(str(err.message).split()).split(" See https://")[0]
+        key, eq, value = err.override.partition("=")
+        hint = (f"; quote a value with {{ }} for Hydra (a path template's {{lang}}, {{pair}}): \"{key}='{value}'\""
+                if eq and ("{" in value or "}" in value) and not value.startswith(("'", '"')) else "")
+        return f"cannot parse the override {err.override}: {reason}{hint}"
     message = " ".join(str(err).split())
     cause = err.__cause__ or err.__context__
     if cause is not None and not isinstance(err, XltError):
