@@ -79,6 +79,18 @@ def test_a_size_and_seed_sweep_shares_one_alignment_key(tmp_path: Path) -> None:
     assert keys.alignment_dir(_cfg(tmp_path, corpus, "corpus.pool_size=13", "corpus.heldout=2")) in dirs
 
 
+def test_every_corpus_field_but_the_sampling_ones_keys_the_alignment(tmp_path: Path) -> None:
+    """The key's corpus part is every CorpusConfig field except keys.POOL_FREE
+    (it held an allow-list before: a new field that filters pairs would have
+    reused a stale alignment).  Today's fields give the key they always gave."""
+    from dataclasses import fields
+
+    cfg = _cfg(tmp_path, _corpus(tmp_path))
+    corpus = keys.alignment_key(cfg)["corpus"]
+    assert set(corpus) == {f.name for f in fields(CorpusConfig)} - set(keys.POOL_FREE)
+    assert corpus == {"format": "fast_align", "min_score": None, "max_words": 10}
+
+
 def prepare_corpus(cfg: CorpusConfig, lang: str, data_root: str, seed: int):
     """``(train, heldout)`` word pairs drawn without aligning anything: with a
     pool, from the pool; without one, only the pairs the seed draws are

@@ -13,7 +13,9 @@ without rebuilding another job's config.
 
 A key is made of three parts, so that no stale artifact is ever reused:
 
-* the whole config subtree(s) the stage reads (no allow-lists);
+* the config subtree(s) the stage reads, each whole or less a named list of
+  fields that cannot change its output (``ALIGNMENT_FREE``, ``POOL_FREE``):
+  never an allow-list, so a new field joins the key;
 * the path and the *content* of every input file it reads (``content_checksum``:
   sha256, remembered by size, mtime, inode and ctime so a large corpus is
   hashed once), never just its path: an edit in place invalidates what was
@@ -215,6 +217,11 @@ def corpus_path(cfg: DictConfig) -> str:
 
 # Aligner settings that do not change the links of the aligned corpus.
 ALIGNMENT_FREE = ("drop_identical", "export", "pharaoh_path")
+# Corpus fields that do not change the aligned pool: its name, the path (in
+# the key's "inputs", by content) and how each job samples from the pool
+# (size, heldout; a pool_size pool is the key's "pool").  Every other corpus
+# field is in the key, so a new one cannot be silently left out.
+POOL_FREE = ("name", "path", "size", "heldout", "pool_size")
 
 
 def corpus_files(cfg: DictConfig) -> list[str]:
@@ -287,7 +294,7 @@ def alignment_key(cfg: DictConfig) -> dict[str, Any]:
     pool = cfg.corpus.get("pool_size")
     return {
         "inputs": checksums(cfg, corpus_files(cfg)),  # corpus and Pharaoh file, by content
-        "corpus": {k: cfg.corpus.get(k) for k in ("format", "min_score", "max_words")},
+        "corpus": {k: cfg.corpus.get(k) for k in cfg.corpus if k not in POOL_FREE},
         "pool": None if pool is None else pool + cfg.corpus.heldout,
         "lang": cfg.lang.code,
         "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
