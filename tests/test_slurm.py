@@ -88,7 +88,9 @@ def test_a_gpu_preset_is_submitted_from_a_machine_without_a_gpu(tmp_path):
                "hydra.launcher.partition=gpu", f"hydra.sweep.dir={sweep}"]
     run = subprocess.run(command, cwd=REPO, env=fake_slurm_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr[-3000:]  # every job ran and failed: the sweep says so
-    assert run.stderr.strip().splitlines()[-1].startswith("xlt: error: 6 job(s) of the sweep did not finish ok")
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("xlt: error: 6 job(s) of the sweep did not finish ok: ")
+    assert all(f"{sweep / str(n)}: failed: " in last for n in range(6))  # each job named, not only the first
     assert "sbatch 1000 tasks 0-5 name=xlt-table2_nli" in (tmp_path / "slurm" / "events.log").read_text()
     saved = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert len(saved) == 6 and {(r["config"]["mode"], r["config"]["lang"]) for r in saved} == {

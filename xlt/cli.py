@@ -265,12 +265,16 @@ def main() -> None:
 
     if (stop := stopping.sweep_stop()) is not None:  # this process was told to stop: name what that cost
         lost = stopping.lost_jobs()
-        shown = "; ".join(lost[:10]) + (f"; and {len(lost) - 10} more" if len(lost) > 10 else "")
-        fail(f"the sweep was {stop.message}: {len(lost)} job(s) did not finish: {shown}", code=stop.exit_code)
+        fail(f"the sweep was {stop.message}: {len(lost)} job(s) did not finish: {listed(lost)}", code=stop.exit_code)
     if SweepOutcome.problems:  # a multirun ran every job; say which did not end ok
-        problems = SweepOutcome.problems
-        fail(f"{len(problems)} job(s) of the sweep did not finish ok (first: {problems[0].splitlines()[0]}); "
-             "`xlt-report` on the sweep dir lists them", code=1)
+        problems = [problem.splitlines()[0] for problem in SweepOutcome.problems]
+        fail(f"{len(problems)} job(s) of the sweep did not finish ok: {listed(problems)}", code=1)
+
+
+def listed(items: list[str], most: int = 10) -> str:
+    """The first ``most`` of ``items`` on one line, and how many more."""
+    return "; ".join(items[:most]) + (f"; and {len(items) - most} more (`xlt-report` lists them)"
+                                      if len(items) > most else "")
 
 
 def with_override(argv: list[str], override: str) -> list[str]:
