@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 LAST, DONE = "last.ckpt", "done.json"
 HPC_GLOB = "hpc_ckpt_*.ckpt"
 VERSIONED_GLOB = "last-v*.ckpt"  # Lightning's version counter, on in caches of older xlt (see above)
-EXTRA_GLOBS = (HPC_GLOB, VERSIONED_GLOB)
 # Globals torch.load(weights_only=True) may rebuild beyond tensors and plain
 # containers.  Lightning 2.6 checkpoints of xlt's modules (optimizer, LR
 # schedule, ModelCheckpoint and sampler state) need none; add a class here,
@@ -147,7 +146,7 @@ def usable_state(folder: Path, shapes: dict[str, tuple] | None) -> State:
     for stale in folder.glob("*.ckpt.*.tmp"):  # a write killed before its rename
         stale.unlink(missing_ok=True)
     found: dict[Path, tuple[int, bool]] = {}
-    for path in [last, *(path for pattern in EXTRA_GLOBS for path in sorted(folder.glob(pattern)))]:
+    for path in [last, *beside_last(folder)]:
         if path.exists():
             try:
                 found[path] = examine(path, shapes)
@@ -171,6 +170,13 @@ def usable_state(folder: Path, shapes: dict[str, tuple] | None) -> State:
         return State("fresh")
     path = max(resumable, key=resumable.get)
     return State("resume", path, resumable[path])
+
+
+def beside_last(folder: Path) -> list[Path]:
+    """The checkpoints of ``folder`` beside ``last.ckpt`` (Lightning's
+    ``hpc_ckpt_*``, an older xlt's ``last-v*``): resume candidates while the
+    training runs, removed once it is done."""
+    return [path for pattern in (HPC_GLOB, VERSIONED_GLOB) for path in sorted(folder.glob(pattern))]
 
 
 def _done_step(done: Path) -> int | None:

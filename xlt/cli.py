@@ -59,16 +59,10 @@ def preset_sweeps(overrides: list[str]) -> list[str]:
     """``key=values`` of the ``hydra.sweeper.params`` that ``overrides`` (one
     job's) compose to, e.g. a paper table's ``corpus.size: 5000,...,250000``,
     except keys the command line sets (its value is the one the jobs get)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from xlt.contract import sweeper_params
 
-    from xlt.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        params = hydra_compose("config", overrides=overrides, return_hydra_config=True).hydra.sweeper.get("params")
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    return [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
+    return [f"{key}={value}" for key, value in sweeper_params(overrides).items() if key not in given]
 
 
 def check_jobs(argv: list[str]) -> None:

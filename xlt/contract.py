@@ -16,6 +16,8 @@ runs in the job.
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig
 
 from xlt import config
@@ -27,6 +29,18 @@ def compose(overrides: list[str]) -> DictConfig:
     ``xlt-analyze``, bench).  ``paths.output_dir`` must be given (it is
     Hydra's run dir inside an app); ``hydra.searchpath=[file://DIR]`` adds a
     folder of config groups (a new language, model or task YAML)."""
+    return bind(_composed(overrides))
+
+
+def sweeper_params(overrides: list[str]) -> dict[str, Any]:
+    """The ``hydra.sweeper.params`` that ``overrides`` compose to: a preset's
+    sweep (a paper table's ``corpus.size: 5000,...,250000``)."""
+    return dict(_composed(overrides, return_hydra_config=True).hydra.sweeper.get("params") or {})
+
+
+def _composed(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's composition of ``overrides`` from xlt's config folder; a
+    composition error is one line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -34,10 +48,9 @@ def compose(overrides: list[str]) -> DictConfig:
     config.register_configs()
     try:
         with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides)
+            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
     except HydraException as err:
         raise XltError(one_line(err)) from None
-    return bind(cfg)
 
 
 def bind(cfg: DictConfig) -> DictConfig:

@@ -134,13 +134,12 @@ def measure(state, examples, pad_id: int, batch_size: int) -> tuple[dict[str, An
     return summary, norms(related), norms(unrelated)
 
 
-def analyze_language(request: Request, lang: Optional[str], warn) -> tuple[str, dict[str, Any], dict]:
-    """Measure every available state on one language's held-out pairs and
-    write its summary, distances and figure."""
+def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dict[str, Any], dict]:
+    """Measure every available state on the held-out pairs of one language's
+    job config ``base`` and write its summary, distances and figure."""
     from xlt.analysis.plots import plot_states
     from xlt.stages.states import STATES, find_states, label
 
-    base = compose_config(request.overrides, lang, request.out)
     code = base.lang.code
     states = find_states(base, request.states or list(STATES), request.explicit, None, warn)
     examples, pad_id, corpus = heldout_examples(base)
@@ -199,11 +198,11 @@ def run(request: Request, warn) -> int:
     from xlt.stages.states import label
 
     ensure_writable(request.out)  # before minutes of measuring, not after
-    for lang in request.langs:  # every language's config too (analyze_language composes it again)
-        compose_config(request.overrides, lang, request.out)
+    # every language's config is checked before the first is measured
+    configs = [compose_config(request.overrides, lang, request.out) for lang in request.langs]
     summaries, grid = {}, {}
-    for lang in request.langs:
-        code, summaries[code], grid[code] = analyze_language(request, lang, warn)
+    for base in configs:
+        code, summaries[code], grid[code] = analyze_language(request, base, warn)
     if len(grid) > 1:
         names = {n for states in grid.values() for n in states}
         plot_grid(grid, request.out / "grid", {n: label(n) for n in names})

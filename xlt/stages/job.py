@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlt import results as results_file
 from xlt import stopping
 from xlt.artifacts import lock_unless_read_only, write_json, write_jsonl
-from xlt.checkpoints import DONE, EXTRA_GLOBS, LAST, State, shapes_of, usable_state
+from xlt.checkpoints import DONE, LAST, State, beside_last, shapes_of, usable_state
 from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
@@ -179,7 +179,7 @@ def keep_weights_only(trainer: L.Trainer, checkpoints: Path) -> None:
     trainer.save_checkpoint(checkpoints / LAST, weights_only=True)  # collective: every rank calls it
     if trainer.global_rank == 0:
         write_json(checkpoints / DONE, {"global_step": trainer.global_step})
-        for stale in (path for pattern in EXTRA_GLOBS for path in checkpoints.glob(pattern)):
+        for stale in beside_last(checkpoints):
             stale.unlink()
 
 
