@@ -199,3 +199,47 @@ def test_an_original_retrieval_job_is_keyed_by_its_corpus_not_the_adjustment(tmp
     assert keys.job_hash(compose(tmp_path, *base, "corpus.heldout=40")) != job
     adjusted = keys.job_hash(compose(tmp_path, "task=retrieval", "mode=adjusted"))
     assert keys.job_hash(compose(tmp_path, "task=retrieval", "mode=adjusted", "adjustment.lr=1e-4")) != adjusted
+
+
+def test_a_retrieval_job_naming_another_modes_state_is_keyed_by_that_modes_settings(tmp_path):
+    """``task.options.states=[original,adjusted]`` in a ``mode=original`` job
+    reads the adjusted encoder of its adjustment settings: jobs that differ in
+    them are two jobs (the sweeper launches both, the report keeps both)."""
+    base = ["task=retrieval", "mode=original", "task.options.states=[original,adjusted]"]
+    job = keys.job_hash(compose(tmp_path, *base))
+    assert keys.job_hash(compose(tmp_path, *base, "adjustment.lr=1e-4")) != job
+    assert keys.job_hash(compose(tmp_path, *base, "tokens=words")) != job
+    continual = ["task=retrieval", "mode=adjusted", "task.options.states=[adjusted,continual]"]
+    assert keys.job_hash(compose(tmp_path, *continual)) != keys.job_hash(compose(tmp_path, *continual, "continual.alpha=0.1"))
+    own = ["task=retrieval", "mode=original", "task.options.states=[original,original_ft]"]
+    assert keys.job_hash(compose(tmp_path, *own)) == keys.job_hash(compose(tmp_path, *own, "adjustment.lr=1e-4"))
+
+
+@pytest.mark.parametrize("command", ["adjust", "align"])
+def test_align_and_adjust_jobs_are_keyed_by_what_they_build_in_any_mode(tmp_path, command):
+    """``xlt-adjust -m corpus.size=100,150`` (default mode: original) is two
+    jobs, not one job and a 'repeat' the sweeper drops."""
+    base = [f"command={command}", "mode=original"]
+    job = keys.job_hash(compose(tmp_path, *base))
+    assert keys.job_hash(compose(tmp_path, *base, "corpus.size=150")) != job
+    assert keys.job_hash(compose(tmp_path, *base, "aligner.iterations=3")) != job
+
+
+def test_trainer_settings_that_change_the_adjustment_key_the_adjusted_encoder(tmp_path):
+    """A quick ``trainer.max_steps=5`` run must not leave a 5-step "adjusted"
+    encoder that the real run reuses; nor a bf16 one reused by fp32."""
+    base = ["mode=adjusted"]
+    key = keys.adjusted_dir(compose(tmp_path, *base))
+    for changed in ("trainer.max_steps=5", "trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=1.0",
+                    "+trainer.limit_train_batches=0.1"):
+        assert keys.adjusted_dir(compose(tmp_path, *base, changed)) != key, changed
+    # where it runs and what the adjustment replaces (one device, no accumulation) is not what it computes
+    for same in ("trainer.accelerator=gpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accumulate_grad_batches=4",
+                 "trainer.checkpoint_every_n_steps=7", "trainer.enable_progress_bar=false", "trainer.num_workers=2"):
+        assert keys.adjusted_dir(compose(tmp_path, *base, same)) == key, same
+
+
+def test_the_adjustment_key_leaves_out_only_what_the_adjustment_replaces_or_hardware():
+    from xlt.stages.adjust import adjustment_trainer
+
+    assert set(keys.ADJUSTMENT_TRAINER_FREE) - {"accelerator"} == set(adjustment_trainer())

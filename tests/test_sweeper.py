@@ -65,6 +65,13 @@ def test_sweeps_without_repeats_are_unchanged():
     assert [c.corpus.heldout for c in configs] == [100, 200]
 
 
+def test_an_adjust_sweep_in_the_default_mode_launches_every_size():
+    """``xlt-adjust -m corpus.size=100,150`` runs in ``mode=original`` (the
+    default): both sizes are built, none is dropped as a repeat."""
+    jobs, configs = planned("command=adjust", "corpus.size=100,150")
+    assert [c.corpus.size for c in configs] == [100, 150]
+
+
 @pytest.mark.slow
 def test_dropped_original_jobs_still_give_every_row_its_baseline(tmp_path, tiny_cache):
     """A corpus-size sweep runs one original job; the report compares both

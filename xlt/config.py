@@ -61,6 +61,15 @@ MLQA_METRICS = ("mlqa", "squad")
 POOLINGS = ("mean", "cls")
 DISTANCES = ("cosine", "l2")
 RETRIEVAL_SOURCES = ("heldout", "tatoeba_local", "tatoeba_hub")
+# Model states (retrieval, xlt-analyze): name -> (label in figures, mode of
+# the job that made it: mode.name in its record).
+STATES: dict[str, tuple[str, str]] = {
+    "original": ("original", "original"),
+    "adjusted": ("adjusted", "adjusted"),
+    "original_ft": ("original fine-tuned", "original"),
+    "adjusted_ft": ("adjusted fine-tuned", "adjusted"),
+    "continual": ("continual", "continual"),
+}
 
 
 # ---------------------------------------------------------------------------

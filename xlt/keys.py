@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xlt import __version__
 from xlt.artifacts import config_hash, content_checksum
-from xlt.config import task_local
+from xlt.config import STATES, task_local
 
 # Format version of each stage's output (see the rule above).
 STAGE_VERSION = {"align": 2, "adjust": 1, "finetune": 1}
@@ -64,6 +64,12 @@ MODE_SUBTREES = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjus
 EVERY_MODE_SUBTREES = {"retrieval": ("corpus",)}
 # Aligner settings that are file paths: an output, and an input keyed by its content.
 ALIGNER_FILES = ("export", "pharaoh_path")
+# Trainer settings the adjustment's key leaves out: where it runs, not what it
+# computes (an encoder adjusted on a GPU is reused on a CPU), and those the
+# adjustment replaces (``xlt.stages.adjust.ADJUSTMENT_TRAINER``: one device,
+# no gradient accumulation).  Every other one (precision, max_steps, a
+# ``+trainer.gradient_clip_val``, callbacks...) changes the adjusted encoder.
+ADJUSTMENT_TRAINER_FREE = ("accelerator", "devices", "strategy", "num_nodes", "plugins", "accumulate_grad_batches")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -84,10 +90,18 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 def unused_subtrees(resolved: dict[str, Any]) -> set[str]:
     """The subtrees a job does not read: those of the switches its mode has
-    off, but for those its task kind reads in every mode."""
+    off, but for those its task kind reads in every mode.  ``xlt-align`` and
+    ``xlt-adjust`` build the adjustment's artifacts in any mode, and a job
+    that names a state another mode makes (retrieval's ``task.options.states``:
+    ``adjusted`` in a ``mode=original`` job) reads that mode's subtrees: for
+    them nothing is left out (a sweep over ``corpus.size`` is one job per size)."""
+    task = resolved.get("task") or {}
+    named = (task.get("options") or {}).get("states") or []
+    if resolved.get("command", "run") != "run" or any(STATES.get(s, ("", ""))[1] != "original" for s in named):
+        return set()
     mode = resolved.get("mode") or {}
     unused = {node for switch, nodes in MODE_SUBTREES.items() if not mode.get(switch, True) for node in nodes}
-    return unused - set(EVERY_MODE_SUBTREES.get((resolved.get("task") or {}).get("kind"), ()))
+    return unused - set(EVERY_MODE_SUBTREES.get(task.get("kind"), ()))
 
 
 def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -196,9 +210,16 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     keys = ("model", "adjustment", "corpus", "aggregation", "tokens", "aligner")
     key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
     key["aligner"] = _aligner_settings(cfg)
+    key["trainer"] = _adjustment_trainer(cfg)
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
     key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)), stage_version={k: STAGE_VERSION[k] for k in ("align", "adjust")})
     return key
+
+
+def _adjustment_trainer(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer settings that change what the adjustment trains."""
+    trainer = _without({"trainer": OmegaConf.to_container(cfg.trainer, resolve=True)}, BOOKKEEPING)["trainer"]
+    return {k: v for k, v in trainer.items() if k not in ADJUSTMENT_TRAINER_FREE}
 
 
 def _aligner_settings(cfg: DictConfig) -> dict[str, Any]:

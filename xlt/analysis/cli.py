@@ -138,7 +138,8 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
     """Measure every available state on the held-out pairs of one language's
     job config ``base`` and write its summary, distances and figure."""
     from xlt.analysis.plots import plot_states
-    from xlt.stages.states import STATES, find_states, label
+    from xlt.config import STATES
+    from xlt.stages.states import find_states, label
 
     code = base.lang.code
     states = find_states(base, request.states or list(STATES), request.explicit, None, warn)

@@ -73,8 +73,7 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
     with stage_run(cfg, "adjust", out / "logs", Path(cfg.paths.output_dir) / "logs") as loggers:
         trainer = make_trainer(
             cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], loggers=loggers,
-            stage="adjustment", accumulate_grad_batches=1,
-            **one_device(),  # small (one epoch over <= 250K pairs); DDP ranks wait for it on the build lock
+            stage="adjustment", **adjustment_trainer(),
         )
         started = time.time()
         trainer.fit(module, loader)
@@ -97,6 +96,14 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         evidence.update(temperature=module.loss.temperature, batches_without_negatives=module.loss.without_negatives)
     write_json(out / "evidence.json", evidence)
     log.info("adjustment evidence: %s", json.dumps(evidence))
+
+
+def adjustment_trainer() -> dict[str, Any]:
+    """What the adjustment replaces in ``cfg.trainer`` (``xlt.keys.ADJUSTMENT_TRAINER_FREE``
+    leaves these out of its key): one device, as it is small (one epoch over
+    <= 250K pairs; DDP ranks wait for it on the build lock), and no gradient
+    accumulation (``adjustment.batch_size`` is the batch)."""
+    return {"accumulate_grad_batches": 1, **one_device()}
 
 
 PROBES, PROBE_PAIRS = 4, 100  # distance probes during adjustment, on this many held-out pairs

@@ -34,19 +34,12 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
 from xlt import results
+from xlt.config import STATES
 from xlt.errors import XltError
 from xlt.keys import TRAINING_RECORD, training_config
 
 log = logging.getLogger(__name__)
 
-# name -> (label in figures, mode of the job that made it: mode.name in its record)
-STATES: dict[str, tuple[str, str]] = {
-    "original": ("original", "original"),
-    "adjusted": ("adjusted", "adjusted"),
-    "original_ft": ("original fine-tuned", "original"),
-    "adjusted_ft": ("adjusted fine-tuned", "adjusted"),
-    "continual": ("continual", "continual"),
-}
 
 Warn = Callable[[str], None]
 

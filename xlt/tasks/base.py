@@ -234,7 +234,7 @@ class StateEvaluationTask(Task):
 
     @abstractmethod
     def state_names(self, mode: DictConfig) -> list[str]:
-        """The model states a job of ``mode`` evaluates (``xlt.stages.states.STATES``)."""
+        """The model states a job of ``mode`` evaluates (``xlt.config.STATES``)."""
 
     def state_paths(self) -> dict[str, str]:
         """States given by path (a checkpoint or model directory), by name."""
