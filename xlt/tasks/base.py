@@ -67,6 +67,9 @@ class Task(ABC):
     significance: ClassVar[str] = "paired_ttest"  # a name in xlt.evaluation.significance.TESTS
     headline: ClassVar[tuple[str, ...]] = ("accuracy",)  # the metrics the report tabulates by default
     trains: ClassVar[bool] = True  # False: evaluation only (model states, no fine-tuning)
+    # The ``task.local`` entries the English training reads: they key the
+    # fine-tuned checkpoint (``xlt.keys.task_files``); the others are evaluation data.
+    train_inputs: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, cfg: DictConfig):
         """``cfg`` is the whole (bound) job config; a task reads ``cfg.task``,

@@ -289,6 +289,7 @@ class QaTask(FineTuningTask):
     options_schema = QaOptions
     headline = ("f1", "exact_match")
     label_keys = ("start_positions", "end_positions")
+    train_inputs = ("train", "xquad_en")  # training drops the English XQuAD paragraphs (drop_overlap)
 
     @classmethod
     def valid_eval_sets(cls, cfg: DictConfig) -> tuple[str, ...]:
