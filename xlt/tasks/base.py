@@ -70,6 +70,9 @@ class Task(ABC):
     # The ``task.local`` entries the English training reads: they key the
     # fine-tuned checkpoint (``xlt.keys.task_files``); the others are evaluation data.
     train_inputs: ClassVar[tuple[str, ...]] = ("train",)
+    # ``task.options`` that only the evaluation reads: a sweep over them
+    # reuses one fine-tuned model (``xlt.keys.training_config``).
+    evaluation_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig):
         """``cfg`` is the whole (bound) job config; a task reads ``cfg.task``,

@@ -114,6 +114,7 @@ class PairClassificationTask(FineTuningTask):
 
     kind = "pair_classification"
     options_schema = PairOptions
+    evaluation_options = ("mixed_seed",)
 
     @classmethod
     def valid_eval_sets(cls, cfg: DictConfig) -> tuple[str, ...]:
