@@ -1,9 +1,10 @@
 """A rerun into a job folder replaces what the earlier run left there: its
-results.json, also when the rerun fails."""
+results.json (also when the rerun fails) and its ``checkpoints`` link."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from xlt.contract import compose
+from xlt.stages.job import link_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model=tiny", "data=demo", "task.train_limit=64", "task.eval_limit=12", "task.epochs=2",
@@ -46,3 +49,24 @@ def test_a_failed_rerun_replaces_the_earlier_ok_result(tmp_path: Path) -> None:
     assert report.main([str(run), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "1 jobs read: 0 ok, 1 failed" in md and "## Failed jobs (1)" in md and error in md
+
+
+def test_the_checkpoints_link_follows_the_rerun(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A rerun with another config points ``<run>/checkpoints`` at its own
+    checkpoint folder (it used to keep the earlier run's); a folder the user
+    put there is left alone, with one warning."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    cfg = compose(["model=tiny", f"paths.output_dir={out}", f"paths.cache_dir={cache}"])
+    link = out / "checkpoints"
+    for target in (cache / "first", cache / "second", cache / "first"):
+        link_checkpoints(out, target, cfg)
+        assert link.is_symlink() and link.resolve() == target.resolve()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # no temporary link left
+    link.unlink()
+    link.mkdir()
+    (link / "mine.txt").write_text("kept")
+    with caplog.at_level(logging.WARNING):
+        link_checkpoints(out, cache / "second", cfg)
+    assert not link.is_symlink() and (link / "mine.txt").read_text() == "kept"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{link} is not a symlink: left as it is (this run's checkpoints are in {(cache / 'second').resolve()})"]
