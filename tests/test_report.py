@@ -555,3 +555,25 @@ def test_settings_a_mode_does_not_read_keep_their_one_baseline(tmp_path: Path) -
         "xnli/tiny/ru/continual (adjustment.lr=0.0001): no adjusted cell with the same settings "
         "(adjustment.lr: 0.0001 here, 5e-05 in adjusted): no gain or marker against adjusted in its 1 cell(s) "
         "(xnli; accuracy)"]
+
+
+def test_skipped_evaluation_sets_are_named_in_the_warnings(tmp_path: Path) -> None:
+    """data=shared skips a set whose file is missing (results.json's
+    skipped_eval_sets); the report used to say nothing, and a set skipped by
+    every seed was simply absent.  One line per set names its jobs and why."""
+    root = tmp_path / "runs"
+    why = "sentence-pair file not found: /data/nli/xnli_mixed/test-ru.tsv"
+    for name, overrides in (("o1", ["seed=1"]), ("o2", ["seed=2"]), ("a1", ["mode=adjusted", "seed=1"]),
+                            ("h1", ["lang=hi", "seed=1"])):
+        lang = "hi" if "lang=hi" in overrides else "ru"
+        run = write_composed_job(root, name, ["model=tiny", "lang=ru", "corpus=demo", *overrides], [1, 0, 1, 1],
+                                 eval_set=f"xnli.{lang}")
+        if lang == "ru":
+            data = json.loads((run / "results.json").read_text())
+            (run / "results.json").write_text(json.dumps({**data, "skipped_eval_sets": {"xnli_mixed": why}}))
+    assert report.main([str(root), "--out", str(tmp_path / "out"), "--no-significance"]) == 0
+    line = ("evaluation set xnli_mixed (xnli, ru) was skipped by 3 job(s) (xnli/tiny/ru/original seeds 1,2; "
+            f"xnli/tiny/ru/adjusted seed 1), so it is missing from their cells: {why}")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert [w for w in md.splitlines() if "skipped" in w] == [f"- WARNING: {line}"]
+    assert f"% WARNING: {line}" in (tmp_path / "out" / "report.tex").read_text()

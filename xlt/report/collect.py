@@ -27,7 +27,7 @@ CONFIG_KEYS = ("task", "model", "lang", "mode", *AXES)
 JOB_COLUMNS = (
     *CONFIG_KEYS, "seed", "eval_set", "metric", "value", "n", "status", "error",
     "config_hash", "code_version", "data_checksums", "runtime_s", "run_dir",
-    "title", "significance", "headline", "mode_rank", "unread",
+    "title", "significance", "headline", "mode_rank", "unread", "skipped_eval_sets",
 )
 KILLED_ERROR = "no results.json: killed or still running"
 # Order of the modes of results.json files without a resolved config (older xlt versions).
@@ -57,7 +57,9 @@ def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
 
     Columns: ``JOB_COLUMNS`` plus one column per comparable config value
     (``task.lr``, ...; listed in ``df.attrs["config_columns"]``, values as
-    written; ``unread`` says which of them a job does not read).  Unreadable
+    written; ``unread`` says which of them a job does not read;
+    ``skipped_eval_sets``: JSON ``{set: why}`` of the evaluation sets the job
+    skipped, ``data.skip_missing_eval``).  Unreadable
     or malformed files are skipped with a warning and listed in
     ``df.attrs["skipped"]``.
     """
@@ -130,6 +132,7 @@ def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
         **task_report(data),
         mode_rank=mode_rank(cfg),
         unread=unread(cfg),
+        skipped_eval_sets=json.dumps(data.get("skipped_eval_sets") or {}, sort_keys=True),
         **results.comparable(cfg),
     )
     rows = list(_metric_rows(base, data.get("metrics") or {})) if base["status"] == results.OK else []
