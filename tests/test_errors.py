@@ -48,7 +48,7 @@ def test_a_sweep_records_the_one_line(tmp_path):
                           f"paths.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(XltError) as err:
         open_utf8(str(root / "nli" / "xnli" / "dev-en.tsv"))
-    cli.record_failure(cfg, str(err.value))
+    cli.record_failure(cfg, str(err.value), started=0.0)
     saved = json.loads((tmp_path / "job" / "results.json").read_text())
     assert saved["status"] == "failed" and saved["error"].startswith(f"{root}/nli/xnli/dev-en.tsv:1: not UTF-8")
 

@@ -461,3 +461,119 @@ def test_a_metric_that_is_not_a_finite_number_is_warned_about(tmp_path: Path, va
     assert f"- WARNING: {warning}" in md
     line = next(line for line in md.splitlines() if line.startswith("| original |"))
     assert "(1/3 missing)" in line and "—" not in line  # the mean of the two good seeds, the third missing
+
+
+# ---- a baseline has the same settings, or there is none -----------------------------
+
+
+def _vector(accuracy: float, seed: int, n: int = 80) -> list[int]:
+    return [int(x) for x in np.random.default_rng(seed).random(n) < accuracy]
+
+
+def _unmatched(md: str) -> list[str]:
+    return [line for line in md.splitlines() if "with the same settings" in line]
+
+
+def test_no_gain_or_marker_against_a_baseline_with_other_settings(tmp_path: Path) -> None:
+    """Original runs on 100 test pairs in bf16, adjusted ones on 1000 in fp32:
+    the adjusted cell used to get a gain and * against them.  Now it gets
+    neither, and the report says why, naming the settings that differ."""
+    root = tmp_path / "runs"
+    common = ["model=tiny", "lang=ru", "corpus=demo"]
+    for seed in (1, 2):
+        write_composed_job(root, f"o{seed}", [*common, "task.eval_limit=100", "trainer.precision=bf16-mixed",
+                                              f"seed={seed}"], _vector(0.4, seed))
+        write_composed_job(root, f"a{seed}", [*common, "mode=adjusted", "task.eval_limit=1000", f"seed={seed}"],
+                           _vector(0.9, seed))
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    csv = pd.read_csv(tmp_path / "out" / "report.csv").fillna({"marker": ""})
+    adjusted = csv[csv["mode"] == "adjusted"].iloc[0]
+    assert adjusted["n_seeds"] == 2 and adjusted["mean"] == pytest.approx(np.mean([_vector(0.9, s) for s in (1, 2)]))
+    assert math.isnan(adjusted["baseline_mean"]) and math.isnan(adjusted["gain"])
+    assert math.isnan(adjusted["p_vs_original"]) and adjusted["marker"] == ""
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "*" not in next(line for line in md.splitlines() if line.startswith("| adjusted |"))
+    assert _unmatched(md) == [
+        "- WARNING: xnli/tiny/ru/adjusted: no original cell with the same settings (task.eval_limit: 1000 here, "
+        "100 in original; trainer.precision: 32-true here, bf16-mixed in original): no gain or marker against "
+        "original in its 1 cell(s) (xnli; accuracy)"]
+
+
+def test_a_null_setting_is_a_value_not_a_wildcard(tmp_path: Path) -> None:
+    """The original model trained on all English pairs (task.train_limit null),
+    adjusted ones on all of them and on 100: only the first has a baseline
+    (a null used to match anything, so the 100-pair cell was compared with
+    the full-data original)."""
+    root = tmp_path / "runs"
+    common = ["model=tiny", "lang=ru", "corpus=demo"]
+    for seed in (1, 2):
+        write_composed_job(root, f"o{seed}", [*common, f"seed={seed}"], _vector(0.5, seed))
+        write_composed_job(root, f"a{seed}", [*common, "mode=adjusted", f"seed={seed}"], _vector(0.9, seed))
+        write_composed_job(root, f"l{seed}", [*common, "mode=adjusted", "task.train_limit=100", f"seed={seed}"],
+                           _vector(0.1, seed))
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    csv = pd.read_csv(tmp_path / "out" / "report.csv", keep_default_na=False)
+    full, limited = (csv[(csv["mode"] == "adjusted") & (csv["task.train_limit"] == v)].iloc[0] for v in ("null", "100"))
+    original = csv[csv["mode"] == "original"].iloc[0]
+    assert float(full["gain"]) == pytest.approx(float(full["mean"]) - float(original["mean"]))
+    assert full["marker"] == "*"
+    assert limited["gain"] == limited["baseline_mean"] == limited["p_vs_original"] == limited["marker"] == ""
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| adjusted (task.train_limit=null) |" in md and "| adjusted (task.train_limit=100) |" in md
+    assert _unmatched(md) == [
+        "- WARNING: xnli/tiny/ru/adjusted (task.train_limit=100): no original cell with the same settings "
+        "(task.train_limit: 100 here, null in original): no gain or marker against original in its 1 cell(s) "
+        "(xnli; accuracy)"]
+
+
+def test_settings_a_mode_does_not_read_keep_their_one_baseline(tmp_path: Path) -> None:
+    """The paper's sweeps: corpus sizes (which the original model does not
+    read) all compare with the one original cell, continual with the adjusted
+    cell of the same adjustment; a continual run of another adjustment has no
+    ** and is named."""
+    root = tmp_path / "runs"
+    common = ["model=tiny", "lang=ru", "corpus=demo"]
+    for seed in (1, 2):
+        write_composed_job(root, f"o{seed}", [*common, f"seed={seed}"], _vector(0.4, seed))
+        for size in (100, 200):
+            write_composed_job(root, f"a{size}-{seed}", [*common, "mode=adjusted", f"corpus.size={size}",
+                                                         f"seed={seed}"], _vector(0.6, seed))
+        write_composed_job(root, f"c{seed}", [*common, "mode=continual", "corpus.size=100", f"seed={seed}"],
+                           _vector(0.9, seed))
+        write_composed_job(root, f"x{seed}", [*common, "mode=continual", "corpus.size=100", "adjustment.lr=1e-4",
+                                              f"seed={seed}"], _vector(0.9, seed))
+    summary = report.summarise(report.collect([root]), iterations=100)
+    original = summary[summary["mode"] == "original"].iloc[0]
+    for size in ("100", "200"):
+        row = summary[(summary["mode"] == "adjusted") & (summary["size"] == size)].iloc[0]
+        assert row["gain"] == pytest.approx(row["mean"] - original["mean"]) and row["marker"] == "*"
+    continual = summary[(summary["mode"] == "continual") & (summary["adjustment.lr"] != "0.0001")].iloc[0]
+    assert continual["marker"] == "*,**" and continual["seeds_vs_adjusted"] == 2
+    other = summary[(summary["mode"] == "continual") & (summary["adjustment.lr"] == "0.0001")].iloc[0]
+    assert other["marker"] == "*" and math.isnan(other["p_vs_adjusted"]) and other["seeds_vs_adjusted"] == 0
+    assert [w for w in summary.attrs["warnings"] if "same settings" in w] == [
+        "xnli/tiny/ru/continual (adjustment.lr=0.0001): no adjusted cell with the same settings "
+        "(adjustment.lr: 0.0001 here, 5e-05 in adjusted): no gain or marker against adjusted in its 1 cell(s) "
+        "(xnli; accuracy)"]
+
+
+def test_skipped_evaluation_sets_are_named_in_the_warnings(tmp_path: Path) -> None:
+    """data=shared skips a set whose file is missing (results.json's
+    skipped_eval_sets); the report used to say nothing, and a set skipped by
+    every seed was simply absent.  One line per set names its jobs and why."""
+    root = tmp_path / "runs"
+    why = "sentence-pair file not found: /data/nli/xnli_mixed/test-ru.tsv"
+    for name, overrides in (("o1", ["seed=1"]), ("o2", ["seed=2"]), ("a1", ["mode=adjusted", "seed=1"]),
+                            ("h1", ["lang=hi", "seed=1"])):
+        lang = "hi" if "lang=hi" in overrides else "ru"
+        run = write_composed_job(root, name, ["model=tiny", "lang=ru", "corpus=demo", *overrides], [1, 0, 1, 1],
+                                 eval_set=f"xnli.{lang}")
+        if lang == "ru":
+            data = json.loads((run / "results.json").read_text())
+            (run / "results.json").write_text(json.dumps({**data, "skipped_eval_sets": {"xnli_mixed": why}}))
+    assert report.main([str(root), "--out", str(tmp_path / "out"), "--no-significance"]) == 0
+    line = ("evaluation set xnli_mixed (xnli, ru) was skipped by 3 job(s) (xnli/tiny/ru/original seeds 1,2; "
+            f"xnli/tiny/ru/adjusted seed 1), so it is missing from their cells: {why}")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert [w for w in md.splitlines() if "skipped" in w] == [f"- WARNING: {line}"]
+    assert f"% WARNING: {line}" in (tmp_path / "out" / "report.tex").read_text()

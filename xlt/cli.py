@@ -168,7 +168,7 @@ def dispatch(cfg) -> float | None:
         fail(f"{stop.message}; rerun the same command to continue (finished stages are cached, "
              "fine-tuning resumes from its checkpoint)", code=stop.exit_code)
     except XltError as err:
-        record_failure(cfg, str(err))
+        record_failure(cfg, str(err), started)
         if multirun:
             log.error("job failed: %s", err)
             return None
@@ -176,7 +176,7 @@ def dispatch(cfg) -> float | None:
     except Exception as err:  # noqa: BLE001 - a sweep must survive one job's crash
         if not multirun:
             raise
-        record_failure(cfg, f"{type(err).__name__}: {err}")
+        record_failure(cfg, f"{type(err).__name__}: {err}", started)
         log.error("job failed:\n%s", traceback.format_exc())
         return None
 
@@ -227,14 +227,15 @@ def record_stopped(cfg, message: str, stage: str, started: float) -> None:
         log.warning("could not record the stop in %s", cfg.paths.output_dir)
 
 
-def record_failure(cfg, message: str) -> None:
+def record_failure(cfg, message: str, started: float) -> None:
     """A failed job leaves results.json with its config and the error, never a
-    half-written result."""
+    half-written result, nor an earlier run's result (``started``: when this
+    job started; see ``results.write_failed``)."""
     try:
         from xlt import results
 
         if cfg.command == "run":
-            results.write_failed(cfg.paths.output_dir, cfg, message)
+            results.write_failed(cfg.paths.output_dir, cfg, message, started)
     except Exception:  # noqa: BLE001 - reporting a failure must not fail
         pass
 

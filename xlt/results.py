@@ -132,9 +132,11 @@ def write(run_dir: str | Path, results: dict[str, Any]) -> None:
     write_json(Path(run_dir) / RESULTS_FILE, results)
 
 
-def write_failed(run_dir: str | Path, cfg: DictConfig, error: str) -> None:
-    """Record a failed job unless it already wrote a result."""
-    if not (Path(run_dir) / RESULTS_FILE).exists():
+def write_failed(run_dir: str | Path, cfg: DictConfig, error: str, since: float) -> None:
+    """Record a failed job: overwrites any older results.json (a rerun into
+    the folder that fails must not leave the earlier run's "ok" standing for
+    it), but not an ok result this run wrote (``since``: when the job started)."""
+    if not _written_ok_since(run_dir, since):
         write(run_dir, {"config": describe(cfg), "status": FAILED, "error": error})
 
 
@@ -145,13 +147,18 @@ def write_stopped(run_dir: str | Path, cfg: DictConfig, message: str, stage: str
     stand for this run), but not an ok result this run wrote (``since``: when
     the job started): a signal after the last write loses nothing.
     """
+    if not _written_ok_since(run_dir, since):
+        write(run_dir, {"config": describe(cfg), "status": STOPPED, "error": message, "stage": stage})
+
+
+def _written_ok_since(run_dir: str | Path, since: float) -> bool:
+    """Whether ``run_dir`` holds an ok results.json written (or kept, see
+    ``finished``) at or after ``since``: this run's result, not an older one."""
     path = Path(run_dir) / RESULTS_FILE
     try:
-        if read(run_dir)["status"] == OK and path.stat().st_mtime >= since:
-            return
+        return read(run_dir)["status"] == OK and path.stat().st_mtime >= since
     except (OSError, ValueError):
-        pass
-    write(run_dir, {"config": describe(cfg), "status": STOPPED, "error": message, "stage": stage})
+        return False
 
 
 def read(run_dir: str | Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ CONFIG_KEYS = ("task", "model", "lang", "mode", *AXES)
 JOB_COLUMNS = (
     *CONFIG_KEYS, "seed", "eval_set", "metric", "value", "n", "status", "error",
     "config_hash", "code_version", "data_checksums", "runtime_s", "run_dir",
-    "title", "significance", "headline", "mode_rank",
+    "title", "significance", "headline", "mode_rank", "unread", "skipped_eval_sets",
 )
 KILLED_ERROR = "no results.json: killed or still running"
 # Order of the modes of results.json files without a resolved config (older xlt versions).
@@ -56,7 +56,10 @@ def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
     """One row per job × eval set × metric; failed and killed jobs one row each.
 
     Columns: ``JOB_COLUMNS`` plus one column per comparable config value
-    (``task.lr``, ...; listed in ``df.attrs["config_columns"]``).  Unreadable
+    (``task.lr``, ...; listed in ``df.attrs["config_columns"]``, values as
+    written; ``unread`` says which of them a job does not read;
+    ``skipped_eval_sets``: JSON ``{set: why}`` of the evaluation sets the job
+    skipped, ``data.skip_missing_eval``).  Unreadable
     or malformed files are skipped with a warning and listed in
     ``df.attrs["skipped"]``.
     """
@@ -72,7 +75,9 @@ def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
                 skipped.append(f"{path}: {err}")
     bad_metrics = _bad_metrics(rows)
     config_columns = sorted({k for row in rows for k in row} - set(JOB_COLUMNS))
-    df = pd.DataFrame(rows, columns=[*JOB_COLUMNS, *config_columns])
+    config = pd.DataFrame({c: pd.Series([row.get(c) for row in rows], dtype=object)  # as written: 100, not 100.0
+                           for c in config_columns}, index=range(len(rows)))
+    df = pd.concat([pd.DataFrame(rows, columns=list(JOB_COLUMNS)), config], axis=1)
     df.attrs.update(skipped=skipped, config_columns=config_columns, bad_metrics=bad_metrics)
     return df
 
@@ -126,6 +131,8 @@ def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
         run_dir=str(run_dir),
         **task_report(data),
         mode_rank=mode_rank(cfg),
+        unread=unread(cfg),
+        skipped_eval_sets=json.dumps(data.get("skipped_eval_sets") or {}, sort_keys=True),
         **results.comparable(cfg),
     )
     rows = list(_metric_rows(base, data.get("metrics") or {})) if base["status"] == results.OK else []
@@ -153,6 +160,25 @@ def mode_rank(config: dict[str, Any]) -> int:
     if isinstance(mode, dict) and "adjust" in mode:
         return int(bool(mode.get("adjust"))) + int(bool(mode.get("continual")))
     return LEGACY_MODE_RANKS.get(str(config.get("mode")), 9)
+
+
+def unread(config: dict[str, Any]) -> str | None:
+    """The config subtrees the job does not read (``xlt.keys.unused_subtrees``:
+    an original job reads no ``corpus``), comma-joined; None when unknown
+    (a results.json without a resolved config).  Tells a setting the job does
+    not read (its config column is empty) from a null value of one it reads."""
+    from xlt.keys import unused_subtrees
+
+    resolved = config.get("resolved")
+    return ",".join(sorted(unused_subtrees(resolved))) if isinstance(resolved, dict) else None
+
+
+def reads(unread_subtrees: Any, column: str) -> bool:
+    """Whether a job whose ``unread`` column is ``unread_subtrees`` reads the
+    config column ``column`` (``task.lr``); False when unknown."""
+    if not isinstance(unread_subtrees, str):
+        return False
+    return not any(column == node or column.startswith(f"{node}.") for node in unread_subtrees.split(",") if node)
 
 
 BAD_VALUE = "_bad_value"  # key of a row whose metric value is not a finite number (dropped from the frame)

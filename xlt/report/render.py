@@ -255,6 +255,36 @@ def report_warnings(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def skipped_set_warnings(jobs: pd.DataFrame) -> list[str]:
+    """One line per evaluation set (task, set, language) that finished jobs
+    skipped (``data.skip_missing_eval``: its file is missing), naming them by
+    cell and seeds and saying why: a set skipped by every seed would
+    otherwise just be absent from the tables."""
+    runs = jobs[jobs["status"] == results.OK].drop_duplicates(subset=["run_dir"])
+    runs = runs.sort_values(["model", "mode_rank", "mode", "seed"], kind="stable")
+    skipped: dict[tuple[str, str, str], list[tuple[Any, str]]] = {}
+    for _, row in runs.iterrows():
+        text = row["skipped_eval_sets"]
+        for name, why in (json.loads(text) if isinstance(text, str) and text else {}).items():
+            skipped.setdefault((row["task"], name, row["lang"]), []).append((row, str(why)))
+    lines = []
+    for (task, name, lang), found in sorted(skipped.items()):
+        seeds: dict[str, set[int]] = {}
+        for row, _ in found:
+            seeds.setdefault(describe(row), set()).add(int(row["seed"]))
+        who = "; ".join(f"{cell} seed{'s' * (len(s) > 1)} {','.join(map(str, sorted(s)))}" for cell, s in seeds.items())
+        reasons = " | ".join(dict.fromkeys(why for _, why in found))
+        lines.append(f"evaluation set {name} ({task}, {lang}) was skipped by {len(found)} job(s) ({who}), "
+                     f"so it is missing from their cells: {reasons}")
+    return lines
+
+
+def all_warnings(summary: pd.DataFrame, jobs: pd.DataFrame) -> list[str]:
+    """Every warning of a report: the summary's, metric values that are not
+    numbers, skipped evaluation sets."""
+    return report_warnings(summary) + jobs.attrs.get("bad_metrics", []) + skipped_set_warnings(jobs)
+
+
 def render_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
     """The human-readable report: tables, warnings, failed jobs, provenance."""
     out = io.StringIO()
@@ -268,7 +298,7 @@ def render_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence
               "(each task's own test: paired t-test over examples, NER approximate randomization, retrieval "
               "sign-flip permutation; see xlt.evaluation.significance). "
               f"{MIXED_MARK}: seeds from different code versions or data.\n\n")
-    warnings = report_warnings(summary) + jobs.attrs.get("bad_metrics", [])
+    warnings = all_warnings(summary, jobs)
     if warnings:
         out.write("## Warnings\n\n" + "".join(f"- WARNING: {w}\n" for w in warnings) + "\n")
     for table in build_tables(summary, metrics):
@@ -314,7 +344,7 @@ def render_latex(summary: pd.DataFrame, jobs: pd.DataFrame, metrics: Sequence[st
     """Booktabs tables for the paper; warnings as LaTeX comments so they stay visible in the source."""
     out = io.StringIO()
     out.write("% xlt report (requires \\usepackage{booktabs})\n")
-    for warning in report_warnings(summary):
+    for warning in all_warnings(summary, jobs):
         out.write(f"% WARNING: {warning}\n")
     for table in build_tables(summary, metrics):
         out.write("\n\\begin{table}[t]\n\\centering\n")

@@ -13,6 +13,14 @@ both are configurable; a cell is tested against a baseline mode that comes
 before its own (by the modes' switches, ``collect.mode_rank``: original <
 adjusted < continual), with the test its task declared (results.json's
 ``report.significance``, one of ``xlt.evaluation.significance.TESTS``).
+
+A baseline (for the gain and for every marker) is the baseline mode's cell
+whose jobs have the same value of every setting that both cells' jobs read
+(``xlt.keys.unused_subtrees`` says what a mode does not read: an original
+job no ``corpus``, so one original cell is the baseline of every corpus
+size).  A null a job reads is a value like any other.  A cell without such a
+baseline gets no gain and no marker against that mode, and a warning names
+the settings that differ: never a comparison with another configuration.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import pandas as pd
 from xlt import results
 from xlt.errors import XltError
 from xlt.evaluation import significance
-from xlt.report.collect import AXES, CONFIG_KEYS
+from xlt.report.collect import AXES, CONFIG_KEYS, reads
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +85,22 @@ def swept_axes(df: pd.DataFrame) -> list[str]:
     runs = df[df["status"] != results.KILLED].drop_duplicates("run_dir")
     if not columns or runs.empty:
         return []
-    runs = runs[runs[columns].notna().any(axis=1)]  # files from before the resolved config was recorded
+    runs = runs[runs["unread"].map(lambda u: isinstance(u, str))]  # files from before the resolved config was recorded
     counts = _labels(runs, columns).groupby(list(CONFIG_KEYS), dropna=False)[columns].nunique()
     return [c for c in columns if int(counts[c].max()) > 1]
 
 
 def _labels(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Config values as text labels ("" for unset), so NaN groups and compares."""
-    return df.assign(**{c: df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    """Config values as text labels, so they group and compare: "" for a
+    setting the job does not read (or unknown), "null" for a null it reads."""
+    return df.assign(**{c: [_label(value, reads(unread, c)) for value, unread in zip(df[c], df["unread"])]
                         for c in columns})
+
+
+def _label(value: Any, read: bool) -> str:
+    if not read:
+        return ""
+    return "null" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 class _Predictions:
@@ -127,16 +142,26 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     baselines = list(dict.fromkeys(["original", *(m.baseline for m in markers)]))
     predictions = _Predictions()
     by_setting = _index_by_setting(groups, keys)
+    settings = {key: cell_settings(group, df.attrs.get("config_columns", [])) for key, group in groups.items()}
+    unmatched: dict[tuple[tuple, str, str], list[dict[str, Any]]] = {}  # (table row, mode, why) -> its cells
     rows = []
     for key, group in groups.items():
         cell = dict(zip(keys, key))
         bases = {}
         for mode in baselines:
-            base_key = _pick_baseline(cell, by_setting.get((mode, *(cell[k] for k in SAME_BASELINE)), []),
-                                      groups, keys, warnings)
+            if mode != "original" and ranks.get(cell["mode"], 9) <= ranks.get(mode, 9):
+                bases[mode] = None  # not tested against this mode (no gain over it either)
+                continue
+            candidates = by_setting.get((mode, *(cell[k] for k in SAME_BASELINE)), [])
+            base_key, problem = _pick_baseline(key, candidates, mode, settings, groups)
             bases[mode] = None if base_key is None else groups[base_key]
+            if problem:
+                row = tuple(v for k, v in cell.items() if k not in ("eval_set", "metric"))
+                unmatched.setdefault((row, mode, problem), []).append(cell)
         rows.append(_summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers,
                                  ranks, warnings))
+    warnings += [_unmatched_warning(_cell_name(where[0], keys, groups), mode, problem, where)
+                 for (_, mode, problem), where in unmatched.items()]
     p_columns = [f"{kind}_vs_{mode}" for mode in baselines for kind in ("p", "seeds")]
     summary = pd.DataFrame(rows, columns=keys + list(_SUMMARY_COLUMNS) + p_columns + ["marker", *_PROVENANCE])
     summary = summary.sort_values(by=keys, key=sort_key(ranks), kind="stable").reset_index(drop=True)
@@ -224,32 +249,71 @@ def _index_by_setting(groups: dict[tuple, pd.DataFrame], keys: list[str]) -> dic
     return index
 
 
-def _pick_baseline(cell: dict[str, Any], same_setting: list[tuple], groups: dict[tuple, pd.DataFrame],
-                   keys: list[str], warnings: list[str]) -> tuple | None:
-    """Among the baseline mode's cells of the same task, eval set, language,
-    model and metric (``same_setting``), the one with the same other settings.
+def cell_settings(group: pd.DataFrame, columns: list[str]) -> dict[str, str | None]:
+    """What a cell's jobs ran with, as labels: each config column, and each
+    identity axis (``size``...: all that results.json files without a resolved
+    config tell); None for a setting they do not read.
 
-    Every other value must be equal unless the baseline does not use it
-    (``""``: an original model has no corpus size, an adjusted one no
-    ``continual.alpha``).  Exact matches are preferred, else the candidate
-    with the most seeds (with a warning).
+    Within a cell every config column but the swept axes has one value
+    (``swept_axes``), so one job says it; a finished job's, else a killed one's
+    (whose config Hydra's copy holds)."""
+    ranked = group.assign(_rank=(group["status"] == results.KILLED).astype(int)
+                          + 2 * ~group["unread"].map(lambda u: isinstance(u, str)))
+    row = ranked.sort_values("_rank", kind="stable").iloc[0]
+    found: dict[str, str | None] = {axis: str(row[axis]) or None for axis in AXES}  # "": the mode does not adjust
+    found.update({c: _label(row[c], True) if reads(row["unread"], c) else None for c in columns})
+    return found
+
+
+def differences(cell: dict[str, str | None], other: dict[str, str | None], other_mode: str) -> list[str]:
+    """The settings both cells read with different values, as ``name: X here,
+    Y in <other_mode>`` (the mode switch itself not counted); by config value
+    where the cells have them, else by identity axis."""
+    def differing(names: list[str]) -> list[str]:
+        return [f"{k}: {cell[k]} here, {other[k]} in {other_mode}" for k in names
+                if cell.get(k) is not None and other.get(k) is not None and cell[k] != other[k]]
+
+    config = [k for k in cell if k not in AXES and k.split(".")[0] != "mode"]
+    return differing(config) or differing(list(AXES))
+
+
+def _pick_baseline(key: tuple, candidates: list[tuple], mode: str, settings: dict[tuple, dict[str, str | None]],
+                   groups: dict[tuple, pd.DataFrame]) -> tuple[tuple | None, str]:
+    """Among the baseline mode's cells of the same task, eval set, language,
+    model and metric (``candidates``), the one whose jobs ran with the same
+    value of every setting both read; else None and why (for a warning).
+
+    Several such cells (the baseline mode reads a setting this cell does not,
+    and they differ in it) are no baseline either: which one is "the same
+    settings" is not known.
     """
-    rest = [k for k in keys if k not in SAME_BASELINE and k != "mode"]
-    candidates = []
-    for key in same_setting:
-        other = dict(zip(keys, key))
-        if all(other[k] in ("", cell[k]) for k in rest):
-            candidates.append((all(other[k] == cell[k] for k in rest), key))
-    if not candidates:
-        return None
-    exact = [key for same, key in candidates if same]
-    if exact:
-        return exact[0]
-    mode = dict(zip(keys, candidates[0][1]))["mode"]
-    if len(candidates) > 1 and cell["mode"] != mode:
-        warnings.append(f"several {mode} cells match {cell['task']} {cell['eval_set']} {cell['model']} "
-                        f"{cell['mode']}: compared with the one with most seeds")
-    return max((key for _, key in candidates), key=lambda k: _ok_seeds(groups[k]).size)
+    found = {other: differences(settings[key], settings[other], mode) for other in candidates}
+    same = [other for other, differ in found.items() if not differ]
+    if len(same) == 1:
+        return same[0], ""
+    if same:
+        return None, f"{len(same)} of them match, differing in what this cell does not read"
+    if not found:
+        return None, ""
+    closest = min(found, key=lambda other: (len(found[other]), -_ok_seeds(groups[other]).size))
+    return None, "; ".join(found[closest])
+
+
+def _unmatched_warning(name: str, mode: str, problem: str, cells: list[dict[str, Any]]) -> str:
+    """One line for the cells of one table row that have no baseline in ``mode``."""
+    families = sorted({str(c["eval_set"]).split(".")[0] for c in cells})
+    metrics = sorted({str(c["metric"]) for c in cells})
+    return (f"{name}: no {mode} cell with the same settings ({problem}): no gain or marker against {mode} in its "
+            f"{len(cells)} cell(s) ({', '.join(families)}; {', '.join(metrics)})")
+
+
+def _cell_name(cell: dict[str, Any], keys: list[str], groups: dict[tuple, pd.DataFrame]) -> str:
+    """``xnli/e5_small/ru/adjusted (size=1000, task.lr=0.01)``: the table row of a cell,
+    by the axes that tell its mode's cells apart."""
+    axes = [*AXES, *keys[len(CELL):]]
+    mine = [dict(zip(keys, other)) for other in groups if dict(zip(keys, other))["mode"] == cell["mode"]]
+    shown = [f"{a}={cell[a]}" for a in axes if cell[a] and len({m[a] for m in mine}) > 1]
+    return describe(cell) + (f" ({', '.join(shown)})" if shown else "")
 
 
 def _ok_seeds(group: pd.DataFrame) -> np.ndarray:

@@ -317,9 +317,25 @@ def link_checkpoints(out: Path, checkpoints: Path, cfg: DictConfig) -> None:
         except PermissionError:  # a read-only cache: readers cannot find this state by its record
             log.warning("cannot write %s (read-only cache): other jobs will not find this checkpoint by its settings", record)
     out.mkdir(parents=True, exist_ok=True)
-    link = out / "checkpoints"
-    if not link.exists() and not link.is_symlink():
-        os.symlink(checkpoints.resolve(), link, target_is_directory=True)
+    point_link(out / "checkpoints", checkpoints.resolve())
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Make ``link`` a symlink to ``target``, replacing a link to anything else
+    (a rerun into the folder with another config must not leave it at the
+    earlier run's checkpoint) in one atomic rename, so a reader never finds
+    it missing.  Something that is not a symlink is the user's: left as it
+    is, with one warning."""
+    if link.is_symlink():
+        if Path(os.readlink(link)) == target:
+            return
+    elif link.exists():
+        log.warning("%s is not a symlink: left as it is (this run's checkpoints are in %s)", link, target)
+        return
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary, target_is_directory=True)
+    os.replace(temporary, link)
 
 
 def evaluate_states(cfg: DictConfig, task) -> dict[str, Any]:
