@@ -216,6 +216,7 @@ def test_an_original_retrieval_job_is_keyed_by_its_corpus_not_the_adjustment(tmp
     job = keys.job_hash(compose(tmp_path, *base))
     assert keys.job_hash(compose(tmp_path, *base, "adjustment.lr=1e-4", "adjustment.objective=contrastive")) == job
     assert keys.job_hash(compose(tmp_path, *base, "corpus.heldout=40")) != job
+    assert keys.job_hash(compose(tmp_path, *base, "corpus.size=1000")) == job  # the held-out pairs precede any sample
     adjusted = keys.job_hash(compose(tmp_path, "task=retrieval", "mode=adjusted"))
     assert keys.job_hash(compose(tmp_path, "task=retrieval", "mode=adjusted", "adjustment.lr=1e-4")) != adjusted
 

@@ -62,6 +62,10 @@ MODE_SUBTREES = {"adjust": ("corpus", "aggregation", "tokens", "aligner", "adjus
 # pairs are its default evaluation data; the adjustment settings still only
 # matter when the mode adjusts).
 EVERY_MODE_SUBTREES = {"retrieval": ("corpus",)}
+# What such a job still does not read when its mode does not adjust: the
+# sample size (its held-out pairs are the first ``corpus.heldout`` of the
+# seeded draw, whatever the size of the sample after them).
+SAMPLE_ONLY = ("corpus.size",)
 # Aligner settings that are file paths: an output, and an input keyed by its content.
 ALIGNER_FILES = ("export", "pharaoh_path")
 # Trainer settings the adjustment's key leaves out: where it runs, not what it
@@ -89,8 +93,9 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def unused_subtrees(resolved: dict[str, Any]) -> set[str]:
-    """The subtrees a job does not read: those of the switches its mode has
-    off, but for those its task kind reads in every mode.  ``xlt-align`` and
+    """The subtrees (and dotted fields: ``corpus.size``) a job does not read:
+    those of the switches its mode has off, but for those its task kind reads
+    in every mode, less their :data:`SAMPLE_ONLY` fields.  ``xlt-align`` and
     ``xlt-adjust`` build the adjustment's artifacts in any mode, and a job
     that names a state another mode makes (retrieval's ``task.options.states``:
     ``adjusted`` in a ``mode=original`` job) reads that mode's subtrees: for
@@ -101,7 +106,8 @@ def unused_subtrees(resolved: dict[str, Any]) -> set[str]:
         return set()
     mode = resolved.get("mode") or {}
     unused = {node for switch, nodes in MODE_SUBTREES.items() if not mode.get(switch, True) for node in nodes}
-    return unused - set(EVERY_MODE_SUBTREES.get(task.get("kind"), ()))
+    read_anyway = set(EVERY_MODE_SUBTREES.get(task.get("kind"), ())) & unused
+    return (unused - read_anyway) | {key for key in SAMPLE_ONLY if key.split(".")[0] in read_anyway}
 
 
 def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +116,9 @@ def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
     block of a results.json): everything but :data:`NOT_RESULT`,
     :data:`BOOKKEEPING` and the subtrees the mode does not read.  The job
     hash (reruns, the report's cells) is this dict's hash."""
-    payload = {k: v for k, v in resolved.items() if k not in NOT_RESULT and k not in unused_subtrees(resolved)}
-    return _without(payload, BOOKKEEPING)
+    unused = unused_subtrees(resolved)
+    payload = {k: v for k, v in resolved.items() if k not in NOT_RESULT and k not in unused}
+    return _without(payload, BOOKKEEPING + tuple(key for key in unused if "." in key))
 
 
 def training_config(resolved: dict[str, Any]) -> dict[str, Any]:
