@@ -131,6 +131,24 @@ def test_embed_matches_one_sentence_at_a_time():
     assert torch.allclose(skipped[0, 0], last[1:-1].mean(0), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+def test_half_precision_only_when_the_job_asks_for_it(monkeypatch):
+    """On CUDA, embeddings are fp32 for a 32-true job (the paper code's) and
+    bf16/fp16 autocast only for a bf16-*/16-* job; never on the CPU."""
+    from xlt.evaluation import retrieval
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not isinstance(retrieval.autocast(cuda, "32-true"), torch.autocast)
+    assert retrieval.autocast(cuda, "bf16-mixed").fast_dtype == torch.bfloat16
+    assert retrieval.autocast(cuda, "16-mixed").fast_dtype == torch.float16
+    assert not isinstance(retrieval.autocast(cpu, "bf16-mixed"), torch.autocast)
+    seen = []
+    real = retrieval.autocast
+    monkeypatch.setattr(retrieval, "autocast", lambda device, precision: seen.append(precision) or real(device, precision))
+    embed(tiny_encoder(seed=0), _Tokenizer(), ["3 4", "5"], layers=[0], precision="bf16-mixed")
+    assert seen == ["bf16-mixed"]
+
+
 @pytest.mark.slow
 def test_real_encoder_retrieves_real_translations(e5_dir, e5_tokenizer, shared_data):
     """e5_small on 60 real en-ru pairs: far above chance (1/60) at layer 7."""

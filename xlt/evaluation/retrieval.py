@@ -129,11 +129,14 @@ def pool(hidden: torch.Tensor, attention: torch.Tensor, special: torch.Tensor, p
     return (hidden * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (the encoder stays in fp32, matmuls run in bf16);
-    nothing on CPU, where bf16 is slower than fp32 on most processors."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The job's ``trainer.precision`` on CUDA: bf16 or fp16 autocast for a
+    ``bf16-*`` / ``16-*`` job (the encoder stays in fp32, matmuls run in half
+    precision), none for ``32-true`` (the paper code embeds in fp32: half
+    precision can flip near-tied neighbours).  Nothing on CPU, where half
+    precision is slower than fp32 on most processors."""
+    if device.type == "cuda" and precision.startswith(("bf16", "16")):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
     return contextlib.nullcontext()
 
 
@@ -147,6 +150,7 @@ def embed(
     skip_special: bool = False,
     batch_size: int = 64,
     max_length: int = 512,
+    precision: str = "32-true",
 ) -> torch.Tensor:
     """``[len(layers), N, H]`` float32 sentence vectors on the encoder's device.
 
@@ -174,7 +178,7 @@ def embed(
             attention[j, : len(ids[i])] = 1
             special[j, : len(ids[i])] = torch.as_tensor(specials[i])
         input_ids, attention, special = input_ids.to(device), attention.to(device), special.to(device)
-        with autocast(device):
+        with autocast(device, precision):
             states = encoder(input_ids=input_ids, attention_mask=attention, output_hidden_states=True).hidden_states
         stacked = torch.stack(states).index_select(0, select).float()
         out[:, torch.as_tensor(rows, device=device)] = pool(stacked, attention, special, pooling, skip_special)

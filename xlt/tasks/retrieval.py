@@ -209,7 +209,8 @@ class RetrievalTask(StateEvaluationTask):
             if layers[-1] >= depth:
                 raise XltError(f"task.options.layer={options.layer} but model={cfg.model.name} has layers 0..{depth - 1}")
             settings = dict(layers=layers, pooling=options.pooling, skip_special=options.skip_special,
-                            batch_size=self.cfg.eval_batch_size, max_length=self.cfg.max_length)
+                            batch_size=self.cfg.eval_batch_size, max_length=self.cfg.max_length,
+                            precision=str(cfg.trainer.precision))
             english = embed(encoder, tokenizer, pairs.english, **settings)
             target = embed(encoder, tokenizer, pairs.target, **settings)
             prefix = pairs.data if state.name == before else f"{pairs.data}_ft" if state.name == after else f"{pairs.data}_{state.name}"
