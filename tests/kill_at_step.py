@@ -7,7 +7,9 @@ handler runs, nothing is flushed), as a preempted node or an OOM killer would.
 
 ``alignment`` signals as the aligner starts, ``evaluation`` at the first
 predicted batch, ``done-json`` between the weights-only save of a finished
-training and the write of its done.json.  The signal is sent once per process.
+training and the write of its done.json.  The signal is sent once per process
+(``XLT_TEST_SIGNAL_TWICE=SIGINT``: that one right after it, one stop delivered
+twice, as a scheduler's SIGTERM and the local launcher's forwarded SIGINT).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ def main() -> None:
     step, sent = int(sys.argv[1]), []
     signum = getattr(signal, os.environ.get("XLT_TEST_SIGNAL", "SIGKILL"))
     stage = os.environ.get("XLT_TEST_STAGE", "fine-tuning")
+    twice = os.environ.get("XLT_TEST_SIGNAL_TWICE")
 
     def fire() -> None:
         if not sent:
             sent.append(signum)
             os.kill(os.getpid(), signum)
+            if twice:
+                os.kill(os.getpid(), getattr(signal, twice))
 
     def after_step(self, outputs, batch, batch_idx) -> None:
         if self.global_step >= step:  # callbacks (the step checkpoint) ran before this module hook

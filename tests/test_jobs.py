@@ -232,13 +232,19 @@ def test_killed_job_resumes_mid_epoch_to_the_same_result(tmp_path, mode):
     assert curve(tmp_path / "b") == curve(tmp_path / "a")
 
 
-def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
+@pytest.mark.parametrize("twice", [None, "SIGINT"], ids=["once", "sigterm-then-forwarded-sigint"])
+def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path, twice):
     """SIGTERM (scancel, a plain kill) after step 18: the job writes last.ckpt
-    at step 18 (not only the step-16 one), records that it stopped, exits 143."""
+    at step 18 (not only the step-16 one), records that it stopped, exits 143.
+    Also when the stop arrives twice at once (a scheduler signals every
+    process of the job and ``xlt_local_gpus`` forwards SIGINT to its jobs): that
+    is one stop, not "send it again to stop at once", which lost the steps
+    since the last step checkpoint (study 2: two continual jobs lost 20 steps)."""
     cache = tmp_path / "cache"
+    env = {**os.environ, "XLT_TEST_SIGNAL": "SIGTERM", **({"XLT_TEST_SIGNAL_TWICE": twice} if twice else {})}
     stopped = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), "18", *SMALL, *RESUMABLE,
                               f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, text=True,
-                             capture_output=True, timeout=600, env={**os.environ, "XLT_TEST_SIGNAL": "SIGTERM"})
+                             capture_output=True, timeout=600, env=env)
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     (last,) = cache.glob("checkpoints/*/last.ckpt")
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)

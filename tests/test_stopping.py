@@ -36,10 +36,11 @@ def spin() -> None:
         pass
 
 
-def test_during_fine_tuning_the_stop_waits_for_the_step_boundary():
+def test_during_fine_tuning_the_stop_waits_for_the_step_boundary(monkeypatch):
     """The first signal is noted (StopSignal checkpoints, then stops); a
     second one stops at once; one noted at the very end stops the job after
     the training is saved."""
+    monkeypatch.setattr(stopping, "DUPLICATE_S", 0.0)  # the second signal is a second request
     with stopping.handling_signals(), stopping.stage("fine-tuning"):
         with pytest.raises(stopping.Stopped, match="^stopped at fine-tuning by SIGINT$"):
             with stopping.deferred():
@@ -54,6 +55,19 @@ def test_during_fine_tuning_the_stop_waits_for_the_step_boundary():
             with stopping.deferred():
                 os.kill(os.getpid(), signal.SIGUSR2)
                 spin()
+
+
+def test_one_stop_delivered_twice_still_waits_for_the_step_boundary():
+    """A scheduler's SIGTERM and the launcher's forwarded SIGINT (or a dying
+    launcher's PDEATHSIG) arrive together: one stop, not "stop at once"."""
+    with stopping.handling_signals(), stopping.stage("fine-tuning"):
+        with pytest.raises(stopping.Stopped, match=r"by SIGTERM \(training had finished"):
+            with stopping.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                spin()
+                os.kill(os.getpid(), signal.SIGINT)
+                spin()
+                assert stopping.requested() == signal.SIGTERM  # noted, not raised: the step boundary stops it
 
 
 def test_sigusr2_is_recorded_then_handed_to_submitit(tmp_path, monkeypatch):

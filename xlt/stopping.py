@@ -16,7 +16,10 @@ its jobs.
   evaluation writes atomically, so nothing half-written is kept.
 * During fine-tuning (``deferred()``) it only notes the signal: the
   ``StopSignal`` callback writes ``last.ckpt`` at the next step boundary and
-  then raises ``Stopped`` (a second signal stops at once).
+  then raises ``Stopped`` (a second signal stops at once, unless it comes
+  within ``DUPLICATE_S`` of the first: one stop delivered twice, as when a
+  scheduler signals every process of a job and the local launcher forwards
+  the stop to its jobs, or a killed launcher's PDEATHSIG follows the kill).
 
 ``Stopped`` derives from ``BaseException``: the ``except Exception`` that
 lets a sweep survive one job's crash (and Hydra's job runner) must not
@@ -31,10 +34,14 @@ import functools
 import logging
 import os
 import signal
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
+
+# A second signal this soon after the first is the same stop delivered twice.
+DUPLICATE_S = 2.0
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
 
@@ -66,6 +73,7 @@ class _State:
     def __init__(self) -> None:
         self.stages: list[str] = []
         self.signum: int | None = None
+        self.noted_at = 0.0  # time.monotonic() of the first signal
         self.deferred = False
         self.previous: dict[int, Any] = {}
         self.owner: int | None = None
@@ -88,12 +96,19 @@ def requested() -> int | None:
 def _handler(signum: int, frame) -> None:
     if os.getpid() != _state.owner:  # a forked data loader worker: the main process stops it
         return
-    again = _state.signum is not None
-    _state.signum = signum
-    if _state.deferred and not again:
-        log.warning("%s received: stopping at the next step boundary, after writing the checkpoint "
-                    "(send it again to stop at once)", signal.Signals(signum).name)
+    now = time.monotonic()
+    if _state.signum is None:
+        _state.signum, _state.noted_at = signum, now
+        if _state.deferred:
+            log.warning("%s received: stopping at the next step boundary, after writing the checkpoint "
+                        "(send it again to stop at once)", signal.Signals(signum).name)
+            return
+    elif _state.deferred and now - _state.noted_at < DUPLICATE_S:
+        log.info("%s received %.2f s after the first signal: the same stop, still waiting for the step boundary",
+                 signal.Signals(signum).name, now - _state.noted_at)
         return
+    else:
+        _state.signum = signum
     raise Stopped(signum, current_stage())
 
 
