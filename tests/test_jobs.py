@@ -106,6 +106,51 @@ def test_a_made_up_language_is_one_yaml_file(tmp_path, tiny_cache, shared_data):
     assert len(read_jsonl(tmp_path / "run" / "predictions" / "wikiann.xx.jsonl")) == 12
 
 
+def test_ner_evaluates_whole_sentences_and_records_the_words_left_out(tmp_path, tiny_cache, shared_data):
+    """NER evaluation reads each sentence up to the model's limit (training: task.max_length=128),
+    results.json's eval_notes counts the words left out of gold and prediction, and a job
+    that changes only task.options.eval_max_length reuses the fine-tuned model."""
+    from xlt.errors import XltError
+    from xlt.models.encoder import load_tokenizer
+    from xlt.tasks.ner import first_subword_positions
+
+    data = tmp_path / "data"
+    write_tsv_sentences(shared_data / "ner/wikiann/en/train.tsv", data / "ner/wikiann/en/train.tsv", 64)
+    ru = (shared_data / "ner/wikiann/ru/dev.tsv").read_text(encoding="utf-8").split("\n\n")
+    # 10 sentences and the two of ru dev over 128 e5 subwords (real rows; conf/lang/ru.yaml reads dev.tsv)
+    (data / "ner/wikiann/ru").mkdir()
+    (data / "ner/wikiann/ru/dev.tsv").write_text("\n\n".join(ru[:10] + [ru[278], ru[1032]]) + "\n", encoding="utf-8")
+
+    def job(name: str, *overrides: str):
+        return compose_job(tmp_path / name, tiny_cache, "task=ner", "lang=ru", f"data.root={data}", "task.epochs=1",
+                           *overrides)
+
+    whole = pipeline.run_job(job("whole"))
+    records = read_jsonl(tmp_path / "whole" / "predictions" / "wikiann.ru.jsonl")
+    assert [len(r["gold"]) for r in records[-2:]] == [61, 40]  # every word of the long sentences, predicted
+    assert all(len(r["prediction"]) == len(r["gold"]) and r["left_out"] == [] for r in records)
+    words = sum(len(r["gold"]) for r in records)
+    assert whole["eval_notes"] == {"wikiann.ru": {"words": words, "words_left_out": 0}}
+
+    tokenizer = load_tokenizer(job("whole").model, str(tiny_cache))
+    sentences = [[line.split("\t")[0] for line in block.strip().splitlines()] for block in ru[:10] + [ru[278], ru[1032]]]
+    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=128)
+    cut = [[w for w, p in enumerate(first_subword_positions(encoded.word_ids(i), len(s))) if p < 0]
+           for i, s in enumerate(sentences)]
+    assert sum(map(len, cut)) > 0
+    short = pipeline.run_job(job("short", "task.options.eval_max_length=128"))
+    assert short["training"]["reused_checkpoint"]  # an evaluation setting: the same fine-tuned model
+    assert short["config"]["config_hash"] != whole["config"]["config_hash"]  # ... but another result
+    assert short["eval_notes"] == {"wikiann.ru": {"words": words, "words_left_out": sum(map(len, cut))}}
+    records = read_jsonl(tmp_path / "short" / "predictions" / "wikiann.ru.jsonl")
+    assert [r["left_out"] for r in records] == cut
+    assert all(len(r["gold"]) + len(r["left_out"]) == len(s) for r, s in zip(records, sentences))
+
+    with pytest.raises(XltError, match=r"^task.options.eval_max_length=1000 is longer than model=tiny can read "
+                                       r"\(512 positions\); set task.options.eval_max_length=512 or less$"):
+        pipeline.run_job(job("long", "task.options.eval_max_length=1000"))
+
+
 def test_pawsx_runs_from_its_yaml_file(tmp_path, tiny_cache):
     """conf/task/pawsx.yaml on the sentence-pair task kind, on the fixture's rows."""
     fixtures = REPO / "tests" / "fixtures"

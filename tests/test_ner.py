@@ -39,7 +39,8 @@ def mbert_tokenizer(shared_data: Path):
     """
     from transformers import BertTokenizerFast
 
-    tokenizer = BertTokenizerFast(vocab=str(shared_data / "vocab/mbert_modified_vocab.txt"), do_lower_case=False)
+    tokenizer = BertTokenizerFast(vocab=str(shared_data / "vocab/mbert_modified_vocab.txt"), do_lower_case=False,
+                                  model_max_length=512)  # as bert-base-multilingual-cased's tokenizer_config.json
     assert len(tokenizer) == MBERT_VOCAB_SIZE
     return tokenizer
 
@@ -119,15 +120,67 @@ def test_mbert_alignment_by_hand(shared_data, mbert_tokenizer):
     assert feature["first_subword_positions"] == [1, 2, 3, 4, -1, 8]
 
 
-def test_truncated_words_are_predicted_outside(shared_data, mbert_tokenizer):
-    task = make_task(shared_data, max_length=5, check=False)  # [CLS] Angela Merkel visited [SEP]
+def test_eval_max_length_cuts_evaluation_features_only(shared_data, mbert_tokenizer):
+    """``task.options.eval_max_length`` sets the evaluation length; training keeps
+    ``task.max_length``; the cut words leave both gold and prediction."""
+    task = make_task(shared_data, **{"options.eval_max_length": 8})  # [CLS] Angela Merkel visited Ou ##aga ##dou [SEP]
+    (train,) = task.features(mbert_tokenizer, [SENTENCE], train=True)
+    assert train["first_subword_positions"] == [1, 2, 3, 4, -1, 8]
     (feature,) = task.features(mbert_tokenizer, [SENTENCE], train=False)
-    assert feature["first_subword_positions"] == [1, 2, 3, -1, -1, -1]
-    # logits that say B-LOC everywhere: the cut words still come out as O
+    assert len(feature["input_ids"]) == 8 and feature["first_subword_positions"] == [1, 2, 3, 4, -1, -1]
     logits = np.tile(np.eye(len(LABELS))[LABELS.index("B-LOC")], (len(feature["input_ids"]), 1))
-    metrics, records = task.score(EvalSet("hand", [SENTENCE]), [feature], [logits])
-    assert records[0]["prediction"] == ["B-LOC", "B-LOC", "B-LOC", "O", "O", "O"]
-    assert records[0]["gold"] == SENTENCE["tags"]
+    _, records = task.score(EvalSet("hand", [SENTENCE]), [feature], [logits])
+    assert records == [{"id": "hand-0", "gold": ["B-PER", "I-PER", "O", "B-LOC"], "prediction": ["B-LOC"] * 4,
+                        "left_out": [4, 5]}]
+
+
+def test_eval_max_length_is_checked_at_composition(shared_data):
+    with pytest.raises(XltError, match=r"task.options.eval_max_length=4: must be >= 8, or null \(the model's limit"):
+        make_task(shared_data, **{"options.eval_max_length": 4})
+
+
+# A control character (DEL) that both tokenizers remove: the word has no subword.
+# Its gold tag is an entity so that scoring it as a predicted O would show in F1.
+NOTHING = {
+    "id": "hand-1",
+    "tokens": ["Angela", "Merkel", "\x7f", "visited", "Ouagadougou", "."],
+    "tags": ["B-PER", "I-PER", "B-LOC", "O", "B-LOC", "O"],
+}
+
+
+def test_a_word_that_tokenizes_to_nothing_is_left_out_of_gold_and_prediction(shared_data, tokenizer):
+    """As the paper's run_ner.py (only positions labelled other than -100 are
+    scored): such a word is neither a gold entity missed nor a prediction."""
+    task = make_task(shared_data)
+    (feature,) = task.features(tokenizer, [NOTHING], train=False)
+    positions = feature["first_subword_positions"]
+    assert positions[2] == -1 and all(p >= 0 for w, p in enumerate(positions) if w != 2)
+    metrics, records = task.score(EvalSet("hand", [NOTHING]), [feature], [one_hot_gold_logits(feature, len(LABELS))])
+    kept = [tag for w, tag in enumerate(NOTHING["tags"]) if w != 2]
+    assert records == [{"id": "hand-1", "gold": kept, "prediction": kept, "left_out": [2]}]
+    assert metrics == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "token_f1": 1.0, "n": 1}
+    assert task.eval_note(records) == {"words": 6, "words_left_out": 1}
+
+
+def test_a_sentence_over_128_subwords_is_evaluated_whole(shared_data, e5_tokenizer):
+    """Two real WikiANN ru dev sentences are longer than task.max_length=128 in
+    e5 subwords: training cuts them, evaluation reads them whole (up to the
+    tokenizer's 512), so their last words are predicted, not set to O."""
+    task = make_task(shared_data, "ru", eval_limit=1100)
+    (eval_set,) = task.eval_sets()
+    lengths = e5_tokenizer([e["tokens"] for e in eval_set.examples], is_split_into_words=True)["input_ids"]
+    long = [e for e, ids in zip(eval_set.examples, lengths) if len(ids) > task.cfg.max_length]
+    assert [e["id"] for e in long] == ["wikiann.ru-278", "wikiann.ru-1032"]
+    train = task.features(e5_tokenizer, long, train=True)
+    assert all(len(f["input_ids"]) == 128 and f["first_subword_positions"][-1] == -1 for f in train)
+    features = task.features(e5_tokenizer, long, train=False)
+    assert all(len(f["input_ids"]) > 128 and min(f["first_subword_positions"]) > 0 for f in features)
+    outputs = [np.tile(np.eye(len(LABELS))[LABELS.index("B-LOC")], (len(f["input_ids"]), 1)) for f in features]
+    _, records = task.score(EvalSet("wikiann.ru", long), features, outputs)
+    for record, example in zip(records, long):
+        assert record["gold"] == example["tags"] and record["left_out"] == []
+        assert record["prediction"] == ["B-LOC"] * len(example["tags"])
+    assert task.eval_length(e5_tokenizer) == e5_tokenizer.model_max_length == 512
 
 
 # ---- metrics ------------------------------------------------------------------

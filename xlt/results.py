@@ -15,7 +15,7 @@ One job directory holds
        "states": {"adjusted": dir, "finetuned": checkpoint},   # the model states the job produced
        "error": "...",                              # failed and stopped ("stopped at fine-tuning by SIGTERM ...")
        "stage": "alignment" | "adjustment" | "fine-tuning" | "evaluation" | "start",   # stopped only
-       "runtime_s": float, ...extras (adjustment evidence, skipped sets)}
+       "runtime_s": float, ...extras (adjustment evidence, skipped sets, eval_notes)}
 
   Every metric is a fraction in [0, 1] (accuracy, F1, exact match alike;
   reports print them as percentages).  ``report`` is what the task declares

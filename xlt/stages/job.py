@@ -93,7 +93,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     adjusted = adjust_stage(cfg) if cfg.mode.adjust and not (cfg.mode.continual and cfg.continual.init == "original") else None
     L.seed_everything(cfg.seed, verbose=False)
     encoder = load_encoder(cfg.model, cfg.paths.cache_dir, str(adjusted) if adjusted else None)
-    check_max_length(cfg, encoder)
+    check_max_length(cfg, task, tokenizer, encoder)
     objective = build_objective(cfg, tokenizer, encoder) if cfg.mode.continual else None
     pooler = load_pooler(cfg.model, cfg.paths.cache_dir) if cfg.task.head == "bert" else None
     module = FineTuneModule(encoder, task, cfg.task.lr, cfg.task.weight_decay, cfg.task.warmup_ratio, cfg.seed, objective,
@@ -109,7 +109,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             if trainer.global_rank != 0:
                 return {}
             trainer = make_trainer(cfg, cfg.task.epochs, None, out / "logs", loggers=loggers, **one_device())
-        metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions")
+        notes: dict[str, dict] = {}
+        metrics = evaluate(trainer, module, task, tokenizer, eval_sets, cfg.task.eval_batch_size, out / "predictions", notes)
         log_results(loggers, cfg, metrics, training["steps"])
 
     results = results_file.ok_results(cfg, metrics, started, inputs, report_info(task))
@@ -118,6 +119,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                          "finetuned": str((checkpoints / "last.ckpt").resolve())}
     if skipped:
         results["skipped_eval_sets"] = skipped
+    if notes:
+        results["eval_notes"] = notes
     if adjusted:
         results["adjustment"] = json.loads((adjusted / "evidence.json").read_text())
     if cfg.mode.adjust:  # does fine-tuning undo the adjustment? (the paper's "forgetting")
@@ -183,16 +186,20 @@ def keep_weights_only(trainer: L.Trainer, checkpoints: Path) -> None:
             stale.unlink()
 
 
-def check_max_length(cfg: DictConfig, encoder) -> None:
-    """``task.max_length`` beyond the encoder's position embeddings would fail
+def check_max_length(cfg: DictConfig, task, tokenizer, encoder) -> None:
+    """A feature longer than the encoder's position embeddings would fail
     deep inside the model on the first long input (an IndexError, a CUDA
-    assert): one line before any work instead."""
+    assert): one line before any work instead, naming the setting
+    (``task.max_length``, NER's ``task.options.eval_max_length``)."""
     from xlt.models.encoder import max_positions
 
     limit = max_positions(encoder)
-    if limit is not None and cfg.task.max_length > limit:
-        raise XltError(f"task.max_length={cfg.task.max_length} is longer than model={cfg.model.name} can read "
-                       f"({limit} positions); set task.max_length={limit} or less")
+    for setting, length in task.input_lengths(tokenizer).items():
+        if limit is not None and length > limit:
+            value = OmegaConf.select(cfg, setting)
+            shown = value if value is not None else f"null ({length} for this model)"
+            raise XltError(f"{setting}={shown} is longer than model={cfg.model.name} can read "
+                           f"({limit} positions); set {setting}={limit} or less")
 
 
 def micro_batch_size(cfg: DictConfig, world_size: int) -> int:
@@ -253,8 +260,10 @@ def load_eval_sets(task, skip_missing: bool) -> tuple[list, dict[str, str]]:
 
 
 @stopping.in_stage("evaluation")
-def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: Path) -> dict[str, dict[str, float]]:
-    """Predict every evaluation set, score it, write per-example records.
+def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: Path,
+             notes: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
+    """Predict every evaluation set, score it, write per-example records;
+    ``notes`` (when given) gets the task's ``eval_note`` of each set that has one.
 
     Each distinct model input is predicted once per job: the mixed-XNLI parts
     (premise / hypothesis replaced) repeat inputs of the mixed set (all of them
@@ -278,6 +287,8 @@ def evaluate(trainer, module, task, tokenizer, eval_sets, batch_size: int, out: 
         known.update((keys[i], output) for i, output in zip(order, predicted))
         metrics[eval_set.name], records = task.score(eval_set, features, [known[key] for key in keys])
         write_jsonl(out / f"{eval_set.name}.jsonl", records)
+        if notes is not None and (note := task.eval_note(records)):
+            notes[eval_set.name] = note
         log.info("%s: %s", eval_set.name, metrics[eval_set.name])
     return metrics
 

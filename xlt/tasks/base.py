@@ -139,6 +139,11 @@ class FineTuningTask(Task):
     def features(self, tokenizer, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Tokenise examples into features (possibly several per example)."""
 
+    def input_lengths(self, tokenizer) -> dict[str, int]:
+        """The longest feature each length setting allows, by setting (dotted
+        name): the job checks each against the encoder's positions before any work."""
+        return {"task.max_length": int(self.cfg.max_length)}
+
     # ---- model --------------------------------------------------------------
     head_shape: str = "sequence"  # sequence | token | span (xlt.tasks.heads.SHAPES)
 
@@ -166,6 +171,11 @@ class FineTuningTask(Task):
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Metrics of a set (fractions in [0, 1], plus ``n``) and one record
         per example (with ``id``) for significance tests."""
+
+    def eval_note(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """What results.json's ``eval_notes`` records about a scored set besides
+        its metrics (NER: the words left out of its scores); {} for nothing."""
+        return {}
 
     # ---- shared helpers -------------------------------------------------------
     label_keys: tuple[str, ...] = ("labels",)

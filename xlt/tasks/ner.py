@@ -16,6 +16,16 @@ Metrics:
                            Counting ``O`` would reward predicting ``O`` everywhere.
     n                      number of sentences.
 
+Evaluation follows the paper's ``run_ner.py --do_predict``
+(``scripts/ner/eval_ner.sh``): sentences are encoded up to the model's own
+limit (``truncation=True`` without ``max_length``: 512 tokens for mBERT and
+e5_small; ``task.options.eval_max_length`` sets another), while training
+encodes ``task.max_length`` (128) as ``run_ner_no_trainer.py``.  A word with
+no first subword in its feature (the tokenizer maps it to nothing, e.g. a
+control character, or it lies beyond the limit) is left out of both the gold
+and the predicted tags, as the paper's ``label != -100`` filter does; how many
+were left out is in results.json's ``eval_notes``.
+
 Offline, the WikiANN es / ru *test* sets exist only without labels, so the
 labelled dev sets are used for them (``conf/lang/es.yaml`` and ``ru.yaml``
 name their files).
@@ -23,18 +33,21 @@ name their files).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from xlt.config import ruled
+from xlt.config import number, ruled
 from xlt.errors import XltError, open_utf8, require_file
-from xlt.evaluation.ner import OUTSIDE, entity_scores, token_f1
+from xlt.evaluation.ner import entity_scores, token_f1
 from xlt.tasks.base import EvalSet, FineTuningTask, chunks, compact
+
+log = logging.getLogger(__name__)
 
 EVAL_SET = "wikiann"
 
@@ -45,6 +58,10 @@ class NerOptions:
 
     # The tag set; its order fixes the head's outputs.
     labels: list[str] = ruled([], lambda v: len(v) >= 1 and "O" in v, "a list of tags that includes O")
+    # Tokens per evaluation sentence; null: the model's limit (the tokenizer's
+    # model_max_length), as the paper's run_ner.py --do_predict.  Training
+    # encodes task.max_length.
+    eval_max_length: Optional[int] = number(None, ge=8, none="the model's limit: the tokenizer's model_max_length")
 
 
 # ---- reading ----------------------------------------------------------------
@@ -98,6 +115,7 @@ class NerTask(FineTuningTask):
     options_schema = NerOptions
     significance = "approximate_randomization"  # entity F1 is not a mean of per-sentence scores
     headline = ("f1",)
+    evaluation_options = ("eval_max_length",)
 
     @classmethod
     def valid_eval_sets(cls, cfg: DictConfig) -> tuple[str, ...]:
@@ -142,7 +160,9 @@ class NerTask(FineTuningTask):
         ]
 
     def features(self, tokenizer, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
-        """One feature per sentence: labels on first subwords, -100 elsewhere.
+        """One feature per sentence: labels on first subwords, -100 elsewhere;
+        training features hold ``task.max_length`` tokens, evaluation ones
+        :meth:`eval_length`.
 
         ``first_subword_positions[w]`` is the token position of word ``w``'s first
         subword, or -1 when the word has none (cut by truncation, or a token the
@@ -151,10 +171,11 @@ class NerTask(FineTuningTask):
         if not getattr(tokenizer, "is_fast", False):
             raise XltError("NER needs a fast tokenizer (word_ids); got a slow one")
         label_ids = {label: i for i, label in enumerate(self.labels)}
+        max_length = self.cfg.max_length if train else self.eval_length(tokenizer)
         features = []
         for first, chunk in chunks(examples):
             encoded = tokenizer([e["tokens"] for e in chunk], is_split_into_words=True, truncation=True,
-                                max_length=self.cfg.max_length)
+                                max_length=max_length)
             for i, example in enumerate(chunk):
                 positions = first_subword_positions(encoded.word_ids(i), len(example["tokens"]))
                 labels = np.full(len(encoded["input_ids"][i]), -100, dtype=np.int16)
@@ -164,6 +185,18 @@ class NerTask(FineTuningTask):
                 features.append({**compact(encoded, i), "labels": labels, "first_subword_positions": positions,
                                  "example_index": first + i})
         return features
+
+    def eval_length(self, tokenizer) -> int:
+        """Tokens per evaluation sentence: ``task.options.eval_max_length``, or
+        the tokenizer's ``model_max_length`` (512 for mBERT and e5_small): the
+        paper's ``run_ner.py`` evaluates with ``truncation=True`` and no
+        ``max_length``, which truncates there."""
+        length = self.options.eval_max_length
+        return int(length if length is not None else tokenizer.model_max_length)
+
+    def input_lengths(self, tokenizer) -> dict[str, int]:
+        """Training's ``task.max_length`` and the evaluation length, both checked against the encoder."""
+        return {**super().input_lengths(tokenizer), "task.options.eval_max_length": self.eval_length(tokenizer)}
 
     # ---- model --------------------------------------------------------------
     head_shape = "token"  # [B, T, H] -> [B, T, C]
@@ -182,27 +215,40 @@ class NerTask(FineTuningTask):
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Entity and token F1 of word-level predictions.
 
-        A word's prediction is the argmax at its first subword.  Words with no
-        subword in the feature (cut off by ``max_length`` truncation) are
-        predicted ``O``: they still count, so truncation costs recall exactly
-        as it would for a real system, and gold sentences are never shortened.
+        A word's prediction is the argmax at its first subword.  A word with no
+        subword in the feature (nothing after tokenisation, or beyond the
+        evaluation length) is left out of both gold and prediction, as the
+        paper's ``run_ner.py`` scores only positions labelled other than -100;
+        each record lists its left-out words (``left_out``: word indices), so
+        the report's tests score exactly what these metrics score.
         """
         if len(features) != len(outputs):
             raise ValueError(f"{len(features)} features but {len(outputs)} outputs")
         records = []
         for feature, logits in zip(features, outputs):
             example = eval_set.examples[feature["example_index"]]
-            prediction = self.word_predictions(feature["first_subword_positions"], logits)
-            records.append({"id": example["id"], "gold": list(example["tags"]), "prediction": prediction})
+            positions = feature["first_subword_positions"]
+            kept = [word for word, position in enumerate(positions) if position >= 0]
+            records.append({"id": example["id"], "gold": [example["tags"][word] for word in kept],
+                            "prediction": self.word_predictions([positions[word] for word in kept], logits),
+                            "left_out": [word for word, position in enumerate(positions) if position < 0]})
         gold = [r["gold"] for r in records]
         pred = [r["prediction"] for r in records]
         metrics = {**entity_scores(gold, pred), "token_f1": token_f1(gold, pred), "n": len(records)}
+        note = self.eval_note(records)
+        log.info("%s: %d of %d words left out of gold and prediction (no first subword: nothing after "
+                 "tokenisation, or beyond the evaluation length)", eval_set.name, note["words_left_out"], note["words"])
         return metrics, records
 
     def word_predictions(self, positions: list[int], logits: np.ndarray) -> list[str]:
-        """Tags of the words of one feature from its ``[T, C]`` logits."""
+        """Tags at the token ``positions`` of one feature from its ``[T, C]`` logits."""
         best, labels = np.asarray(logits).argmax(axis=-1), self.labels
-        return [labels[int(best[p])] if p >= 0 else OUTSIDE for p in positions]
+        return [labels[int(best[p])] for p in positions]
+
+    def eval_note(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The words of a set and those left out of its scores (results.json's ``eval_notes``)."""
+        left_out = sum(len(r["left_out"]) for r in records)
+        return {"words": sum(len(r["gold"]) for r in records) + left_out, "words_left_out": left_out}
 
 
 def first_subword_positions(word_ids: list[int | None], n_words: int) -> list[int]:
