@@ -131,6 +131,30 @@ def test_a_subword_alignment_is_keyed_by_its_tokenizer_not_the_models_name(tmp_p
     assert aligned("model=mbert", "aggregation=subword") != before  # the same name, the hub's tokenizer
 
 
+def test_the_subword_length_filter_keys_subword_artifacts_only(tmp_path, monkeypatch):
+    """The subword pool's length filter (corpus.max_words counts subwords)
+    is keyed by SUBWORD_ALIGN_VERSION, in the subword alignment, the adjusted
+    models and checkpoints built on it, and in no word-level key: word
+    alignments keep the key they had (the fields of STAGE_VERSION["align"] 2)."""
+    def dirs(*overrides: str) -> tuple:
+        cfg = compose(tmp_path, *overrides)
+        return keys.alignment_dir(cfg), keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg)
+
+    word = [(a, m) for a in ("avg", "start", "end") for m in ("adjusted", "continual")]
+    for aggregation, mode in word:
+        key = keys.alignment_key(compose(tmp_path, f"aggregation={aggregation}", f"mode={mode}"))
+        assert set(key) == {"inputs", "corpus", "pool", "lang", "aligner", "subword_tokenizer", "stage_version"}
+        assert key["subword_tokenizer"] is None and key["stage_version"] == keys.STAGE_VERSION["align"]
+    before = {case: dirs(f"aggregation={case[0]}", f"mode={case[1]}") for case in word}
+    subword = [dirs("aggregation=subword", f"mode={m}") for m in ("adjusted", "continual")]
+    original = keys.checkpoint_dir(compose(tmp_path, "aggregation=subword", "mode=original"))
+    monkeypatch.setattr(keys, "SUBWORD_ALIGN_VERSION", keys.SUBWORD_ALIGN_VERSION + 1)
+    assert {case: dirs(f"aggregation={case[0]}", f"mode={case[1]}") for case in word} == before
+    for mode, old in zip(("adjusted", "continual"), subword):
+        assert all(b != a for b, a in zip(old, dirs("aggregation=subword", f"mode={mode}")))
+    assert keys.checkpoint_dir(compose(tmp_path, "aggregation=subword", "mode=original")) == original
+
+
 def test_a_stage_version_bump_invalidates_that_stage_and_those_downstream(tmp_path, monkeypatch):
     cfg = compose(tmp_path, "mode=adjusted")
     original = compose(tmp_path, "mode=original")

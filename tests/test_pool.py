@@ -156,7 +156,8 @@ def test_without_pool_size_sampling_is_unchanged(tmp_path: Path) -> None:
 
 def test_a_subword_pool_aligns_the_tokenizers_pieces(tmp_path: Path, tiny_cache: Path, shared_data: Path) -> None:
     """aggregation=subword: the pool (drawn as words) is re-tokenised into the
-    model's subword pieces chunk by chunk and those are aligned."""
+    model's subword pieces chunk by chunk, the pairs over corpus.max_words=64
+    pieces a side are dropped and the rest are aligned."""
     from xlt.models.encoder import load_tokenizer
 
     cfg = compose_config(["model=tiny", "lang=ru", "aggregation=subword", f"paths.cache_dir={tiny_cache}",
@@ -164,14 +165,80 @@ def test_a_subword_pool_aligns_the_tokenizers_pieces(tmp_path: Path, tiny_cache:
                           f"paths.output_dir={tmp_path}"])
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     aligned = align_stage(cfg, tokenizer)
-    assert len(_pool_lines(aligned.path)) == 210 and len(aligned.train) == 60
+    dropped = aligned.subword_filter["dropped"]
+    assert aligned.subword_filter == {"max_subwords": 64, "pairs": 210, "dropped": dropped} and dropped > 0
+    assert len(_pool_lines(aligned.path)) == 210 - dropped and len(aligned.train) == 60
     vocabulary = tokenizer.get_vocab()
     for pair, links in zip(aligned.train, aligned.train_alignments):
         assert all(piece in vocabulary for piece in pair.english + pair.target)  # the tokenizer's pieces
+        assert len(pair.english) <= 64 and len(pair.target) <= 64
         assert all(i < len(pair.english) and j < len(pair.target) for i, j in links)
     words, _ = prepare_corpus(cfg.corpus, "ru", str(shared_data), cfg.seed)  # the same sample, as words
     assert sum(len(p.english) for p in aligned.train) > 1.1 * sum(len(p.english) for p in words)
     assert sum(map(len, aligned.train_alignments)) > 300
+
+
+def _subword_corpus(tmp_path: Path, n: int = 20) -> str:
+    """:func:`_corpus`, but row 9 has 3 English words that are 18 e5 pieces:
+    within corpus.max_words=10 as words, beyond it as subwords."""
+    path = Path(_corpus(tmp_path, n))
+    rows = path.read_text(encoding="utf-8").splitlines()
+    rows[9] = "t9 x ||| e9 floccinaucinihilipilification antidisestablishmentarianism"
+    path.write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_a_subword_pool_drops_the_pairs_over_max_words_subwords(tmp_path: Path, tiny_cache: Path, caplog) -> None:
+    """aggregation=subword: corpus.max_words counts subwords a side, as the
+    paper's loader counts the tokens of its subword (``ori``) file: a pair
+    whose words fit but whose subwords do not leaves the pool (sample and
+    held-out pairs alike), whole pairs are kept whole, the log and the
+    artifact say how many were dropped; word aggregations keep the pair."""
+    from xlt.models.encoder import load_tokenizer
+
+    corpus = _subword_corpus(tmp_path)
+    words = align_stage(_cfg(tmp_path, corpus, "corpus.pool_size=null", "corpus.size=16"))
+    assert 10 in _pool_lines(words.path) and len(_pool_lines(words.path)) == 19  # line 8: 11 words
+    assert "e9" in {p.english[0] for p in words.train + words.heldout} and words.subword_filter is None
+
+    cfg = _cfg(tmp_path, corpus, "corpus.pool_size=null", "corpus.size=15", "aggregation=subword")
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    assert len(tokenizer.tokenize("floccinaucinihilipilification antidisestablishmentarianism")) > 10
+    with caplog.at_level(logging.INFO):
+        aligned = align_stage(cfg, tokenizer)
+    lines = _pool_lines(aligned.path)
+    assert 10 not in lines and len(lines) == 18
+    pairs = aligned.train + aligned.heldout
+    assert len(aligned.heldout) == 3 and len(pairs) == 18  # every pair of the pool: the long one is in neither
+    assert all(0 < len(p.english) <= 10 and 0 < len(p.target) <= 10 for p in pairs)
+    assert aligned.subword_filter == {"max_subwords": 10, "pairs": 19, "dropped": 1}
+    assert "dropped 1 of 19 pairs with more than 10 subwords on a side" in caplog.text
+
+
+def test_the_size_check_sees_the_subword_pool(tmp_path: Path, tiny_cache: Path, monkeypatch) -> None:
+    """corpus.size that the word pool holds but the subword pool does not:
+    one line in subwords, before the aligner runs, no artifact."""
+    import xlt.data.align as align
+    from xlt.models.encoder import load_tokenizer
+
+    calls = []
+    monkeypatch.setattr(align, "align_sentences", lambda *args, **kwargs: calls.append(1))
+    cfg = _cfg(tmp_path, _subword_corpus(tmp_path), "corpus.pool_size=null", "corpus.size=16", "aggregation=subword")
+    with pytest.raises(XltError, match=r"^corpus.size=16 but .*c.ru-en has only 15 usable pairs \(at most 10 subwords "
+                                       r"per side, after 3 held out\)$"):
+        align_stage(cfg, load_tokenizer(cfg.model, cfg.paths.cache_dir))
+    assert calls == [] and not list((tmp_path / "cache" / "alignments").glob("*/meta.json"))
+
+
+def test_subword_sentences_must_fit_the_model_whole(tmp_path: Path, tiny_cache: Path) -> None:
+    """Subword sentences are never cut, so max_words subwords + specials must
+    fit the model's input: one line, before the corpus is read."""
+    from xlt.models.encoder import load_tokenizer
+
+    cfg = _cfg(tmp_path, str(tmp_path / "absent.ru-en"), "corpus.max_words=600", "aggregation=subword")
+    with pytest.raises(XltError, match=r"^corpus.max_words=600: under aggregation=subword it counts subwords .* "
+                                       r"takes at most 512 tokens \(2 of them special\): at most 510$"):
+        align_stage(cfg, load_tokenizer(cfg.model, cfg.paths.cache_dir))
 
 
 # --------------------------------------------------------------------------- the table index

@@ -110,6 +110,16 @@ def test_subword_aggregation(tokenizer) -> None:
     assert len(ex.reg_en) == len(sub.english) + 2
 
 
+def test_subword_sentences_are_never_cut(tokenizer) -> None:
+    """aggregation=subword encodes whole sentences, as the paper's code (its
+    pool dropped those over corpus.max_words subwords instead): a link beyond
+    the word-level max_length of 128 is kept."""
+    (sub,) = subword_pairs(tokenizer, [SentencePair(EN * 30, RU * 30)])
+    assert len(sub.english) > 150
+    (ex,) = build_aligned_examples(tokenizer, [sub], [[(150, 120)]], "subword", ALL, max_length=128)
+    assert len(ex.en_ids) == len(sub.english) + 2 and ex.pair_en[0] == (151, 152) and ex.pair_tgt[0] == (121, 122)
+
+
 def test_errors(mbert) -> None:
     pair = [SentencePair(EN, RU)]
     with pytest.raises(XltError, match="2 alignments"):

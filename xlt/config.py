@@ -292,6 +292,12 @@ class CorpusConfig:
     from it per seed.  ``pool_size``: the pool is a seeded draw (the same for
     every job seed) of ``pool_size + heldout`` usable pairs, as the paper's
     fixed 250K-pair file per language; null = every usable pair.
+    ``max_words``: a pair is usable when each side has 1 to ``max_words``
+    words, or subword tokens under ``aggregation=subword`` (the paper's loader
+    drops longer pairs, ``max_len=64``, counting what its file holds: words,
+    or the ``ori`` file's subwords); longer pairs are dropped before
+    aligning, never truncated.  A subword pool is the word pool less the
+    pairs over ``max_words`` subwords (see ``xlt.stages.align``).
     """
 
     name: str = MISSING
@@ -303,6 +309,15 @@ class CorpusConfig:
     heldout: int = number(500, ge=0)  # pairs kept aside for distance evidence / analysis
     pool_size: Optional[int] = number(None, ge=1, none="align every usable pair",
                                       why="the pairs aligned once and sampled from")
+
+
+def length_unit(aggregation: str) -> str:
+    """What ``corpus.max_words`` counts on each side of a pair: subword tokens
+    when the corpus is aligned as subwords (``aggregation=subword``: the
+    paper's ``ori`` sentence file is in mBERT's pieces and goes through the
+    same loader, ``load_align_corpus(max_len=64)``, as the word files), else
+    words."""
+    return "subwords" if aggregation == "subword" else "words"
 
 
 @dataclass

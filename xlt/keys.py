@@ -26,7 +26,11 @@ The rule for ``STAGE_VERSION``: bump a stage's number in the same commit that
 changes what the stage *produces* for the same config and inputs (a new
 sampling, loss, tokenisation, file layout...).  Refactors that keep the output
 identical do not bump it.  Bumping ``align`` rebuilds alignments, adjusted
-models and their checkpoints; bumping ``finetune`` only checkpoints.
+models and their checkpoints; bumping ``finetune`` only checkpoints.  A change
+to what only ``aggregation=subword`` alignments hold bumps
+``SUBWORD_ALIGN_VERSION`` instead: it keys the subword alignments and what is
+built on them, and is absent from every word-level key, so word alignments
+(hours at a million pairs) stay valid.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from xlt.config import STATES, task_local
 
 # Format version of each stage's output (see the rule above).
 STAGE_VERSION = {"align": 2, "adjust": 1, "finetune": 1}
+# Format version of the align stage's output for aggregation=subword only, on
+# top of STAGE_VERSION["align"] (see the rule above; :func:`subword_version`).
+#   1: corpus.max_words counts subwords a side, longer pairs dropped from the
+#      pool (the paper's loader), where it counted words before.
+SUBWORD_ALIGN_VERSION = 1
 
 # ---- what changes a result ----------------------------------------------------
 # Top-level nodes that say where outputs go and which entry point ran.
@@ -222,6 +231,7 @@ def training_hash(cfg: DictConfig) -> str:
     files = model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else [])
     payload["inputs"] = checksums(cfg, files)
     payload["stage_version"] = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if cfg.mode.adjust else ("finetune",))}
+    payload["stage_version"].update(subword_version(cfg) if cfg.mode.adjust else {})
     return config_hash(payload)
 
 
@@ -233,7 +243,8 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     key["aligner"] = _aligner_settings(cfg)
     key["trainer"] = _adjustment_trainer(cfg)
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
-    key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)), stage_version={k: STAGE_VERSION[k] for k in ("align", "adjust")})
+    key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)),
+               stage_version={**{k: STAGE_VERSION[k] for k in ("align", "adjust")}, **subword_version(cfg)})
     return key
 
 
@@ -354,7 +365,14 @@ def alignment_key(cfg: DictConfig) -> dict[str, Any]:
         "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
         "subword_tokenizer": tokenizer_key(cfg) if cfg.aggregation.name == "subword" else None,
         "stage_version": STAGE_VERSION["align"],
+        **subword_version(cfg),
     }
+
+
+def subword_version(cfg: DictConfig) -> dict[str, int]:
+    """``{"subword_align": SUBWORD_ALIGN_VERSION}`` for a subword alignment and
+    what is built on it, ``{}`` otherwise: word-level keys stay as they were."""
+    return {"subword_align": SUBWORD_ALIGN_VERSION} if cfg.aggregation.name == "subword" else {}
 
 
 def tokenizer_key(cfg: DictConfig) -> dict[str, Any]:

@@ -246,7 +246,8 @@ def tokenize_pair(fmt: str, english: str, target: str, lang: str) -> SentencePai
     return SentencePair(word_tokenize(english, "en"), word_tokenize(target, lang))
 
 
-def _usable(pair: SentencePair, max_words: int) -> bool:
+def usable(pair: SentencePair, max_words: int) -> bool:
+    """1 to ``max_words`` tokens on each side (whatever the tokens are: words, or subwords)."""
     return 0 < len(pair.english) <= max_words and 0 < len(pair.target) <= max_words
 
 
@@ -326,7 +327,7 @@ TOKENIZE_CHUNK = 500  # pairs per task sent to a tokenising process
 def _tokenize_chunk(fmt: str, lang: str, max_words: int, rows: list[tuple[int, str, str]]):
     """Worker: tokenise, drop unusable pairs, return compact ids (cheap to send back)."""
     pairs = [(rank, tokenize_pair(fmt, english, target, lang)) for rank, english, target in rows]
-    pairs = [(rank, p) for rank, p in pairs if _usable(p, max_words)]
+    pairs = [(rank, p) for rank, p in pairs if usable(p, max_words)]
     return (len(rows), np.array([rank for rank, _ in pairs], np.int64), local_ids([p.english for _, p in pairs]),
             local_ids([p.target for _, p in pairs]))
 
@@ -394,22 +395,24 @@ def _concat(parts: list[Tokenized]) -> Tokenized:
     return Tokenized(english.build(), target.build(), ranks)
 
 
-def check_size(usable: int, cfg: CorpusConfig, path: str) -> None:
+def check_size(usable: int, cfg: CorpusConfig, path: str, unit: str = "words") -> None:
     """``usable`` pairs must give ``cfg.heldout`` held out and ``cfg.size`` to
     train on.  Checked on the pool before it is aligned (hours at a million
-    pairs), and again on each job's draw."""
+    pairs), and again on each job's draw.  ``unit``: what ``max_words``
+    counted (``xlt.config.length_unit``)."""
     if usable <= cfg.heldout:
-        raise XltError(f"{path}: only {usable} pairs with at most {cfg.max_words} words per side; "
+        raise XltError(f"{path}: only {usable} pairs with at most {cfg.max_words} {unit} per side; "
                        f"corpus.heldout={cfg.heldout} leaves none for training")
     if usable - cfg.heldout < cfg.size:
         raise XltError(f"corpus.size={cfg.size} but {path} has only {usable - cfg.heldout} usable pairs "
-                       f"(at most {cfg.max_words} words per side, after {cfg.heldout} held out)")
+                       f"(at most {cfg.max_words} {unit} per side, after {cfg.heldout} held out)")
 
 
-def _split(kept: list[int], cfg: CorpusConfig, path: str, n_read: int) -> tuple[list[int], list[int]]:
+def _split(kept: list[int], cfg: CorpusConfig, path: str, n_read: int,
+           unit: str = "words") -> tuple[list[int], list[int]]:
     """``(heldout, sample)`` ranks (sorted) from the first ``heldout + size``
     usable ranks of a draw: the first ``cfg.heldout`` are held out."""
-    check_size(len(kept), cfg, path)
+    check_size(len(kept), cfg, path, unit)
     heldout, sample = kept[: cfg.heldout], kept[cfg.heldout:]
     log.info("corpus %s: %d training pairs, %d held out (of %d read)", path, len(sample), len(heldout), n_read)
     return sorted(heldout), sorted(sample)
@@ -476,14 +479,14 @@ def _cpu_with_children() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def sample_pool(pool, cfg: CorpusConfig, seed: int) -> tuple[list[int], list[int]]:
+def sample_pool(pool, cfg: CorpusConfig, seed: int, unit: str = "words") -> tuple[list[int], list[int]]:
     """``(train, heldout)`` indices into the pool (sorted), drawn for the
     corpus settings and seed (the same pool for every seed).
     ``pool`` needs ``ranks``, ``n_read`` and ``path`` (a :class:`Pool` or the
-    index of a cached one)."""
+    index of a cached one); ``unit``: what ``max_words`` counted in it."""
     position = np.full(pool.n_read, -1, np.int64)
     position[np.asarray(pool.ranks, np.int64)] = np.arange(len(pool.ranks))
     member = position >= 0
     kept = list(islice((rank for rank in _shuffled(pool.n_read, seed) if member[rank]), cfg.heldout + cfg.size))
-    heldout, sample = _split(kept, cfg, pool.path, pool.n_read)
+    heldout, sample = _split(kept, cfg, pool.path, pool.n_read, unit)
     return position[sample].tolist(), position[heldout].tolist()

@@ -120,13 +120,13 @@ def _special_frame(tokenizer) -> tuple[list[int], list[int]]:
     return list(ids[:lead]), list(ids[len(ids) - tail:]) if tail else []
 
 
-def encode_subwords(tokenizer, pieces: list[str], max_length: int) -> tuple[list[int], list[Optional[Span]]]:
-    """Ids and one-position spans for a sentence already split into subword strings."""
+def encode_subwords(tokenizer, pieces: list[str]) -> tuple[list[int], list[Optional[Span]]]:
+    """Ids and one-position spans for a sentence already split into subword
+    strings, whole: never cut, as the paper's ``ori`` sentences (the pool
+    dropped the pairs over ``corpus.max_words`` subwords instead)."""
     head, tail = _special_frame(tokenizer)
     ids = head + list(tokenizer.convert_tokens_to_ids(pieces)) + tail
-    spans: list[Optional[Span]] = [(len(head) + k, len(head) + k + 1) for k in range(len(pieces))]
-    word_ids: list[Optional[int]] = [None] * len(head) + list(range(len(pieces))) + [None] * len(tail)
-    return _truncate(ids, spans, word_ids, max_length)
+    return ids, [(len(head) + k, len(head) + k + 1) for k in range(len(pieces))]
 
 
 # --------------------------------------------------------------------------- examples
@@ -149,7 +149,7 @@ def aggregate_span(span: Optional[Span], aggregation: str) -> Optional[Span]:
 def _encode_side(tokenizer, sentences: list[list[str]], aggregation: str,
                  max_length: int) -> list[tuple[list[int], list[Optional[Span]]]]:
     if aggregation == "subword":
-        return [encode_subwords(tokenizer, s, max_length) for s in sentences]
+        return [encode_subwords(tokenizer, s) for s in sentences]
     aggregate_span(None, aggregation)  # validates the name
     return [(ids, [aggregate_span(s, aggregation) for s in spans])
             for ids, spans in _encode_batch(tokenizer, sentences, max_length)]
@@ -203,6 +203,8 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
     ``use_sep`` the last position with the last.  ``drop_identical`` drops
     word pairs with equal strings (numbers, names): they are easy for the
     model already and may dominate the loss on Latin-script pairs.
+    ``max_length`` cuts word-level sentences (``subword`` ones are whole,
+    as the paper's: their pool's length filter bounds them).
     ``reg_en`` (see :func:`regularized_spans`): with ``regularize=all``
     every complete English word span plus the first and last special token;
     with ``chosen`` the English spans of the chosen vectors (every complete

@@ -92,6 +92,8 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         "alignments": str(corpus.path),
         "objective": module.loss.objective,  # what the loss computed
     }
+    if corpus.subword_filter:  # aggregation=subword: the pairs over corpus.max_words subwords the pool dropped
+        evidence["subword_filter"] = corpus.subword_filter
     if module.loss.objective == "contrastive":
         evidence.update(temperature=module.loss.temperature, batches_without_negatives=module.loss.without_negatives)
     write_json(out / "evidence.json", evidence)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from xlt import stopping
 from xlt.artifacts import atomic_write_text, build_once, write_json
-from xlt.config import TokensConfig
+from xlt.config import TokensConfig, length_unit
 from xlt.errors import XltError
 from xlt.keys import alignment_dir, alignment_key
 
@@ -37,6 +37,7 @@ class AlignedCorpus:
     heldout: list[Any]
     heldout_alignments: list[list[tuple[int, int]]]
     path: Path
+    subword_filter: dict[str, int] | None = None  # aggregation=subword: what the pool's length filter dropped
 
 
 def _pool_links(cfg: DictConfig, pool, workdir: Path):
@@ -58,18 +59,45 @@ def _pool_links(cfg: DictConfig, pool, workdir: Path):
 SUBWORD_CHUNK = 10_000  # pairs converted to subwords at once
 
 
-def _subword_pool(pool, tokenizer):
-    """The pool with both sides as subword tokens (aggregation=subword), chunk by chunk."""
+def _subword_pool(pool, tokenizer, max_subwords: int) -> dict[str, int]:
+    """Turn the pool's sides into subword tokens (aggregation=subword), chunk
+    by chunk, and drop the pairs with more than ``max_subwords`` of them on a
+    side (or none), in place; returns what the filter did.
+
+    The paper's ``ori`` file holds subwords and its loader drops every pair
+    longer than ``max_len=64`` *tokens of the file* (``load_align_corpus``),
+    before sampling: so ``corpus.max_words`` counts subwords here, and a long
+    pair is dropped, never truncated.  The pool is the word pool less those
+    pairs (the paper's one 250K file, through its loader), for every pair
+    and for the held-out ones alike.
+    """
+    from xlt.data.parallel import usable
     from xlt.data.sentences import SentencesBuilder
     from xlt.data.words import subword_pairs
 
-    english, target = SentencesBuilder(), SentencesBuilder()
+    english, target, kept = SentencesBuilder(), SentencesBuilder(), []
     for lo in range(0, len(pool), SUBWORD_CHUNK):
-        pairs = subword_pairs(tokenizer, [pool.pair(k) for k in range(lo, min(lo + SUBWORD_CHUNK, len(pool)))])
-        english.add_lists([p.english for p in pairs])
-        target.add_lists([p.target for p in pairs])
-    pool.english, pool.target = english.build(), target.build()
-    return pool
+        rows = range(lo, min(lo + SUBWORD_CHUNK, len(pool)))
+        fitting = [(k, p) for k, p in zip(rows, subword_pairs(tokenizer, [pool.pair(k) for k in rows]))
+                   if usable(p, max_subwords)]
+        english.add_lists([p.english for _, p in fitting])
+        target.add_lists([p.target for _, p in fitting])
+        kept += [k for k, _ in fitting]
+    report = {"max_subwords": max_subwords, "pairs": len(pool), "dropped": len(pool) - len(kept)}
+    rows = np.array(kept, np.int64)
+    pool.english, pool.target, pool.lines, pool.ranks = english.build(), target.build(), pool.lines[rows], pool.ranks[rows]
+    return report
+
+
+def _check_whole_sentences_fit(cfg: DictConfig, tokenizer) -> None:
+    """Subword sentences are encoded whole (never cut, as the paper's), so
+    ``corpus.max_words`` subwords plus the special tokens must fit the model's
+    input; checked before the corpus is read."""
+    specials, limit = tokenizer.num_special_tokens_to_add(), tokenizer.model_max_length
+    if cfg.corpus.max_words + specials > limit:
+        raise XltError(f"corpus.max_words={cfg.corpus.max_words}: under aggregation=subword it counts subwords and "
+                       f"sentences are encoded whole, but model={cfg.model.name} takes at most {limit} tokens "
+                       f"({specials} of them special): at most {limit - specials}")
 
 
 def _build_pool(cfg: DictConfig, tokenizer, tmp: Path) -> None:
@@ -77,19 +105,31 @@ def _build_pool(cfg: DictConfig, tokenizer, tmp: Path) -> None:
     from xlt.data.align import write_pharaoh
     from xlt.data.parallel import check_size, load_pool
 
-    pool = load_pool(cfg.corpus, cfg.lang.code, cfg.data.root)
-    if not len(pool):
-        raise XltError(f"{pool.path}: no usable sentence pairs (at most {cfg.corpus.max_words} words per side)")
-    check_size(len(pool), cfg.corpus, pool.path)  # before the aligner runs, not after
     if cfg.aggregation.name == "subword":
-        pool = _subword_pool(pool, tokenizer)
+        _check_whole_sentences_fit(cfg, tokenizer)
+    pool = load_pool(cfg.corpus, cfg.lang.code, cfg.data.root)
+    unit, subword_filter = length_unit(cfg.aggregation.name), None
+    if len(pool) and cfg.aggregation.name == "subword":
+        subword_filter = _subword_pool(pool, tokenizer, cfg.corpus.max_words)
+        log.info("%s", _filter_line(subword_filter, pool.path))
+    if not len(pool):
+        raise XltError(f"{pool.path}: no usable sentence pairs (at most {cfg.corpus.max_words} {unit} per side)")
+    check_size(len(pool), cfg.corpus, pool.path, unit)  # before the aligner runs, not after
     links = _pool_links(cfg, pool, tmp)
     atomic_write_text(tmp / "pairs.tsv", (
         f"{line}\t{rank}\t{' '.join(pool.english.words(k))}\t{' '.join(pool.target.words(k))}\n"
         for k, (line, rank) in enumerate(zip(pool.lines.tolist(), pool.ranks.tolist()))))
     write_pharaoh(tmp / "links.align", links.lines())
     write_json(tmp / "meta.json", {"n_read": pool.n_read, "n_lines": pool.n_lines, "path": pool.path,
-                                   "key": alignment_key(cfg)})
+                                   "key": alignment_key(cfg),
+                                   **({"subword_filter": subword_filter} if subword_filter else {})})
+
+
+def _filter_line(subword_filter: dict[str, int], path: str) -> str:
+    """The log line of the subword pool's length filter."""
+    return (f"subword pool of {path}: dropped {subword_filter['dropped']} of {subword_filter['pairs']} pairs with "
+            f"more than {subword_filter['max_subwords']} subwords on a side (corpus.max_words counts subwords "
+            f"under aggregation=subword); {subword_filter['pairs'] - subword_filter['dropped']} remain")
 
 
 @dataclass
@@ -102,6 +142,7 @@ class PoolIndex:
     n_read: int
     n_lines: int
     path: str
+    subword_filter: dict[str, int] | None = None
 
 
 def read_pool_index(path: Path) -> PoolIndex:
@@ -114,7 +155,8 @@ def read_pool_index(path: Path) -> PoolIndex:
             line, rank, _ = row.split("\t", 2)
             lines.append(int(line))
             ranks.append(int(rank))
-    return PoolIndex(np.array(lines, np.int64), np.array(ranks, np.int64), meta["n_read"], meta["n_lines"], meta["path"])
+    return PoolIndex(np.array(lines, np.int64), np.array(ranks, np.int64), meta["n_read"], meta["n_lines"], meta["path"],
+                     meta.get("subword_filter"))
 
 
 def read_pool_rows(path: Path, rows: list[int]) -> dict[int, tuple[Any, list[tuple[int, int]]]]:
@@ -167,10 +209,12 @@ def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
     index = read_pool_index(path)
     if cfg.aligner.get("export"):
         export_alignments(cfg.aligner.export, path, index)
-    train, heldout = sample_pool(index, cfg.corpus, cfg.seed)
+    if index.subword_filter:
+        log.info("%s (alignments in %s)", _filter_line(index.subword_filter, index.path), path)
+    train, heldout = sample_pool(index, cfg.corpus, cfg.seed, length_unit(cfg.aggregation.name))
     rows = read_pool_rows(path, train + heldout)
     return AlignedCorpus([rows[k][0] for k in train], [rows[k][1] for k in train],
-                         [rows[k][0] for k in heldout], [rows[k][1] for k in heldout], path)
+                         [rows[k][0] for k in heldout], [rows[k][1] for k in heldout], path, index.subword_filter)
 
 
 def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout: bool = False):
