@@ -21,7 +21,9 @@ ALL = TokensConfig(name="all", use_words=True, use_cls=True, use_sep=True)
 def mbert(shared_data: Path):
     from transformers import BertTokenizerFast
 
-    return BertTokenizerFast(vocab=str(shared_data / "vocab/mbert_modified_vocab.txt"), do_lower_case=False)
+    # model_max_length as the hub's bert-base-multilingual-cased tokenizer sets it
+    return BertTokenizerFast(vocab=str(shared_data / "vocab/mbert_modified_vocab.txt"), do_lower_case=False,
+                             model_max_length=512)
 
 
 @pytest.fixture(params=["mbert", "e5"])
@@ -128,3 +130,23 @@ def test_errors(mbert) -> None:
         build_aligned_examples(mbert, pair, [LINKS], "max", ALL)
     with pytest.raises(XltError, match="outside"):
         build_aligned_examples(mbert, pair, [[(9, 0)]], "avg", ALL)
+
+
+def test_the_adjustment_encodes_word_level_sentences_whole(tokenizer, tmp_path) -> None:
+    """The paper's WordLevelBert encodes whole sentences (<= 64 words, far
+    below 512 positions); xlt cut them at 128 subwords, dropping the links
+    and changing every vector of a long sentence.  A link past subword 128
+    is now kept (model_max_length: 512 for mBERT and e5_small)."""
+    from types import SimpleNamespace
+
+    from xlt.contract import compose
+    from xlt.stages.align import aligned_examples
+
+    pair = SentencePair(EN * 20, RU * 20)
+    en_ids, _ = encode_words(tokenizer, pair.english, 10_000)
+    assert 128 < len(en_ids) <= tokenizer.model_max_length == 512
+    last = (len(EN) * 19 + 4, len(RU) * 19 + 3)  # the last "stood" - "стоял" (identical strings are dropped)
+    corpus = SimpleNamespace(train=[pair], train_alignments=[[last]], heldout=[], heldout_alignments=[])
+    cfg = compose(["model=tiny", "tokens=words", f"paths.output_dir={tmp_path}"])
+    (example,) = aligned_examples(cfg, tokenizer, corpus)
+    assert len(example.en_ids) == len(en_ids) and len(example.pair_en) == 1 and example.pair_en[0][1] > 128

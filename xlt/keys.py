@@ -48,7 +48,7 @@ from xlt.artifacts import config_hash, content_checksum
 from xlt.config import STATES, task_local
 
 # Format version of each stage's output (see the rule above).
-STAGE_VERSION = {"align": 2, "adjust": 1, "finetune": 1}
+STAGE_VERSION = {"align": 2, "adjust": 2, "finetune": 1}  # adjust 2: sentences whole, not cut at 128 subwords
 # Format version of the align stage's output for aggregation=subword only, on
 # top of STAGE_VERSION["align"] (see the rule above; :func:`subword_version`).
 #   1: corpus.max_words counts subwords a side, longer pairs dropped from the

@@ -219,14 +219,17 @@ def align_stage(cfg: DictConfig, tokenizer=None) -> AlignedCorpus:
 
 def aligned_examples(cfg: DictConfig, tokenizer, corpus: AlignedCorpus, heldout: bool = False):
     """Span examples for the adjustment loss (or, held out, for distance probes
-    on words only)."""
+    on words only).  Sentences are encoded whole up to the model's input
+    limit (the tokenizer's ``model_max_length``: 512 for mBERT and e5_small),
+    as the paper's ``WordLevelBert`` encodes them; ``corpus.max_words`` (64)
+    keeps them far below it."""
     from xlt.data.words import build_aligned_examples
 
     tokens = TokensConfig(name="words", use_words=True, use_cls=False, use_sep=False) if heldout else cfg.tokens
     pairs, alignments = (corpus.heldout, corpus.heldout_alignments) if heldout else (corpus.train, corpus.train_alignments)
     return build_aligned_examples(
-        tokenizer, pairs, alignments, cfg.aggregation.name, tokens, max_length=128, drop_identical=cfg.aligner.drop_identical,
-        regularize=cfg.adjustment.regularize,
+        tokenizer, pairs, alignments, cfg.aggregation.name, tokens, max_length=tokenizer.model_max_length,
+        drop_identical=cfg.aligner.drop_identical, regularize=cfg.adjustment.regularize,
     )
 
 
