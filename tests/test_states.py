@@ -139,3 +139,56 @@ def test_a_pickle_with_a_side_effect_is_not_run(tmp_path):
         encoder_state_dict(evil)
     assert not marker.exists()
     assert "\n" not in str(err.value)
+
+
+def test_a_fine_tuning_built_otherwise_is_never_used_silently(tiny_cache, tmp_path, monkeypatch):
+    """A checkpoint folder matching a job's settings is skipped, with a
+    warning naming why, when its training file was edited since, when another
+    stage version built it, or when its record predates both."""
+    import shutil
+
+    from xlt import keys
+
+    root = tmp_path / "data"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "demo" / "nli", root / "nli")
+    cfg = job(tmp_path, tiny_cache, "data=demo", f"data.root={root}")
+    checkpoint = finish_training(cfg, tmp_path / "run")
+    record = json.loads((checkpoint.parent / TRAINING_RECORD).read_text())
+    assert record["stage_version"] == {"finetune": keys.STAGE_VERSION["finetune"]} and record["inputs"]
+    (state,) = find_states(cfg, ["original_ft"], None, None, pytest.fail)
+    assert state.source == str(checkpoint)
+
+    def lookup() -> list[str]:
+        warnings: list[str] = []
+        with pytest.raises(XltError, match="no model state"):
+            find_states(cfg, ["original_ft"], None, None, warnings.append)
+        return warnings
+
+    monkeypatch.setitem(keys.STAGE_VERSION, "finetune", keys.STAGE_VERSION["finetune"] + 1)
+    assert "not used: it was built by stage versions" in caplog_of(lookup)
+    monkeypatch.undo()
+    train = root / "nli" / "xnli" / "dev-en.tsv"
+    train.write_text(train.read_text(encoding="utf-8"), encoding="utf-8")  # rewritten, same content: still used
+    assert find_states(cfg, ["original_ft"], None, None, pytest.fail)[0].source == str(checkpoint)
+    lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    train.write_text("".join(lines[:-1]), encoding="utf-8")  # one training pair fewer
+    assert f"its input {train} has changed since it was trained" in caplog_of(lookup)
+    legacy = {k: v for k, v in record.items() if k not in keys.BUILD_FIELDS}
+    (checkpoint.parent / TRAINING_RECORD).write_text(json.dumps(legacy))
+    assert "its record predates stage versions" in caplog_of(lookup)
+
+
+def caplog_of(lookup) -> str:
+    """The log of ``xlt.stages.states`` while ``lookup`` runs."""
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("xlt.stages.states")
+    logger.addHandler(handler)
+    try:
+        lookup()
+    finally:
+        logger.removeHandler(handler)
+    return "\n".join(records)

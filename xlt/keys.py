@@ -225,14 +225,50 @@ def job_hash(cfg: DictConfig, with_seed: bool = True) -> str:
 
 
 def training_hash(cfg: DictConfig) -> str:
-    """Hash of what changes the fine-tuned model (:func:`training_config`),
-    the content of its input files and the stage versions."""
+    """Hash of :func:`training_record`: names the checkpoint folder."""
+    return config_hash(training_record(cfg))
+
+
+def training_record(cfg: DictConfig) -> dict[str, Any]:
+    """What the fine-tuned model depends on: :func:`training_config`, the
+    content of its input files (``inputs``) and the stage versions
+    (``stage_version``).  Its hash names the checkpoint folder, which
+    records it (``TRAINING_RECORD``): readers find a fine-tuned state by its
+    settings and check its build with :func:`stale_build`."""
     payload = training_config(OmegaConf.to_container(cfg, resolve=True))
     files = model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else [])
     payload["inputs"] = checksums(cfg, files)
-    payload["stage_version"] = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if cfg.mode.adjust else ("finetune",))}
-    payload["stage_version"].update(subword_version(cfg) if cfg.mode.adjust else {})
-    return config_hash(payload)
+    payload["stage_version"] = training_versions(bool(cfg.mode.adjust), cfg.aggregation.name)
+    return payload
+
+
+def training_versions(adjusts: bool, aggregation: str) -> dict[str, int]:
+    """The stage versions a fine-tuning is built by: its own, and when its
+    mode adjusts, those of the alignment and the adjustment."""
+    versions = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if adjusts else ("finetune",))}
+    return {**versions, **({"subword_align": SUBWORD_ALIGN_VERSION} if adjusts and aggregation == "subword" else {})}
+
+
+# What a training record says about how the model was built, apart from its settings.
+BUILD_FIELDS = ("inputs", "stage_version")
+
+
+def stale_build(record: dict[str, Any], cache_dir: str) -> str | None:
+    """Why the fine-tuning a :data:`TRAINING_RECORD` describes is not what
+    this code would build from its settings today: another stage version,
+    an input file changed (or gone) since; None when neither.  A record
+    written before xlt recorded them is reported as such."""
+    if any(field not in record for field in BUILD_FIELDS):
+        return "its record predates stage versions and input checksums (an older xlt): retrain it"
+    adjusts = bool((record.get("mode") or {}).get("adjust"))
+    expected = training_versions(adjusts, (record.get("aggregation") or {}).get("name", ""))
+    if record["stage_version"] != expected:
+        return f"it was built by stage versions {record['stage_version']}, this code's are {expected}"
+    for path, recorded in record["inputs"].items():
+        now = content_checksum(path, cache_dir) if os.path.isfile(path) else "missing"
+        if now != recorded:
+            return f"its input {path} has changed since it was trained"
+    return None
 
 
 def adjusted_key(cfg: DictConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from xlt.checkpoints import DONE, LAST, State, beside_last, shapes_of, usable_st
 from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
-from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_config
+from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_record
 from xlt.models.inputs import model_inputs
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
@@ -324,7 +324,7 @@ def link_checkpoints(out: Path, checkpoints: Path, cfg: DictConfig) -> None:
     record = checkpoints / TRAINING_RECORD
     if not record.exists():
         try:
-            write_json(record, training_config(OmegaConf.to_container(cfg, resolve=True)))
+            write_json(record, training_record(cfg))
         except PermissionError:  # a read-only cache: readers cannot find this state by its record
             log.warning("cannot write %s (read-only cache): other jobs will not find this checkpoint by its settings", record)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 from xlt import results
 from xlt.config import STATES
 from xlt.errors import XltError
-from xlt.keys import TRAINING_RECORD, training_config
+from xlt.keys import BUILD_FIELDS, TRAINING_RECORD, stale_build, training_config
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ def finetuned_checkpoint(cfg: DictConfig, mode: str, task: str) -> Path:
     holds it under that mode (``xlt.keys.training_config``), except the
     trainer (a state trained on a GPU is evaluated anywhere) and, unless
     ``cfg`` is itself a job of ``task``, the task's settings (a retrieval
-    job knows the fine-tuning task by name only).  None found: FileNotFoundError
+    job knows the fine-tuning task by name only).  A match built by other
+    stage versions or from input files changed since (``keys.stale_build``)
+    is skipped with a warning.  None found: FileNotFoundError
     naming where it looked; several: XltError listing them.
     """
     root = Path(cfg.paths.cache_dir) / "checkpoints"
@@ -146,8 +148,13 @@ def finetuned_checkpoint(cfg: DictConfig, mode: str, task: str) -> Path:
         if (theirs.get("mode") or {}).get("name") != mode or (theirs.get("task") or {}).get("name") != task:
             continue
         mine = training_config({**ours, "mode": theirs["mode"]})
-        skip = {"trainer"} | ({"task"} if cfg.task.name != task else set())
+        skip = {"trainer", *BUILD_FIELDS} | ({"task"} if cfg.task.name != task else set())
         if all(mine.get(key) == value for key, value in theirs.items() if key not in skip):
+            stale = stale_build(theirs, cfg.paths.cache_dir)
+            if stale is not None:  # the settings match, the build does not: never used silently
+                log.warning("%s: a finished %s fine-tuning with these settings, not used: %s",
+                            record.parent, task, stale)
+                continue
             found.append(record.parent / "last.ckpt")
     if len(found) > 1:
         raise XltError(f"{len(found)} finished {task} fine-tunings in mode={mode} match this job "
