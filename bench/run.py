@@ -257,7 +257,7 @@ def bench_task(task_name: str, args: argparse.Namespace, ctx: dict[str, Any], se
           flush=True)
     run_interleaved(variants, warmup, steps, f"{section}/{task_name}")
     result: dict[str, Any] = {
-        "train_file": task.local_path(cfg.task.local["train"]),
+        "train_file": task.local_path("train"),
         "train_sentences": len(features),
         "mean_task_tokens": round(statistics.mean(lengths), 1),
         "task_batch_size": cfg.task.batch_size,
@@ -284,7 +284,13 @@ def bench_task(task_name: str, args: argparse.Namespace, ctx: dict[str, Any], se
 # ---------------------------------------------------------------------------
 # Adjustment throughput: xlt's step against a naive reference
 # ---------------------------------------------------------------------------
-NAIVE_LENGTH = 128  # aligned_examples truncates sentences to 128 subwords
+NAIVE_LENGTH = 128  # the fixed padding of simple published code (pad_to_max_length=128)
+
+
+def naive_length(aligned: list[Any]) -> int:
+    """The naive reference's fixed padding: 128, or the longest sentence of the
+    aligned set when one is longer (the adjustment encodes sentences whole)."""
+    return max(NAIVE_LENGTH, *(max(len(e.en_ids), len(e.tgt_ids)) for e in aligned))
 
 
 def collate_fixed(examples: list[Any], pad_id: int, length: int = NAIVE_LENGTH) -> Batch:
@@ -364,7 +370,8 @@ def check_same_loss(encoder, reference, aligned, pad: int, cfg, indices: list[in
     with torch.no_grad():
         ours = AlignmentLoss(reference, cfg.adjustment.target, reduction=cfg.adjustment.reduction)(
             model, collate_aligned(examples, pad, indices))
-        naive = NaiveAlignmentLoss(reference, cfg.adjustment.target, cfg.adjustment.reduction)(model, collate_fixed(examples, pad))
+        naive = NaiveAlignmentLoss(reference, cfg.adjustment.target, cfg.adjustment.reduction)(
+            model, collate_fixed(examples, pad, naive_length(aligned)))
     values: dict[str, Any] = {}
     for name in ("pairs", "regularizer", "total"):
         if name == "total":
@@ -391,7 +398,8 @@ def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str
     def batch_indices(i: int) -> list[int]:
         return [order[(i * size + k) % len(order)] for k in range(size)]
 
-    print(f"\n== adjustment: batch {size} pairs, {len(aligned)} aligned pairs; xlt vs naive (padded to {NAIVE_LENGTH})",
+    length = naive_length(aligned)
+    print(f"\n== adjustment: batch {size} pairs, {len(aligned)} aligned pairs; xlt vs naive (padded to {length})",
           flush=True)
     check = check_same_loss(ctx["encoder"], ctx["reference"], aligned, pad, cfg, batch_indices(0))
 
@@ -437,7 +445,7 @@ def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str
     def naive_step(i: int) -> dict[str, float]:
         naive_loss.reference_seconds = 0.0
         t0 = time.perf_counter()
-        batch = collate_fixed([aligned[j] for j in batch_indices(i)], pad)
+        batch = collate_fixed([aligned[j] for j in batch_indices(i)], pad, length)
         t1 = time.perf_counter()
         terms = naive_loss(naive_encoder, batch)
         loss = terms["pairs"] + mode.reg_weight * terms["regularizer"]
@@ -449,7 +457,7 @@ def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str
         naive_opt.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
         if i >= args.adjust_warmup:
-            positions["naive"].append((2 * size * NAIVE_LENGTH, size * NAIVE_LENGTH))
+            positions["naive"].append((2 * size * length, size * length))
         return {"total": t4 - t0, "collate": t1 - t0, "forward": t2 - t1 - naive_loss.reference_seconds,
                 "reference_forward": naive_loss.reference_seconds, "backward": t3 - t2, "optimizer": t4 - t3}
 
@@ -457,6 +465,7 @@ def bench_adjust(args: argparse.Namespace, ctx: dict[str, Any], cfg) -> dict[str
     run_interleaved(variants, args.adjust_warmup, args.adjust_steps, "adjust")
     result: dict[str, Any] = {
         "batch_pairs": size,
+        "naive_padding": length,
         "timed_steps": args.adjust_steps,
         "warmup_steps": args.adjust_warmup,
         "mean_real_tokens_per_batch": round(statistics.mean(real_tokens), 1),
@@ -573,7 +582,7 @@ def print_table(results: dict[str, Any]) -> None:
     if "adjust" in results:
         a = results["adjust"]
         print(f"\n3. Adjustment throughput: batch {a['batch_pairs']} pairs, xlt (bucketed en+tgt forward, f0 on English "
-              f"only, fused Adam) vs naive (en / tgt / f0 each padded to {NAIVE_LENGTH}); interleaved, "
+              f"only, fused Adam) vs naive (en / tgt / f0 each padded to {a.get('naive_padding', NAIVE_LENGTH)}); interleaved, "
               f"{a['timed_steps']} timed steps after {a['warmup_steps']} warm-up")
         print(f"{'variant':<8} {'s/step':>7} {'pairs/s':>8} {'sent/s':>7} {'speedup':>8}  {'positions enc|f0':>17}   "
               "median phases (s): collate | forward | f0 fwd | backward | optimizer")
