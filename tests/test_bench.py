@@ -17,13 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow  # ~20 s
-def test_the_bench_runs_and_checks_its_own_loss(tmp_path):
+def test_the_bench_runs_and_checks_its_own_loss(tmp_path, tiny_cache):
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, "bench/run.py", "--model", "tiny", "--tasks", "nli", "--steps", "2", "--warmup", "1",
          "--cache-task", "none", "--adjust-steps", "2", "--adjust-warmup", "1", "--peer-steps", "0", "--eval-rounds", "0",
          "--align-sizes", "0", "--train-sizes", "0", "--qa-sizes", "0", "--threads", "1",
-         "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+         "--cache-dir", str(tiny_cache), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(out.read_text())
