@@ -245,8 +245,13 @@ def training_record(cfg: DictConfig) -> dict[str, Any]:
 def training_versions(adjusts: bool, aggregation: str) -> dict[str, int]:
     """The stage versions a fine-tuning is built by: its own, and when its
     mode adjusts, those of the alignment and the adjustment."""
-    versions = {k: STAGE_VERSION[k] for k in (("align", "adjust", "finetune") if adjusts else ("finetune",))}
-    return {**versions, **({"subword_align": SUBWORD_ALIGN_VERSION} if adjusts and aggregation == "subword" else {})}
+    return stage_versions(("align", "adjust", "finetune") if adjusts else ("finetune",), aggregation)
+
+
+def stage_versions(stages: tuple[str, ...], aggregation: str) -> dict[str, int]:
+    """``STAGE_VERSION`` of ``stages``, and :func:`subword_version` when they
+    include the alignment."""
+    return {**{k: STAGE_VERSION[k] for k in stages}, **(subword_version(aggregation) if "align" in stages else {})}
 
 
 # What a training record says about how the model was built, apart from its settings.
@@ -280,7 +285,7 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     key["trainer"] = _adjustment_trainer(cfg)
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
     key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)),
-               stage_version={**{k: STAGE_VERSION[k] for k in ("align", "adjust")}, **subword_version(cfg)})
+               stage_version=stage_versions(("align", "adjust"), cfg.aggregation.name))
     return key
 
 
@@ -401,14 +406,14 @@ def alignment_key(cfg: DictConfig) -> dict[str, Any]:
         "aligner": {k: v for k, v in aligner.items() if k not in ALIGNMENT_FREE},
         "subword_tokenizer": tokenizer_key(cfg) if cfg.aggregation.name == "subword" else None,
         "stage_version": STAGE_VERSION["align"],
-        **subword_version(cfg),
+        **subword_version(cfg.aggregation.name),
     }
 
 
-def subword_version(cfg: DictConfig) -> dict[str, int]:
+def subword_version(aggregation: str) -> dict[str, int]:
     """``{"subword_align": SUBWORD_ALIGN_VERSION}`` for a subword alignment and
     what is built on it, ``{}`` otherwise: word-level keys stay as they were."""
-    return {"subword_align": SUBWORD_ALIGN_VERSION} if cfg.aggregation.name == "subword" else {}
+    return {"subword_align": SUBWORD_ALIGN_VERSION} if aggregation == "subword" else {}
 
 
 def tokenizer_key(cfg: DictConfig) -> dict[str, Any]:
