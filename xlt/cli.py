@@ -136,6 +136,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Mid-epoch resume is exact: SamplerPosition restores the sampler's epoch
+    # and batch from every checkpoint, which Lightning cannot see.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def dispatch(cfg) -> float | None:
