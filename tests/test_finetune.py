@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertModel, get_scheduler
 
 from tests.helpers import make_task
-from xlt.models.finetune import EpochShuffleSampler, FineTuneModule
+from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, batch_seed
 
 CONFIG = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -63,3 +63,17 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
         shard.shard(rank, 2)
         shards.append(list(shard))
     assert shards == [epoch1[0::2], epoch1[1::2]] and len(shard) == 5
+
+
+@pytest.mark.parametrize("seed", [1, 2**32 - 1])
+def test_every_allowed_seed_seeds_the_batches(seed):
+    """The per-batch dropout seed stays within torch's range for the largest
+    job seed the config allows (it overflowed from seed ~2.9M), and keeps its
+    old value for the seeds studies used."""
+    module = FineTuneModule(BertModel(CONFIG, add_pooling_layer=False), task_of("xnli"), lr=5e-5, seed=seed)
+    module._trainer = SimpleNamespace(current_epoch=2, global_rank=1)
+    module.on_train_batch_start(None, 12_000)
+    first = torch.rand(3)
+    torch.manual_seed(batch_seed(seed, 2, 12_000, 1))
+    assert torch.equal(torch.rand(3), first)
+    assert batch_seed(5, 2, 12_000, 1) == ((5 * 100_003 + 2) * 1_000_003 + 12_000) * 64 + 1

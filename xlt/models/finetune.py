@@ -101,6 +101,14 @@ def decays(name: str) -> bool:
     return not ("bias" in name or "LayerNorm.weight" in name or "norm" in name.lower())
 
 
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The RNG seed of one training batch on one process.  Reduced modulo
+    2**63, which ``torch.manual_seed`` accepts for every job seed the config
+    allows (< 2**32); smaller products, i.e. every seed below ~2.9M, keep
+    the values that seeded their dropout before the reduction."""
+    return (((seed * 100_003 + epoch) * 1_000_003 + batch) * 64 + rank) % 2**63
+
+
 class SamplerPosition(L.Callback):
     """Saves where the training sampler stands (epoch, batches done in it) in
     every checkpoint and restores it on resume, so a run killed mid-epoch
@@ -161,7 +169,7 @@ class FineTuneModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # RNG (dropout) seeded per batch and process: a run resumed mid-epoch
         # draws the same masks as an uninterrupted one without saving RNG states.
-        torch.manual_seed(((self.seed * 100_003 + self.current_epoch) * 1_000_003 + batch_idx) * 64 + self.global_rank)
+        torch.manual_seed(batch_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
 
     def on_fit_start(self) -> None:
         if self.objective is not None:
