@@ -127,6 +127,19 @@ def test_a_pool_larger_than_the_corpus_is_all_of_it(tmp_path: Path, caplog) -> N
     assert len(_pool_lines(aligned.path)) == 11 and "has only 11 usable pairs" in caplog.text
 
 
+def test_a_carriage_return_inside_a_line_is_a_space(tmp_path: Path) -> None:
+    """Web corpora carry stray CRs: one inside a fast_align token must neither
+    split the written pool's line nor stay inside a word."""
+    corpus = Path(_corpus(tmp_path, n=12))
+    lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2] = "t2 x\ry ||| e2 a b c\r\n"  # a CR inside a target token, and a CRLF ending
+    corpus.write_bytes("".join(lines).encode("utf-8"))
+    aligned = align_stage(_cfg(tmp_path, str(corpus), "corpus.pool_size=100", "corpus.size=8"))
+    pairs = [*aligned.train, *aligned.heldout]
+    assert len(_pool_lines(aligned.path)) == 11
+    assert ["t2", "x", "y"] in [p.target for p in pairs] and not any("\r" in w for p in pairs for w in p.target)
+
+
 def test_a_corpus_too_small_for_the_size_fails_before_the_aligner_runs(tmp_path: Path, monkeypatch) -> None:
     """corpus.size beyond what the corpus holds (the README once showed
     corpus.size=30000 on the 28.9K-pair en-ru default): one line before

@@ -58,7 +58,10 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
     Decodes line by line so that invalid UTF-8 is reported at its line.  One
     blank last line (an editor's extra newline) is skipped; any other blank
     line reaches the parser, which reports it.  A file cut mid-line (its last
-    line lacks a column) fails in the parser at ``file:line``.
+    line lacks a column) fails in the parser at ``file:line``.  A carriage
+    return inside a line (web corpora have stray ones) is a space: Moses
+    splits on it anyway, and a ``fast_align`` token holding one would break
+    the line-based files the alignment writes.
     """
     pending: tuple[int, str] | None = None
     with _open_binary(path) as handle:
@@ -71,7 +74,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 text = text.lstrip("\ufeff")  # byte-order mark
             if pending is not None:
                 yield pending
-            pending = (number, text.rstrip("\r\n"))
+            pending = (number, text.rstrip("\r\n").replace("\r", " "))
     if pending is not None and (pending[0] == 1 or pending[1].strip()):
         yield pending
 
