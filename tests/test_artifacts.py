@@ -153,7 +153,7 @@ def test_reusing_an_artifact_takes_no_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "_memo", {})
     assert build_once(target, pytest.fail) == target
     monkeypatch.setattr(artifacts.os, "access", lambda *a: False)
-    with artifacts.lock_unless_read_only(tmp_path / "checkpoints" / "train.lock"):
+    with artifacts.lock_unless_read_only(tmp_path / "checkpoints" / "train.lock", "a training"):
         pass
 
 
@@ -189,3 +189,39 @@ def test_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch):
     with pytest.raises(XltError, match=r"writing .*results.json: needs 2 B, .* free there"):
         atomic_write_text(tmp_path / "run" / "results.json", "{}")
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_job_waiting_for_a_lock_says_so_until_it_gets_it(tmp_path, monkeypatch, caplog):
+    """A job waiting for a sibling's build or training logs why it is idle,
+    again every progress interval, and when it goes on (its Slurm .out would
+    otherwise be silent for hours)."""
+    import logging
+    import threading
+
+    from filelock import FileLock
+
+    from xlt.artifacts import lock_unless_read_only
+
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")  # one line a second, the floor
+    path = tmp_path / "train.lock"
+    holder = FileLock(str(path), thread_local=False)  # released by the other thread
+    holder.acquire()
+
+    def release_once_reported() -> None:
+        deadline = time.monotonic() + 60
+        while not any("still waiting" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        holder.release()
+
+    releaser = threading.Thread(target=release_once_reported)
+    with caplog.at_level(logging.INFO, logger="xlt.artifacts"):
+        releaser.start()
+        with lock_unless_read_only(path, "the training in X"):
+            held = FileLock(str(path))
+            with pytest.raises(Exception):
+                held.acquire(timeout=0)  # really held by this job now
+    releaser.join()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == f"waiting for the training in X: another job holds {path}"
+    assert any(m.startswith("still waiting for the training in X (") for m in messages)
+    assert messages[-1].startswith("done waiting for the training in X (")

@@ -98,7 +98,7 @@ def _build_lock(path: Path, lock: Path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         guard = FileLock(str(lock))
-        guard.acquire()
+        acquire_saying(guard, f"{path}")
     except OSError as err:
         from xlt.errors import XltError
 
@@ -152,13 +152,46 @@ def _set_aside(path: Path, reason: str) -> Path:
     return aside
 
 
-def lock_unless_read_only(path: Path):
-    """A file lock at ``path``, or none where its folder cannot be written:
-    reading a finished artifact from a read-only cache needs no lock."""
-    if os.access(path.parent, os.W_OK):
-        return FileLock(str(path))
-    log.info("%s is read-only: using its artifacts without a lock", path.parent)
-    return contextlib.nullcontext()
+def acquire_saying(lock: FileLock, what: str) -> None:
+    """Take ``lock``; while another job holds it, say so in the log, then
+    again every progress interval (``xlt.progress.interval_s``).  A job
+    waiting for a sibling's alignment, adjustment or fine-tuning can wait
+    hours: its console and Slurm ``.out`` must show why it is idle."""
+    from filelock import Timeout
+
+    from xlt.progress import duration, interval_s
+
+    try:
+        lock.acquire(timeout=0)
+        return
+    except Timeout:
+        pass
+    start = time.monotonic()
+    log.info("waiting for %s: another job holds %s", what, lock.lock_file)
+    while True:
+        try:
+            lock.acquire(timeout=max(interval_s(), 1.0))
+            log.info("done waiting for %s (%s)", what, duration(time.monotonic() - start))
+            return
+        except Timeout:
+            log.info("still waiting for %s (%s; lock %s)", what, duration(time.monotonic() - start), lock.lock_file)
+
+
+@contextlib.contextmanager
+def lock_unless_read_only(path: Path, what: str):
+    """Hold the file lock at ``path`` (waiting with log lines, ``acquire_saying``),
+    or none where its folder cannot be written: reading a finished artifact
+    from a read-only cache needs no lock."""
+    if not os.access(path.parent, os.W_OK):
+        log.info("%s is read-only: using its artifacts without a lock", path.parent)
+        yield
+        return
+    lock = FileLock(str(path))
+    acquire_saying(lock, what)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _share(directory: Path) -> None:

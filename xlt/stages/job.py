@@ -157,7 +157,8 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     micro_batch = micro_batch_size(cfg, trainer.world_size)
     loader = task_loader(task, tokenizer, train, micro_batch, cfg.seed, cfg.trainer.num_workers)
     trainer.callbacks.insert(0, SamplerPosition(loader))
-    with lock_unless_read_only(checkpoints / "train.lock") if trainer.global_rank == 0 else nullcontext():
+    lock = lock_unless_read_only(checkpoints / "train.lock", f"the training in {checkpoints}")
+    with lock if trainer.global_rank == 0 else nullcontext():
         state = usable_state(checkpoints, shapes_of(module))
         if state.kind == "finished":  # a twin (or an earlier run) finished this training: reuse its weights
             rewind_curve(loggers, 0, checkpoints.name)  # this job trains nothing: no curve
