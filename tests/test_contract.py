@@ -153,6 +153,8 @@ RANGES = {
     "task.epochs=abc": "Error merging override task.epochs=abc: Value 'abc' of type 'str' could not be converted to Float",
     "task.bogus=1": "Could not override 'task.bogus'",
     "lang=xx": f"unknown lang 'xx'; valid: {', '.join(sorted(p.stem for p in (CONF_DIR / 'lang').glob('*.yaml')))}",
+    # a misspelt preset ran the default job while the group was optional
+    "experiment=table9": "unknown experiment 'table9'; valid: demo, demo_sweep, table2_nli",
     "task=retrieval task.options.layer=foo": "task.options.layer=foo: must be a layer index >= 0 or 'all'",
     "task=qa +task.options.n_bets=3": "Key 'n_bets' not in 'QaOptions' (task=qa options: doc_stride, n_best",
     "mode=continual mode.adjust=false": "mode=continual: continual=true needs adjust=true",
