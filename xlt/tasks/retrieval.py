@@ -202,7 +202,6 @@ class RetrievalTask(StateEvaluationTask):
         cpu: dict[str, float] = {}  # CPU seconds: comparable on a shared machine, unlike wall-clock
         for state in states:
             clock, cpu_clock = time.time(), time.process_time()
-            torch.manual_seed(cfg.seed)  # model=tiny is randomly initialised: the same weights every run
             encoder = state.load().to(device)
             depth = num_layers(encoder)
             layers = list(range(depth)) if options.layer == "all" else [int(options.layer)]
