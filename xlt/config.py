@@ -35,6 +35,12 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group shipped in ``conf/`` (``mode``:
+    adjusted, continual, original): its YAML files are the one list."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
 # ---------------------------------------------------------------------------
 # Valid values (one place; the modules that act on them import them)
 # ---------------------------------------------------------------------------
