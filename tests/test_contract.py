@@ -273,3 +273,23 @@ def test_a_made_up_language_composes_from_one_yaml_file(tmp_path, monkeypatch, c
     message = one_line_error(monkeypatch, capsys, f"hydra.searchpath=[file://{tmp_path}]", "lang=yy")
     shipped = sorted(p.stem for p in (CONF_DIR / "lang").glob("*.yaml"))
     assert message == f"unknown lang 'yy'; valid: {', '.join(sorted([*shipped, 'xx']))}"
+
+
+# ---- a new researcher's mistakes (walkthrough audit): one line, before anything runs ----
+WALKTHROUGH = {
+    "task=retrieval task.options.states=[bogus]":
+        "task.options.states: unknown state 'bogus'; valid: original, adjusted, original_ft, adjusted_ft, continual, "
+        "or a name given a path in task.options.checkpoints",
+    "task=retrieval task.options.checkpoints={original_ft:/nonexistent.ckpt}":
+        "task.options.checkpoints.original_ft=/nonexistent.ckpt: no such file",
+    "task=retrieval task.options.checkpoints={mine:/typo} task.options.states=[original,mine]":
+        "task.options.checkpoints.mine=/typo: no such file",
+}
+
+
+@pytest.mark.parametrize("overrides", list(WALKTHROUGH))
+def test_retrieval_states_and_paths_are_checked_before_launch(monkeypatch, capsys, overrides):
+    """A sweep launched every job with a bogus state, each failing; a
+    checkpoint path that does not exist was a warning and an "ok" job."""
+    assert one_line_error(monkeypatch, capsys, *overrides.split()) == WALKTHROUGH[overrides]
+
