@@ -275,23 +275,25 @@ def listed(items: list[str], most: int = 10) -> str:
                                       if len(items) > most else "")
 
 
-def with_override(argv: list[str], override: str) -> list[str]:
-    """``argv`` with ``override`` beside its other overrides: Hydra's parser
+def with_override(argv: list[str], *overrides: str) -> list[str]:
+    """``argv`` with ``overrides`` beside its other overrides: Hydra's parser
     takes the overrides as one run of words, so one put before a flag
     (``xlt-align command=align -m lang=ru``) left the rest unrecognised."""
     first = next((i for i, arg in enumerate(argv) if i > 0 and "=" in arg and not arg.startswith("-")), len(argv))
-    return [*argv[:first], override, *argv[first:]]
+    return [*argv[:first], *overrides, *argv[first:]]
 
 
 def align_main() -> None:
-    """``xlt-align [overrides]``: sample and word-align a corpus (cached)."""
-    sys.argv = with_override(sys.argv, "command=align")
+    """``xlt-align [overrides]``: word-align a corpus (cached); its --help is
+    ``conf/hydra/help/xlt_align.yaml``."""
+    sys.argv = with_override(sys.argv, "command=align", "hydra/help=xlt_align")
     main()
 
 
 def adjust_main() -> None:
-    """``xlt-adjust [overrides]``: adjust an encoder (cached), no fine-tuning."""
-    sys.argv = with_override(sys.argv, "command=adjust")
+    """``xlt-adjust [overrides]``: adjust an encoder (cached), no fine-tuning;
+    its --help is ``conf/hydra/help/xlt_adjust.yaml``."""
+    sys.argv = with_override(sys.argv, "command=adjust", "hydra/help=xlt_adjust")
     main()
 
 
