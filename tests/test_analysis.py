@@ -257,3 +257,13 @@ def test_read_only_out_fails_before_measuring(tmp_path, capsys, monkeypatch):
     assert cli.main(["model=tiny", f"--out={out / 'analysis'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not writable" in err and str(out) in err and "\n" not in err
+
+
+def test_a_state_path_that_does_not_exist_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """states.<name>=/typo was a warning, and the run went on without it."""
+    from xlt.analysis import cli
+
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured with a missing state path"))
+    assert cli.main(["model=tiny", f"states.mine={tmp_path / 'typo'}", f"--out={tmp_path / 'analysis'}"]) == 2
+    assert capsys.readouterr().err == f"xlt-analyze: error: states.mine={tmp_path / 'typo'}: no such file\n"
+    assert not (tmp_path / "analysis").exists()

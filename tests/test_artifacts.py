@@ -47,11 +47,54 @@ def test_failed_build_leaves_nothing(tmp_path):
         build_once(tmp_path / "artifact", explode)
     assert not (tmp_path / "artifact").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("artifact.tmp")]
+    assert not (tmp_path / "artifact.lock").exists()  # no empty lock beside a failed build (walkthrough audit)
     (tmp_path / "artifact.tmpKILLED").mkdir()  # what a SIGKILLed builder leaves
     # The next job builds it normally.
     built = build_once(tmp_path / "artifact", lambda tmp: (tmp / "x").write_text("1"))
     assert (built / "x").read_text() == "1"
     assert not (tmp_path / "artifact.tmpKILLED").exists()
+
+
+def _first_fails(tmp: Path) -> None:
+    """Each build logs its start and end; the first one fails."""
+    log = Path(os.environ["XLT_TEST_COUNTER"])
+    with log.open("a") as out:
+        out.write(f"start {time.monotonic()}\n")
+    time.sleep(0.5)  # the others wait on the lock meanwhile
+    failed = "fail" in log.read_text()
+    with log.open("a") as out:
+        out.write(f"end {time.monotonic()}\n" + ("" if failed else "fail\n"))
+    if not failed:
+        raise RuntimeError("first build fails")
+    (tmp / "payload.txt").write_text("ok")
+
+
+def _build_or_fail(path: str) -> None:
+    try:
+        build_once(path, _first_fails)
+    except RuntimeError:
+        pass
+
+
+def test_waiters_of_a_failed_build_build_it_one_at_a_time(tmp_path, monkeypatch):
+    """The failed builder removes its lock while it still holds it: a waiter
+    then builds, alone (the others, also those that opened the removed
+    file, wait for it and reuse its artifact), and no lock file is left."""
+    log = tmp_path / "log.txt"
+    monkeypatch.setenv("XLT_TEST_COUNTER", str(log))
+    target = tmp_path / "artifact"
+    context = mp.get_context("fork")
+    workers = [context.Process(target=_build_or_fail, args=(str(target),)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+        time.sleep(0.1)
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    events = [line.split() for line in log.read_text().splitlines() if line != "fail"]
+    assert [kind for kind, _ in events] == ["start", "end", "start", "end"]  # two builds, never at once
+    assert (target / "payload.txt").read_text() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "log.txt"]
 
 
 def test_atomic_write_and_hash(tmp_path):
@@ -180,7 +223,7 @@ def test_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch):
 
     with pytest.raises(XltError, match=r"no space left on device writing .*artifact.tmp.*: failed after 4.9 KB, .* free there"):
         build_once(tmp_path / "artifact", fill)
-    assert [p.name for p in tmp_path.iterdir()] == ["artifact.lock"]  # no artifact, no temporary directory
+    assert [p.name for p in tmp_path.iterdir()] == []  # no artifact, no temporary directory, no lock
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from xlt import cli
 
 
@@ -57,3 +59,31 @@ def test_xlt_align_imports_neither_torch_nor_lightning(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "alignments:" in proc.stdout and "imported:\n" in proc.stdout, proc.stdout[-2000:]
+
+
+def help_of(monkeypatch, capsys, entry, command: str) -> str:
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        entry()
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_each_command_has_its_own_help_saying_where_results_go(monkeypatch, capsys, tmp_path):
+    """xlt-align and xlt-adjust printed xlt's help word for word (walkthrough
+    audit); each says what it does, where its results go and its options,
+    and xlt's says where a job's outputs and the cache are."""
+    monkeypatch.setenv("XLT_CACHE_DIR", str(tmp_path / "cache"))
+    xlt = help_of(monkeypatch, capsys, cli.main, "xlt")
+    align = help_of(monkeypatch, capsys, cli.align_main, "xlt-align")
+    adjust = help_of(monkeypatch, capsys, cli.adjust_main, "xlt-adjust")
+    assert xlt.startswith("xlt: cross-lingual adjustment") and "outputs/<date>/<time>/" in xlt
+    assert f"Cache: {tmp_path / 'cache'} (paths.cache_dir, or $XLT_CACHE_DIR)" in xlt
+    assert align.startswith("xlt-align: word-align a parallel corpus")
+    assert f"{tmp_path / 'cache'}/alignments/<lang>-<corpus>-<aligner>-<hash>/" in align
+    assert "aligner.export=FILE" in align and "corpus.pool_size" in align
+    assert adjust.startswith("xlt-adjust: adjust an encoder")
+    assert f"{tmp_path / 'cache'}/adjusted/<model>-<lang>-" in adjust and "adjustment.*" in adjust
+    assert "One job = adjust" not in align + adjust
+    footer = "Override anything with key=value; see README.md."
+    assert all(footer in text and "== Configuration groups ==" in text for text in (xlt, align, adjust))

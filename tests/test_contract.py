@@ -273,3 +273,54 @@ def test_a_made_up_language_composes_from_one_yaml_file(tmp_path, monkeypatch, c
     message = one_line_error(monkeypatch, capsys, f"hydra.searchpath=[file://{tmp_path}]", "lang=yy")
     shipped = sorted(p.stem for p in (CONF_DIR / "lang").glob("*.yaml"))
     assert message == f"unknown lang 'yy'; valid: {', '.join(sorted([*shipped, 'xx']))}"
+
+
+# ---- a new researcher's mistakes (walkthrough audit): one line, before anything runs ----
+WALKTHROUGH = {
+    "task=retrieval task.options.states=[bogus]":
+        "task.options.states: unknown state 'bogus'; valid: original, adjusted, original_ft, adjusted_ft, continual, "
+        "or a name given a path in task.options.checkpoints",
+    "task=retrieval task.options.checkpoints={original_ft:/nonexistent.ckpt}":
+        "task.options.checkpoints.original_ft=/nonexistent.ckpt: no such file",
+    "task=retrieval task.options.checkpoints={mine:/typo} task.options.states=[original,mine]":
+        "task.options.checkpoints.mine=/typo: no such file",
+}
+
+
+@pytest.mark.parametrize("overrides", list(WALKTHROUGH))
+def test_retrieval_states_and_paths_are_checked_before_launch(monkeypatch, capsys, overrides):
+    """A sweep launched every job with a bogus state, each failing; a
+    checkpoint path that does not exist was a warning and an "ok" job."""
+    assert one_line_error(monkeypatch, capsys, *overrides.split()) == WALKTHROUGH[overrides]
+
+
+@pytest.mark.parametrize("show", [("--cfg", "job"), ("-c", "job"), ("--info",), ("--package", "task")])
+def test_a_dry_run_checks_the_config_as_a_run_would(monkeypatch, capsys, show):
+    """``--cfg job`` (the README's dry run) skipped every check: an invalid
+    value printed and exited 0, an unknown choice gave Hydra's paragraph."""
+    assert one_line_error(monkeypatch, capsys, "task.eval_limit=0", *show, sweep=False) == (
+        "task.eval_limit=0: must be >= 1, or null (all examples)")
+    assert one_line_error(monkeypatch, capsys, "lang=xx", *show, sweep=False).startswith("unknown lang 'xx'; valid: ")
+
+
+def test_help_is_not_checked():
+    for flag in ("--help", "-h", "--hydra-help"):
+        cli.check_jobs(["task.eval_limit=0", flag])  # no exit: help prints whatever the overrides
+
+
+def test_a_sweep_without_multirun_is_one_line(monkeypatch, capsys):
+    """``xlt lang=ru,hi``: Hydra's six-line "Ambiguous value" message; -m,
+    or a preset that runs as a multirun, sweeps; --cfg shows one job."""
+    assert one_line_error(monkeypatch, capsys, "lang=ru,hi", sweep=False) == (
+        "lang=ru,hi is a sweep (several values): add -m to run one job per value (xlt -m ... lang=ru,hi)")
+    assert one_line_error(monkeypatch, capsys, "seed=range(1,3)", sweep=False).startswith("seed=range(1,3) is a sweep")
+    assert one_line_error(monkeypatch, capsys, "-m", "lang=ru,hi", "--cfg", "job", sweep=False) == (
+        "lang=ru,hi is a sweep (several values): --cfg shows one job's config, give one value")
+    cli.check_jobs(["-m", "lang=ru,hi"])
+    cli.check_jobs(["experiment=demo_sweep", "lang=ru,hi"])  # the preset sets hydra.mode: MULTIRUN
+
+
+def test_an_unknown_launcher_is_one_line(monkeypatch, capsys):
+    message = one_line_error(monkeypatch, capsys, "hydra/launcher=local_gpu")
+    assert message.startswith("unknown hydra/launcher 'local_gpu'; valid: basic, local_gpus, slurm, submitit_local")
+    cli.check_launcher(["hydra/launcher=submitit_local"])  # a plugin's launcher: no exit

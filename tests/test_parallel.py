@@ -93,6 +93,20 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
         read_pairs("wikimatrix", low, "ru", min_score=1.0)
 
 
+def test_a_missing_corpus_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """corpus=wikimatrix's default path is a bare file name: the message
+    named only the file, not corpus.path (walkthrough audit)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = CorpusConfig(name="wikimatrix", format="wikimatrix", path="WikiMatrix.{pair}.tsv")
+    with pytest.raises(XltError) as err:
+        load_pool(cfg, "ru", str(tmp_path))
+    assert str(err.value) == ("parallel corpus file not found: WikiMatrix.en-ru.tsv (corpus=wikimatrix "
+                              "corpus.path=WikiMatrix.{pair}.tsv; set corpus.path to your copy)")
+    moses = CorpusConfig(name="local", format="moses", path=write(tmp_path / "m.en", "a\n")[:-3])
+    with pytest.raises(XltError, match=rf"^parallel corpus file not found: {tmp_path}/m.ru \(corpus=local corpus.path="):
+        load_pool(moses, "ru", str(tmp_path))
+
+
 def test_moses_mismatch_and_empty_line(tmp_path: Path) -> None:
     write(tmp_path / "m.en", "a\nb\nc\n")
     write(tmp_path / "m.ru", "а\nб\n")

@@ -390,6 +390,20 @@ def test_bad_marker_option_exit_2(sweep: dict, capsys: pytest.CaptureFixture) ->
     assert err.count("\n") == 1 and "SYMBOL=MODE:ALPHA" in err
 
 
+def test_a_misspelt_marker_mode_is_one_line_and_an_absent_one_a_warning(sweep: dict, capsys: pytest.CaptureFixture,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """``*=orignal:0.05`` tested nothing: the report said "* p < 0.05 vs
+    orignal" with no marker anywhere, which reads as "nothing significant"
+    (walkthrough audit).  A mode of conf/mode/ that no job has: a warning."""
+    assert report.main([str(sweep["root"]), "--out", str(sweep["out"]), "--marker", "*=orignal:0.05"]) == 2
+    assert capsys.readouterr().err == ("xlt-report: error: --marker '*=orignal:0.05': unknown mode 'orignal'; "
+                                       "valid: adjusted, continual, original\n")
+    assert not (sweep["out"] / "report.md").exists()
+    assert report.main([str(sweep["root"]), "--out", str(sweep["out"]), "--marker", "**=continual:0.05"]) == 0
+    assert [r.getMessage() for r in caplog.records if "--marker" in r.getMessage()] == [
+        f"--marker '**=continual:0.05': no job under {sweep['root']} has mode=continual, so no cell gets **"]
+
+
 def test_significance_test_is_chosen_by_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """retrieval: paired permutation on per-query correctness (the test its
     results.json names; files from before the "report" block get their task's test)."""

@@ -296,6 +296,30 @@ def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cach
 
 
 @pytest.mark.slow
+def test_adjusted_and_adjusted_ft_are_one_adjustment(tmp_path, tiny_cache, small_corpus):
+    """Fine-tuned with bf16 (a GPU's), evaluated with the default fp32
+    trainer (a CPU's): the job's "adjusted" is the encoder the fine-tuning
+    started from, not a second adjustment it builds (walkthrough audit), and
+    results.json says so."""
+    import shutil
+
+    from xlt.stages.job import run_job
+
+    root = tmp_path / "data"  # the parallel slice, and the demo's English NLI to fine-tune on
+    shutil.copytree(small_corpus, root)
+    (root / "nli").symlink_to(REPO / "data" / "demo" / "nli")
+    finetuning = compose(tmp_path / "ft", tiny_cache, root, "task=xnli", "mode=adjusted", "trainer.precision=bf16-mixed",
+                         "task.train_limit=32", "task.eval_limit=8", "task.epochs=1")
+    trained = run_job(finetuning)
+    results = run_job(compose(tmp_path / "ret", tiny_cache, root, "mode=adjusted", "task.options.layer=1"))
+    evaluated = results["retrieval"]["evaluated_states"]
+    assert evaluated == {"adjusted": trained["states"]["adjusted"], "adjusted_ft": trained["states"]["finetuned"]}
+    assert results["retrieval"]["state_notes"] == {"adjusted": "the encoder adjusted_ft was fine-tuned from "
+                                                   "(trainer.precision=bf16-mixed, this job: 32-true), not this job's own adjustment"}
+    assert [p.name for p in (tiny_cache / "adjusted").iterdir()] == [Path(trained["states"]["adjusted"]).name]
+
+
+@pytest.mark.slow
 def test_cli_bad_laser_folder_is_one_line(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(

@@ -53,10 +53,9 @@ def finish_training(cfg, out: Path) -> Path:
 def test_missing_states_are_skipped_and_none_is_an_error(tiny_cache, tmp_path):
     cfg = job(tmp_path, tiny_cache)
     warnings: list[str] = []
-    states = find_states(cfg, ["original", "original_ft", "continual"], {"mine": str(tmp_path / "nope")}, None,
-                         warnings.append)
+    states = find_states(cfg, ["original", "original_ft", "continual"], None, None, warnings.append)
     assert [s.name for s in states] == ["original"]
-    assert len(warnings) == 3 and all("skipped" in w for w in warnings)
+    assert len(warnings) == 2 and all("skipped" in w for w in warnings)
     assert f"no finished xnli fine-tuning in mode=original with these settings under {tiny_cache}/checkpoints" in warnings[0]
     with pytest.raises(XltError, match="no model state"):
         find_states(cfg, ["original_ft"], None, None, warnings.append)
@@ -192,3 +191,87 @@ def caplog_of(lookup) -> str:
     finally:
         logger.removeHandler(handler)
     return "\n".join(records)
+
+
+# ---- the adjusted state follows the fine-tuning it is compared with (walkthrough audit) ----
+@pytest.fixture
+def built_adjustments(monkeypatch) -> list:
+    """``adjust_stage`` answering with the directory of the config it is
+    given (what it would build or reuse), recording each config."""
+    from xlt.keys import adjusted_dir
+    from xlt.stages import adjust
+
+    configs: list = []
+    monkeypatch.setattr(adjust, "adjust_stage", lambda cfg: configs.append(cfg) or adjusted_dir(cfg))
+    return configs
+
+
+def test_the_adjusted_state_is_the_one_its_fine_tuning_started_from(tiny_cache, tmp_path, built_adjustments):
+    """A bf16 adjusted fine-tuning (on a GPU), then a retrieval job with the
+    default fp32 trainer (on a CPU): the old lookup built a new fp32
+    adjustment for "adjusted" and compared it with the fine-tuning of the
+    bf16 one, silently.  Now "adjusted" is the fine-tuning's encoder, and a
+    warning and the state's note say it is not the job's own."""
+    from xlt.keys import adjusted_dir
+
+    finetuning = job(tmp_path, tiny_cache, "mode=adjusted", "trainer.precision=bf16-mixed")
+    checkpoint = finish_training(finetuning, tmp_path / "ft")
+    retrieval = job(tmp_path, tiny_cache, "mode=adjusted", "task=retrieval")
+    assert adjusted_dir(retrieval) != adjusted_dir(finetuning)
+    warnings: list[str] = []
+    adjusted, adjusted_ft = find_states(retrieval, ["adjusted", "adjusted_ft"], None, "xnli", warnings.append)
+    assert (adjusted.name, adjusted_ft.source) == ("adjusted", str(checkpoint))
+    assert adjusted.source == str(adjusted_dir(finetuning))
+    assert [adjusted_dir(c) for c in built_adjustments] == [adjusted_dir(finetuning)]  # no second adjustment
+    assert built_adjustments[0].trainer.precision == "bf16-mixed" and built_adjustments[0].trainer.accelerator == "cpu"
+    assert warnings == ["state adjusted: the encoder adjusted_ft was fine-tuned from "
+                        "(trainer.precision=bf16-mixed, this job: 32-true), not this job's own adjustment"]
+    assert adjusted.note == warnings[0].removeprefix("state adjusted: ")
+    # the same trainer: the job's own adjustment, nothing to say
+    same = job(tmp_path, tiny_cache, "mode=adjusted", "task=retrieval", "trainer.precision=bf16-mixed")
+    (adjusted, _) = find_states(same, ["adjusted", "adjusted_ft"], None, "xnli", pytest.fail)
+    assert adjusted.source == str(adjusted_dir(finetuning)) and adjusted.note == ""
+
+
+def test_without_a_fine_tuning_the_adjusted_state_is_the_jobs_own(tiny_cache, tmp_path, built_adjustments):
+    from xlt.keys import adjusted_dir
+
+    retrieval = job(tmp_path, tiny_cache, "mode=adjusted", "task=retrieval")
+    warnings: list[str] = []
+    (adjusted,) = find_states(retrieval, ["adjusted", "adjusted_ft"], None, "xnli", warnings.append)
+    assert adjusted.source == str(adjusted_dir(retrieval)) and adjusted.note == ""
+    assert len(warnings) == 1 and "state adjusted_ft: no finished xnli fine-tuning in mode=adjusted" in warnings[0]
+
+
+def test_fine_tunings_from_other_adjustments_are_named(tiny_cache, tmp_path, built_adjustments):
+    """A continual state trained with another precision than adjusted_ft, and
+    an adjusted_ft given by path with another seed: no one adjusted state can
+    match both, so a warning names each mismatch."""
+    from xlt.keys import adjusted_dir
+
+    finish_training(job(tmp_path, tiny_cache, "mode=adjusted"), tmp_path / "ft")
+    finish_training(job(tmp_path, tiny_cache, "mode=continual", "trainer.precision=bf16-mixed"), tmp_path / "cl")
+    analysis = job(tmp_path, tiny_cache)  # xlt-analyze's config: mode=original, every state
+    warnings: list[str] = []
+    states = find_states(analysis, ["adjusted", "adjusted_ft", "continual"], None, None, warnings.append)
+    assert states[0].source == str(adjusted_dir(analysis))  # adjusted_ft's, this job's own
+    assert warnings == ["state adjusted: continual was fine-tuned from another adjusted encoder than adjusted_ft "
+                        "(trainer.precision=bf16-mixed, adjusted_ft: 32-true); adjusted is adjusted_ft's"]
+    other_seed = finish_training(job(tmp_path, tiny_cache, "mode=adjusted", "seed=2"), tmp_path / "s2")
+    warnings.clear()
+    states = find_states(analysis, ["adjusted"], {"adjusted_ft": str(other_seed)}, None, warnings.append)
+    assert [s.name for s in states] == ["adjusted", "adjusted_ft"]
+    assert states[0].source == str(adjusted_dir(analysis))
+    assert warnings == [f"state adjusted: not the encoder adjusted_ft was fine-tuned from ({other_seed}: other seed); "
+                        "comparisons of adjusted with adjusted_ft mix two adjustments"]
+
+
+def test_a_state_path_that_does_not_exist_is_an_error_before_any_work(tiny_cache, tmp_path, built_adjustments):
+    """A typo in a path the user gave is not "not trained yet": one error
+    naming the setting, before anything is looked for or built."""
+    cfg = job(tmp_path, tiny_cache)
+    with pytest.raises(XltError, match=rf"^states.mine={tmp_path}/nope: no such file$"):
+        find_states(cfg, ["adjusted"], {"mine": str(tmp_path / "nope")}, None, pytest.fail)
+    with pytest.raises(XltError, match=r"^task.options.checkpoints.original_ft=/typo.ckpt: no such file$"):
+        find_states(cfg, ["adjusted"], {"original_ft": "/typo.ckpt"}, None, pytest.fail, setting="task.options.checkpoints")
+    assert built_adjustments == []

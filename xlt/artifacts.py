@@ -52,9 +52,13 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
     Before reuse every file is checked against the manifest (``damage``); an
     artifact that does not match (a flipped byte, a truncated or deleted
     file, a missing manifest) is moved aside with one log line saying why
-    and rebuilt.  The lock file is removed once the artifact is in place:
-    every waiter re-checks for the artifact after taking the lock, so nobody
-    builds twice.
+    and rebuilt.  The lock file is removed while it is still held, once the
+    artifact is in place and when the build fails too (no empty ``.lock``
+    is left beside a failed build): every waiter re-checks for the artifact
+    after taking the lock, so nobody builds twice, and a waiter whose
+    ``flock`` lands on the removed file sees that it has no name any more
+    and takes the new one (filelock >= 3.20.4 checks ``st_nlink``), so two
+    builders never run at once.
     """
     path = Path(path)
     if damage(path) is None:
@@ -84,10 +88,10 @@ def build_once(path: str | os.PathLike, builder: Callable[[Path], None]) -> Path
             os.replace(tmp, path)
             for name, checksum in manifest.items():  # just hashed: this process need not hash them again
                 _verified[os.path.realpath(path / name)] = (_stamp(path / name), checksum)
-            lock.unlink(missing_ok=True)  # still held: late waiters find the artifact, new callers need no lock
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            lock.unlink(missing_ok=True)  # still held: late waiters find the artifact, or build it themselves
     return path
 
 

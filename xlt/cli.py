@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from typing import Any
 
 from xlt import rundir
 from xlt.config import CONF_DIR, trains
@@ -27,7 +28,12 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion", "-sc", "-p", "--package")
+# Hydra's flags that print help only: the command line is not checked.  The
+# others (--cfg, --info, --package) show what a run would compose, so it is
+# checked first, as for a run: a dry run that prints must not pass a bad config.
+HELP_FLAGS = ("-h", "--help", "--hydra-help", "--shell-completion", "-sc")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+SHOW_FLAGS = ("-c", "--cfg", "-i", "--info")  # Hydra composes one job for these, even in a multirun
 
 
 def job_overrides(argv: list[str]) -> list[list[str]]:
@@ -37,12 +43,8 @@ def job_overrides(argv: list[str]) -> list[list[str]]:
     mode=original,adjusted`` instead of 24).  ``hydra.*`` and flags are left
     to Hydra, except ``hydra.searchpath`` (more config folders: a new
     language YAML must compose here too)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    ours = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))
-            and (not a.lstrip("+~").startswith(("hydra.", "hydra/")) or a.lstrip("+~").startswith("hydra.searchpath="))]
     choices = []
-    for override in OverridesParser.create().parse_overrides(ours):
+    for override in parsed_overrides(argv):
         if override.is_sweep_override() and override.is_discrete_sweep():
             key = override.get_key_element()
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
@@ -55,14 +57,45 @@ def job_overrides(argv: list[str]) -> list[list[str]]:
     return jobs
 
 
-def preset_sweeps(overrides: list[str]) -> list[str]:
-    """``key=values`` of the ``hydra.sweeper.params`` that ``overrides`` (one
-    job's) compose to, e.g. a paper table's ``corpus.size: 5000,...,250000``,
-    except keys the command line sets (its value is the one the jobs get)."""
-    from xlt.contract import sweeper_params
+def parsed_overrides(argv: list[str]) -> list:
+    """Hydra's parse of the job overrides of ``argv``: ``hydra.*`` and flags
+    left out, except ``hydra.searchpath``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    ours = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))
+            and (not a.lstrip("+~").startswith(("hydra.", "hydra/")) or a.lstrip("+~").startswith("hydra.searchpath="))]
+    return OverridesParser.create().parse_overrides(ours)
+
+
+def preset_sweeps(overrides: list[str], hydra: Any = None) -> list[str]:
+    """``key=values`` of the ``hydra.sweeper.params`` that ``overrides`` (one
+    job's) compose to (``hydra``: that composition's hydra node, when the
+    caller has it), e.g. a paper table's ``corpus.size: 5000,...,250000``,
+    except keys the command line sets (its value is the one the jobs get)."""
+    from xlt.contract import hydra_settings
+
+    params = (hydra if hydra is not None else hydra_settings(overrides)).sweeper.get("params") or {}
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    return [f"{key}={value}" for key, value in sweeper_params(overrides).items() if key not in given]
+    return [f"{key}={value}" for key, value in params.items() if key not in given]
+
+
+def check_sweep_syntax(argv: list[str], hydra: Any) -> None:
+    """A sweep (``lang=ru,hi``) in a command that does not run a multirun
+    (no ``-m``, no preset that sets ``hydra.mode: MULTIRUN``) is one line
+    saying to add -m, and one that only shows a job's config (``--cfg``,
+    ``--info``: Hydra composes one job) one line saying to give one value,
+    instead of Hydra's "Ambiguous value" paragraph."""
+    from hydra.types import RunMode
+
+    shows = next((a for a in argv if a in SHOW_FLAGS), None)
+    multirun = any(a in MULTIRUN_FLAGS for a in argv) or "hydra.mode=MULTIRUN" in argv or hydra.mode == RunMode.MULTIRUN
+    if multirun and shows is None:
+        return
+    for override in parsed_overrides(argv):
+        if override.is_sweep_override():
+            line = override.input_line
+            fail(f"{line} is a sweep (several values): {shows} shows one job's config, give one value" if shows else
+                 f"{line} is a sweep (several values): add -m to run one job per value (xlt -m ... {line})")
 
 
 def check_jobs(argv: list[str]) -> None:
@@ -71,16 +104,21 @@ def check_jobs(argv: list[str]) -> None:
     an unknown choice or key, a wrong type or an invalid value
     (``task.epochs=0``, also as one value of a sweep) is one line and exit 2
     instead of Hydra's multi-line report or a failed job in the middle of a
-    sweep.  No hardware check: the jobs may run elsewhere."""
+    sweep; so is a sweep without -m (``check_sweep_syntax``).  A dry run
+    (``--cfg job``) is checked too, help (:data:`HELP_FLAGS`) is not.  No
+    hardware check: the jobs may run elsewhere."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from xlt.contract import compose, one_line, validate
+    from xlt.contract import compose, hydra_settings, one_line, validate
 
-    if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in argv):
+    if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv):
         return
     try:
-        sweeps = preset_sweeps(job_overrides(argv)[0])
+        first = job_overrides(argv)[0]
+        hydra = hydra_settings(first)
+        check_sweep_syntax(argv, hydra)
+        sweeps = preset_sweeps(first, hydra)
         for overrides in job_overrides([*sweeps, *argv]):
             validate(compose([*overrides, "paths.output_dir=."]))
     except (HydraException, OmegaConfBaseException, XltError) as err:
@@ -88,13 +126,24 @@ def check_jobs(argv: list[str]) -> None:
 
 
 def check_launcher(argv: list[str]) -> None:
-    """A launcher config with required fields left as ``???`` (e.g. the Slurm
-    partition) fails with one line naming them, before any job is submitted."""
+    """An unknown launcher (``hydra/launcher=local_gpu``) is one line naming
+    the valid ones, and a launcher config with required fields left as
+    ``???`` (e.g. the Slurm partition) one line naming them, before any job
+    is submitted."""
     from omegaconf import OmegaConf
+
+    from xlt.contract import hydra_settings
 
     chosen = [a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")]
     path = CONF_DIR / "hydra" / "launcher" / f"{chosen[-1]}.yaml" if chosen else None
-    if path is None or not path.is_file():
+    if path is None:
+        return
+    if not path.is_file():  # a plugin's (basic, submitit_local...), or one Hydra cannot find
+        searchpath = [a for a in argv if a.lstrip("+~").startswith("hydra.searchpath=")]
+        try:
+            hydra_settings([*searchpath, f"hydra/launcher={chosen[-1]}"])
+        except XltError as err:
+            fail(str(err))
         return
     launcher = OmegaConf.load(path)
     given = {a.split("=", 1)[0].removeprefix("hydra.launcher.") for a in argv if a.startswith("hydra.launcher.")}
@@ -275,23 +324,25 @@ def listed(items: list[str], most: int = 10) -> str:
                                       if len(items) > most else "")
 
 
-def with_override(argv: list[str], override: str) -> list[str]:
-    """``argv`` with ``override`` beside its other overrides: Hydra's parser
+def with_override(argv: list[str], *overrides: str) -> list[str]:
+    """``argv`` with ``overrides`` beside its other overrides: Hydra's parser
     takes the overrides as one run of words, so one put before a flag
     (``xlt-align command=align -m lang=ru``) left the rest unrecognised."""
     first = next((i for i, arg in enumerate(argv) if i > 0 and "=" in arg and not arg.startswith("-")), len(argv))
-    return [*argv[:first], override, *argv[first:]]
+    return [*argv[:first], *overrides, *argv[first:]]
 
 
 def align_main() -> None:
-    """``xlt-align [overrides]``: sample and word-align a corpus (cached)."""
-    sys.argv = with_override(sys.argv, "command=align")
+    """``xlt-align [overrides]``: word-align a corpus (cached); its --help is
+    ``conf/hydra/help/xlt_align.yaml``."""
+    sys.argv = with_override(sys.argv, "command=align", "hydra/help=xlt_align")
     main()
 
 
 def adjust_main() -> None:
-    """``xlt-adjust [overrides]``: adjust an encoder (cached), no fine-tuning."""
-    sys.argv = with_override(sys.argv, "command=adjust")
+    """``xlt-adjust [overrides]``: adjust an encoder (cached), no fine-tuning;
+    its --help is ``conf/hydra/help/xlt_adjust.yaml``."""
+    sys.argv = with_override(sys.argv, "command=adjust", "hydra/help=xlt_adjust")
     main()
 
 

@@ -35,6 +35,12 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group shipped in ``conf/`` (``mode``:
+    adjusted, continual, original): its YAML files are the one list."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
 # ---------------------------------------------------------------------------
 # Valid values (one place; the modules that act on them import them)
 # ---------------------------------------------------------------------------
@@ -190,6 +196,9 @@ class RandomModelConfig:
     # Embedding rows are 99% of a tiny BERT with XLM-R's 250K pieces: keep the
     # N most probable pieces (plus one-character and special ones) instead.
     vocab_pieces: Optional[int] = number(None, ge=1, none="the e5 tokenizer's whole vocabulary")
+    # The initialisation's seed: one model, whatever the job's seed or the
+    # caller's RNG (xlt-analyze's "original" was a new random model per run).
+    seed: int = number(0, ge=0, lt=2**32)
 
 
 @dataclass

@@ -32,10 +32,11 @@ def compose(overrides: list[str]) -> DictConfig:
     return bind(_composed(overrides))
 
 
-def sweeper_params(overrides: list[str]) -> dict[str, Any]:
-    """The ``hydra.sweeper.params`` that ``overrides`` compose to: a preset's
-    sweep (a paper table's ``corpus.size: 5000,...,250000``)."""
-    return dict(_composed(overrides, return_hydra_config=True).hydra.sweeper.get("params") or {})
+def hydra_settings(overrides: list[str]) -> DictConfig:
+    """The ``hydra`` node that ``overrides`` compose to: a preset's sweep
+    (``sweeper.params``: a paper table's ``corpus.size: 5000,...,250000``),
+    whether it runs as a multirun (``mode``), the launcher it chose."""
+    return _composed(overrides, return_hydra_config=True).hydra
 
 
 def _composed(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:

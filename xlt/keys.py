@@ -276,11 +276,15 @@ def stale_build(record: dict[str, Any], cache_dir: str) -> str | None:
     return None
 
 
+# The config subtrees an adjusted model depends on, whole (with the trainer
+# settings of ``_adjustment_trainer``, the language, seed and data root).
+ADJUSTED_SUBTREES = ("model", "adjustment", "corpus", "aggregation", "tokens", "aligner")
+
+
 def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     """What an adjusted model depends on (its cache key): whole config
     subtrees, no allow-list, so a new ``adjustment`` field changes the key."""
-    keys = ("model", "adjustment", "corpus", "aggregation", "tokens", "aligner")
-    key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+    key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ADJUSTED_SUBTREES}
     key["aligner"] = _aligner_settings(cfg)
     key["trainer"] = _adjustment_trainer(cfg)
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
@@ -292,7 +296,33 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
 def _adjustment_trainer(cfg: DictConfig) -> dict[str, Any]:
     """The trainer settings that change what the adjustment trains."""
     trainer = _without({"trainer": OmegaConf.to_container(cfg.trainer, resolve=True)}, BOOKKEEPING)["trainer"]
+    return adjustment_trainer_of(trainer)
+
+
+def adjustment_trainer_of(trainer: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a trainer node (a config's, a training record's) that
+    change the adjusted encoder: all but :data:`ADJUSTMENT_TRAINER_FREE`."""
     return {k: v for k, v in trainer.items() if k not in ADJUSTMENT_TRAINER_FREE}
+
+
+def starts_adjusted(config: Any) -> bool:
+    """Whether a fine-tuning of ``config`` (a job config, or a resolved one
+    such as a :data:`TRAINING_RECORD`) starts from the adjusted encoder: its
+    mode adjusts, and a continual one is not told ``continual.init=original``."""
+    mode, continual = config.get("mode") or {}, config.get("continual") or {}
+    return bool(mode.get("adjust")) and not (mode.get("continual") and continual.get("init") == "original")
+
+
+def adjustment_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a :func:`training_config` (a :data:`TRAINING_RECORD`)
+    that key the adjusted encoder its fine-tuning started from, as
+    :func:`adjusted_key` takes them from a job config (the build's inputs and
+    stage versions aside: ``stale_build`` checks those): two records with
+    equal settings started from the same adjusted encoder."""
+    aligner = {k: v for k, v in (record.get("aligner") or {}).items() if k not in ALIGNER_FILES}
+    return {**{k: record.get(k) for k in ADJUSTED_SUBTREES}, "aligner": aligner,
+            "trainer": adjustment_trainer_of(record.get("trainer") or {}),
+            "lang": record.get("lang"), "seed": record.get("seed"), "data_root": (record.get("data") or {}).get("root")}
 
 
 def _aligner_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -148,6 +148,8 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
     for state in states:
         log.info("en-%s: measuring %s (%s)", code, state.name, state.source)
         results[state.name], *pair = measure(state, examples, pad_id, request.batch_size)
+        if state.note:  # chosen otherwise than this config says (xlt.stages.states.adjusted_state)
+            results[state.name]["note"] = state.note
         distances[state.name] = tuple(pair)
     folder = request.out / code
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,8 +198,10 @@ def ensure_writable(out: Path) -> None:
 
 def run(request: Request, warn) -> int:
     from xlt.analysis.plots import plot_grid
-    from xlt.stages.states import label
+    from xlt.stages.states import label, require_state_path
 
+    for name, path in request.explicit.items():  # a typo is not "not trained yet"
+        require_state_path(f"states.{name}", path)
     ensure_writable(request.out)  # before minutes of measuring, not after
     # every language's config is checked before the first is measured
     configs = [compose_config(request.overrides, lang, request.out) for lang in request.langs]

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import html
 import logging
+import os
 import random
 import re
 import resource
@@ -28,7 +29,7 @@ import numpy as np
 from xlt.config import CORPUS_FORMATS, CorpusConfig
 from xlt.cores import job_cores, ordered_map, process_pool
 from xlt.data.sentences import Sentences, SentencesBuilder, local_ids
-from xlt.errors import XltError, require_file
+from xlt.errors import MissingFileError, XltError, require_file
 from xlt.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -422,7 +423,12 @@ def _split(kept: list[int], cfg: CorpusConfig, path: str, n_read: int,
 
 
 def _scan(cfg: CorpusConfig, lang: str, data_root: str) -> Scan:
-    return scan_corpus(cfg.format, corpus_path(cfg, lang, data_root), lang, cfg.min_score)
+    path = corpus_path(cfg, lang, data_root)
+    for file in corpus_files(cfg.format, path, lang):
+        if not os.path.isfile(file):  # name the setting: corpus=wikimatrix's default is a bare file name
+            raise MissingFileError(f"parallel corpus file not found: {file} (corpus={cfg.name} corpus.path={cfg.path}; "
+                                   "set corpus.path to your copy)")
+    return scan_corpus(cfg.format, path, lang, cfg.min_score)
 
 
 # Seed of the draw that makes a corpus.pool_size pool: fixed, not the job's seed,

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Optional
 
+import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
@@ -54,7 +55,12 @@ def _tokenizer(source: str):
 
 
 def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> PreTrainedModel:
-    """The encoder of ``cfg``; ``path`` (an adjusted model directory) overrides it."""
+    """The encoder of ``cfg``; ``path`` (an adjusted model directory) overrides it.
+
+    A random model is initialised from ``model.random.seed`` under a forked
+    RNG: the same weights in every process and job (a job, ``xlt-analyze``
+    and retrieval compare one "original"), and the caller's RNG is left as
+    it was."""
     if path is not None:
         return AutoModel.from_pretrained(path, add_pooling_layer=False)
     if cfg.source == "random":
@@ -68,7 +74,9 @@ def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> P
             intermediate_size=shape.intermediate_size,
             pad_token_id=tokenizer.pad_token_id,
         )
-        return BertModel(config, add_pooling_layer=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(shape.seed)
+            return BertModel(config, add_pooling_layer=False)
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
         return AutoModel.from_pretrained(source, add_pooling_layer=False)

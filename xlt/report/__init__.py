@@ -33,6 +33,8 @@ from xlt.report.collect import check_dirs, collect
 from xlt.report.render import MIXED_MARK, build_tables, render_csv, render_latex, render_markdown
 from xlt.report.summarise import DEFAULT_MARKERS, Marker, summarise
 
+log = logging.getLogger("xlt.report")
+
 __all__ = ["MIXED_MARK", "Marker", "build_tables", "collect", "main", "run", "summarise"]
 
 
@@ -63,6 +65,22 @@ def check_metrics(jobs: pd.DataFrame, metrics: Sequence[str] | None) -> None:
         raise XltError(f"unknown metric {', '.join(map(repr, unknown))}; available: {', '.join(available) or 'none'}")
 
 
+def check_markers(jobs: pd.DataFrame, markers: Sequence[Marker], dirs: Sequence[str]) -> None:
+    """A marker's MODE must be a mode: one of ``conf/mode/`` or of a job read
+    (a misspelt ``orignal`` tested nothing and read as "nothing significant").
+    A mode that no job read has is a warning: no cell can get that marker."""
+    from xlt.config import group_options
+
+    seen = set(jobs["mode"].dropna().astype(str))
+    known = sorted(set(group_options("mode")) | seen)
+    for marker in markers:
+        if marker.baseline not in known:
+            raise XltError(f"--marker '{marker.text}': unknown mode '{marker.baseline}'; valid: {', '.join(known)}")
+        if marker.baseline not in seen:
+            log.warning("--marker '%s': no job under %s has mode=%s, so no cell gets %s",
+                        marker.text, ", ".join(dirs), marker.baseline, marker.symbol)
+
+
 def run(dirs: Sequence[str], out: str, metrics: Sequence[str] | None = None, iterations: int = 1000,
         significance: bool = True, markers: Sequence[Marker] = DEFAULT_MARKERS) -> str:
     """Collect, summarise and write the three reports; returns the markdown."""
@@ -74,6 +92,8 @@ def run(dirs: Sequence[str], out: str, metrics: Sequence[str] | None = None, ite
     if jobs.empty:
         raise XltError(f"no readable job directory under {', '.join(dirs)}")
     check_metrics(jobs, metrics)
+    if markers is not DEFAULT_MARKERS:  # the defaults: a folder without adjusted jobs is no news
+        check_markers(jobs, markers, dirs)
     summary = summarise(jobs, iterations=iterations, significance_tests=significance, markers=tuple(markers))
     markdown = render_markdown(summary, jobs, metrics)
     try:

@@ -68,6 +68,11 @@ class Marker:
     def describe(self) -> str:
         return f"{self.symbol} p < {self.alpha:g} vs {self.baseline}"
 
+    @property
+    def text(self) -> str:
+        """The marker as ``--marker`` takes it."""
+        return f"{self.symbol}={self.baseline}:{self.alpha:g}"
+
 
 DEFAULT_MARKERS = (Marker("*", "original", 0.05), Marker("**", "adjusted", 0.05))
 

@@ -29,7 +29,7 @@ from xlt.checkpoints import DONE, LAST, State, beside_last, shapes_of, usable_st
 from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
-from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, training_record
+from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, starts_adjusted, training_record
 from xlt.models.inputs import model_inputs
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
@@ -90,7 +90,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     eval_sets, skipped = load_eval_sets(task, cfg.data.skip_missing_eval)  # early: fail before training
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
 
-    adjusted = adjust_stage(cfg) if cfg.mode.adjust and not (cfg.mode.continual and cfg.continual.init == "original") else None
+    adjusted = adjust_stage(cfg) if starts_adjusted(cfg) else None
     L.seed_everything(cfg.seed, verbose=False)
     encoder = load_encoder(cfg.model, cfg.paths.cache_dir, str(adjusted) if adjusted else None)
     check_max_length(cfg, task, tokenizer, encoder)
@@ -359,7 +359,8 @@ def evaluate_states(cfg: DictConfig, task) -> dict[str, Any]:
 
     started = time.time()
     out = Path(cfg.paths.output_dir)
-    states = find_states(cfg, task.state_names(cfg.mode), task.state_paths(), task.finetuned_task, log.warning)
+    states = find_states(cfg, task.state_names(cfg.mode), task.state_paths(), task.finetuned_task, log.warning,
+                         setting="task.options.checkpoints")
     metrics, extras = task.run(cfg, states, lambda: heldout_sentences(cfg), out)
     with stage_run(cfg, "evaluate", out / "logs") as loggers:  # every job in the tracker, this one too
         log_results(loggers, cfg, metrics, step=0)

@@ -7,8 +7,13 @@ the alignment loss kept on).  They are found where the pipeline left them, so
 analysing a finished sweep costs no training:
 
 * original: ``load_encoder(cfg.model)``;
-* adjusted: ``adjust_stage(cfg)`` (cached; built if absent, since it
-  is a deterministic function of the config like every other stage);
+* adjusted: the encoder the fine-tuned states found here started from
+  (``adjusted_ft``, ``continual``: their records say how it was adjusted),
+  so "adjusted" and "adjusted fine-tuned" are one adjustment before and
+  after fine-tuning, also where this job's trainer differs from the one
+  the fine-tuning ran with (bf16 on a GPU, analysed on a CPU); with no such
+  fine-tuning, ``adjust_stage(cfg)`` (cached; built if absent, since it is
+  a deterministic function of the config like every other stage);
 * fine-tuned: the finished checkpoint (``done.json``) of a job with
   ``mode=original|adjusted|continual`` and the same other settings, found
   by the training config its checkpoint folder records
@@ -16,9 +21,11 @@ analysing a finished sweep costs no training:
   whatever its task config held (``conf/model/mbert.yaml`` writes
   ``task.head=bert`` into it), the record says so.
 
-A user may point any state (or a new one) at a directory or a ``.ckpt``.  A
-state that cannot be found is skipped with a warning, because a partial
-figure (say, before the fine-tuning jobs finish) is still useful.
+A user may point any state (or a new one) at a directory or a ``.ckpt``;
+a path that does not exist is an error before any work (a typo must not
+read as "not trained yet").  A state that discovery cannot find is skipped
+with a warning, because a partial figure (say, before the fine-tuning jobs
+finish) is still useful.
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import PreTrainedModel
 
 from xlt import results
 from xlt.config import STATES
 from xlt.errors import XltError
-from xlt.keys import BUILD_FIELDS, TRAINING_RECORD, stale_build, training_config
+from xlt.keys import (ADJUSTMENT_TRAINER_FREE, BOOKKEEPING, BUILD_FIELDS, TRAINING_RECORD, adjusted_dir,
+                      adjustment_settings, adjustment_trainer_of, stale_build, starts_adjusted, training_config)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,12 @@ class ModelState:
     label: str
     source: str
     load: Callable[[], PreTrainedModel]
+    # A fine-tuned state's training record (its checkpoint folder's
+    # TRAINING_RECORD), when it has one: how it was trained, from what.
+    record: Optional[dict] = None
+    # How the state was chosen, when that is not what the job's own config
+    # says (results.json and summary.json carry it).
+    note: str = ""
 
 
 def label(name: str) -> str:
@@ -107,7 +121,16 @@ def path_state(name: str, path: str, cfg: DictConfig) -> ModelState:
         target = recorded_state(name, target)
     if target.is_dir():
         return ModelState(name, label(name), str(target), lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(target)))
-    return ModelState(name, label(name), str(target), lambda: load_checkpoint_encoder(cfg, target))
+    return ModelState(name, label(name), str(target), lambda: load_checkpoint_encoder(cfg, target), training_of(target))
+
+
+def training_of(checkpoint: Path) -> Optional[dict]:
+    """The training record beside an xlt checkpoint (None for any other file)."""
+    record = checkpoint.parent / TRAINING_RECORD
+    try:
+        return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def recorded_state(name: str, run_dir: Path) -> Path:
@@ -166,48 +189,130 @@ def finetuned_checkpoint(cfg: DictConfig, mode: str, task: str) -> Path:
 
 
 def default_state(name: str, cfg: DictConfig, task: str) -> ModelState:
-    """A built-in state for the job config ``cfg``; FileNotFoundError when a
-    fine-tuned state's checkpoint is not there (yet)."""
+    """A built-in state other than ``adjusted`` (:func:`adjusted_state`) for
+    the job config ``cfg``; FileNotFoundError when a fine-tuned state's
+    checkpoint is not there (yet)."""
     from xlt.models.encoder import load_encoder
-    from xlt.stages.adjust import adjust_stage
 
     if name == "original":
         return ModelState(name, label(name), f"model={cfg.model.name}", lambda: load_encoder(cfg.model, cfg.paths.cache_dir))
-    if name == "adjusted":
-        directory = adjust_stage(cfg)
-        return ModelState(name, label(name), str(directory), lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(directory)))
     checkpoint = finetuned_checkpoint(cfg, STATES[name][1], task)
-    return ModelState(name, label(name), str(checkpoint), lambda: load_checkpoint_encoder(cfg, checkpoint))
+    return ModelState(name, label(name), str(checkpoint), lambda: load_checkpoint_encoder(cfg, checkpoint),
+                      training_of(checkpoint))
+
+
+def adjusted_state(cfg: DictConfig, finetuned: list[ModelState], warn: Warn) -> ModelState:
+    """The ``adjusted`` state that the fine-tuned states beside it started
+    from, so a job compares one adjustment before and after fine-tuning.
+
+    A fine-tuning that started from an adjusted encoder (``adjusted_ft``;
+    ``continual`` unless ``continual.init=original``) records the settings
+    that keyed it, trainer included: this job's config with that trainer
+    gives its directory (built again from those settings if it was deleted
+    from the cache).  Where that is not this job's own adjustment (another
+    ``trainer.precision``...) a warning says so, and so it does when two
+    fine-tuned states started from different adjusted encoders, or when a
+    state given by path was adjusted with other settings (no adjusted
+    state can then match it).  No such fine-tuning: this job's own
+    adjustment (``adjust_stage``), as for any stage.
+    """
+    from xlt.models.encoder import load_encoder
+    from xlt.stages.adjust import adjust_stage
+
+    ours = OmegaConf.to_container(cfg, resolve=True)
+    starts: dict[str, DictConfig] = {}
+    for state in finetuned:
+        if state.record is None or not starts_adjusted(state.record):
+            continue
+        theirs = adjustment_settings(state.record)
+        mine = adjustment_settings(training_config({**ours, "mode": state.record["mode"]}))
+        other = [key for key in theirs if key != "trainer" and theirs[key] != mine[key]]
+        if other:
+            warn(f"state adjusted: not the encoder {state.name} was fine-tuned from ({state.source}: other "
+                 f"{', '.join(other)}); comparisons of adjusted with {state.name} mix two adjustments")
+            continue
+        starts[state.name] = with_adjustment_trainer(cfg, state.record["trainer"])
+    if not starts:
+        directory = adjust_stage(cfg)
+        return ModelState("adjusted", label("adjusted"), str(directory),
+                          lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(directory)))
+    chosen = "adjusted_ft" if "adjusted_ft" in starts else next(iter(starts))
+    start = starts[chosen]
+    for name, other_start in starts.items():
+        if adjusted_dir(other_start) != adjusted_dir(start):
+            warn(f"state adjusted: {name} was fine-tuned from another adjusted encoder than {chosen} "
+                 f"({trainer_difference(other_start, start, chosen)}); adjusted is {chosen}'s")
+    note = ""
+    if adjusted_dir(start) != adjusted_dir(cfg):
+        note = f"the encoder {chosen} was fine-tuned from ({trainer_difference(start, cfg, 'this job')}), not this job's own adjustment"
+        warn(f"state adjusted: {note}")
+    directory = adjust_stage(start)  # the fine-tuning's: cached by its job, rebuilt from its settings if deleted
+    return ModelState("adjusted", label("adjusted"), str(directory),
+                      lambda: load_encoder(cfg.model, cfg.paths.cache_dir, str(directory)), note=note)
+
+
+def with_adjustment_trainer(cfg: DictConfig, trainer: dict) -> DictConfig:
+    """A copy of ``cfg`` whose trainer has the adjustment settings of a
+    recorded ``trainer`` (precision, max_steps, a gradient_clip_val...) and
+    this job's own where-it-runs and bookkeeping settings."""
+    wanted = adjustment_trainer_of(trainer)
+    own = ADJUSTMENT_TRAINER_FREE + tuple(k.split(".", 1)[1] for k in BOOKKEEPING if k.startswith("trainer."))
+    start = cfg.copy()
+    with open_dict(start):
+        for key in [k for k in start.trainer if k not in own and k not in wanted]:
+            del start.trainer[key]
+        for key, value in wanted.items():
+            start.trainer[key] = value
+    return start
+
+
+def trainer_difference(cfg: DictConfig, other: DictConfig, other_name: str) -> str:
+    """``trainer.precision=bf16-mixed, this job: 32-true``: each adjustment
+    setting of ``cfg``'s trainer that ``other``'s does not share."""
+    from xlt.keys import adjusted_key
+
+    ours, theirs = adjusted_key(cfg)["trainer"], adjusted_key(other)["trainer"]
+    return "; ".join(f"trainer.{key}={ours.get(key)}, {other_name}: {theirs.get(key)}"
+                     for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key))
 
 
 def find_states(cfg: DictConfig, names: Iterable[str], explicit: Optional[Mapping[str, str]], task: Optional[str],
-                warn: Warn = lambda message: log.warning(message)) -> list[ModelState]:
+                warn: Warn = lambda message: log.warning(message), setting: str = "states") -> list[ModelState]:
     """The states ``names`` (built-in, :data:`STATES`) plus those given by
-    path in ``explicit``, in that order; fine-tuned states are fine-tunings
-    of ``task`` (default: ``cfg``'s own task).  A missing state is reported
-    through ``warn`` and skipped; none at all is an XltError."""
+    path in ``explicit`` (the ``<setting>.<name>=<path>`` of the command
+    line), in that order; fine-tuned states are fine-tunings of ``task``
+    (default: ``cfg``'s own task), and ``adjusted`` the encoder they started
+    from (:func:`adjusted_state`).  A given path that does not exist is an
+    XltError before any state is looked for; a state discovery cannot find
+    is reported through ``warn`` and skipped; none at all is an XltError."""
     explicit = dict(explicit or {})
     wanted = list(names)
     unknown = [n for n in wanted if n not in STATES and n not in explicit]
     if unknown:
         raise XltError(f"unknown state(s) {', '.join(unknown)}; valid: {', '.join(STATES)} or a path per state")
+    for name, path in explicit.items():
+        require_state_path(f"{setting}.{name}", path)
     order = wanted + [n for n in explicit if n not in wanted]
-    states = []
-    for name in order:
-        state = find_state(name, cfg, explicit.get(name), task or cfg.task.name, warn)
-        if state is not None:
-            states.append(state)
+    follows = "adjusted" in order and "adjusted" not in explicit  # found after the states fine-tuned from it
+    found = {name: find_state(name, cfg, explicit.get(name), task or cfg.task.name, warn)
+             for name in order if not (follows and name == "adjusted")}
+    if follows:
+        found["adjusted"] = adjusted_state(cfg, [s for s in found.values() if s is not None], warn)
+    states = [found[name] for name in order if found[name] is not None]
     if not states:
         raise XltError("no model state: " + ", ".join(order) + " were all missing (see the warnings above)")
     return states
 
 
+def require_state_path(setting: str, path: str) -> None:
+    """A state path the user gave exists: ``<setting>=<path>: no such file``."""
+    if not Path(path).exists():
+        raise XltError(f"{setting}={path}: no such file")
+
+
 def find_state(name: str, cfg: DictConfig, path: Optional[str], task: str, warn: Warn) -> Optional[ModelState]:
     """One state, or None with a warning saying what was missing and why."""
     if path is not None:
-        if not Path(path).exists():
-            warn(f"state {name}: {path} does not exist; skipped")
-            return None
         return path_state(name, path, cfg)
     try:
         return default_state(name, cfg, task)

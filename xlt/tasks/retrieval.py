@@ -14,7 +14,11 @@ adjusted encoder (+ adjusted fine-tuned); ``continual`` → the continual
 checkpoint.  So a sweep ``mode=original,adjusted`` gives xlt-report the
 pairs it compares (adjusted vs original, on the same queries).
 ``task.options.states=[original,adjusted]`` evaluates several in one job
-(for the per-layer figure).  A missing state is skipped with a warning.
+(for the per-layer figure).  A state discovery does not find is skipped
+with a warning; an unknown state name, or a ``task.options.checkpoints``
+path that does not exist, is an error before launch (``problems``).
+"Adjusted" is the encoder the fine-tuned states found started from
+(``xlt.stages.states.adjusted_state``).
 
 **Data** (``task.options.source``): ``heldout`` (default, offline) = the
 held-out pairs of the job's alignment artifact, never the adjustment sample;
@@ -42,7 +46,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xlt.config import DISTANCES, POOLINGS, RETRIEVAL_SOURCES, choice, ruled
+from xlt.config import DISTANCES, POOLINGS, RETRIEVAL_SOURCES, STATES, choice, ruled
 from xlt.errors import XltError, open_utf8, require_file
 from xlt.tasks.base import StateEvaluationTask
 
@@ -145,6 +149,14 @@ class RetrievalTask(StateEvaluationTask):
         if options.source != "heldout" and not cfg.lang.iso639_3:
             yield (f"task.options.source={options.source} needs the language's Tatoeba code: "
                    f"set iso639_3 in conf/lang/{cfg.lang.code}.yaml")
+        given = dict(options.checkpoints or {})
+        unknown = [name for name in options.states or () if name not in STATES and name not in given]
+        if unknown:
+            yield (f"task.options.states: unknown state {', '.join(repr(n) for n in unknown)}; valid: "
+                   f"{', '.join(STATES)}, or a name given a path in task.options.checkpoints")
+        for name, path in given.items():
+            if not os.path.exists(str(path)):
+                yield f"task.options.checkpoints.{name}={path}: no such file"
 
     @property
     def tag(self) -> str:
@@ -202,7 +214,6 @@ class RetrievalTask(StateEvaluationTask):
         cpu: dict[str, float] = {}  # CPU seconds: comparable on a shared machine, unlike wall-clock
         for state in states:
             clock, cpu_clock = time.time(), time.process_time()
-            torch.manual_seed(cfg.seed)  # model=tiny is randomly initialised: the same weights every run
             encoder = state.load().to(device)
             depth = num_layers(encoder)
             layers = list(range(depth)) if options.layer == "all" else [int(options.layer)]
@@ -231,12 +242,19 @@ class RetrievalTask(StateEvaluationTask):
             "retrieval": {**OmegaConf.to_container(options, resolve=True), "data": pairs.source,
                           "pairs": len(pairs.english), "device": str(device),
                           "evaluated_states": {s.name: s.source for s in states}, "state_seconds": timings,
-                          "state_cpu_seconds": cpu},
+                          "state_cpu_seconds": cpu, **state_notes(states)},
         }
         if options.layer == "all":
             title = f"{cfg.model.name}, en-{lang}, {len(pairs.english)} {pairs.data} pairs, {options.pooling}/{options.distance}"
             extras["figure"] = [str(p) for p in plot_layers(curves, out / "retrieval_layers", title)]
         return metrics, extras
+
+
+def state_notes(states: list) -> dict[str, dict[str, str]]:
+    """``{"state_notes": {name: note}}`` for the states chosen otherwise than
+    the job's own config says (``ModelState.note``), or nothing."""
+    notes = {s.name: s.note for s in states if s.note}
+    return {"state_notes": notes} if notes else {}
 
 
 def device_of(cfg: DictConfig) -> torch.device:
