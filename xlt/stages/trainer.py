@@ -36,18 +36,43 @@ def trainer_kwargs(cfg: DictConfig, **override: Any) -> dict[str, Any]:
 
 def check_hardware(cfg: DictConfig) -> None:
     """What the machine the job runs on must have for ``cfg.trainer``: a
-    visible GPU for ``accelerator=gpu``, bfloat16 for ``precision=bf16-*``
-    (emulated it is slow or fails late).  Called in the job, not where the
-    sweep is composed (a Slurm login node has no GPU)."""
+    visible GPU for ``accelerator=gpu``, as many as ``trainer.devices`` asks
+    for (Lightning's own error is a traceback), bfloat16 for
+    ``precision=bf16-*`` (emulated it is slow or fails late).  Called in the
+    job, not where the sweep is composed (a Slurm login node has no GPU)."""
+    import os
+
     import torch
 
     accelerator, precision = str(cfg.trainer.accelerator), str(cfg.trainer.precision)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise XltError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible on this machine (use trainer=cpu)")
     gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    devices = OmegaConf.to_container(cfg.trainer.devices) if OmegaConf.is_config(cfg.trainer.devices) else cfg.trainer.devices
+    if gpu and (wanted := gpus_beyond(devices, visible := torch.cuda.device_count())):
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f"{visible} GPU is" if visible == 1 else f"{visible} GPUs are"
+        raise XltError(f"trainer.devices={devices} asks for {wanted}, but {shown} visible on this machine "
+                       f"(indices 0-{visible - 1}{f'; CUDA_VISIBLE_DEVICES={mask}' if mask is not None else ''}): "
+                       "ask for fewer (trainer.devices=-1 uses every visible GPU)")
     if gpu and precision.startswith("bf16") and not torch.cuda.is_bf16_supported(False):
         raise XltError(f"trainer.precision={precision} needs a GPU with bfloat16 (Ampere or newer); "
                        f"{torch.cuda.get_device_name()} has none: pass trainer.precision=16-mixed or 32-true")
+
+
+def gpus_beyond(devices: Any, visible: int) -> str | None:
+    """What ``trainer.devices`` asks for beyond the ``visible`` CUDA devices,
+    read as Lightning reads it: a count n (or "n") is GPUs 0..n-1, a list (or
+    "i,j") those indices, -1 and "auto" every visible one."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        devices = [int(part) for part in text.split(",") if part.strip()] if "," in text else int(text)
+    if isinstance(devices, int):
+        return f"{devices} GPUs" if devices > visible else None
+    beyond = [index for index in devices if index >= visible]
+    return f"GPU {', '.join(map(str, beyond))}" if beyond else None
 
 
 def config_callbacks(cfg: DictConfig) -> list:
