@@ -260,21 +260,51 @@ class FiniteLoss(L.Callback):
     Optimizer steps on NaN or infinite gradients leave NaN weights that
     still "predict" (one class everywhere), so a job would report a
     meaningless accuracy and exit 0.  Checking costs one device sync per
-    step.  Runs before the step's checkpoint callback: no NaN state is saved.
+    micro-batch.  Runs before the step's checkpoint callback: no NaN state is saved.
+
+    Under DDP the processes first agree (every process's loss and
+    ``curve_terms`` gathered in one all-reduce per micro-batch; Lightning's
+    ``all_gather`` is deprecated in torch), and every process stops with
+    the same line, naming the ranks whose loss was not finite: a process
+    that stopped alone left the others in their next collective (on gloo a
+    "Connection closed by peer" traceback that replaced the one line in
+    results.json, on NCCL a hang until the watchdog).
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         import torch
 
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
+        if not isinstance(loss, torch.Tensor):
             return
+        terms = {**(getattr(pl_module, "curve_terms", None) or {}), "loss": loss}
+        values = torch.zeros(trainer.world_size, len(terms), device=loss.device)  # (processes, terms)
+        values[trainer.global_rank] = torch.stack([value.detach().float().reshape(()).to(loss.device) for value in terms.values()])
+        if trainer.world_size > 1:  # an all-gather in one all-reduce: the other rows are 0, and nan + 0 is nan
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+        values = values.cpu()
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        names = list(terms)
+        ranks = [rank for rank in range(len(values)) if not bool(finite[rank].all())]
+
+        def shown(rank: int) -> str:
+            bad = {name: float(values[rank, i]) for i, name in enumerate(names[:-1]) if not finite[rank, i]}
+            if not bad and len(names) == 1 and len(values) == 1:  # a module without curve_terms: what it logged
+                bad = {k: float(v) for k, v in trainer.callback_metrics.items()
+                       if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v))}
+            return ", ".join(f"{k}={v}" for k, v in bad.items()) or f"loss={float(values[rank, -1])}"
+
         step = trainer.global_step + (0 if step_boundary(trainer, batch_idx) else 1)  # the step in progress
-        terms = {k: float(v) for k, v in trainer.callback_metrics.items()
-                 if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v))}
-        shown = ", ".join(f"{k}={v}" for k, v in terms.items()) or f"loss={float(loss)}"
+        where, detail = "", shown(ranks[0])
+        if len(values) > 1:
+            where = f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {len(values)} processes"
+            detail = detail if len(ranks) == 1 else "; ".join(f"rank {rank}: {shown(rank)}" for rank in ranks)
         raise XltError(f"{stopping.current_stage()}: non-finite training loss at optimizer step {step} "
-                       f"(epoch {trainer.current_epoch}, batch {batch_idx}): {shown}; lower the learning rate "
+                       f"(epoch {trainer.current_epoch}, batch {batch_idx}){where}: {detail}; lower the learning rate "
                        "or check the loss weights (continual.alpha, continual.reg_weight, adjustment.reg_weight)")
 
 
