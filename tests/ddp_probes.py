@@ -20,3 +20,18 @@ class NanOnRank(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step and isinstance(outputs, dict):
             outputs["loss"] = torch.tensor(float("nan"))
+
+
+class RecordLosses(L.Callback):
+    """Appends each micro-batch's loss (``outputs["loss"]`` is divided by
+    ``accumulate_grad_batches``: undone) to ``<folder>/losses-rank<r>.jsonl``."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {"epoch": trainer.current_epoch, "batch": batch_idx,
+                  "loss": float(outputs["loss"]) * trainer.accumulate_grad_batches}
+        with (self.folder / f"losses-rank{trainer.global_rank}.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -65,6 +65,32 @@ def test_ddp_multirun_runs_each_job_once(tmp_path):
     assert not (REPO / "multirun" / sweep.name).exists()
 
 
+def test_the_curve_is_the_mean_over_processes_and_micro_batches(tmp_path):
+    """train/task_loss at a logged step is the mean over both processes and
+    both micro-batches of the step (the loss it optimized), in the CSV and in
+    the progress line; it was rank 0's last micro-batch."""
+    run, probe = tmp_path / "run", tmp_path / "losses"
+    result = xlt(tmp_path, f"hydra.run.dir={run}", "trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=3",
+                 "trainer.enable_progress_bar=true", f"trainer.callbacks=[{{_target_: tests.ddp_probes.RecordLosses, folder: '{probe}'}}]",
+                 env={"XLT_PROGRESS_S": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["training"]["micro_batch"] == 8  # 32 = 2 processes x 2 x 8
+    step_losses: dict[int, list[float]] = {}  # optimizer step (from 1) -> its 4 micro-batch losses
+    for rank in (0, 1):
+        for line in (probe / f"losses-rank{rank}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            step_losses.setdefault(record["epoch"] * 2 + record["batch"] // 2 + 1, []).append(record["loss"])
+    assert sorted(step_losses) == [1, 2, 3, 4] and all(len(v) == 4 for v in step_losses.values())
+    with (run / "logs" / "metrics.csv").open(newline="") as handle:
+        curve = {int(row["step"]): float(row["train/task_loss"]) for row in csv.DictReader(handle) if row["train/task_loss"]}
+    assert sorted(curve) == [2, 3]  # step 3 (every 3 steps) and the last, 4; Lightning's column is step - 1
+    for step in (3, 4):
+        assert curve[step - 1] == pytest.approx(sum(step_losses[step]) / 4, rel=1e-5)
+        assert curve[step - 1] != pytest.approx(step_losses[step][1], rel=1e-3)  # not one process's last micro-batch
+    shown = re.search(r"fine-tuning: 3/4 steps \(75%\), .*, loss (\d\.\d{4})", result.stdout + result.stderr)
+    assert shown and float(shown.group(1)) == pytest.approx(curve[2], abs=5e-5)
+
+
 @pytest.mark.parametrize("flags", [(), ("-m",)], ids=["run", "multirun"])
 def test_a_non_finite_loss_on_one_process_stops_every_process_with_one_line(tmp_path, flags):
     """Rank 1's loss is NaN at step 2: every process stops with the same line

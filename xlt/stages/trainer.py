@@ -96,8 +96,9 @@ def make_trainer(
     ``trainer.checkpoint_every_n_steps`` optimizer steps and when the job is
     told to stop (SIGTERM, SIGINT, or SIGUSR2 that Slurm/submitit send before
     preemption or time-out), so a rerun resumes mid-epoch.  Every training
-    stops at its first non-finite loss (``FiniteLoss``).  ``loggers``: the
-    stage's (``xlt.tracking``), else a CSV record in ``log_dir``.  Progress:
+    stops at its first non-finite loss (``FiniteLoss``) and logs its
+    module's ``curve_terms`` once per optimizer step (``TrainingCurve``).
+    ``loggers``: the stage's (``xlt.tracking``), else a CSV record in ``log_dir``.  Progress:
     Lightning's bar in a terminal, else a ``ProgressLines`` line every few
     seconds, named ``stage`` (``trainer.enable_progress_bar=false``: neither).
     """
@@ -107,7 +108,7 @@ def make_trainer(
     from xlt.tracking import CsvRecord
 
     check_hardware(cfg)
-    callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss()]
+    callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss(), TrainingCurve()]
     if checkpoint_dir is not None:
         every = cfg.trainer.checkpoint_every_n_steps
         # No version counter: a resumed job whose checkpoint's callback state
@@ -136,8 +137,9 @@ def make_trainer(
 class ProgressLines(L.Callback):
     """Training and prediction progress as log lines (``xlt.progress``) where
     no terminal redraws a bar (a Slurm ``.out``, a launcher's ``console.log``):
-    optimizer steps / total, rate, ETA and the loss; predicted batches / total.
-    Rank 0 only.  ``label`` names the current prediction (``describe_progress``)."""
+    optimizer steps / total, rate, ETA and the loss as the progress bar shows
+    it (its latest logged step); predicted batches / total.  Rank 0 only.
+    ``label`` names the current prediction (``describe_progress``)."""
 
     def __init__(self, stage: str):
         self.stage, self.label = stage, "prediction"
@@ -158,8 +160,10 @@ class ProgressLines(L.Callback):
         done, self.step = trainer.global_step - self.step, trainer.global_step
         extra = None
         if time.monotonic() - self.bar.last >= self.bar.interval:  # a line is due: read the loss (a device sync) only now
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            extra = f"loss {float(loss):.4f}" if loss is not None else None
+            # The progress bar's loss: the latest step the loggers wrote (under DDP
+            # the mean over the processes, which this rank alone cannot compute).
+            shown = next(iter(trainer.progress_bar_metrics.values()), None)
+            extra = f"loss {float(shown):.4f}" if shown is not None else None
         self.bar.update(done, extra)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -306,6 +310,48 @@ class FiniteLoss(L.Callback):
         raise XltError(f"{stopping.current_stage()}: non-finite training loss at optimizer step {step} "
                        f"(epoch {trainer.current_epoch}, batch {batch_idx}){where}: {detail}; lower the learning rate "
                        "or check the loss weights (continual.alpha, continual.reg_weight, adjustment.reg_weight)")
+
+
+class TrainingCurve(L.Callback):
+    """The training curve: for each optimizer step, the mean of the module's
+    ``curve_terms`` (the scalars of its latest training step, e.g.
+    ``train/task_loss``) over the step's micro-batches and DDP processes --
+    the loss the step optimized, not one process's last micro-batch.
+
+    Averaged across processes only on the steps the loggers write (every
+    ``trainer.log_every_n_steps``, and the last one, which ``LastStepLogged``
+    writes), in one all-reduce of all terms together: ``self.log(...,
+    sync_dist=True)`` would all-reduce each term at every micro-batch, a
+    cost Lightning's documentation warns about.  The first term is the one
+    the progress bar shows.  Modules without ``curve_terms`` log their own.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.batches, self.step = 0, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.sums, self.batches, self.step = {}, 0, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import torch
+
+        terms = getattr(pl_module, "curve_terms", None)
+        if not terms:
+            return
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+        self.batches += 1
+        if trainer.global_step == self.step:  # accumulating micro-batches: the step is not done
+            return
+        self.step = trainer.global_step
+        sums, batches, self.sums, self.batches = self.sums, self.batches, {}, 0
+        if self.step % trainer.log_every_n_steps and self.step < trainer.estimated_stepping_batches:
+            return  # not a step the loggers write: no collective
+        device = next(iter(sums.values())).device
+        means = trainer.strategy.reduce(torch.stack([value.to(device) for value in sums.values()]) / batches, reduce_op="mean")
+        for index, (name, value) in enumerate(zip(sums, means)):
+            pl_module.log(name, value, on_step=True, on_epoch=False, prog_bar=index == 0)
 
 
 def one_device() -> dict[str, Any]:
