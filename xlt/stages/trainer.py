@@ -363,6 +363,26 @@ def one_device() -> dict[str, Any]:
     return {"devices": 1, "strategy": "auto", "num_nodes": 1, "plugins": [LightningEnvironment()]}
 
 
+@contextmanager
+def as_rank_zero() -> Iterator[None]:
+    """Run a ``one_device()`` training (the adjustment) as rank 0 of its own
+    one-process run, whatever this process's rank in the job.
+
+    Lightning's rank-zero gate (``rank_zero_only.rank``: CSV records,
+    trackers, its messages) is read from ``SLURM_PROCID`` / ``RANK`` at
+    import, and only DDP strategies reset it.  Under Slurm every srun task
+    of a DDP job runs the job, and whichever takes the adjustment's build
+    lock trains it; task 1 left no curve and no tracker run.  Restored
+    afterwards for the job's DDP fine-tuning."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    rank, rank_zero_only.rank = rank_zero_only.rank, 0
+    try:
+        yield
+    finally:
+        rank_zero_only.rank = rank
+
+
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
