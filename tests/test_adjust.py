@@ -215,3 +215,28 @@ def test_adjust_stage_trains_with_the_configured_warmup_unit(tmp_path, tiny_cach
         with (adjust_stage(cfg) / "logs" / "metrics.csv").open(newline="") as handle:
             rates = [float(row["lr-Adam"]) for row in csv.DictReader(handle) if row.get("lr-Adam")]
         assert rates == pytest.approx([rate] * 4), unit
+
+
+@pytest.mark.slow
+def test_an_srun_task_other_than_rank_0_that_builds_the_adjustment_logs_it(tmp_path, tiny_cache, monkeypatch):
+    """Under Slurm DDP every task runs the job and the first to take the build
+    lock adjusts.  Lightning reads its rank-zero gate from SLURM_PROCID at
+    import (set here as SLURM_PROCID=1 sets it) and the one-device Trainer
+    kept it: task 1 built the model with no CSV curve and no tracker run."""
+    import csv
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from xlt.contract import compose as compose_config
+    from xlt.stages.adjust import adjust_stage
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    job = tmp_path / "job"
+    cfg = compose_config(["model=tiny", "data=demo", "corpus=demo", "corpus.size=120", "corpus.heldout=30", "mode=adjusted",
+                          "logger=tensorboard", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+                          f"paths.output_dir={job}", f"paths.cache_dir={tiny_cache}"])
+    built = adjust_stage(cfg)
+    with (built / "logs" / "metrics.csv").open(newline="") as handle:
+        assert [row["step"] for row in csv.DictReader(handle) if row.get("adjust/loss")] == ["0", "1", "2", "3"]
+    assert list((job / "logs" / "tensorboard").rglob("events.out.tfevents.*"))  # the adjustment's tracker run
+    assert rank_zero_only.rank == 1  # restored: the job's DDP fine-tuning is rank 1 again

@@ -60,16 +60,59 @@ def test_preempted_slurm_job_is_requeued_and_resumes(tmp_path):
     print(f"simulated Slurm sweep with a preemption: {time.time() - started:.0f} s")
 
 
-def preempt_while_training(state: Path, cache: Path, deadline: float) -> str:
-    """SIGUSR2 to the first array task's process once it has a step checkpoint."""
+def preempt_while_training(state: Path, cache: Path, deadline: float, signum: int = signal.SIGUSR2) -> str:
+    """``signum`` to the first array task's process once it has a step checkpoint."""
     while time.time() < deadline:
         pids = sorted(state.glob("*_0.pid"))
         checkpoints = list(cache.glob("checkpoints/*/last.ckpt"))
         if pids and checkpoints and not list(cache.glob("checkpoints/*/done.json")):
-            os.kill(int(pids[0].read_text()), signal.SIGUSR2)
+            os.kill(int(pids[0].read_text()), signum)
             return pids[0].name.removesuffix(".pid")
         time.sleep(0.1)
     raise AssertionError(f"no step checkpoint appeared; events: {(state / 'events.log').read_text()}")
+
+
+def test_a_stopped_slurm_job_is_a_failed_submitit_job_and_the_sweep_goes_on(tmp_path):
+    """SIGTERM (a plain kill; scancel sends it too) to job 0 while it trains:
+    it records "stopped", and submitit records a failure and the job exits 1
+    (it was "success", exit 0, COMPLETED); the login node still collects job
+    1 and ends with the one line naming job 0."""
+    import pickle
+
+    state, sweep, cache = tmp_path / "slurm", tmp_path / "sweep", tmp_path / "cache"
+    command = [sys.executable, "-m", "xlt", "-m", "model=tiny", "data=demo", "seed=1,2", "task.train_limit=96",
+               "task.batch_size=8", "task.eval_limit=12", "task.epochs=2", "trainer.enable_progress_bar=false",
+               "trainer.checkpoint_every_n_steps=4", "trainer.callbacks=[{_target_: tests.fake_slurm.steptime.StepTime, seconds: 0.25}]",
+               "hydra/launcher=slurm", "hydra.launcher.partition=fake", "hydra.launcher.gpus_per_node=0",
+               "hydra.launcher.tasks_per_node=1", f"hydra.sweep.dir={sweep}"]
+    sweep_run = subprocess.Popen(command, cwd=REPO, env=fake_slurm_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stopped = preempt_while_training(state, cache, deadline=time.time() + 240, signum=signal.SIGTERM)
+        out, err = sweep_run.communicate(timeout=300)
+    finally:
+        if sweep_run.poll() is None:
+            sweep_run.kill()
+    assert sweep_run.returncode == 1, err[-3000:]
+    array, task = stopped.split("_")
+    other = "1" if task == "0" else "0"
+    message = json.loads((sweep / task / "results.json").read_text())["error"]
+    assert message.startswith("stopped at fine-tuning by SIGTERM (checkpoint at step")
+    assert err.strip().splitlines()[-1] == f"xlt: error: 1 job(s) of the sweep did not finish ok: {sweep / task}: stopped: {message}"
+    wait_for_events(state, [f"end {stopped} exit 1", f"end {array}_{other} exit 0"])  # FAILED / COMPLETED (was exit 0)
+    outcome, trace = pickle.loads(next((sweep / ".submitit" / stopped).glob("*_result.pkl")).read_bytes())
+    assert outcome == "error" and trace.strip().splitlines()[-1].endswith(f"JobNotOk: {message}")
+    assert f"Slurm job {stopped} (" in out + err  # the login node said so, then collected the other job
+    assert json.loads((sweep / other / "results.json").read_text())["status"] == "ok"
+
+
+def wait_for_events(state: Path, lines: list[str]) -> None:
+    """The fake Slurm records a task's end after its process exits, which
+    may be after the sweep on the login node has its result."""
+    for _ in range(300):
+        if all(line in (state / "events.log").read_text() for line in lines):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not all of {lines} in {(state / 'events.log').read_text()}")
 
 
 def fake_slurm_env(tmp_path: Path) -> dict[str, str]:
@@ -92,6 +135,7 @@ def test_a_gpu_preset_is_submitted_from_a_machine_without_a_gpu(tmp_path):
     assert last.startswith("xlt: error: 6 job(s) of the sweep did not finish ok: ")
     assert all(f"{sweep / str(n)}: failed: " in last for n in range(6))  # each job named, not only the first
     assert "sbatch 1000 tasks 0-5 name=xlt-table2_nli" in (tmp_path / "slurm" / "events.log").read_text()
+    wait_for_events(tmp_path / "slurm", [f"end 1000_{n} exit 1" for n in range(6)])  # failed Slurm jobs, not COMPLETED
     saved = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert len(saved) == 6 and {(r["config"]["mode"], r["config"]["lang"]) for r in saved} == {
         (m, lang) for m in ("original", "adjusted", "continual") for lang in ("ru", "hi")}

@@ -85,10 +85,33 @@ def test_bf16_on_a_gpu_without_it_is_one_line(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
     with pytest.raises(XltError, match=r"needs a GPU with bfloat16 .*Tesla V100.*trainer.precision=16-mixed"):
         make_trainer(compose(tmp_path, "trainer=gpu"), 1, None, tmp_path)
+
+
+@pytest.mark.parametrize("devices, shown, wanted", [
+    ("3", "3", "3 GPUs"), ("[0,3]", "[0, 3]", "GPU 3"), ("'1,2'", "1,2", "GPU 2"),
+])
+def test_more_gpus_than_visible_is_one_line(tmp_path, monkeypatch, devices, shown, wanted):
+    """trainer.devices beyond the GPUs the job's machine shows: one line naming
+    the setting and what is visible, where Lightning raised a traceback."""
+    import torch
+
+    from xlt.stages.trainer import check_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    cfg = compose(tmp_path, "trainer=gpu", "trainer.precision=32-true", f"trainer.devices={devices}")
+    with pytest.raises(XltError) as err:
+        check_hardware(cfg)
+    assert str(err.value) == (f"trainer.devices={shown} asks for {wanted}, but 2 GPUs are visible on this machine "
+                              "(indices 0-1; CUDA_VISIBLE_DEVICES=4,5): ask for fewer (trainer.devices=-1 uses every visible GPU)")
+    for fits in ("2", "-1", "auto", "[1]", "'0,1'"):
+        check_hardware(compose(tmp_path, "trainer=gpu", "trainer.precision=32-true", f"trainer.devices={fits}"))
 
 
 def diverging_module():

@@ -25,7 +25,13 @@ its jobs.
 lets a sweep survive one job's crash (and Hydra's job runner) must not
 swallow it.  ``xlt.cli.dispatch`` records it in results.json and exits with
 ``128 + signal`` (143 for SIGTERM, 130 for SIGINT); for SIGUSR2 it then calls
-the handler that was there before (submitit's: requeue the job).
+the handler that was there before (submitit's: requeue the job, exit 255).
+In a sweep ``dispatch`` returns instead, so the sweep goes on, and the
+launcher makes the job fail: the basic launcher's sweep exits
+``128 + signal``, ``local_gpus`` counts the job failed, and under
+``hydra/launcher=slurm`` the job's task 0 raises after the job
+(``hydra_plugins.xlt_submitit``): submitit records an error, the process
+exits 1 and Slurm marks the job FAILED.
 """
 
 from __future__ import annotations

@@ -161,6 +161,7 @@ class FineTuneModule(L.LightningModule):
         # Not a submodule: its frozen reference model must stay out of the
         # optimiser and the checkpoint.
         self.objective = objective
+        self.curve_terms: dict[str, torch.Tensor] = {}  # the latest micro-batch's loss terms, this process's
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: batch[k] for k in model_inputs(batch)}
@@ -180,14 +181,17 @@ class FineTuneModule(L.LightningModule):
             self.objective.loss.warn_without_negatives("continual learning")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The step's loss; its terms go to ``curve_terms``, which the Trainer's
+        ``TrainingCurve`` logs as the mean over the optimizer step's
+        micro-batches and DDP processes (the first one in the progress bar)."""
         task_loss = self.task.loss(self(batch), batch)
-        self.log("train/task_loss", task_loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         if self.objective is None:
+            self.curve_terms = {"train/task_loss": task_loss.detach()}
             return task_loss
         align = self.objective.step_loss(self.encoder, self.global_step)
-        self.log_dict({f"train/{k}": v for k, v in align.items()}, batch_size=len(batch["input_ids"]))
         loss = task_loss + align["weighted"]
-        self.log("train/loss", loss, batch_size=len(batch["input_ids"]))
+        self.curve_terms = {"train/loss": loss.detach(), "train/task_loss": task_loss.detach(),
+                            **{f"train/{k}": v.detach() for k, v in align.items()}}
         return loss
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[torch.Tensor]:

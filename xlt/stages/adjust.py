@@ -17,7 +17,7 @@ from xlt.artifacts import build_once, write_json
 from xlt.errors import XltError
 from xlt.keys import adjusted_dir, corpus_path
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import make_trainer, one_device
+from xlt.stages.trainer import as_rank_zero, make_trainer, one_device
 from xlt.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,17 @@ log = logging.getLogger(__name__)
 
 @stopping.in_stage("adjustment")
 def adjust_stage(cfg: DictConfig) -> Path:
-    """The adjusted encoder's directory (built once per distinct setting)."""
+    """The adjusted encoder's directory (built once per distinct setting).
+
+    Under DDP on Slurm every srun task runs the job: the first to take the
+    build lock trains the adjustment on its one device, as rank 0 of its own
+    run (``as_rank_zero``: its curve and tracker run are logged whatever its
+    rank), and the others wait on the lock and reuse it.  Any task may build
+    it: the result does not depend on which (one device, seeded by
+    ``cfg.seed``), and reserving it for global rank 0 would leave the others
+    waiting all the same, and waiting for nothing if rank 0 failed.  With
+    Lightning's own DDP launcher the other ranks start only when rank 0
+    fine-tunes, after the adjustment."""
     from xlt.models.encoder import load_tokenizer
 
     target = adjusted_dir(cfg)
@@ -69,8 +79,9 @@ def train_adjustment(cfg: DictConfig, tokenizer, out: Path) -> None:
         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
     )
     probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * settings.epochs // PROBES))
-    # The curve: CSV with the artifact, and the tracker's own run in the job's logs/ (never the job's run).
-    with stage_run(cfg, "adjust", out / "logs", Path(cfg.paths.output_dir) / "logs") as loggers:
+    # The curve: CSV with the artifact, and the tracker's own run in the job's logs/ (never the job's run),
+    # whichever process of a DDP job builds it.
+    with as_rank_zero(), stage_run(cfg, "adjust", out / "logs", Path(cfg.paths.output_dir) / "logs") as loggers:
         trainer = make_trainer(
             cfg, max_epochs=settings.epochs, checkpoint_dir=None, log_dir=out / "logs", callbacks=[probe_cb], loggers=loggers,
             stage="adjustment", **adjustment_trainer(),

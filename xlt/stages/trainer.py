@@ -36,18 +36,43 @@ def trainer_kwargs(cfg: DictConfig, **override: Any) -> dict[str, Any]:
 
 def check_hardware(cfg: DictConfig) -> None:
     """What the machine the job runs on must have for ``cfg.trainer``: a
-    visible GPU for ``accelerator=gpu``, bfloat16 for ``precision=bf16-*``
-    (emulated it is slow or fails late).  Called in the job, not where the
-    sweep is composed (a Slurm login node has no GPU)."""
+    visible GPU for ``accelerator=gpu``, as many as ``trainer.devices`` asks
+    for (Lightning's own error is a traceback), bfloat16 for
+    ``precision=bf16-*`` (emulated it is slow or fails late).  Called in the
+    job, not where the sweep is composed (a Slurm login node has no GPU)."""
+    import os
+
     import torch
 
     accelerator, precision = str(cfg.trainer.accelerator), str(cfg.trainer.precision)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise XltError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible on this machine (use trainer=cpu)")
     gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    devices = OmegaConf.to_container(cfg.trainer.devices) if OmegaConf.is_config(cfg.trainer.devices) else cfg.trainer.devices
+    if gpu and (wanted := gpus_beyond(devices, visible := torch.cuda.device_count())):
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f"{visible} GPU is" if visible == 1 else f"{visible} GPUs are"
+        raise XltError(f"trainer.devices={devices} asks for {wanted}, but {shown} visible on this machine "
+                       f"(indices 0-{visible - 1}{f'; CUDA_VISIBLE_DEVICES={mask}' if mask is not None else ''}): "
+                       "ask for fewer (trainer.devices=-1 uses every visible GPU)")
     if gpu and precision.startswith("bf16") and not torch.cuda.is_bf16_supported(False):
         raise XltError(f"trainer.precision={precision} needs a GPU with bfloat16 (Ampere or newer); "
                        f"{torch.cuda.get_device_name()} has none: pass trainer.precision=16-mixed or 32-true")
+
+
+def gpus_beyond(devices: Any, visible: int) -> str | None:
+    """What ``trainer.devices`` asks for beyond the ``visible`` CUDA devices,
+    read as Lightning reads it: a count n (or "n") is GPUs 0..n-1, a list (or
+    "i,j") those indices, -1 and "auto" every visible one."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        devices = [int(part) for part in text.split(",") if part.strip()] if "," in text else int(text)
+    if isinstance(devices, int):
+        return f"{devices} GPUs" if devices > visible else None
+    beyond = [index for index in devices if index >= visible]
+    return f"GPU {', '.join(map(str, beyond))}" if beyond else None
 
 
 def config_callbacks(cfg: DictConfig) -> list:
@@ -71,8 +96,9 @@ def make_trainer(
     ``trainer.checkpoint_every_n_steps`` optimizer steps and when the job is
     told to stop (SIGTERM, SIGINT, or SIGUSR2 that Slurm/submitit send before
     preemption or time-out), so a rerun resumes mid-epoch.  Every training
-    stops at its first non-finite loss (``FiniteLoss``).  ``loggers``: the
-    stage's (``xlt.tracking``), else a CSV record in ``log_dir``.  Progress:
+    stops at its first non-finite loss (``FiniteLoss``) and logs its
+    module's ``curve_terms`` once per optimizer step (``TrainingCurve``).
+    ``loggers``: the stage's (``xlt.tracking``), else a CSV record in ``log_dir``.  Progress:
     Lightning's bar in a terminal, else a ``ProgressLines`` line every few
     seconds, named ``stage`` (``trainer.enable_progress_bar=false``: neither).
     """
@@ -82,7 +108,7 @@ def make_trainer(
     from xlt.tracking import CsvRecord
 
     check_hardware(cfg)
-    callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss()]
+    callbacks = [*callbacks, *config_callbacks(cfg), FiniteLoss(), TrainingCurve()]
     if checkpoint_dir is not None:
         every = cfg.trainer.checkpoint_every_n_steps
         # No version counter: a resumed job whose checkpoint's callback state
@@ -111,8 +137,9 @@ def make_trainer(
 class ProgressLines(L.Callback):
     """Training and prediction progress as log lines (``xlt.progress``) where
     no terminal redraws a bar (a Slurm ``.out``, a launcher's ``console.log``):
-    optimizer steps / total, rate, ETA and the loss; predicted batches / total.
-    Rank 0 only.  ``label`` names the current prediction (``describe_progress``)."""
+    optimizer steps / total, rate, ETA and the loss as the progress bar shows
+    it (its latest logged step); predicted batches / total.  Rank 0 only.
+    ``label`` names the current prediction (``describe_progress``)."""
 
     def __init__(self, stage: str):
         self.stage, self.label = stage, "prediction"
@@ -133,8 +160,10 @@ class ProgressLines(L.Callback):
         done, self.step = trainer.global_step - self.step, trainer.global_step
         extra = None
         if time.monotonic() - self.bar.last >= self.bar.interval:  # a line is due: read the loss (a device sync) only now
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            extra = f"loss {float(loss):.4f}" if loss is not None else None
+            # The progress bar's loss: the latest step the loggers wrote (under DDP
+            # the mean over the processes, which this rank alone cannot compute).
+            shown = next(iter(trainer.progress_bar_metrics.values()), None)
+            extra = f"loss {float(shown):.4f}" if shown is not None else None
         self.bar.update(done, extra)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -235,22 +264,94 @@ class FiniteLoss(L.Callback):
     Optimizer steps on NaN or infinite gradients leave NaN weights that
     still "predict" (one class everywhere), so a job would report a
     meaningless accuracy and exit 0.  Checking costs one device sync per
-    step.  Runs before the step's checkpoint callback: no NaN state is saved.
+    micro-batch.  Runs before the step's checkpoint callback: no NaN state is saved.
+
+    Under DDP the processes first agree (every process's loss and
+    ``curve_terms`` gathered in one all-reduce per micro-batch; Lightning's
+    ``all_gather`` is deprecated in torch), and every process stops with
+    the same line, naming the ranks whose loss was not finite: a process
+    that stopped alone left the others in their next collective (on gloo a
+    "Connection closed by peer" traceback that replaced the one line in
+    results.json, on NCCL a hang until the watchdog).
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         import torch
 
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss).all()):
+        if not isinstance(loss, torch.Tensor):
             return
+        terms = {**(getattr(pl_module, "curve_terms", None) or {}), "loss": loss}
+        values = torch.zeros(trainer.world_size, len(terms), device=loss.device)  # (processes, terms)
+        values[trainer.global_rank] = torch.stack([value.detach().float().reshape(()).to(loss.device) for value in terms.values()])
+        if trainer.world_size > 1:  # an all-gather in one all-reduce: the other rows are 0, and nan + 0 is nan
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+        values = values.cpu()
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        names = list(terms)
+        ranks = [rank for rank in range(len(values)) if not bool(finite[rank].all())]
+
+        def shown(rank: int) -> str:
+            bad = {name: float(values[rank, i]) for i, name in enumerate(names[:-1]) if not finite[rank, i]}
+            if not bad and len(names) == 1 and len(values) == 1:  # a module without curve_terms: what it logged
+                bad = {k: float(v) for k, v in trainer.callback_metrics.items()
+                       if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v))}
+            return ", ".join(f"{k}={v}" for k, v in bad.items()) or f"loss={float(values[rank, -1])}"
+
         step = trainer.global_step + (0 if step_boundary(trainer, batch_idx) else 1)  # the step in progress
-        terms = {k: float(v) for k, v in trainer.callback_metrics.items()
-                 if isinstance(v, torch.Tensor) and v.numel() == 1 and not bool(torch.isfinite(v))}
-        shown = ", ".join(f"{k}={v}" for k, v in terms.items()) or f"loss={float(loss)}"
+        where, detail = "", shown(ranks[0])
+        if len(values) > 1:
+            where = f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {len(values)} processes"
+            detail = detail if len(ranks) == 1 else "; ".join(f"rank {rank}: {shown(rank)}" for rank in ranks)
         raise XltError(f"{stopping.current_stage()}: non-finite training loss at optimizer step {step} "
-                       f"(epoch {trainer.current_epoch}, batch {batch_idx}): {shown}; lower the learning rate "
+                       f"(epoch {trainer.current_epoch}, batch {batch_idx}){where}: {detail}; lower the learning rate "
                        "or check the loss weights (continual.alpha, continual.reg_weight, adjustment.reg_weight)")
+
+
+class TrainingCurve(L.Callback):
+    """The training curve: for each optimizer step, the mean of the module's
+    ``curve_terms`` (the scalars of its latest training step, e.g.
+    ``train/task_loss``) over the step's micro-batches and DDP processes --
+    the loss the step optimized, not one process's last micro-batch.
+
+    Averaged across processes only on the steps the loggers write (every
+    ``trainer.log_every_n_steps``, and the last one, which ``LastStepLogged``
+    writes), in one all-reduce of all terms together: ``self.log(...,
+    sync_dist=True)`` would all-reduce each term at every micro-batch, a
+    cost Lightning's documentation warns about.  The first term is the one
+    the progress bar shows.  Modules without ``curve_terms`` log their own.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.batches, self.step = 0, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.sums, self.batches, self.step = {}, 0, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import torch
+
+        terms = getattr(pl_module, "curve_terms", None)
+        if not terms:
+            return
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+        self.batches += 1
+        if trainer.global_step == self.step:  # accumulating micro-batches: the step is not done
+            return
+        self.step = trainer.global_step
+        sums, batches, self.sums, self.batches = self.sums, self.batches, {}, 0
+        if self.step % trainer.log_every_n_steps and self.step < trainer.estimated_stepping_batches:
+            return  # not a step the loggers write: no collective
+        device = next(iter(sums.values())).device
+        means = trainer.strategy.reduce(torch.stack([value.to(device) for value in sums.values()]) / batches, reduce_op="mean")
+        for index, (name, value) in enumerate(zip(sums, means)):
+            pl_module.log(name, value, on_step=True, on_epoch=False, prog_bar=index == 0)
 
 
 def one_device() -> dict[str, Any]:
@@ -260,6 +361,26 @@ def one_device() -> dict[str, Any]:
     from lightning.fabric.plugins.environments import LightningEnvironment
 
     return {"devices": 1, "strategy": "auto", "num_nodes": 1, "plugins": [LightningEnvironment()]}
+
+
+@contextmanager
+def as_rank_zero() -> Iterator[None]:
+    """Run a ``one_device()`` training (the adjustment) as rank 0 of its own
+    one-process run, whatever this process's rank in the job.
+
+    Lightning's rank-zero gate (``rank_zero_only.rank``: CSV records,
+    trackers, its messages) is read from ``SLURM_PROCID`` / ``RANK`` at
+    import, and only DDP strategies reset it.  Under Slurm every srun task
+    of a DDP job runs the job, and whichever takes the adjustment's build
+    lock trains it; task 1 left no curve and no tracker run.  Restored
+    afterwards for the job's DDP fine-tuning."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    rank, rank_zero_only.rank = rank_zero_only.rank, 0
+    try:
+        yield
+    finally:
+        rank_zero_only.rank = rank
 
 
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
