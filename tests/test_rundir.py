@@ -54,3 +54,27 @@ def test_two_jobs_started_in_the_same_second_keep_their_results(tmp_path):
     langs = sorted(json.loads((tmp_path / "outputs" / "2026-12-06" / f / "results.json").read_text())["config"]["lang"]
                    for f in folders)
     assert langs == ["es", "ru"]  # each job's own record (here: its failure, no data at data.root)
+
+
+def test_a_dry_run_in_the_same_process_leaves_no_multirun_behind(monkeypatch, capsys, tmp_path):
+    """``xlt --cfg job`` run in-process (a notebook, a test) leaves Hydra's
+    config set with ``mode: None``; the next job of that process read
+    ``mode.name`` and crashed at its first fit (``'NoneType' object has no
+    attribute 'name'``: 13 jobs of the full suite)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from xlt import cli
+    from xlt.rundir import in_multirun
+    from xlt.stages.trainer import ddp_job
+
+    monkeypatch.setattr(sys, "argv", ["xlt", "model=tiny", "--cfg", "job"])
+    try:
+        cli.main()  # prints the config and returns
+        assert "model:" in capsys.readouterr().out
+        assert HydraConfig.initialized() and HydraConfig.get().mode is None
+        assert not in_multirun()
+        argv = list(sys.argv)
+        with ddp_job(tmp_path):
+            assert sys.argv == argv  # a single job keeps its command line
+    finally:
+        HydraConfig.instance().cfg = None

@@ -195,11 +195,9 @@ def dispatch(cfg) -> float | None:
     a stop signal into a "stopped" record and a non-zero exit (``xlt.stopping``)."""
     import time
 
-    from hydra.core.hydra_config import HydraConfig
-
     from xlt import stopping
 
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    multirun = rundir.in_multirun()
     started = time.time()
     if stopping.sweep_stop() is not None:  # an earlier job of this sweep was stopped: start no more
         record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir), "not run", started)

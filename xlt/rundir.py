@@ -42,3 +42,16 @@ def fresh_dir(path: str) -> str:
 
 def register() -> None:
     OmegaConf.register_new_resolver(RESOLVER, fresh_dir, use_cache=True, replace=True)
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``).
+
+    False outside Hydra and also when a HydraConfig is set without a mode
+    (``compose(..., return_hydra_config=True)`` as tests and notebooks do),
+    which is why ``mode`` is compared, never dereferenced.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -47,6 +47,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from xlt.errors import XltError
+from xlt.rundir import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,8 @@ def sweep_name() -> Optional[str]:
     """The sweep a job belongs to: its ``hydra.sweep.dir`` (relative to the
     working directory when inside it), or None outside a multirun."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return None
     sweep = Path(str(HydraConfig.get().sweep.dir))
     try:
@@ -92,9 +92,8 @@ def store_dir(cfg: DictConfig) -> Path:
     """Where a local tracker store shared by the sweep lives: the sweep folder,
     or the run folder of a single job."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         return Path(str(HydraConfig.get().sweep.dir))
     return Path(str(cfg.paths.output_dir))
 

@@ -24,6 +24,7 @@ from xlt import stopping
 from xlt.checkpoints import AtomicCheckpointIO
 from xlt.config import TRAINER_XLT_KEYS
 from xlt.errors import XltError
+from xlt.rundir import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +406,7 @@ def ddp_job(out: Path) -> Iterator[None]:
     from omegaconf import open_dict, read_write
 
     env = {k: os.environ.get(k) for k in DDP_ENV}
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    multirun = in_multirun()
     hydra_cfg = HydraConfig.get() if multirun else None
     argv, run_dir = sys.argv, hydra_cfg.run.dir if multirun else None
     if multirun:
