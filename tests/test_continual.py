@@ -153,7 +153,7 @@ def test_a_resumed_run_logs_progress_while_it_rebuilds_the_reference_cache(monke
 
 
 def test_the_reference_cache_says_what_it_grows_to(caplog):
-    """Nothing bounds the cache below every sentence of the sample (1.73 GiB at
+    """Nothing bounds the cache below every sentence of the sample (1.68 GiB at
     corpus.size=30000 with mBERT): the objective says what that is, and it is
     what the cache holds once every sentence was drawn, for lists and arrays."""
     import logging

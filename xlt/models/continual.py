@@ -71,8 +71,8 @@ class ContinualObjective:
         """What the frozen reference's vector cache can grow to.  Nothing
         bounds it below every sentence of the sample (a long training draws
         most of them: 24.5K MultiNLI steps x 16 draw 392K times), and it lives
-        in CPU memory, in every DDP process: 1.73 GiB at corpus.size=30000
-        with mBERT (40.3 vectors a sentence, en-ru, tokens=all)."""
+        in CPU memory, in every DDP process: 1.68 GiB at corpus.size=30000
+        with mBERT (README, "Fidelity": the continual reference row)."""
         vectors = reference_vectors(self.examples)
         hidden = self.loss.reference.config.hidden_size
         size = vectors * hidden * 2  # fp16
