@@ -30,7 +30,7 @@ import numpy as np
 
 def shuffled(n: int, seed: int) -> np.ndarray:
     """``x = list(range(n)); random.Random(seed).shuffle(x)`` as an integer array (int32 below 2**31)."""
-    if n >= 2**31:  # j_i would need more than one 32-bit word: not emulated
+    if n >= 2**31:  # past int32 indices (and past 2**32 a draw takes two words): the list, as before
         order = list(range(n))
         random.Random(seed).shuffle(order)
         return np.array(order, np.int64)

@@ -56,10 +56,11 @@ class AlignedExamples(Sequence[AlignedExample]):
     rows one after another with their offsets, ids as int32, spans as int16
     pairs (int32 past 32,767 positions).
 
-    As Python lists of ints and span tuples an example took 3.5-5 KB (mBERT's
-    vocabulary, real en-ru pairs; more at peak), so 250K pairs (Table 5's
-    largest sample) held over 1 GB through the adjustment or a whole
-    continual training; as arrays about 0.6 KB.  Item ``k`` is the example
+    As Python lists of ints and span tuples an example held 3.5-7 KB (real
+    en-ru pairs, mBERT's and e5's vocabularies; twice that at the peak of
+    building), so 250K pairs (Table 5's largest sample) held over 1 GB
+    through the adjustment or a whole continual training; as arrays about
+    0.5 KB (``make bench``, section 9).  Item ``k`` is the example
     as lists again (a batch's worth at a time, for :func:`collate_aligned`);
     a slice is an ``AlignedExamples``.
     """
