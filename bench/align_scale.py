@@ -60,15 +60,21 @@ def sizes_from(text: Optional[str], default: tuple[int, ...] = DEFAULT_SIZES) ->
 
 
 def make_corpus(data_dir: Path, size: int, path: Path) -> int:
-    """Write the marked copies of the shared en-ru pool; returns the line count."""
+    """Write enough marked copies of the shared en-ru pool for ``size`` usable pairs; returns the line count."""
     rows = (data_dir / BASE_POOL).read_text(encoding="utf-8").splitlines()
-    copies = math.ceil((size + 1000) / (USABLE * len(rows)))
+    return write_copies(data_dir, math.ceil((size + 1000) / (USABLE * len(rows))) * len(rows), path)
+
+
+def write_copies(data_dir: Path, lines: int, path: Path) -> int:
+    """Write ``lines`` lines of marked copies of the shared en-ru pool (the last copy cut short)."""
+    rows = (data_dir / BASE_POOL).read_text(encoding="utf-8").splitlines()
     with open(path, "w", encoding="utf-8") as out:
-        for copy in range(copies):
+        for copy in range(math.ceil(lines / len(rows))):
             mark = f" {copy}" if copy else ""
+            part = rows[: lines - copy * len(rows)]
             out.writelines(f"1.10\t{english}{mark}\t{russian}{mark}\n" for english, russian in
-                           (row.split("\t") for row in rows))
-    return copies * len(rows)
+                           (row.split("\t") for row in part))
+    return lines
 
 
 # --------------------------------------------------------------------------- measuring a process tree

@@ -1,6 +1,6 @@
 """Throughput benchmarks for continual learning and cross-lingual adjustment.
 
-``make bench`` runs this script.  Six measurements, all on real data:
+``make bench`` runs this script.  Eleven measurements, all on real data:
 
 1. **Continual overhead** -- seconds per training step of continual
    fine-tuning (task batch 32 + aligned en-ru batch 16, alpha = 0.01, the
@@ -31,6 +31,12 @@
 7. **Train scale** -- MultiNLI- and SQuAD-size training sets (392,702 pairs,
    87,599 questions) tokenised into features as a job does, against plain lists: time, peak and held
    memory (``bench/train_scale.py``; ``--train-sizes`` and ``--qa-sizes`` select the sizes).
+8.-11. **Scale of what grows with the paper's data** (``bench/scale.py``) --
+   reading a 1.6M-line WikiMatrix file into a 250K pool and one job's draw
+   from it, the adjustment examples of 250K pairs, the continual reference
+   cache of 30K mBERT sentences, ``xlt-report`` on a 60-job sweep
+   (``--pool-lines``, ``--examples-sizes``, ``--cache-sentences``,
+   ``--report-jobs`` select the sizes).
 
 How steps are timed: a plain Python loop drives the real
 ``LightningModule.training_step`` (so the task loss, the auxiliary loss and
@@ -82,7 +88,7 @@ from xlt.models.finetune import EpochShuffleSampler, FineTuneModule, task_loader
 from xlt.models.pooling import pool_spans  # noqa: E402
 from xlt.tasks.registry import build_task  # noqa: E402
 from bench.align_scale import bench_align_scale, print_align_scale, sizes_from  # noqa: E402
-from bench import train_scale  # noqa: E402
+from bench import scale, train_scale  # noqa: E402
 
 TASK_NAMES = {"nli": "xnli", "ner": "ner"}  # bench name -> conf/task name
 PAPER_SLOWDOWN = {"nli": 2.4, "ner": 5.0}  # the paper's code: continual vs plain fine-tuning
@@ -609,6 +615,8 @@ def print_table(results: dict[str, Any]) -> None:
         print_align_scale(results["align_scale"])
     if results.get("train_scale", {}).get("tasks"):
         train_scale.print_train_scale(results["train_scale"])
+    if "scale" in results:
+        scale.print_scale(results["scale"])
     print("=" * 118)
 
 
@@ -641,6 +649,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="section 7: comma-separated QA training-set sizes (default 87599, SQuAD v1.1; "
                              "$XLT_BENCH_QA_SIZES); none skips it")
     parser.add_argument("--train-rounds", type=int, default=2, help="section 7: alternating rounds per size")
+    scale.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", default=os.environ.get("XLT_DATA_DIR", str(REPO.parent / "shared" / "data")),
@@ -716,6 +725,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             print("\n== 7. paper-size training sets: features in memory")
             results["train_scale"] = train_scale.bench_train_scale(train_sizes, args.cache_dir, args.data_dir,
                                                                    args.train_rounds)
+        results["scale"] = scale.bench_scale(args)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["runtime_s"] = round(time.time() - started, 1)
     print_table(results)

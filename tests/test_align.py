@@ -77,6 +77,45 @@ def test_eflomal_missing_gives_install_hint(monkeypatch) -> None:
         A.align_corpus([SentencePair(["a"], ["b"])], AlignerConfig(name="eflomal"))
 
 
+class FakeEflomal:
+    """``eflomal.Aligner`` as eflomal 2.0 writes files: its encoded inputs with
+    ``NamedTemporaryFile()`` (no folder), the links where it is told."""
+
+    made: list[str] = []
+
+    class Aligner:
+        def align(self, src_input, trg_input, links_filename_fwd=None, links_filename_rev=None, **_):
+            with tempfile.NamedTemporaryFile("wb") as srcf:
+                FakeEflomal.made.append(srcf.name)
+                for path in (links_filename_fwd, links_filename_rev):
+                    Path(path).write_text("".join("0-0\n" for _ in src_input))
+
+
+def test_eflomal_temporary_files_go_to_the_build_folder(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "eflomal", FakeEflomal)
+    monkeypatch.setattr(FakeEflomal, "made", [])
+    build = tmp_path / "build"
+    build.mkdir()
+    default = tempfile.tempdir
+    links = A.align_corpus([SentencePair(["a"], ["b"])] * 2, AlignerConfig(name="eflomal"), str(build))
+    assert links == [[(0, 0)]] * 2
+    [encoded] = FakeEflomal.made
+    assert Path(encoded).parent.parent == build  # eflomal's own temporary file, not only xlt's link files
+    assert tempfile.tempdir == default and not list(build.iterdir())  # default restored, nothing left
+
+
+def test_eflomal_restores_the_temporary_folder_on_error(monkeypatch, tmp_path: Path) -> None:
+    class Failing(FakeEflomal.Aligner):
+        def align(self, *args, **kwargs):
+            raise RuntimeError("eflomal binary crashed")
+
+    monkeypatch.setitem(sys.modules, "eflomal", type("Eflomal", (), {"Aligner": Failing}))
+    default = tempfile.tempdir
+    with pytest.raises(RuntimeError, match="crashed"):
+        A.align_corpus([SentencePair(["a"], ["b"])], AlignerConfig(name="eflomal"), str(tmp_path))
+    assert tempfile.tempdir == default
+
+
 def test_unknown_aligner() -> None:
     """(Ignored or out-of-range aligner settings stop at the config contract:
     tests/test_contract.py.)"""

@@ -126,3 +126,52 @@ def test_continual_reports_aligned_batches_without_negatives_once(caplog):
     assert [r.getMessage() for r in caplog.records if "no negatives" in r.getMessage()] == [
         "continual learning: 5 of 5 aligned batches had no negatives (fewer than two word pairs, or copies of one); "
         "their contrastive term was 0 and only the regulariser trained on them"]
+
+
+def test_a_resumed_run_logs_progress_while_it_rebuilds_the_reference_cache(monkeypatch, caplog):
+    """A run resumed at step k recomputes the reference vectors of steps 0..k-1
+    inside its first step (minutes after a requeue of a long training): it
+    says so, with progress lines, and fills the cache as those steps did."""
+    import logging
+
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")
+    uninterrupted, resumed = objective(0.01, 1.0), objective(0.01, 1.0)
+    encoder = tiny_encoder()
+    with torch.no_grad():
+        for step in range(12):
+            uninterrupted.step_loss(encoder, step)
+        with caplog.at_level(logging.INFO):
+            resumed.step_loss(encoder, 12)
+    assert "continual: resumed at step 12" in caplog.text
+    lines = [m for m in caplog.messages if m.startswith("continual: reference vectors of the steps before the resumed one")]
+    assert lines and lines[-1].startswith("continual: reference vectors of the steps before the resumed one: 12/12 steps")
+    assert set(resumed.loss.cache) == set(uninterrupted.loss.cache) | set(resumed.indices(12))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        objective(0.01, 1.0).step_loss(encoder, 0)  # a fresh run: nothing to rebuild, nothing said
+    assert "resumed at step" not in caplog.text
+
+
+def test_the_reference_cache_says_what_it_grows_to(caplog):
+    """Nothing bounds the cache below every sentence of the sample (1.68 GiB at
+    corpus.size=30000 with mBERT): the objective says what that is, and it is
+    what the cache holds once every sentence was drawn, for lists and arrays."""
+    import logging
+
+    from xlt.data.words import _ExamplesBuilder
+    from xlt.models.continual import reference_vectors
+
+    pairs = synthetic_pairs(40, seed=1)
+    builder = _ExamplesBuilder()
+    builder.add(pairs)
+    arrays = builder.build()
+    assert reference_vectors(arrays) == reference_vectors(pairs) == sum(len(p.reg_en) + len(p.pair_en) for p in pairs)
+    with caplog.at_level(logging.INFO):
+        stream = ContinualObjective(arrays, 0, AlignmentLoss(freeze_copy(tiny_encoder()), cache=True), batch_size=16)
+    vectors = reference_vectors(pairs)
+    [line] = [m for m in caplog.messages if "cached per sentence drawn" in m]
+    assert f"40 sentences x {vectors / 40:.1f} vectors x 16 x 2 bytes" in line and "unbounded" in line
+    with torch.no_grad():
+        stream.loss.reference_vectors(collate_aligned([arrays[i] for i in range(40)], 0, list(range(40))))
+    held = sum(t.numel() * t.element_size() for vectors_of in stream.loss.cache.values() for t in vectors_of)
+    assert held == vectors * 16 * 2

@@ -167,6 +167,42 @@ def test_without_pool_size_sampling_is_unchanged(tmp_path: Path) -> None:
     assert [p.english for p in heldout] == [p.english for p in aligned.heldout]
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 8, 9, 17, 100, 1000, 4097, 65537, 200_003])
+def test_shuffled_is_pythons_shuffle(n: int) -> None:
+    """Every pool and sample is the seed's random.shuffle order: the numpy
+    emulation must give it exactly (job seeds go up to 2**32; bit lengths
+    1 to 18, blocks of every size, block and bit-length boundaries)."""
+    import random
+
+    from xlt.data.shuffle import shuffled
+
+    for seed in (0, 1, 7, 12345, 2**32, 2**40 + 3):
+        expected = list(range(n))
+        random.Random(seed).shuffle(expected)
+        assert shuffled(n, seed).tolist() == expected, seed
+
+
+def test_sample_pool_draws_what_the_python_shuffle_drew() -> None:
+    """``sample_pool`` on a pool of 3,000 of 40,000 pairs equals the draw it
+    made with a shuffled Python list of every pair (before the numpy order):
+    the first heldout + size pool members in the seed's order."""
+    import random
+    from types import SimpleNamespace
+
+    ranks = np.sort(np.random.default_rng(0).choice(40_000, 3_000, replace=False))
+    pool = SimpleNamespace(ranks=ranks, n_read=40_000, path="pool")
+    cfg = SimpleNamespace(heldout=100, size=2_500, max_words=64)
+    for seed in (1, 2, 2**32):
+        order = list(range(40_000))
+        random.Random(seed).shuffle(order)
+        member = set(ranks.tolist())
+        kept = [rank for rank in order if rank in member][:2_600]
+        index = {rank: k for k, rank in enumerate(ranks.tolist())}
+        train, heldout = P.sample_pool(pool, cfg, seed)
+        assert heldout == [index[r] for r in sorted(kept[:100])]
+        assert train == [index[r] for r in sorted(kept[100:])]
+
+
 def test_a_subword_pool_aligns_the_tokenizers_pieces(tmp_path: Path, tiny_cache: Path, shared_data: Path) -> None:
     """aggregation=subword: the pool (drawn as words) is re-tokenised into the
     model's subword pieces chunk by chunk, the pairs over corpus.max_words=64

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xlt.config import TokensConfig
@@ -85,7 +87,7 @@ def test_token_choices(mbert) -> None:
         assert len(ex.reg_en) == len(EN) + 2 and ex.reg_en[-2:] == [(0, 1), (11, 12)]
     # A pair whose only links are not one-to-one gives nothing with words only: skipped.
     many = build_aligned_examples(mbert, pair, [[(1, 0), (2, 0)]], "avg", TokensConfig("words", True, False, False))
-    assert many == []
+    assert len(many) == 0
 
 
 def test_drop_identical_and_truncated_pairs(mbert) -> None:
@@ -150,3 +152,80 @@ def test_the_adjustment_encodes_word_level_sentences_whole(tokenizer, tmp_path) 
     cfg = compose(["model=tiny", "tokens=words", f"paths.output_dir={tmp_path}"])
     (example,) = aligned_examples(cfg, tokenizer, corpus)
     assert len(example.en_ids) == len(en_ids) and len(example.pair_en) == 1 and example.pair_en[0][1] > 128
+
+
+# --------------------------------------------------------------------------- the examples of a sample, as arrays
+
+
+def _golden_pairs(shared_data: Path, n: int = 1000) -> tuple[list[SentencePair], list]:
+    """The first ``n`` en-ru pairs of the shared golden corpus with the reference fast_align's intersections."""
+    from xlt.data.align import parse_pharaoh_line
+
+    folder = shared_data / "golden" / "fast_align"
+    rows = (folder / "corpus.ru-en").read_text(encoding="utf-8").splitlines()[:n]
+    links = (folder / "ru-en.dov.intersect.align").read_text(encoding="utf-8").splitlines()[:n]
+    pairs = [SentencePair(english.split(" "), target.split(" ")) for target, english in (r.split(" ||| ") for r in rows)]
+    return pairs, [parse_pharaoh_line(line, "golden") for line in links]
+
+
+def _digest(examples) -> str:
+    digest = hashlib.sha256()
+    for k in range(len(examples)):
+        for name in ("en_ids", "tgt_ids", "pair_en", "pair_tgt", "reg_en"):
+            digest.update(name.encode() + np.asarray(getattr(examples[k], name), np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+WORDS = TokensConfig("words", True, False, False)
+# What xlt built from _golden_pairs when it still held examples as Python lists
+# (one tokenizer call, commit 098ef3f): the arrays and the chunks must give the same.
+PINNED = {("mbert", "avg"): "338337bd66a04023", ("mbert", "start"): "46c3ff7239a4622c",
+          ("e5", "avg"): "f10150f73ba3bce2", ("e5", "start"): "092f469f14977ddf"}
+
+
+@pytest.mark.parametrize("name", ["mbert", "e5"])
+def test_the_examples_of_real_pairs_are_pinned(name: str, request, shared_data: Path, monkeypatch) -> None:
+    from xlt.data import words
+
+    tokenizer = request.getfixturevalue("mbert" if name == "mbert" else "e5_tokenizer")
+    pairs, links = _golden_pairs(shared_data)
+    monkeypatch.setattr(words, "FEATURE_CHUNK", 300)  # four tokenizer calls, the last one short
+    paper = build_aligned_examples(tokenizer, pairs, links, "avg", ALL, max_length=512, drop_identical=True)
+    chosen = build_aligned_examples(tokenizer, pairs, links, "start", WORDS, max_length=40, regularize="chosen")
+    assert (len(paper), len(chosen)) == (1000, 1000)
+    assert {(name, "avg"): _digest(paper), (name, "start"): _digest(chosen)} == {
+        k: v for k, v in PINNED.items() if k[0] == name}
+
+
+def test_examples_are_held_as_arrays(mbert, shared_data: Path, monkeypatch, caplog) -> None:
+    """ids int32 and spans int16, not lists (3.5-5 KB an example as lists); an
+    item is the example as lists, a slice more examples; a progress line."""
+    import logging
+
+    from xlt.data.words import AlignedExamples
+
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")
+    pairs, links = _golden_pairs(shared_data, 500)
+    with caplog.at_level(logging.INFO, logger="xlt.progress"):
+        examples = build_aligned_examples(mbert, pairs, links, "avg", ALL, max_length=512, drop_identical=True)
+    assert isinstance(examples, AlignedExamples)
+    assert examples.values["en_ids"].dtype == np.int32 and examples.values["reg_en"].dtype == np.int16
+    assert examples.nbytes < 600 * len(examples)
+    assert any(m.startswith("adjustment examples: 500/500 pairs") and "MB as arrays" in m for m in caplog.messages)
+    first = examples[0]
+    assert type(first.en_ids) is list and type(first.pair_en[0]) is tuple and examples[-1] == examples[499]
+    part = examples[100:110]
+    assert isinstance(part, AlignedExamples) and [part[k] for k in range(10)] == [examples[k] for k in range(100, 110)]
+    with pytest.raises(IndexError):
+        examples[500]
+
+
+def test_positions_past_int16_keep_their_values(mbert) -> None:
+    """A span beyond 32,767 (a model with longer inputs) is stored as int32, never wrapped."""
+    from xlt.data.words import AlignedExample, _ExamplesBuilder
+
+    builder = _ExamplesBuilder()
+    example = AlignedExample([101, 7, 102], [101, 8, 102], [(40_000, 40_001)], [(1, 2)], [(0, 1)])
+    builder.add([example])
+    examples = builder.build()
+    assert examples.values["pair_en"].dtype == np.int32 and examples[0] == example

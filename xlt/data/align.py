@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -236,11 +237,33 @@ def intersect_choices(forward: np.ndarray, reverse: np.ndarray, english: Sentenc
 # --------------------------------------------------------------------------- eflomal
 
 
+@contextmanager
+def _temporary_files_in(directory: str) -> Iterator[None]:
+    """Make ``directory`` the default folder of :mod:`tempfile` inside the
+    block, and restore the previous default after it (also on an error).
+
+    ``tempfile.tempdir`` is process-wide: a file another thread creates
+    meanwhile without a ``dir`` lands in ``directory`` too (none does while a
+    job aligns).  eflomal 2.x's ``Aligner.align`` offers no other way to
+    place its encoded inputs.
+    """
+    previous = tempfile.tempdir
+    tempfile.tempdir = directory
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def eflomal_directions(pairs: list[SentencePair], workdir: str | None = None) -> tuple[list[Alignment], list[Alignment]]:
     """eflomal (Östling & Tiedemann 2016) forward and reverse links, ``(i_en, j_tgt)``.
 
-    Its temporary files go to ``workdir`` (the cache's build directory, removed
-    with it even after a kill) when given.
+    All its temporary files go to a folder in ``workdir`` (the cache's build
+    directory, removed with it even after a kill) when given: the link files
+    xlt names, and the encoded corpus that ``eflomal.Aligner.align`` writes
+    with ``NamedTemporaryFile`` in the temporary directory (it takes no
+    folder; see :func:`_temporary_files_in`): a copy of the corpus that a
+    kill would otherwise leave in ``$TMPDIR`` (often small on a cluster node).
     """
     try:
         import eflomal
@@ -248,7 +271,7 @@ def eflomal_directions(pairs: list[SentencePair], workdir: str | None = None) ->
         raise XltError("aligner=eflomal needs the eflomal package: pip install eflomal "
                        "(or pip install 'xlt[eflomal]')") from None
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="xlt-eflomal-", dir=workdir) as directory:
+    with tempfile.TemporaryDirectory(prefix="xlt-eflomal-", dir=workdir) as directory, _temporary_files_in(directory):
         fwd_path, rev_path = os.path.join(directory, "fwd"), os.path.join(directory, "rev")
         eflomal.Aligner().align([" ".join(p.english) for p in pairs], [" ".join(p.target) for p in pairs],
                                 links_filename_fwd=fwd_path, links_filename_rev=rev_path, quiet=True)

@@ -13,7 +13,6 @@ import hashlib
 import html
 import logging
 import os
-import random
 import re
 import resource
 import time
@@ -29,6 +28,7 @@ import numpy as np
 from xlt.config import CORPUS_FORMATS, CorpusConfig
 from xlt.cores import job_cores, ordered_map, process_pool
 from xlt.data.sentences import Sentences, SentencesBuilder, local_ids
+from xlt.data.shuffle import shuffled
 from xlt.errors import MissingFileError, XltError, require_file
 from xlt.progress import Progress
 
@@ -358,19 +358,12 @@ def _workers(n_pairs: int):
     return process_pool(job_cores() if n_pairs > 4 * TOKENIZE_CHUNK else 1)
 
 
-def _shuffled(n: int, seed: int) -> list[int]:
-    """The order in which pairs are drawn for ``seed`` (``random.Random``: stable across versions)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return order
-
-
 def draw(scan: Scan, seed: int, count: int, max_words: int) -> Tokenized:
-    """The first ``count`` usable pairs in the order :func:`_shuffled` gives
-    ``seed`` (in that order): a uniform sample of the usable pairs.  Only about
+    """The first ``count`` usable pairs in the order :func:`xlt.data.shuffle.shuffled`
+    gives ``seed`` (in that order): a uniform sample of the usable pairs.  Only about
     as many pairs as it keeps are tokenised (a batch of the order at a time,
     read and tokenised as a stream in corpus order, on every core)."""
-    order = np.array(_shuffled(len(scan), seed), np.int64)
+    order = shuffled(len(scan), seed)
     position = np.empty(len(order), np.int64)
     position[order] = np.arange(len(order))
     parts, done, kept = [], 0, 0
@@ -492,10 +485,17 @@ def sample_pool(pool, cfg: CorpusConfig, seed: int, unit: str = "words") -> tupl
     """``(train, heldout)`` indices into the pool (sorted), drawn for the
     corpus settings and seed (the same pool for every seed).
     ``pool`` needs ``ranks``, ``n_read`` and ``path`` (a :class:`Pool` or the
-    index of a cached one); ``unit``: what ``max_words`` counted in it."""
-    position = np.full(pool.n_read, -1, np.int64)
-    position[np.asarray(pool.ranks, np.int64)] = np.arange(len(pool.ranks))
-    member = position >= 0
-    kept = list(islice((rank for rank in _shuffled(pool.n_read, seed) if member[rank]), cfg.heldout + cfg.size))
-    heldout, sample = _split(kept, cfg, pool.path, pool.n_read, unit)
-    return position[sample].tolist(), position[heldout].tolist()
+    index of a cached one); ``unit``: what ``max_words`` counted in it.
+    They are the first ``heldout + size`` pool pairs in the seed's order of
+    every pair read (:func:`xlt.data.shuffle.shuffled`: the order of
+    ``random.shuffle``, as an array; every job's align stage draws it)."""
+    ranks = np.asarray(pool.ranks, np.int64)
+    member = np.zeros(pool.n_read, bool)
+    member[ranks] = True
+    order = shuffled(pool.n_read, seed)
+    kept = order[member[order]][: cfg.heldout + cfg.size]
+    del order, member
+    heldout, sample = _split(kept.tolist(), cfg, pool.path, pool.n_read, unit)
+    by_rank = np.argsort(ranks)
+    position = by_rank[np.searchsorted(ranks, sample + heldout, sorter=by_rank)]  # rank -> index into the pool
+    return position[: len(sample)].tolist(), position[len(sample):].tolist()

@@ -34,11 +34,7 @@ class Sentences:
 
     def take(self, rows: np.ndarray) -> Sentences:
         """The sentences ``rows`` (in that order), sharing the vocabulary."""
-        rows = np.asarray(rows, np.int64)
-        lengths = self.lengths()[rows]
-        offsets = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        positions = np.arange(offsets[-1], dtype=np.int64) + np.repeat(self.offsets[rows] - offsets[:-1], lengths)
+        positions, offsets = take_rows(self.offsets, rows)
         return Sentences(self.vocab, self.ids[positions], offsets)
 
     @classmethod
@@ -46,6 +42,16 @@ class Sentences:
         builder = SentencesBuilder()
         builder.add_lists(sentences)
         return builder.build()
+
+
+def take_rows(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows stored one after another (row ``k`` = ``values[offsets[k]:offsets[k + 1]]``):
+    the positions in ``values`` of the rows ``rows`` (in that order), and their new offsets."""
+    rows = np.asarray(rows, np.int64)
+    lengths = np.diff(offsets)[rows]
+    new = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=new[1:])
+    return np.arange(new[-1], dtype=np.int64) + np.repeat(offsets[rows] - new[:-1], lengths), new
 
 
 @dataclass

@@ -12,17 +12,28 @@ a single position (the aligner then ran on subwords, see
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Optional
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Optional, overload
+
+import numpy as np
 
 from xlt.config import AGGREGATIONS, REGULARIZED, TokensConfig
 from xlt.data.align import Alignment, one_to_one
 from xlt.data.parallel import SentencePair
+from xlt.data.sentences import take_rows
 from xlt.errors import XltError
+from xlt.progress import Progress
 
 log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
+
+# Examples tokenised per tokenizer call: bounds the tokenizer's per-token
+# bookkeeping (its Encoding objects, offsets) to one chunk of a training set
+# or of an adjustment sample (``xlt.tasks.base`` tokenises task features in
+# chunks of the same size).
+FEATURE_CHUNK = 10_000
 
 
 @dataclass
@@ -38,6 +49,97 @@ class AlignedExample:
     pair_en: list[Span]
     pair_tgt: list[Span]
     reg_en: list[Span]
+
+
+class AlignedExamples(Sequence[AlignedExample]):
+    """Many :class:`AlignedExample` held as flat numpy arrays: each field's
+    rows one after another with their offsets, ids as int32, spans as int16
+    pairs (int32 past 32,767 positions).
+
+    As Python lists of ints and span tuples an example held 3.5-7 KB (real
+    en-ru pairs, mBERT's and e5's vocabularies; twice that at the peak of
+    building), so 250K pairs (Table 5's largest sample) held over 1 GB
+    through the adjustment or a whole continual training; as arrays about
+    0.5 KB (``make bench``, section 9).  Item ``k`` is the example
+    as lists again (a batch's worth at a time, for :func:`collate_aligned`);
+    a slice is an ``AlignedExamples``.
+    """
+
+    def __init__(self, values: dict[str, np.ndarray], offsets: dict[str, np.ndarray]):
+        self.values, self.offsets = values, offsets  # offsets by field; pair_en and pair_tgt share theirs
+
+    def __len__(self) -> int:
+        return len(self.offsets["en_ids"]) - 1
+
+    @overload
+    def __getitem__(self, k: int) -> AlignedExample: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> AlignedExamples: ...
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.take(np.arange(len(self))[k])
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"example {k} of {len(self)}")
+        k %= len(self)
+        rows = {name: self.values[name][self.offsets[name][k]:self.offsets[name][k + 1]].tolist() for name in self.values}
+        return AlignedExample(**{name: row if name.endswith("_ids") else list(map(tuple, row)) for name, row in rows.items()})
+
+    def take(self, rows: np.ndarray) -> AlignedExamples:
+        """The examples ``rows``, in that order."""
+        values, offsets = {}, {}
+        for name in self.values:
+            positions, offsets[name] = take_rows(self.offsets[name], rows)
+            values[name] = self.values[name][positions]
+        offsets["pair_tgt"] = offsets["pair_en"]
+        return AlignedExamples(values, offsets)
+
+    def counts(self, name: str) -> np.ndarray:
+        """Each example's number of ids (``*_ids``) or spans of field ``name``."""
+        return np.diff(self.offsets[name])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the arrays hold (shared offsets counted once)."""
+        return sum(a.nbytes for a in self.values.values()) + sum(
+            o.nbytes for o in {id(o): o for o in self.offsets.values()}.values())
+
+
+class _ExamplesBuilder:
+    """Collects examples chunk by chunk as arrays (only a chunk is ever lists)."""
+
+    def __init__(self) -> None:
+        self.names = [f.name for f in fields(AlignedExample)]
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
+        self.lengths: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
+
+    def add(self, examples: list[AlignedExample]) -> None:
+        for name in self.names:
+            rows = [getattr(e, name) for e in examples]
+            self.lengths[name].append(np.fromiter(map(len, rows), np.int64, len(rows)))
+            if name.endswith("_ids"):
+                self.parts[name].append(np.fromiter((i for row in rows for i in row), np.int32))
+            else:
+                flat = np.fromiter((i for row in rows for span in row for i in span), np.int32)
+                self.parts[name].append(flat.reshape(-1, 2))
+
+    def build(self) -> AlignedExamples:
+        values, offsets = {}, {}
+        spans = [name for name in self.names if not name.endswith("_ids")]
+        longest = max((int(p.max()) for name in spans for p in self.parts[name] if p.size), default=0)
+        span_type = np.int16 if longest <= np.iinfo(np.int16).max else np.int32
+        for name in self.names:
+            lengths = np.concatenate(self.lengths[name]) if self.lengths[name] else np.zeros(0, np.int64)
+            offsets[name] = np.zeros(len(lengths) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[name][1:])
+            empty = np.zeros((0,) if name.endswith("_ids") else (0, 2), np.int32)
+            values[name] = np.concatenate(self.parts[name]) if self.parts[name] else empty
+            if name in spans:
+                values[name] = values[name].astype(span_type)
+            self.parts[name] = []
+        offsets["pair_tgt"] = offsets["pair_en"]  # one count: links pair up
+        return AlignedExamples(values, offsets)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -195,7 +297,7 @@ def regularized_spans(regularize: str, chosen: list[Span], en_spans: list[Option
 
 def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: list[Alignment], aggregation: str,
                            tokens: TokensConfig, max_length: int = 128,
-                           drop_identical: bool = False, regularize: str = "all") -> list[AlignedExample]:
+                           drop_identical: bool = False, regularize: str = "all") -> AlignedExamples:
     """Examples for the adjustment loss; pairs that yield nothing are skipped.
 
     ``tokens.use_words`` adds the one-to-one aligned word pairs (both spans
@@ -209,9 +311,34 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
     every complete English word span plus the first and last special token;
     with ``chosen`` the English spans of the chosen vectors (every complete
     word if ``use_words``, plus the chosen special tokens).
+
+    Tokenised ``FEATURE_CHUNK`` pairs at a time and held as arrays
+    (:class:`AlignedExamples`), with a progress line every 30 s: 250K pairs
+    take minutes.
     """
     if len(pairs) != len(alignments):
         raise XltError(f"{len(pairs)} sentence pairs but {len(alignments)} alignments")
+    builder, truncated = _ExamplesBuilder(), 0
+    bar = Progress("adjustment examples", len(pairs), unit="pairs")
+    for first in range(0, len(pairs), FEATURE_CHUNK):
+        chunk = slice(first, first + FEATURE_CHUNK)
+        examples, lost = _chunk_examples(tokenizer, pairs[chunk], alignments[chunk], aggregation, tokens, max_length,
+                                         drop_identical, regularize)
+        builder.add(examples)
+        truncated += lost
+        bar.update(len(pairs[chunk]))
+    out = builder.build()
+    bar.update(0, extra=f"{len(out):,} examples, {out.nbytes / 2**20:.1f} MB as arrays")
+    bar.close()
+    if truncated:
+        log.info("dropped %d aligned links beyond max_length=%d subwords", truncated, max_length)
+    return out
+
+
+def _chunk_examples(tokenizer, pairs: list[SentencePair], alignments: list[Alignment], aggregation: str,
+                    tokens: TokensConfig, max_length: int, drop_identical: bool,
+                    regularize: str) -> tuple[list[AlignedExample], int]:
+    """:func:`build_aligned_examples` of one chunk, as lists; and the links lost to truncation."""
     english = _encode_side(tokenizer, [p.english for p in pairs], aggregation, max_length)
     target = _encode_side(tokenizer, [p.target for p in pairs], aggregation, max_length)
     examples, truncated = [], 0
@@ -229,6 +356,4 @@ def build_aligned_examples(tokenizer, pairs: list[SentencePair], alignments: lis
         if pair_en:
             reg_en = regularized_spans(regularize, reg_en, en_spans, len(en_ids))
             examples.append(AlignedExample(list(en_ids), list(tgt_ids), pair_en, pair_tgt, reg_en))
-    if truncated:
-        log.info("dropped %d aligned links beyond max_length=%d subwords", truncated, max_length)
-    return examples
+    return examples, truncated

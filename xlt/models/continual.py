@@ -33,11 +33,16 @@ reference's vectors are cached per sentence, since sentences recur.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
+from xlt.data.words import AlignedExamples
 from xlt.models.adjust import AlignmentLoss, Batch, collate_aligned
+from xlt.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 class ContinualObjective:
@@ -59,6 +64,22 @@ class ContinualObjective:
         self.alpha, self.reg_weight, self.batch_size, self.seed = alpha, reg_weight, batch_size, seed
         self.device = torch.device("cpu")
         self.replayed = False
+        if loss.cache is not None:
+            log.info("%s", self.cache_line())
+
+    def cache_line(self) -> str:
+        """What the frozen reference's vector cache can grow to.  Nothing
+        bounds it below every sentence of the sample (a long training draws
+        most of them: 24.5K MultiNLI steps x 16 draw 392K times), and it lives
+        in CPU memory, in every DDP process: 1.68 GiB at corpus.size=30000
+        with mBERT (README, "Fidelity": the continual reference row)."""
+        vectors = reference_vectors(self.examples)
+        hidden = self.loss.reference.config.hidden_size
+        size = vectors * hidden * 2  # fp16
+        shown = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+        return (f"continual: the frozen reference's vectors are cached per sentence drawn, in CPU memory, unbounded: "
+                f"{len(self.examples):,} sentences x {vectors / len(self.examples):.1f} vectors x {hidden} x 2 bytes "
+                f"(fp16) = {shown} once every sentence has been drawn")
 
     def to(self, device: torch.device) -> "ContinualObjective":
         self.device = torch.device(device)
@@ -85,14 +106,21 @@ class ContinualObjective:
         the same batches, in the same order (under the same autocast, being
         called from a training step), so its later steps see the same values
         as an uninterrupted run.  Costs one frozen forward per distinct
-        sentence drawn so far, as the uninterrupted run spent.
+        sentence drawn so far, as the uninterrupted run spent: after a
+        requeue late in a long training, minutes inside the first step, so
+        it logs progress lines.
         """
         cache = self.loss.cache
-        if cache is None:
+        if cache is None or step == 0:
             return
+        log.info("continual: resumed at step %d: recomputing the frozen reference's vectors of the sentences "
+                 "steps 0-%d drew, in their batches, before the step", step, step - 1)
+        bar = Progress("continual: reference vectors of the steps before the resumed one", step, unit="steps")
         for earlier in range(step):
             if any(i not in cache for i in self.indices(earlier)):
                 self.loss.reference_vectors(self.batch(earlier))
+            bar.update(extra=f"{len(cache):,} sentences")
+        bar.close()
 
     def step_loss(self, encoder: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
         """``{"pairs", "regularizer", "weighted"}`` for training step ``step``."""
@@ -106,3 +134,11 @@ class ContinualObjective:
             terms = self.loss(encoder, batch)
         terms["weighted"] = self.alpha * terms["pairs"] + self.reg_weight * terms["regularizer"]
         return terms
+
+
+def reference_vectors(examples: Any) -> int:
+    """The English vectors the frozen reference gives the examples (regulariser
+    and pair spans): what the cache holds once every one has been drawn."""
+    if isinstance(examples, AlignedExamples):
+        return int(examples.counts("reg_en").sum() + examples.counts("pair_en").sum())
+    return sum(len(e.reg_en) + len(e.pair_en) for e in examples)

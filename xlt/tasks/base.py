@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from xlt.config import task_local
+from xlt.data.words import FEATURE_CHUNK  # examples per tokenizer call (this module's chunks read it)
 from xlt.errors import XltError
 from xlt.models.inputs import model_inputs
 
@@ -216,9 +217,6 @@ def _padded(rows: list[Sequence[int]], length: int, pad: int) -> torch.Tensor:
     return out
 
 
-# Examples tokenised per tokenizer call: bounds the tokenizer's per-token
-# bookkeeping (its Encoding objects, offsets) to one chunk of a training set.
-FEATURE_CHUNK = 10_000
 Example = TypeVar("Example")
 
 
