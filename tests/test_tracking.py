@@ -36,6 +36,17 @@ def xlt(cache: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def stopped(cache: Path, step: int, stage: str, *args: str, tmp: Path) -> subprocess.CompletedProcess:
+    """``xlt TINY args`` stopped by SIGTERM (as ``scancel`` or a requeue) at
+    ``step`` of ``stage`` (tests/kill_at_step.py): exit 143."""
+    env = {**os.environ, "XLT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "XLT_TEST_SIGNAL": "SIGTERM",
+           "XLT_TEST_STAGE": stage}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at_step.py"), str(step), *TINY, *args], cwd=REPO,
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 143, result.stderr[-3000:]
+    return result
+
+
 def job_results(sweep: Path) -> dict[str, dict]:
     """results.json of every job folder, by folder name."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))}
@@ -202,6 +213,33 @@ def test_kept_result_logs_to_a_newly_chosen_tracker_once(tmp_path, tiny_cache):
     files = sorted(folder.glob("events.out.tfevents.*"))
     xlt(tiny_cache, "logger=tensorboard", f"hydra.run.dir={run}", tmp=tmp_path)
     assert sorted(folder.glob("events.out.tfevents.*")) == files
+
+
+def train_rows(run: Path) -> list[tuple[str, str]]:
+    """(step, training loss) rows of a job's logs/metrics.csv."""
+    return [(row["step"], row["train/task_loss"]) for row in read_csv(run / "logs" / "metrics.csv") if row.get("train/task_loss")]
+
+
+@pytest.mark.slow
+def test_a_job_stopped_during_evaluation_keeps_its_curve_when_rerun(tmp_path, tiny_cache):
+    """SIGTERM at the first evaluation batch, after training finished, then a
+    rerun in place (a requeue): the rerun reuses the finished training and
+    logs/metrics.csv keeps the curve the first run wrote (it was rewound to
+    step 0: every row gone), with the evaluation once.  A sibling job that
+    reuses the training has no curve of it."""
+    run, sibling = tmp_path / "run", tmp_path / "sibling"
+    stopped(tiny_cache, 0, "evaluation", "trainer.log_every_n_steps=1", f"hydra.run.dir={run}", tmp=tmp_path)
+    curve = train_rows(run)
+    assert [step for step, _ in curve] == ["0", "1", "2", "3"]  # 2 epochs of 2 steps
+    xlt(tiny_cache, "trainer.log_every_n_steps=1", f"hydra.run.dir={run}", tmp=tmp_path)
+    training = json.loads((run / "results.json").read_text())["training"]
+    assert training["reused_checkpoint"] and training["steps"] == 4
+    assert train_rows(run) == curve
+    assert [row["step"] for row in read_csv(run / "logs" / "metrics.csv") if row["eval/xnli.ru/accuracy"]] == ["4"]
+
+    xlt(tiny_cache, "trainer.log_every_n_steps=1", "lang=hi", f"hydra.run.dir={sibling}", tmp=tmp_path)
+    assert json.loads((sibling / "results.json").read_text())["training"]["reused_checkpoint"]
+    assert train_rows(sibling) == [] and [row["step"] for row in read_csv(sibling / "logs" / "metrics.csv")] == ["4"]
 
 
 # ---------------------------------------------------------------------------
