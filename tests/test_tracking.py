@@ -139,6 +139,8 @@ def test_wandb_one_run_per_job_and_adjustment_never_merged(tmp_path, tiny_cache)
     named after its overrides, grouped by the sweep, holding the resolved
     config and every evaluation metric; each adjustment its own run with its
     loss curve; nothing merged (Lightning alone reuses the first run)."""
+    from xlt.tracking import WANDB_CHARS, shortened
+
     sweep = tmp_path / "sweep"
     xlt(tiny_cache, "-m", "seed=1,2", *ADJUSTED, "logger=wandb", f"hydra.sweep.dir={sweep}", tmp=tmp_path)
     jobs, runs = job_results(sweep), wandb_runs(sweep)
@@ -146,12 +148,12 @@ def test_wandb_one_run_per_job_and_adjustment_never_merged(tmp_path, tiny_cache)
     adjust = [run for run in runs if run["job_type"] == "adjust"]
     assert sorted(finetune) == sorted(jobs) == ["0", "1"] and len(runs) == 4 and len({run["id"] for run in runs}) == 4
     for job, run in finetune.items():
-        assert run["name"] == overrides(sweep / job) and run["group"] == str(sweep)
+        assert run["name"] == shortened(overrides(sweep / job), WANDB_CHARS) and run["group"] == str(sweep)  # TINY makes it longer than W&B takes
         resolved = jobs[job]["config"]["resolved"]
         assert {k: v for k, v in run["config"].items() if k != "_wandb"} == json.loads(json.dumps(resolved))
         assert_metrics(run["summary"], jobs[job])
         assert any("train/task_loss" in row for row in run["history"])  # the training curve
-    assert sorted(run["name"] for run in adjust) == sorted(f"{run['name']} [adjust]" for run in finetune.values())
+    assert sorted(run["name"] for run in adjust) == sorted(shortened(f"{overrides(sweep / job)} [adjust]", WANDB_CHARS) for job in jobs)
     for run in adjust:
         assert any("adjust/loss" in row for row in run["history"]) and not any("train/task_loss" in row for row in run["history"])
         assert run["group"] == str(sweep) and run["config"]["seed"] in (1, 2)
@@ -304,7 +306,7 @@ def test_tensorboard_takes_a_long_override_list_and_shows_the_adjustments_config
     xlt(tiny_cache, *ADJUSTED, "logger=tensorboard", f"paths.cache_dir={cache}", f"hydra.run.dir={run}", tmp=tmp_path)
     name = overrides(run).replace("/", "_")  # one folder
     (folder,) = (run / "logs" / "tensorboard").iterdir()
-    assert len(name.encode()) > 255 and folder.name == shortened(name) and len(folder.name.encode()) <= 200
+    assert len(name.encode()) > 255 and folder.name == shortened(name, size=255) and len(folder.name.encode()) == 255
     assert name.startswith(folder.name[:-9]) and folder.name.startswith("corpus.heldout=30,corpus.size=120,corpus=demo,")
     results = json.loads((run / "results.json").read_text())
     expected = set(_flatten_dict(_convert_params(results["config"]["resolved"])))
@@ -345,17 +347,19 @@ def test_a_retrieval_job_rerun_in_place_is_a_new_run(tmp_path, tiny_cache):
 def test_long_names_are_shortened_readably():
     from xlt.tracking import shortened
 
-    assert shortened("lang=ru,mode=adjusted,seed=2") == "lang=ru,mode=adjusted,seed=2"
+    assert shortened("lang=ru,mode=adjusted,seed=2", 128, 255) == "lang=ru,mode=adjusted,seed=2"
     long = "corpus.path=/scratch/" + "данные/" * 40  # Cyrillic: 2 bytes a character
-    first, second = shortened(long + "a.tsv"), shortened(long + "b.tsv")
-    assert first != second and first.startswith("corpus.path=/scratch/данные/")
-    assert all(len(name) <= 128 and len(name.encode()) <= 200 and name[-9] == "~" for name in (first, second))
+    first, second = shortened(long + "a.tsv", 128), shortened(long + "b.tsv", 128)
+    assert first != second and first.startswith("corpus.path=/scratch/данные/") and len(first) == len(second) == 128
+    assert first[-9:] == shortened(long + "a.tsv", size=255)[-9:]  # one job, one hash in every tracker
+    assert len(shortened(long, size=255).encode()) <= 255 < len(long.encode()) and all(n[-9] == "~" for n in (first, second))
 
 
 def test_tracker_names_fit_and_a_tensorboard_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
-    """W&B rejects a run name over 128 characters and a folder name has at
-    most 255 bytes: every tracker gets the shortened name.  TensorBoard's
-    folder is made with the logger, so a failure is one line before training."""
+    """W&B fails a run name over 128 characters, MLflow keeps 250 in SQL,
+    a folder name has at most 255 bytes: each tracker gets the name shortened
+    to its limit.  TensorBoard's folder is made with the logger, so a failure
+    is one line before training."""
     import xlt.tracking as tracking
     from xlt.errors import XltError
 
@@ -364,11 +368,11 @@ def test_tracker_names_fit_and_a_tensorboard_folder_that_cannot_be_made_is_one_l
     monkeypatch.setenv("WANDB_MODE", "offline")
     compose = lambda logger: compose_config([f"paths.output_dir={tmp_path}", f"logger={logger}"])  # noqa: E731
     wandb = tracking.make_tracker(compose("wandb"), "adjust", tmp_path / "logs")
-    assert wandb._wandb_init["name"] == tracking.shortened(long + " [adjust]") and len(wandb._wandb_init["name"]) <= 128
+    assert wandb._wandb_init["name"] == tracking.shortened(long + " [adjust]", 128) and len(wandb._wandb_init["name"]) == 128
     mlflow = tracking.make_tracker(compose("mlflow"), "finetune", tmp_path / "logs")
-    assert mlflow._run_name == tracking.shortened(long)
+    assert mlflow._run_name == tracking.shortened(long, 250) and len(mlflow._run_name) == 250
     tensorboard = tracking.make_tracker(compose("tensorboard"), "adjust", tmp_path / "logs")
-    folder = tracking.shortened(long.replace("/", "_"))  # one folder: no "/" in its name
+    folder = tracking.shortened(long.replace("/", "_"), size=255)  # one folder: no "/" in its name
     assert Path(tensorboard.log_dir) == tmp_path / "logs" / "tensorboard" / folder / "adjust"
     assert Path(tensorboard.log_dir).is_dir()
     blocked = tmp_path / "a-file"

@@ -57,10 +57,12 @@ log = logging.getLogger(__name__)
 # run), and evaluation alone (task=retrieval).
 STAGES = ("finetune", "adjust", "evaluate")
 RESUMED = ("finetune",)  # the stage whose run a later execution continues (the others redo their work)
-# The longest run name every tracker takes: W&B rejects a run name or group over
-# 128 characters, a TensorBoard folder name is at most 255 bytes on common file systems.
-NAME_CHARS, NAME_BYTES = 128, 200
-EXPERIMENT_CHARS = 500  # MLflow's longest experiment name (the sweep folder)
+# The longest names the trackers take (``shortened`` cuts longer ones): W&B fails a
+# run whose name or group is over 128 characters (its users' reports, e.g.
+# NVIDIA-NeMo/Skills#842; its project and artifact names have the same limit),
+# MLflow keeps a run name in a 250-character SQL column and takes experiment names
+# up to 500, and a folder name (TensorBoard's run) has at most 255 bytes.
+WANDB_CHARS, MLFLOW_RUN_CHARS, MLFLOW_EXPERIMENT_CHARS, FOLDER_BYTES = 128, 250, 500, 255
 TRACKED = "tracked.json"  # in the job's logs/: the trackers that hold this job's result
 INSTALL_HINT = "pip install -e '.[tracking]'"
 
@@ -81,11 +83,12 @@ def run_name(cfg: DictConfig) -> str:
     return " ".join(f"{key}={value}" for key, value in cell.items() if value is not None)
 
 
-def shortened(name: str, chars: int = NAME_CHARS, size: Optional[int] = NAME_BYTES) -> str:
+def shortened(name: str, chars: Optional[int] = None, size: Optional[int] = None) -> str:
     """``name``, or when it is longer than ``chars`` characters or ``size``
-    UTF-8 bytes its start, ``~`` and 8 hex digits of its hash: still readable,
-    and two long names that differ only at the end stay apart."""
-    size = len(name.encode()) if size is None else size
+    UTF-8 bytes its start, ``~`` and 8 hex digits of the whole name's hash:
+    still readable, two long names that differ only at the end stay apart,
+    and every tracker shows the same hash for one job."""
+    chars, size = chars or len(name), size or len(name.encode())
     if len(name) <= chars and len(name.encode()) <= size:
         return name
     tail = "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -252,7 +255,7 @@ def make_tracker(cfg: DictConfig, stage: str, save_dir: Path) -> Optional[Logger
     settings = {k: v for k, v in node.items() if k != "_target_"}
     cls = get_class(node["_target_"])
     base = run_name(cfg)
-    name = shortened(f"{base} [{stage}]" if stage == "adjust" else base)  # the adjustment is a run of its own beside the job's
+    name = f"{base} [{stage}]" if stage == "adjust" else base  # the adjustment is a run of its own beside the job's
     try:
         if issubclass(cls, WandbLogger):
             return cls(**_wandb_settings(cfg, stage, name, save_dir, settings))
@@ -280,8 +283,8 @@ def _wandb_settings(cfg: DictConfig, stage: str, name: str, save_dir: Path, sett
     keeps its id across requeues (resumed), the other stages get a new one per execution."""
     os.makedirs(save_dir, exist_ok=True)
     sweep = sweep_name()
-    fixed = {"save_dir": str(save_dir), "name": settings.pop("name", None) or name,
-             "group": settings.pop("group", None) or (shortened(sweep) if sweep else None),
+    fixed = {"save_dir": str(save_dir), "name": settings.pop("name", None) or shortened(name, WANDB_CHARS),
+             "group": settings.pop("group", None) or (shortened(sweep, WANDB_CHARS) if sweep else None),
              "job_type": settings.pop("job_type", None) or stage}
     if stage in RESUMED and not settings.get("id") and not settings.get("version"):
         fixed["id"] = run_key(cfg, stage)
@@ -298,12 +301,12 @@ def _mlflow_settings(cfg: DictConfig, stage: str, name: str, settings: dict) -> 
     """Experiment = the sweep (or the node's ``experiment_name``); the
     fine-tuning run is found again by its key tag after a requeue."""
     uri = settings.pop("tracking_uri", None) or default_mlflow_uri(cfg)
-    experiment = settings.pop("experiment_name", None) or shortened(sweep_name() or "xlt", EXPERIMENT_CHARS, None)
+    experiment = settings.pop("experiment_name", None) or shortened(sweep_name() or "xlt", MLFLOW_EXPERIMENT_CHARS)
     key = run_key(cfg, stage)
     tags = {**(settings.pop("tags", None) or {}), "xlt.stage": stage, "xlt.run_key": key, "xlt.sweep": sweep_name() or ""}
     artifacts = settings.pop("artifact_location", None)
     run_id = settings.pop("run_id", None)
-    name = settings.pop("run_name", None) or name
+    name = settings.pop("run_name", None) or shortened(name, MLFLOW_RUN_CHARS)
     if rank_zero_only.rank == 0:  # other DDP ranks never log
         artifacts, found = _mlflow_experiment(uri, experiment, artifacts)
         run_id = run_id or (found(key) if stage in RESUMED else None)
@@ -341,7 +344,7 @@ def _tensorboard_settings(stage: str, name: str, save_dir: Path, settings: dict)
     """One folder per job (``logs/tensorboard/<run name>``; the adjustment in
     ``.../<run name>/adjust``), so ``tensorboard --logdir <sweep>`` names runs
     by their overrides (a long name is shortened, as a folder name has at most 255 bytes)."""
-    folder = shortened(re.sub(r"[/\\]", "_", name)) or "run"
+    folder = shortened(re.sub(r"[/\\]", "_", name), size=FOLDER_BYTES) or "run"
     version = settings.pop("version", None) or (f"{folder}/{stage}" if stage == "adjust" else folder)
     return {"default_hp_metric": False, **settings, "save_dir": str(save_dir),
             "name": settings.pop("name", None) or "tensorboard", "version": version}
