@@ -79,6 +79,28 @@ def test_distances_equal_direct_computation():
     assert summary["mean_ratio"] == pytest.approx(related_expected.mean() / unrelated_expected.mean(), rel=1e-5)
 
 
+def test_measuring_a_state_logs_progress_outside_a_terminal(monkeypatch, caplog):
+    """xlt-analyze's measurement of a state logs a line every $XLT_PROGRESS_S
+    seconds outside a terminal (a Slurm .out showed nothing for minutes); the
+    probes inside an adjustment log none."""
+    import logging
+    from types import SimpleNamespace
+
+    import xlt.progress
+    from xlt.analysis.cli import measure
+
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")
+    monkeypatch.setattr(xlt.progress, "is_terminal", lambda: False)
+    state = SimpleNamespace(name="adjusted", label="adjusted", source="test", load=tiny_bert)
+    with caplog.at_level(logging.INFO, logger="xlt.progress"):
+        pair_vectors(tiny_bert(), hand_examples(), pad_id=0, batch_size=2)  # as a probe: no lines
+        assert caplog.messages == []
+        summary, related, _ = measure(state, hand_examples(), pad_id=0, batch_size=2)
+    assert [m.split(" (")[0] for m in caplog.messages] == ["measuring adjusted: 1/2 batches", "measuring adjusted: 2/2 batches",
+                                                           "measuring adjusted: 2/2 batches"]
+    assert summary["label"] == "adjusted" and len(related) == 9
+
+
 # --------------------------------------------------------------------------- top-k shares
 def test_topk_share_on_constructed_vectors():
     hidden = 20

@@ -131,6 +131,22 @@ def test_embed_matches_one_sentence_at_a_time():
     assert torch.allclose(skipped[0, 0], last[1:-1].mean(0), atol=1e-5)
 
 
+def test_embedding_logs_progress_outside_a_terminal(monkeypatch, caplog):
+    """A Slurm .out showed nothing for the minutes a retrieval pass takes:
+    outside a terminal embedding logs a line every $XLT_PROGRESS_S seconds."""
+    import logging
+
+    import xlt.progress
+
+    monkeypatch.setenv("XLT_PROGRESS_S", "0")
+    monkeypatch.setattr(xlt.progress, "is_terminal", lambda: False)
+    with caplog.at_level(logging.INFO, logger="xlt.progress"):
+        embed(tiny_encoder(seed=0), _Tokenizer(), ["3 4", "5", "6 7 8", "9 10", "11"], layers=[0], batch_size=2,
+              desc="retrieval original: English sentences")
+    lines = [m for m in caplog.messages if m.startswith("retrieval original: English sentences: ")]
+    assert [line.split(": ")[2].split(" (")[0] for line in lines] == ["1/3 batches", "2/3 batches", "3/3 batches", "3/3 batches"]
+
+
 @pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
 def test_half_precision_only_when_the_job_asks_for_it(monkeypatch):
     """On CUDA, embeddings are fp32 for a 32-true job (the paper code's) and

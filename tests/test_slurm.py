@@ -145,6 +145,30 @@ def test_a_gpu_preset_is_submitted_from_a_machine_without_a_gpu(tmp_path):
     assert not (tmp_path / "cache" / "alignments").exists()  # stopped before any work
 
 
+def test_each_jobs_out_says_which_job_it_is_and_that_it_failed(tmp_path):
+    """A job's Slurm .out named neither its overrides nor its folder: at its
+    start it now says both, where its config is and the code it runs, and a
+    failure names the job's folder (here: no GPU on the node)."""
+    from omegaconf import OmegaConf
+
+    from xlt.keys import code_version
+
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "xlt", "-m", "model=tiny", "data=demo", "seed=1,2", "trainer=gpu", "hydra/launcher=slurm",
+               "hydra.launcher.partition=gpu", f"hydra.sweep.dir={sweep}"]
+    run = subprocess.run(command, cwd=REPO, env=fake_slurm_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr[-3000:]
+    jobs = set()
+    for out in sweep.glob(".submitit/*/*_log.out"):
+        text = out.read_text()
+        job = Path(text.split(": xlt run in ", 1)[1].split("\n", 1)[0])
+        overrides = ",".join(sorted(OmegaConf.load(job / ".hydra" / "overrides.yaml")))
+        assert f"job {overrides}: xlt run in {job}\n  config: {job / '.hydra' / 'config.yaml'}\n  code: xlt {code_version()}" in text
+        assert f"job {job} failed: trainer.accelerator=gpu: no CUDA GPU is visible" in text
+        jobs.add(job)
+    assert jobs == {sweep / "0", sweep / "1"}
+
+
 def test_the_readmes_alignment_step_is_submitted_without_a_gpu(tmp_path):
     """README, Slurm step 1: xlt-align on a CPU partition with a GPU preset."""
     sweep = tmp_path / "sweep"

@@ -202,6 +202,7 @@ def dispatch(cfg) -> float | None:
     if stopping.sweep_stop() is not None:  # an earlier job of this sweep was stopped: start no more
         record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir), "not run", started)
         return None
+    announce(cfg)
     try:
         with stopping.handling_signals():
             if trains(cfg):  # xlt-align runs no Lightning: do not import it (and torch)
@@ -209,7 +210,7 @@ def dispatch(cfg) -> float | None:
             return run_command(cfg)
     except stopping.Stopped as stop:
         record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir, stop), stop.stage, started)
-        log.error("job %s", stop.message)
+        log.error("job %s %s", cfg.paths.output_dir, stop.message)
         requeue = stopping.previous_handler(stop.signum) if stop.name == "SIGUSR2" else None
         if requeue is not None:  # submitit's handler: requeue this job (it resumes), then exit
             requeue(stop.signum, None)
@@ -220,15 +221,36 @@ def dispatch(cfg) -> float | None:
     except XltError as err:
         record_failure(cfg, str(err), started)
         if multirun:
-            log.error("job failed: %s", err)
+            log.error("job %s failed: %s", cfg.paths.output_dir, err)
             return None
         fail(str(err))
     except Exception as err:  # noqa: BLE001 - a sweep must survive one job's crash
         if not multirun:
             raise
         record_failure(cfg, f"{type(err).__name__}: {err}", started)
-        log.error("job failed:\n%s", traceback.format_exc())
+        log.error("job %s failed:\n%s", cfg.paths.output_dir, traceback.format_exc())
         return None
+
+
+def announce(cfg) -> None:
+    """Say first which job this is, where its log is read (a Slurm ``.out``,
+    a launcher's ``console.log``, ``train.log``): its overrides (the tracker
+    run's name), its folder, its composed config and the code it runs."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from xlt.keys import code_commit, code_version
+
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    overrides = (hydra.job.override_dirname if hydra else "") or "(no overrides)"
+    out = Path(str(cfg.paths.output_dir))
+    lines = [f"job {overrides}: xlt {cfg.command} in {out}"]
+    if hydra is not None and hydra.output_subdir:
+        lines.append(f"config: {out / str(hydra.output_subdir) / 'config.yaml'}")
+    commit = code_commit()
+    lines.append(f"code: xlt {code_version()}" + (f" (git {commit})" if commit else ""))
+    log.info("\n  ".join(lines))
 
 
 def run_command(cfg) -> float | None:

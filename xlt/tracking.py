@@ -15,7 +15,10 @@ Every stage that trains (fine-tuning + evaluation, adjustment) logs to
   (experiment = the sweep; by default a sqlite store in the sweep folder,
   any ``tracking_uri`` by config) or TensorBoard (one folder per job,
   ``logs/tensorboard/<run name>``).  Any other Lightning logger is created
-  from its node with ``save_dir``.
+  from its node with ``save_dir``.  Only the fine-tuning run is continued
+  across executions (it resumes from a checkpoint); the adjustment and a
+  retrieval evaluation redo their work, so each execution is a run of its own.
+  A name too long for a tracker is shortened (``shortened``).
 
 Lightning logs the training curves.  ``log_results`` adds what Lightning never
 sees, the hyperparameters (the resolved config) and the evaluation metrics
@@ -54,6 +57,13 @@ log = logging.getLogger(__name__)
 # A job's stages with a run: fine-tuning + evaluation, the adjustment (its own
 # run), and evaluation alone (task=retrieval).
 STAGES = ("finetune", "adjust", "evaluate")
+RESUMED = ("finetune",)  # the stage whose run a later execution continues (the others redo their work)
+# The longest names the trackers take (``shortened`` cuts longer ones): W&B fails a
+# run whose name or group is over 128 characters (its users' reports, e.g.
+# NVIDIA-NeMo/Skills#842; its project and artifact names have the same limit),
+# MLflow keeps a run name in a 250-character SQL column and takes experiment names
+# up to 500, and a folder name (TensorBoard's run) has at most 255 bytes.
+WANDB_CHARS, MLFLOW_RUN_CHARS, MLFLOW_EXPERIMENT_CHARS, FOLDER_BYTES = 128, 250, 500, 255
 TRACKED = "tracked.json"  # in the job's logs/: the trackers that hold this job's result
 INSTALL_HINT = "pip install -e '.[tracking]'"
 
@@ -72,6 +82,21 @@ def run_name(cfg: DictConfig) -> str:
         return str(HydraConfig.get().job.override_dirname)
     cell = identity(cfg)
     return " ".join(f"{key}={value}" for key, value in cell.items() if value is not None)
+
+
+def shortened(name: str, chars: Optional[int] = None, size: Optional[int] = None) -> str:
+    """``name``, or when it is longer than ``chars`` characters or ``size``
+    UTF-8 bytes its start, ``~`` and 8 hex digits of the whole name's hash:
+    still readable, two long names that differ only at the end stay apart,
+    and every tracker shows the same hash for one job."""
+    chars, size = chars or len(name), size or len(name.encode())
+    if len(name) <= chars and len(name.encode()) <= size:
+        return name
+    tail = "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = name[: chars - len(tail)]
+    while len(head.encode()) > size - len(tail):
+        head = head[:-1]
+    return head + tail
 
 
 def sweep_name() -> Optional[str]:
@@ -236,7 +261,10 @@ def make_tracker(cfg: DictConfig, stage: str, save_dir: Path) -> Optional[Logger
         if issubclass(cls, MLFlowLogger):
             return cls(**_mlflow_settings(cfg, stage, name, settings))
         if issubclass(cls, TensorBoardLogger):
-            return cls(**_tensorboard_settings(stage, base, save_dir, settings))
+            tracker = cls(**_tensorboard_settings(stage, base, save_dir, settings))
+            if rank_zero_only.rank == 0:  # made now: a folder that cannot be is one line before training, not a traceback after it
+                os.makedirs(tracker.log_dir, exist_ok=True)
+            return tracker
         import inspect
 
         accepts = "save_dir" in inspect.signature(cls.__init__).parameters
@@ -251,11 +279,13 @@ def make_tracker(cfg: DictConfig, stage: str, save_dir: Path) -> Optional[Logger
 
 def _wandb_settings(cfg: DictConfig, stage: str, name: str, save_dir: Path, settings: dict) -> dict[str, Any]:
     """One W&B run per job and stage, in the sweep's group; the fine-tuning run
-    keeps its id across requeues (resumed), an adjustment (never resumed) gets a new one."""
+    keeps its id across requeues (resumed), the other stages get a new one per execution."""
     os.makedirs(save_dir, exist_ok=True)
-    fixed = {"save_dir": str(save_dir), "name": settings.pop("name", None) or name,
-             "group": settings.pop("group", None) or sweep_name(), "job_type": settings.pop("job_type", None) or stage}
-    if stage != "adjust" and not settings.get("id") and not settings.get("version"):
+    sweep = sweep_name()
+    fixed = {"save_dir": str(save_dir), "name": settings.pop("name", None) or shortened(name, WANDB_CHARS),
+             "group": settings.pop("group", None) or (shortened(sweep, WANDB_CHARS) if sweep else None),
+             "job_type": settings.pop("job_type", None) or stage}
+    if stage in RESUMED and not settings.get("id") and not settings.get("version"):
         fixed["id"] = run_key(cfg, stage)
     return {**settings, **fixed}
 
@@ -267,18 +297,18 @@ def default_mlflow_uri(cfg: DictConfig) -> str:
 
 
 def _mlflow_settings(cfg: DictConfig, stage: str, name: str, settings: dict) -> dict[str, Any]:
-    """Experiment = the sweep (or the node's ``experiment_name``); the stage's
-    run is found again by its key tag after a requeue."""
+    """Experiment = the sweep (or the node's ``experiment_name``); the
+    fine-tuning run is found again by its key tag after a requeue."""
     uri = settings.pop("tracking_uri", None) or default_mlflow_uri(cfg)
-    experiment = settings.pop("experiment_name", None) or sweep_name() or "xlt"
+    experiment = settings.pop("experiment_name", None) or shortened(sweep_name() or "xlt", MLFLOW_EXPERIMENT_CHARS)
     key = run_key(cfg, stage)
     tags = {**(settings.pop("tags", None) or {}), "xlt.stage": stage, "xlt.run_key": key, "xlt.sweep": sweep_name() or ""}
     artifacts = settings.pop("artifact_location", None)
     run_id = settings.pop("run_id", None)
-    name = settings.pop("run_name", None) or name
+    name = settings.pop("run_name", None) or shortened(name, MLFLOW_RUN_CHARS)
     if rank_zero_only.rank == 0:  # other DDP ranks never log
         artifacts, found = _mlflow_experiment(uri, experiment, artifacts)
-        run_id = run_id or (found(key) if stage != "adjust" else None)
+        run_id = run_id or (found(key) if stage in RESUMED else None)
     return {**settings, "tracking_uri": uri, "experiment_name": experiment, "run_name": name, "tags": tags,
             "artifact_location": artifacts, "run_id": run_id}
 
@@ -312,8 +342,8 @@ def _mlflow_experiment(uri: str, name: str, artifacts: Optional[str]):
 def _tensorboard_settings(stage: str, name: str, save_dir: Path, settings: dict) -> dict[str, Any]:
     """One folder per job (``logs/tensorboard/<run name>``; the adjustment in
     ``.../<run name>/adjust``), so ``tensorboard --logdir <sweep>`` names runs
-    by their overrides."""
-    folder = re.sub(r"[/\\]", "_", name) or "run"
+    by their overrides (a long name is shortened, as a folder name has at most 255 bytes)."""
+    folder = shortened(re.sub(r"[/\\]", "_", name), size=FOLDER_BYTES) or "run"
     version = settings.pop("version", None) or (f"{folder}/{stage}" if stage == "adjust" else folder)
     return {"default_hp_metric": False, **settings, "save_dir": str(save_dir),
             "name": settings.pop("name", None) or "tensorboard", "version": version}
@@ -334,10 +364,71 @@ def stage_loggers(cfg: DictConfig, stage: str, csv_dir: Path, tracker_dir: Optio
     params = hyperparameters(cfg)
     for logger in loggers:
         try:
-            logger.log_hyperparams(params)  # starts the run: a login or store problem shows here, in one line
+            log_config(logger, params)  # starts the run: a login or store problem shows here, in one line
+            if isinstance(logger, TensorBoardLogger):
+                _tensorboard_session_start(logger, params)
         except Exception as err:  # noqa: BLE001 - e.g. wandb without an API key, an unreachable tracking_uri
             raise XltError(f"cannot start the {type(logger).__name__} run: {' '.join(str(err).split())}") from err
     return loggers
+
+
+def log_config(logger: Logger, params: dict[str, Any]) -> None:
+    """The resolved config as the run's hyperparameters.
+
+    A continued MLflow run (a resumed fine-tuning) may meet settings that
+    changed since it started without changing the job (``xlt.keys.job_hash``
+    leaves out bookkeeping such as ``trainer.checkpoint_every_n_steps``, the
+    paths, subtrees the mode does not read).  MLflow params are write-once,
+    so logging them again failed the job; its params keep the values the run
+    started with, and each changed one is the (mutable) tag
+    ``xlt.changed/<param>`` = the new value, named in one warning.  W&B
+    updates its config in place (Lightning passes ``allow_val_change``);
+    TensorBoard writes the new values beside the old ones.
+    """
+    if isinstance(logger, MLFlowLogger):
+        _log_mlflow_params(logger, params)
+    else:
+        logger.log_hyperparams(params)
+
+
+MLFLOW_PARAM_CHARS = 250  # Lightning's MLFlowLogger keeps this much of a param value
+
+
+@rank_zero_only
+def _log_mlflow_params(logger: MLFlowLogger, params: dict[str, Any]) -> None:
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    flat = _flatten_dict(_convert_params(params))  # what Lightning's log_hyperparams logs
+    run = logger.experiment.get_run(logger.run_id).data
+    changed = {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in flat.items()
+               if k in run.params and run.params[k] != str(v)[:MLFLOW_PARAM_CHARS]}
+    logger.log_hyperparams({k: v for k, v in flat.items() if k not in changed})
+    new = {k: v for k, v in changed.items() if run.tags.get(f"xlt.changed/{k}") != v}  # log_results meets them again
+    for key, value in new.items():
+        logger.experiment.set_tag(logger.run_id, f"xlt.changed/{key}", value)
+    if new:
+        shown = "; ".join(f"{k}: {run.params[k]} -> {v}" for k, v in new.items())
+        log.warning("the MLflow run %s continues with %d setting(s) changed since it started (its params keep "
+                    "the first values, tags xlt.changed/<param> the new ones): %s", logger.run_id, len(new), shown)
+
+
+@rank_zero_only
+def _tensorboard_session_start(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
+    """The session's hyperparameters in TensorBoard's HParams view, now.
+
+    Lightning writes TensorBoard's hparams summary only together with metrics
+    (``log_results``, with ``default_hp_metric`` off), so a run that ends
+    without them (the adjustment, a job that fails or stops first) had no
+    config there.  The session-start record alone lists the run with its
+    config; ``log_results`` writes it again with the experiment's metrics.
+    """
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+    from torch.utils.tensorboard.summary import hparams
+
+    _, start, _ = hparams(logger._sanitize_params(_flatten_dict(_convert_params(params))), {})
+    logger.experiment._get_file_writer().add_summary(start)
+    logger.experiment.flush()
 
 
 def log_results(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, dict[str, Any]], step: int) -> None:
@@ -351,7 +442,7 @@ def log_results(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, dict[
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics=scalars, step=step)
         else:
-            logger.log_hyperparams(params)
+            log_config(logger, params)
             logger.log_metrics(scalars, step=step)
         logger.save()
 

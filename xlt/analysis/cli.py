@@ -128,7 +128,7 @@ def measure(state, examples, pad_id: int, batch_size: int) -> tuple[dict[str, An
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = state.load().to(device)
-    related, unrelated = pair_differences(pair_vectors(encoder, examples, pad_id, batch_size))
+    related, unrelated = pair_differences(pair_vectors(encoder, examples, pad_id, batch_size, desc=f"measuring {state.name}"))
     del encoder
     summary = {"label": state.label, "source": state.source, **state_summary(related, unrelated)}
     return summary, norms(related), norms(unrelated)

@@ -27,28 +27,34 @@ from xlt.models.pooling import pool_spans
 Vectors = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int = 32) -> Vectors:
+def pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int = 32, desc: str | None = None) -> Vectors:
     """Per example: (English pair vectors, target pair vectors, English regularizer vectors).
 
     Runs in eval mode (no dropout) and then restores the encoder's mode, since
     probes run in the middle of training (``xlt.stages.adjust.DistanceProbe``).
     Batches are formed in order of sentence length (less padding, which is
     most of the cost on CPU); the result is in the order of ``examples``.
+    With ``desc``, progress is shown (``xlt.progress``: a line every
+    ``$XLT_PROGRESS_S`` seconds outside a terminal); the probes, which run
+    inside a training, show none.
     """
     was_training = encoder.training
     encoder.eval()
     try:
-        return _pair_vectors(encoder, examples, pad_id, batch_size)
+        return _pair_vectors(encoder, examples, pad_id, batch_size, desc)
     finally:
         encoder.train(was_training)
 
 
 @torch.no_grad()
-def _pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int) -> Vectors:
+def _pair_vectors(encoder, examples: list[Any], pad_id: int, batch_size: int, desc: str | None) -> Vectors:
+    from xlt.progress import progress
+
     device = next(encoder.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: max(len(examples[i].en_ids), len(examples[i].tgt_ids)))
     out: list[Any] = [None] * len(examples)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in progress(starts, desc, unit="batches") if desc else starts:
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate_aligned([examples[i] for i in chunk], pad_id).items()}
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state.float()

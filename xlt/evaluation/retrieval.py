@@ -151,13 +151,18 @@ def embed(
     batch_size: int = 64,
     max_length: int = 512,
     precision: str = "32-true",
+    desc: str = "embedding",
 ) -> torch.Tensor:
     """``[len(layers), N, H]`` float32 sentence vectors on the encoder's device.
 
     Sentences are sorted by length so a batch pads to similar lengths, and
     every requested layer comes from the same forward pass
     (``output_hidden_states``); vectors are put back in input order.
+    Progress (``desc``) is a bar in a terminal, else a line every
+    ``$XLT_PROGRESS_S`` seconds (``xlt.progress``).
     """
+    from xlt.progress import progress
+
     device = next(encoder.parameters()).device
     encoder.eval()
     encoded = tokenizer(list(sentences), truncation=True, max_length=max_length, return_special_tokens_mask=True)
@@ -167,7 +172,7 @@ def embed(
     out = torch.empty(len(layers), len(ids), hidden, device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     select = torch.as_tensor([layer + 1 for layer in layers], device=device)  # 0 = embedding output
-    for start in range(0, len(order), batch_size):
+    for start in progress(range(0, len(order), batch_size), desc, unit="batches"):
         rows = order[start : start + batch_size]
         width = max(len(ids[i]) for i in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -161,7 +161,9 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     with lock if trainer.global_rank == 0 else nullcontext():
         state = usable_state(checkpoints, shapes_of(module))
         if state.kind == "finished":  # a twin (or an earlier run) finished this training: reuse its weights
-            rewind_curve(loggers, 0, checkpoints.name)  # this job trains nothing: no curve
+            # This job's own curve of that training (it was stopped after training) stays, its evaluation rows go
+            # (they are logged again); a job that reuses another's training has no curve of it.
+            rewind_curve(loggers, state.step, checkpoints.name)
             return trainer, {**load_finished(module, state), "processes": trainer.world_size, "micro_batch": micro_batch}
         resume, resumed = state.path, state.step
         rewind_curve(loggers, resumed, checkpoints.name)

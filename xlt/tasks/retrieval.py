@@ -222,8 +222,8 @@ class RetrievalTask(StateEvaluationTask):
             settings = dict(layers=layers, pooling=options.pooling, skip_special=options.skip_special,
                             batch_size=self.cfg.eval_batch_size, max_length=self.cfg.max_length,
                             precision=str(cfg.trainer.precision))
-            english = embed(encoder, tokenizer, pairs.english, **settings)
-            target = embed(encoder, tokenizer, pairs.target, **settings)
+            english = embed(encoder, tokenizer, pairs.english, **settings, desc=f"retrieval {state.name}: English sentences")
+            target = embed(encoder, tokenizer, pairs.target, **settings, desc=f"retrieval {state.name}: {lang} sentences")
             prefix = pairs.data if state.name == before else f"{pairs.data}_ft" if state.name == after else f"{pairs.data}_{state.name}"
             for index, layer in enumerate(layers):
                 for direction, (queries, candidates) in ((f"en-{lang}", (english[index], target[index])),
