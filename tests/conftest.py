@@ -53,3 +53,35 @@ def e5_tokenizer(e5_dir: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(e5_dir)
+
+
+@pytest.fixture(autouse=True)
+def process_state_is_per_test():
+    """Give every test the process state a fresh ``xlt`` starts with.
+
+    Under xdist a worker runs many tests in one process, in an order that
+    differs between machines, so state one test leaves behind reached
+    another only on some runs: an in-process ``xlt --cfg job`` left Hydra's
+    config set (mode None) and 13 job tests of the CI run crashed on it.
+    Restored after each test: the environment, ``sys.argv``, Hydra's global
+    config, and ``xlt.stopping``'s record of a stopped sweep (which makes
+    later jobs of the process "not run").
+    """
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from xlt import stopping
+
+    environ, argv, state = dict(os.environ), list(sys.argv), stopping._state
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv[:] = argv
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+        stopping._state = state
+        state.sweep, state.lost = None, []
