@@ -382,7 +382,7 @@ class QaTask(FineTuningTask):
         name = name.format(lang=lang, **fmt) if name else None
         split = split or spec["split"]
         source = f"hub {spec['path']}" + (f" ({name})" if name else "") + f" [{split}]"
-        dataset = load_hub(spec["path"], name, split)
+        dataset = load_hub(spec["path"], name, split, spec.get("revision"))
         return [make_example(row, _field(row, "context", source, f"row {i}"), source, f"row {i}") for i, row in enumerate(dataset)]
 
     # ---- features -------------------------------------------------------------
