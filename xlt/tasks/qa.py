@@ -290,6 +290,7 @@ class QaTask(FineTuningTask):
     headline = ("f1", "exact_match")
     label_keys = ("start_positions", "end_positions")
     train_inputs = ("train", "xquad_en")  # training drops the English XQuAD paragraphs (drop_overlap)
+    train_hub = ("train", "xquad")
     evaluation_options = ("n_best", "max_answer_length", "mlqa_split", "mlqa_metric", "cross_lingual")
 
     @classmethod
