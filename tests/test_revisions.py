@@ -203,3 +203,52 @@ def test_seeds_at_two_hub_commits_are_two_cells(hub, tmp_path):
     assert set(cells) == {OLD, NEW}
     assert cells[OLD]["n_seeds"] == 2 and cells[OLD]["mean"] == pytest.approx(0.875)
     assert cells[NEW]["n_seeds"] == 1 and cells[NEW]["missing_seeds"] == 1  # the killed seed counts where it belongs
+
+
+# ---- end to end ---------------------------------------------------------------
+def tiny_hub_model(folder: Path, tokenizer_dir: str, seed: int) -> Path:
+    """A 2-layer BERT with the tiny model's tokenizer, saved as a hub snapshot holds it."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_job_reruns_on_a_new_hub_commit_and_the_report_splits_the_cell(hub, tmp_path, tiny_cache, caplog):
+    from xlt.models.encoder import model_path
+    from xlt.stages.job import run_job
+
+    overrides = ["model=tiny", "model.source=hub", "model.pretrained=org/tiny-bert", "model.random=null", "data=demo",
+                 "lang=ru", "task.train_limit=32", "task.eval_limit=12", "task.epochs=1", "trainer.enable_progress_bar=false",
+                 f"paths.cache_dir={tiny_cache}"]
+    run = tmp_path / "runs" / "s1"
+    cfg = compose([*overrides, f"paths.output_dir={run}"])
+    tokenizer = model_path(compose(["model=tiny", "paths.output_dir=/tmp/x"]).model, str(tiny_cache))
+    hub.commit("model", "org/tiny-bert", OLD, tiny_hub_model(tmp_path / "old", tokenizer, seed=1))
+    first = run_job(cfg)
+    assert first["config"]["revisions"] == {"model:org/tiny-bert": OLD}
+    record = json.loads((keys.checkpoint_dir(cfg) / keys.TRAINING_RECORD).read_text())
+    assert record["revisions"] == {"model:org/tiny-bert": OLD}
+    old_checkpoint = keys.checkpoint_dir(cfg)
+    with caplog.at_level(logging.INFO):
+        assert run_job(cfg)["runtime_s"] == first["runtime_s"]  # the same commit: the finished job is kept
+    shutil.copytree(run, tmp_path / "runs" / "s1-old", symlinks=True)
+
+    hub.commit("model", "org/tiny-bert", NEW, tiny_hub_model(tmp_path / "new", tokenizer, seed=2))  # main moved
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second = run_job(cfg)
+    assert f"was computed from model:org/tiny-bert at {OLD}, now {NEW}: running the job again" in caplog.text
+    assert second["config"]["revisions"] == {"model:org/tiny-bert": NEW}
+    assert keys.checkpoint_dir(cfg) != old_checkpoint  # trained again, from the new weights
+    assert second["metrics"] != first["metrics"] or second["training"] != first["training"]
+    summary = report.summarise(report.collect([tmp_path / "runs"]))
+    cells = summary[summary["eval_set"] == "xnli.ru"]
+    assert sorted(cells["revision.model:org/tiny-bert"]) == sorted([OLD, NEW]) and list(cells["n_seeds"]) == [1, 1]
