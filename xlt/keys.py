@@ -322,12 +322,25 @@ def hub_sources(cfg: DictConfig, train_only: bool = False) -> list[tuple[str, st
 def hub_revisions(cfg: DictConfig, train_only: bool = False) -> dict[str, str]:
     """``{label: commit sha}`` (``xlt.revisions.label``) of :func:`hub_sources`,
     resolved where the job runs; {} when nothing comes from the hub."""
-    from xlt.models.encoder import hub_revision
     from xlt.revisions import label
     from xlt.tasks.hub import dataset_revision
 
-    return {label(kind, repo, pin): hub_revision(cfg.model) if kind == "model" else dataset_revision(repo, pin)
-            for kind, repo, pin in hub_sources(cfg, train_only)}
+    datasets = {label(kind, repo, pin): dataset_revision(repo, pin)
+                for kind, repo, pin in hub_sources(cfg, train_only) if kind == "dataset"}
+    return {**model_revision(cfg), **datasets}
+
+
+def model_revision(cfg: DictConfig) -> dict[str, str]:
+    """``{label: commit sha}`` of a hub model (what the adjusted encoder and a
+    subword tokenizer are keyed by), {} for any other."""
+    model = cfg.model
+    if model.source != "hub":  # e5_small, tiny: no import of the loaders (xlt-align imports no torch)
+        return {}
+    from xlt.models.encoder import hub_revision
+    from xlt.revisions import label
+
+    sha = hub_revision(model)
+    return {label("model", str(model.pretrained), model.revision): sha} if sha else {}
 
 
 def changed_revisions(recorded: dict[str, str]) -> str:
@@ -365,11 +378,6 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     if revisions := model_revision(cfg):
         key[REVISIONS] = revisions
     return key
-
-
-def model_revision(cfg: DictConfig) -> dict[str, str]:
-    """``{label: sha}`` of a hub model (:func:`hub_revisions`), {} for any other."""
-    return {k: v for k, v in hub_revisions(cfg, train_only=True).items() if k.startswith("model:")}
 
 
 def _adjustment_trainer(cfg: DictConfig) -> dict[str, Any]:
