@@ -309,7 +309,8 @@ def hub_sources(cfg: DictConfig, train_only: bool = False) -> list[tuple[str, st
     its ``train_hub`` when ``train_only``)."""
     model = cfg.model
     hub_model = model.source == "hub" and not OmegaConf.is_missing(model, "pretrained")
-    sources = [("model", str(model.pretrained), model.revision)] if hub_model and not os.path.isdir(str(model.pretrained)) else []
+    local = hub_model and os.path.isdir(str(model.pretrained))
+    sources = [("model", str(model.pretrained), model.revision)] if hub_model and not local else []
     if cfg.data.source == "hub":
         from xlt.tasks.registry import task_class
 
@@ -535,8 +536,9 @@ def subword_version(aggregation: str) -> dict[str, int]:
 
 def tokenizer_key(cfg: DictConfig) -> dict[str, Any]:
     """What names the tokenizer of ``cfg.model``: its source, hub id (and the
-    commit it resolved to) or local folder (by content), and a random model's vocabulary cut, not the
-    model's name (two configs may give one name to two tokenizers)."""
+    commit it resolved to) or local folder (by content), and a random
+    model's vocabulary cut, not the model's name (two configs may give one
+    name to two tokenizers)."""
     model = cfg.model
     key = {
         "source": model.source,

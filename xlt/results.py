@@ -107,11 +107,12 @@ def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str
     It is when its status is ok and it was computed from the same config (hash
     and seed), the same code version and the same input data (hub repositories:
     the commits it recorded are what their labels resolve to now, said in one
-    line when not), and every eval set's predictions are there.  A rerun of a sweep then skips its finished
-    jobs instead of evaluating them again, and anything that changed (an
-    override, an edit of the package, a data file) runs the job.  A kept
-    result is touched: the sweep's end-of-run check (``xlt.report.sweep``)
-    takes a results.json older than the job's rewritten config for a killed job.
+    line when not), and every eval set's predictions are there.  A rerun of a
+    sweep then skips its finished jobs instead of evaluating them again, and
+    anything that changed (an override, an edit of the package, a data file,
+    a new commit on the hub) runs the job.  A kept result is touched: the
+    sweep's end-of-run check (``xlt.report.sweep``) takes a results.json older
+    than the job's rewritten config for a killed job.
     """
     from xlt.keys import code_version, job_hash
 
