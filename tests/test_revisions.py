@@ -75,6 +75,29 @@ def test_offline_the_cache_ref_names_the_commit_and_a_pinned_sha_is_taken_as_it_
         revisions.resolve("dataset", "facebook/xnli")
 
 
+def test_online_the_hubs_api_names_the_commit(hub, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    asked = []
+
+    class Api:  # what HfApi's model_info / dataset_info answer: the commit a revision stands for
+        def model_info(self, repo, revision):
+            asked.append(("model", repo, revision))
+            return type("Info", (), {"sha": NEW})()
+
+        def dataset_info(self, repo, revision):
+            asked.append(("dataset", repo, revision))
+            return type("Info", (), {"sha": OLD})()
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    hub.commit("model", MBERT, OLD)  # online, the cache's ref is not asked
+    assert revisions.resolve("model", MBERT) == NEW and revisions.resolve("dataset", "facebook/xnli", "v2") == OLD
+    assert revisions.resolve("model", MBERT) == NEW  # once per job
+    assert asked == [("model", MBERT, "main"), ("dataset", "facebook/xnli", "v2")]
+
+
 def test_a_model_revision_is_passed_to_from_pretrained_and_checked(hub, tmp_path, monkeypatch):
     import transformers
 
