@@ -85,6 +85,18 @@ def _composed(overrides: tuple[str, ...]):
     return compose(list(overrides))
 
 
+HUB_COMMIT = "0" * 40
+
+
+def hub_at(monkeypatch, sha: str = HUB_COMMIT) -> None:
+    """Every hub repository resolves to commit ``sha`` (``xlt.revisions``):
+    for tests whose stand-in ``load_dataset`` / ``from_pretrained`` serve
+    the data without a local HF cache."""
+    from xlt import revisions
+
+    monkeypatch.setattr(revisions, "current", lambda kind, repo, pin=None: sha)
+
+
 def write_composed_job(root: Path, name: str, overrides: list[str], correct: list[int] | None,
                        eval_set: str = "xnli.ru") -> Path:
     """A job directory as a real job leaves it: .hydra/config.yaml, and unless

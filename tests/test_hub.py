@@ -9,6 +9,7 @@ import datasets
 import pytest
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
+from tests.helpers import HUB_COMMIT, hub_at
 from xlt.contract import compose
 from xlt.errors import XltError
 from xlt.keys import corpus_path
@@ -63,13 +64,15 @@ HUB = {
 def hub(monkeypatch: pytest.MonkeyPatch) -> list:
     calls = []
 
-    def load_dataset(path: str, name: str | None = None, split: str | None = None, **_):
+    def load_dataset(path: str, name: str | None = None, split: str | None = None, revision: str | None = None):
+        assert revision == HUB_COMMIT  # the commit resolved, not whatever main is by now
         calls.append((path, name, split))
         if (path, name, split) not in HUB:
             raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)\ndetails")
         return HUB[(path, name, split)]
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    hub_at(monkeypatch)
     return calls
 
 

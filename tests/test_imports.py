@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first; a module may import its own layer and those below.
 LAYERS = [
-    {"xlt", "xlt.errors", "xlt.progress", "xlt.artifacts", "xlt.cores", "xlt.stopping", "xlt.rundir", "xlt.checkpoints"},
+    {"xlt", "xlt.errors", "xlt.progress", "xlt.artifacts", "xlt.cores", "xlt.stopping", "xlt.rundir", "xlt.checkpoints",
+     "xlt.revisions"},
     {"xlt.config"},
     {"xlt.data"},
     {"xlt.models"},

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tests.helpers import hub_at
 from tests.helpers import make_task as job_task
 from xlt.errors import XltError
 from xlt.evaluation.ner import entity_f1, entity_scores, token_f1
@@ -290,11 +291,12 @@ def test_hub_maps_class_label_names(shared_data, monkeypatch):
     table = datasets.Dataset.from_dict({"tokens": [["Lima", "es"]], "ner_tags": [[5, 0]]}, features=features)
     calls = []
 
-    def fake_load(path, name=None, split=None):
+    def fake_load(path, name=None, split=None, revision=None):
         calls.append((path, name, split))
         return table
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    hub_at(monkeypatch)
     task = make_task(shared_data, "es", source="hub")
     (eval_set,) = task.eval_sets()
     assert eval_set.examples == [{"id": "wikiann.es-0", "tokens": ["Lima", "es"], "tags": ["B-LOC", "O"]}]

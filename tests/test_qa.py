@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tests.helpers import hub_at
 from tests.helpers import make_task as job_task
 from xlt.errors import XltError
 from xlt.evaluation.squad import evaluate, exact_match_score, f1_score, mlqa_normalize_answer, normalize_answer
@@ -467,13 +468,14 @@ def test_hub_ids_configs_tydi_filter_and_guard(monkeypatch: pytest.MonkeyPatch) 
     }
     calls = []
 
-    def fake_load_dataset(path: str, name: str | None = None, split: str | None = None):
+    def fake_load_dataset(path: str, name: str | None = None, split: str | None = None, revision: str | None = None):
         calls.append((path, name, split))
         if (path, name, split) not in rows:
             raise ConnectionError(f"Couldn't reach '{path}' on the Hub\nmore")
         return rows[(path, name, split)]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub_at(monkeypatch)
     task = make_task("", "ru", ["xquad", "tydiqa"], source="hub")
     assert [e["id"] for e in task.train_examples()] == ["s2"]  # whitespace-insensitive guard
     sets = {s.name: [e["id"] for e in s.examples] for s in task.eval_sets()}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import tiny_encoder
+from tests.helpers import HUB_COMMIT, hub_at, tiny_encoder
 from xlt.errors import XltError
 from xlt.evaluation.retrieval import embed, pool, retrieve, similarity
 
@@ -223,19 +223,20 @@ def test_hub_loader_reads_xtreme_columns(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(path, name, split):
-        calls.append((path, name, split))
+    def fake_load_dataset(path, name, split, revision=None):
+        calls.append((path, name, split, revision))
         return datasets.Dataset.from_dict({
             "source_sentence": ["Привет.\n", "Спасибо."], "target_sentence": ["Hello.\n", "Thanks."],
             "source_lang": ["rus", "rus"], "target_lang": ["eng", "eng"],
         })
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub_at(monkeypatch)
     pairs = load_hub("google/xtreme", "tatoeba.rus", "validation")
-    assert calls == [("google/xtreme", "tatoeba.rus", "validation")]
+    assert calls == [("google/xtreme", "tatoeba.rus", "validation", HUB_COMMIT)]
     assert pairs.english == ["Hello.", "Thanks."] and pairs.target == ["Привет.", "Спасибо."]
 
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: datasets.Dataset.from_dict({"text": ["a"]}))
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split, revision: datasets.Dataset.from_dict({"text": ["a"]}))
     with pytest.raises(XltError, match="columns source_sentence, target_sentence missing"):
         load_hub("google/xtreme", "tatoeba.rus", "validation")
 

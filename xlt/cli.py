@@ -256,7 +256,10 @@ def announce(cfg) -> None:
 def run_command(cfg) -> float | None:
     from xlt.contract import validate
 
+    from xlt.revisions import start_job
+
     validate(cfg)
+    start_job()  # this job's hub commits, not an earlier job's of an in-process sweep
     # Each command imports only its stage: xlt-align needs neither torch nor
     # Lightning (their ~0.5 GB would be most of its memory at 250K pairs).
     if cfg.command == "run":

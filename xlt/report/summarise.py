@@ -216,6 +216,8 @@ def _with_failed_cells(df: pd.DataFrame) -> pd.DataFrame:
 
     Such a job wrote no metrics, but its seed still belongs to the cells it
     would have filled; without this it would silently vanish from the counts.
+    It recorded no hub commits either: it counts in the cells of each commit
+    its model's finished runs of the task and language loaded.
     """
     ok = df[(df["status"] == results.OK) & df["eval_set"].notna()]
     failed = df[df["status"] != results.OK]
@@ -223,6 +225,10 @@ def _with_failed_cells(df: pd.DataFrame) -> pd.DataFrame:
         return ok
     targets = ok[["task", "lang", "eval_set", "metric"]].drop_duplicates()
     expanded = failed.drop(columns=["eval_set", "metric"]).merge(targets, on=["task", "lang"], how="inner")
+    revisions = [c for c in df.columns if str(c).startswith(results.REVISION_COLUMN)]
+    if revisions:  # a job records its hub commits only when it finishes: it failed at those its model's runs loaded
+        loaded = ok[["task", "lang", "model", *revisions]].drop_duplicates()
+        expanded = expanded.drop(columns=revisions).merge(loaded, on=["task", "lang", "model"], how="left")
     return pd.concat([ok, expanded[list(df.columns)]], ignore_index=True)
 
 

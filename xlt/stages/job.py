@@ -31,6 +31,7 @@ from xlt.contract import validate
 from xlt.errors import XltError
 from xlt.keys import TRAINING_RECORD, checkpoint_dir, corpus_path, data_checksums, pin_code, starts_adjusted, training_record
 from xlt.models.inputs import model_inputs
+from xlt.revisions import start_job
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
 from xlt.stages.trainer import check_hardware, ddp_job, describe_progress, make_trainer, one_device
@@ -78,6 +79,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     check_hardware(cfg)  # here, where the job runs (a sweep may be submitted from a machine without a GPU)
     pin_code()  # results.json names the source this job starts with
+    start_job()  # ... and the hub commits this job loads, not an earlier job's of this process
     task = build_task(cfg)
     if not task.trains:
         return evaluate_states(cfg, task)

@@ -43,7 +43,7 @@ from transformers import PreTrainedModel
 from xlt import results
 from xlt.config import STATES
 from xlt.errors import XltError
-from xlt.keys import (ADJUSTMENT_TRAINER_FREE, BOOKKEEPING, BUILD_FIELDS, TRAINING_RECORD, adjusted_dir,
+from xlt.keys import (ADJUSTMENT_TRAINER_FREE, BOOKKEEPING, BUILD_FIELDS, REVISIONS, TRAINING_RECORD, adjusted_dir,
                       adjustment_settings, adjustment_trainer_of, stale_build, starts_adjusted, training_config)
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def finetuned_checkpoint(cfg: DictConfig, mode: str, task: str) -> Path:
         if (theirs.get("mode") or {}).get("name") != mode or (theirs.get("task") or {}).get("name") != task:
             continue
         mine = training_config({**ours, "mode": theirs["mode"]})
-        skip = {"trainer", *BUILD_FIELDS} | ({"task"} if cfg.task.name != task else set())
+        skip = {"trainer", *BUILD_FIELDS, REVISIONS} | ({"task"} if cfg.task.name != task else set())
         if all(mine.get(key) == value for key, value in theirs.items() if key not in skip):
             stale = stale_build(theirs, cfg.paths.cache_dir)
             if stale is not None:  # the settings match, the build does not: never used silently

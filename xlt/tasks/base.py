@@ -71,6 +71,9 @@ class Task(ABC):
     # The ``task.local`` entries the English training reads: they key the
     # fine-tuned checkpoint (``xlt.keys.task_files``); the others are evaluation data.
     train_inputs: ClassVar[tuple[str, ...]] = ("train",)
+    # The same for ``data=hub``: the ``task.hub`` datasets training reads
+    # (their commits key the checkpoint, ``xlt.keys.hub_sources``).
+    train_hub: ClassVar[tuple[str, ...]] = ("train",)
     # ``task.options`` that only the evaluation reads: a sweep over them
     # reuses one fine-tuned model (``xlt.keys.training_config``).
     evaluation_options: ClassVar[tuple[str, ...]] = ()

@@ -5,7 +5,8 @@ Every hub id in ``conf/task/*.yaml`` is a parquet dataset that loads with
 XTREME benchmark's ``google/xtreme`` configs ``MLQA.<context>.<question>``
 (SQuAD layout: ``answers = {text: [...], answer_start: [...]}``, character
 offsets into ``context``, as in the original MLQA json), not from the
-script-only ``facebook/mlqa``.
+script-only ``facebook/mlqa``.  A spec may pin a ``revision`` (a sha, a
+branch or a tag); the one loaded is always a commit sha (``dataset_revision``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,39 @@ from __future__ import annotations
 from xlt.errors import XltError
 
 
-def load_hub(path: str, name: str | None, split: str):
-    """``datasets.load_dataset(path, name, split=split)``; offline, an unknown
-    config or a script-only dataset becomes one line naming the dataset."""
+def load_hub(path: str, name: str | None, split: str, revision: str | None = None):
+    """``datasets.load_dataset(path, name, split=split)`` at the commit
+    ``revision`` (None: ``main``) resolves to (``dataset_revision``); offline,
+    an unknown config or a script-only dataset becomes one line naming the
+    dataset (offline without a cached copy: the loader's own reason)."""
     from datasets import load_dataset
 
     try:
-        return load_dataset(path, name, split=split)
+        sha, unresolved = dataset_revision(path, revision), None
+    except XltError as err:  # the load below says why, if it fails too
+        sha, unresolved = None, err
+    try:
+        dataset = load_dataset(path, name, split=split, revision=sha or revision)
     except Exception as err:  # noqa: BLE001 - offline, unknown config, scripts refused...: one clear line
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise XltError(f"cannot load {path}" + (f" ({name})" if name else "") + f" [{split}] from the hub: {message}") from err
+        raise XltError(f"cannot load {path}" + (f" ({name})" if name else "") + f" [{split}] from the hub: {_first_line(err)}") from err
+    if unresolved is not None:  # loaded, but from which commit is unknown: no result may claim it
+        raise unresolved
+    return dataset
+
+
+def dataset_revision(path: str, revision: str | None = None) -> str:
+    """The commit sha of hub dataset ``path`` at ``revision`` (None: ``main``)
+    that the job loads and keys by (``xlt.revisions.resolve``; offline, the
+    local HF cache's); one line naming the dataset when it cannot be found."""
+    from xlt.revisions import resolve
+
+    try:
+        return resolve("dataset", path, revision)
+    except Exception as err:  # noqa: BLE001 - offline without a cache, no such repo or revision: one clear line
+        raise XltError(f"cannot resolve the revision of {path}" + (f" at {revision}" if revision else "")
+                       + f" on the hub: {_first_line(err)}") from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -148,7 +148,7 @@ class NerTask(FineTuningTask):
         from xlt.tasks.hub import load_hub
 
         config = lang or spec.get("name")
-        dataset = load_hub(spec["path"], config, spec["split"])
+        dataset = load_hub(spec["path"], config, spec["split"], spec.get("revision"))
         names = dataset.features["ner_tags"].feature.names
         unknown = sorted(set(names) - set(self.labels))
         if unknown:

@@ -174,7 +174,7 @@ class PairClassificationTask(FineTuningTask):
         from xlt.tasks.hub import load_hub
 
         first, second, label = self.options.columns
-        dataset = load_hub(spec.path, name or spec.get("name"), spec.split)
+        dataset = load_hub(spec.path, name or spec.get("name"), spec.split, spec.get("revision"))
         return [{"id": f"{prefix}-{i}", first: row[first], second: row[second], "label": row[label]}
                 for i, row in enumerate(dataset) if row[label] in range(len(self.options.labels))]
 

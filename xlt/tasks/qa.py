@@ -290,6 +290,7 @@ class QaTask(FineTuningTask):
     headline = ("f1", "exact_match")
     label_keys = ("start_positions", "end_positions")
     train_inputs = ("train", "xquad_en")  # training drops the English XQuAD paragraphs (drop_overlap)
+    train_hub = ("train", "xquad")
     evaluation_options = ("n_best", "max_answer_length", "mlqa_split", "mlqa_metric", "cross_lingual")
 
     @classmethod
@@ -382,7 +383,7 @@ class QaTask(FineTuningTask):
         name = name.format(lang=lang, **fmt) if name else None
         split = split or spec["split"]
         source = f"hub {spec['path']}" + (f" ({name})" if name else "") + f" [{split}]"
-        dataset = load_hub(spec["path"], name, split)
+        dataset = load_hub(spec["path"], name, split, spec.get("revision"))
         return [make_example(row, _field(row, "context", source, f"row {i}"), source, f"row {i}") for i, row in enumerate(dataset)]
 
     # ---- features -------------------------------------------------------------

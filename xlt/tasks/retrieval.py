@@ -118,13 +118,13 @@ def read_laser(folder: str, lang3: str) -> Pairs:
     return Pairs("tatoeba", english, target, stem + ".{eng," + lang3 + "}", (english_path, target_path))
 
 
-def load_hub(path: str, name: str, split: str) -> Pairs:
+def load_hub(path: str, name: str, split: str, revision: str | None = None) -> Pairs:
     """XTREME's Tatoeba set from the hub.  ``source_sentence`` is the target
     language and ``target_sentence`` English (XTREME swaps them; the paper
     code reads them the same way)."""
     from xlt.tasks.hub import load_hub as load_split
 
-    dataset = load_split(path, name, split)  # offline, unknown config...: one line
+    dataset = load_split(path, name, split, revision)  # offline, unknown config...: one line
     missing = {"source_sentence", "target_sentence"} - set(dataset.column_names)
     if missing:
         raise XltError(f"{path} {name}: columns {', '.join(sorted(missing))} missing (has {', '.join(dataset.column_names)})")
@@ -187,7 +187,8 @@ class RetrievalTask(StateEvaluationTask):
         elif source == "tatoeba_local":
             pairs = read_laser(self.template_path(str(self.cfg.local.tatoeba)), str(self.lang_cfg.iso639_3))
         else:
-            pairs = load_hub(str(self.cfg.hub.eval.path), f"tatoeba.{self.lang_cfg.iso639_3}", str(self.cfg.hub.eval.split))
+            spec = self.cfg.hub.eval
+            pairs = load_hub(str(spec.path), f"tatoeba.{self.lang_cfg.iso639_3}", str(spec.split), spec.get("revision"))
         limit = self.cfg.eval_limit
         if limit:
             pairs.english, pairs.target = pairs.english[:limit], pairs.target[:limit]

@@ -1,0 +1,100 @@
+"""Which commit of a HuggingFace hub repository a job loads.
+
+A hub id (``bert-base-multilingual-cased``, ``facebook/xnli``) names a
+repository whose ``main`` moves: weights, a tokenizer or a dataset's files
+get fixed under the same name.  A job therefore resolves, where it runs, the
+commit sha each hub repository it reads stands for now (a pinned sha as it
+is; a branch or tag, ``main`` by default, through the hub's API, or offline
+through the local HF cache's ``refs/<branch>`` file, with no network), loads
+exactly that commit, and its keys (``xlt.keys``) and results.json record it.
+
+A repository is named in keys and results.json by a label
+``<kind>:<repo id>`` (``model:bert-base-multilingual-cased``), with
+``@<pin>`` when the config pins a revision: the label says what to resolve
+again, the value what it resolved to.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+KINDS = ("model", "dataset")
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def label(kind: str, repo: str, pin: str | None = None) -> str:
+    """``model:bert-base-multilingual-cased``, ``dataset:facebook/xnli@v1``."""
+    return f"{kind}:{repo}" + (f"@{pin}" if pin else "")
+
+
+def parse(text: str) -> tuple[str, str, str | None]:
+    """The ``(kind, repo, pin)`` of a :func:`label` (hub ids hold neither ``:`` nor ``@``)."""
+    kind, _, rest = text.partition(":")
+    repo, _, pin = rest.partition("@")
+    return kind, repo, pin or None
+
+
+# What the running job has loaded from the hub: label -> sha (``resolve``;
+# emptied when a job starts, ``start_job``), for its results.json.
+_LOADED: dict[str, str] = {}
+
+
+def start_job() -> None:
+    """Forget what an earlier job of this process loaded (``loaded``) and
+    resolved: each job of an in-process sweep asks the hub (or cache) again."""
+    _LOADED.clear()
+    current.cache_clear()
+
+
+def loaded() -> dict[str, str]:
+    """``{label: sha}`` of every hub repository the job has resolved to load."""
+    return dict(sorted(_LOADED.items()))
+
+
+def resolve(kind: str, repo: str, pin: str | None = None) -> str:
+    """:func:`current`, recorded as loaded by the running job (``loaded``):
+    what a loader calls before it loads ``repo``."""
+    sha = current(kind, repo, pin)
+    _LOADED[label(kind, repo, pin)] = sha
+    return sha
+
+
+@functools.lru_cache(maxsize=None)
+def current(kind: str, repo: str, pin: str | None = None) -> str:
+    """The commit sha that revision ``pin`` (None: ``main``) of the hub
+    ``kind`` repository ``repo`` stands for now.
+
+    Once per job (``start_job``): every stage of a job loads, and keys what
+    it builds by, one commit even if the hub moves while it runs.  Offline
+    (``HF_HUB_OFFLINE=1``) the local cache answers; a repository it does not
+    hold raises OSError, which the loaders turn into their usual one line."""
+    wanted = pin or "main"
+    if _SHA.fullmatch(wanted):
+        return wanted
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return cached(kind, repo, wanted)
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info if kind == "model" else HfApi().dataset_info
+    return str(info(repo, revision=wanted).sha)
+
+
+def cached(kind: str, repo: str, revision: str) -> str:
+    """The sha the local HF cache's ``refs/<revision>`` of ``repo`` holds
+    (what ``from_pretrained`` / ``load_dataset`` load offline); OSError when
+    the cache has no such ref."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type=kind) / "refs" / revision
+    try:
+        sha = ref.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise OSError(f"offline (HF_HUB_OFFLINE=1) and no cached {kind} {repo} at revision {revision} ({ref} missing)") from None
+    if not _SHA.fullmatch(sha):
+        raise OSError(f"{ref} holds {sha[:60]!r}, not a commit sha")
+    return sha
