@@ -98,6 +98,35 @@ def test_online_the_hubs_api_names_the_commit(hub, monkeypatch):
     assert asked == [("model", MBERT, "main"), ("dataset", "facebook/xnli", "v2")]
 
 
+
+def test_online_a_hub_that_does_not_answer_falls_back_to_the_cache_and_an_unknown_repo_does_not(hub, monkeypatch, caplog):
+    """A compute node without internet (HF_HUB_OFFLINE unset) loaded cached
+    weights through from_pretrained's fallback; asking the hub's API first
+    must not turn that into a failure, nor hide a repository that is not there."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    class Api:
+        def model_info(self, repo, revision):
+            if repo == "org/missing":  # built without an HTTP response (its constructor wants one)
+                error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+                Exception.__init__(error, "404 Client Error: Repository Not Found")
+                raise error
+            raise ConnectionError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    hub.commit("model", MBERT, OLD)
+    with caplog.at_level("WARNING", logger="xlt.revisions"):
+        assert revisions.resolve("model", MBERT) == OLD
+    assert f"the hub did not answer for model {MBERT} (ConnectionError): using the commit the local cache holds, {OLD}" in caplog.text
+    hub.commit("model", "org/missing", OLD)
+    with pytest.raises(RepositoryNotFoundError):
+        revisions.resolve("model", "org/missing")
+    with pytest.raises(ConnectionError):  # no answer and nothing cached: the hub's own error
+        revisions.resolve("model", "org/never-cached")
+
 def test_a_model_revision_is_passed_to_from_pretrained_and_checked(hub, tmp_path, monkeypatch):
     import transformers
 

@@ -17,8 +17,11 @@ again, the value what it resolved to.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 KINDS = ("model", "dataset")
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -69,7 +72,11 @@ def current(kind: str, repo: str, pin: str | None = None) -> str:
     Once per job (``start_job``): every stage of a job loads, and keys what
     it builds by, one commit even if the hub moves while it runs.  Offline
     (``HF_HUB_OFFLINE=1``) the local cache answers; a repository it does not
-    hold raises OSError, which the loaders turn into their usual one line."""
+    hold raises OSError, which the loaders turn into their usual one line.
+    Online, a hub that does not answer (a compute node without internet, a
+    timeout) is answered by the cache too, with a warning, as
+    ``from_pretrained`` falls back to its cached files; an unknown repository
+    or revision is an error."""
     wanted = pin or "main"
     if _SHA.fullmatch(wanted):
         return wanted
@@ -78,9 +85,21 @@ def current(kind: str, repo: str, pin: str | None = None) -> str:
     if constants.HF_HUB_OFFLINE:
         return cached(kind, repo, wanted)
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     info = HfApi().model_info if kind == "model" else HfApi().dataset_info
-    return str(info(repo, revision=wanted).sha)
+    try:
+        return str(info(repo, revision=wanted).sha)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise
+    except Exception as err:  # noqa: BLE001 - no network, a timeout, the hub down: what from_pretrained falls back to
+        try:
+            sha = cached(kind, repo, wanted)
+        except OSError:
+            raise err from None
+        log.warning("the hub did not answer for %s %s (%s): using the commit the local cache holds, %s",
+                    kind, repo, type(err).__name__, sha)
+        return sha
 
 
 def cached(kind: str, repo: str, revision: str) -> str:
