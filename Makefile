@@ -9,7 +9,8 @@ TORCH   ?= torch==2.13.0
 # a test's job uses ~1.2 of 2 cores (imports, subprocesses, small matrices),
 # and two torch threads per job on a shared 2-core box run several times slower.
 TEST_WORKERS ?= 2
-PYTEST  := OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
+# The suite never asks the HuggingFace hub (a test that did would wait on network timeouts).
+PYTEST  := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: help install test test-fast demo demo-adjusted demo-sweep bench bench-align clean
 

@@ -94,6 +94,43 @@ def test_hub_model_offline_is_one_line(monkeypatch):
         assert "model=e5_small" in message and "\n" not in message
 
 
+
+def test_a_hub_model_without_network_or_cache_is_one_line_online_too(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE unset on a machine without network: the job first asks
+    the hub's API which commit to load, and huggingface_hub's HTTP client
+    raises its own ConnectError (not an OSError): one line, as offline."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from xlt import revisions
+    from xlt.config import ModelConfig
+    from xlt.models.encoder import load_encoder
+
+    class TransportError(Exception):  # httpx's hierarchy (httpx / httpx2, whichever huggingface_hub uses)
+        pass
+
+    class ConnectError(TransportError):
+        pass
+
+    class Api:
+        def model_info(self, repo, revision):
+            raise ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    revisions.start_job()
+    cfg = ModelConfig(name="mbert", source="hub", pretrained="bert-base-multilingual-cased")
+    try:
+        with pytest.raises(XltError) as err:
+            load_encoder(cfg, str(tmp_path))
+    finally:
+        revisions.start_job()
+    message = str(err.value)
+    assert message.startswith("cannot load model 'bert-base-multilingual-cased' (model=mbert) from the HuggingFace hub "
+                              "(ConnectError: [Errno -3] Temporary failure in name resolution)")
+    assert "\n" not in message
+
 def test_hub_errors_leaves_bugs_alone():
     with pytest.raises(TypeError):
         with hub_errors("dataset x"):

@@ -123,4 +123,5 @@ def _is_hub_failure(err: BaseException) -> bool:
         return True
     names = {cls.__name__ for cls in type(err).__mro__}
     return bool(names & {"HfHubHTTPError", "DatasetNotFoundError", "DataFilesNotFoundError", "OfflineModeIsEnabled",
-                         "HFValidationError", "RepositoryNotFoundError", "EmptyDatasetError"})
+                         "HFValidationError", "RepositoryNotFoundError", "EmptyDatasetError",
+                         "TransportError"})  # httpx's: no connection, a timeout, a proxy (huggingface_hub's HfApi)
