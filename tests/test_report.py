@@ -591,3 +591,33 @@ def test_skipped_evaluation_sets_are_named_in_the_warnings(tmp_path: Path) -> No
     md = (tmp_path / "out" / "report.md").read_text()
     assert [w for w in md.splitlines() if "skipped" in w] == [f"- WARNING: {line}"]
     assert f"% WARNING: {line}" in (tmp_path / "out" / "report.tex").read_text()
+
+
+def test_predictions_are_held_one_eval_set_at_a_time_and_read_once(sweep: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paired tests read every run's per-example predictions; kept for the
+    whole report they grew with the sweep (497 MB for study 2's 40 XNLI
+    jobs): an eval set's are dropped after its last cell, and none is read twice."""
+    import importlib
+
+    from xlt import results
+
+    summarise = importlib.import_module("xlt.report.summarise")  # xlt.report.summarise is also a function's name
+    held, reads = [], []
+    read = results.read_predictions
+
+    def reading(run_dir, eval_set):
+        reads.append((str(run_dir), eval_set))
+        return read(run_dir, eval_set)
+
+    get = summarise._Predictions.get
+
+    def getting(self, run_dir, eval_set):
+        value = get(self, run_dir, eval_set)
+        held.append({key[1] for key in self._cache})
+        return value
+
+    monkeypatch.setattr(results, "read_predictions", reading)
+    monkeypatch.setattr(summarise._Predictions, "get", getting)
+    assert report.main([str(sweep["root"]), "--out", str(sweep["out"])]) == 0
+    assert {e for _, e in reads} == {"xnli.hi", "xnli.ru"} and len(reads) == len(set(reads))
+    assert held and max(len(sets) for sets in held) == 1

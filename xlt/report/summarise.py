@@ -109,10 +109,16 @@ def _label(value: Any, read: bool) -> str:
 
 
 class _Predictions:
-    """Reads ``predictions/<eval set>.jsonl`` once per run (cells share baselines)."""
+    """Reads ``predictions/<eval set>.jsonl`` once per run (cells share
+    baselines) and forgets an eval set's once its last cell is done
+    (``forget``): a sweep's predictions never have to fit in memory at once."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
+
+    def forget(self, eval_set: str) -> None:
+        for key in [key for key in self._cache if key[1] == eval_set]:
+            del self._cache[key]
 
     def get(self, run_dir: str, eval_set: str) -> list[dict[str, Any]] | None:
         key = (run_dir, eval_set)
@@ -148,9 +154,17 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     predictions = _Predictions()
     by_setting = _index_by_setting(groups, keys)
     settings = {key: cell_settings(group, df.attrs.get("config_columns", [])) for key, group in groups.items()}
-    unmatched: dict[tuple[tuple, str, str], list[dict[str, Any]]] = {}  # (table row, mode, why) -> its cells
-    rows = []
-    for key, group in groups.items():
+    unmatched: dict[tuple[tuple, str, str], list[tuple[int, dict[str, Any]]]] = {}  # (table row, mode, why) -> its cells
+    items = list(groups.items())
+    rows: list[dict[str, Any]] = [{} for _ in items]
+    cell_warnings: list[list[str]] = [[] for _ in items]
+    # Cells one eval set at a time (a cell and its baselines share it), so its
+    # predictions are dropped after its last cell; rows, warnings and the
+    # unmatched lines keep the cells' own order.
+    order = sorted(range(len(items)), key=lambda i: str(items[i][0][keys.index("eval_set")]))
+    last = {str(items[i][0][keys.index("eval_set")]): position for position, i in enumerate(order)}
+    for position, i in enumerate(order):
+        key, group = items[i]
         cell = dict(zip(keys, key))
         bases = {}
         for mode in baselines:
@@ -162,11 +176,15 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
             bases[mode] = None if base_key is None else groups[base_key]
             if problem:
                 row = tuple(v for k, v in cell.items() if k not in ("eval_set", "metric"))
-                unmatched.setdefault((row, mode, problem), []).append(cell)
-        rows.append(_summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers,
-                                 ranks, warnings))
-    warnings += [_unmatched_warning(_cell_name(where[0], keys, groups), mode, problem, where)
-                 for (_, mode, problem), where in unmatched.items()]
+                unmatched.setdefault((row, mode, problem), []).append((i, cell))
+        rows[i] = _summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers,
+                               ranks, cell_warnings[i])
+        if last[str(cell["eval_set"])] == position:
+            predictions.forget(str(cell["eval_set"]))
+    warnings += [line for lines in cell_warnings for line in lines]
+    for (_, mode, problem), where in sorted(unmatched.items(), key=lambda item: min(i for i, _ in item[1])):
+        cells = [cell for _, cell in sorted(where, key=lambda pair: pair[0])]
+        warnings.append(_unmatched_warning(_cell_name(cells[0], keys, groups), mode, problem, cells))
     p_columns = [f"{kind}_vs_{mode}" for mode in baselines for kind in ("p", "seeds")]
     summary = pd.DataFrame(rows, columns=keys + list(_SUMMARY_COLUMNS) + p_columns + ["marker", *_PROVENANCE])
     summary = summary.sort_values(by=keys, key=sort_key(ranks), kind="stable").reset_index(drop=True)
