@@ -304,3 +304,23 @@ def test_a_job_reruns_on_a_new_hub_commit_and_the_report_splits_the_cell(hub, tm
     summary = report.summarise(report.collect([tmp_path / "runs"]))
     cells = summary[summary["eval_set"] == "xnli.ru"]
     assert sorted(cells["revision.model:org/tiny-bert"]) == sorted([OLD, NEW]) and list(cells["n_seeds"]) == [1, 1]
+
+
+@pytest.mark.slow
+def test_xlt_analyze_records_the_commit_it_measured(hub, tmp_path, tiny_cache):
+    """xlt-analyze's summary.json names the code and the hub commit of the
+    model it measured, as a job's results.json does."""
+    from xlt.analysis.cli import main
+    from xlt.keys import code_version
+    from xlt.models.encoder import model_path
+
+    tokenizer = model_path(compose(["model=tiny", "paths.output_dir=/tmp/x"]).model, str(tiny_cache))
+    hub.commit("model", "org/tiny-bert", OLD, tiny_hub_model(tmp_path / "old", tokenizer, seed=1))
+    out = tmp_path / "analysis"
+    argv = ["model=tiny", "model.source=hub", "model.pretrained=org/tiny-bert", "model.random=null", "lang=ru",
+            "corpus=demo", "corpus.size=60", "corpus.heldout=20", f"paths.cache_dir={tiny_cache}",
+            "trainer.enable_progress_bar=false", "analysis.states=original", f"--out={out}"]
+    assert main(argv) == 0
+    summary = json.loads((out / "ru" / "summary.json").read_text())
+    assert summary["revisions"] == {"model:org/tiny-bert": OLD} and summary["code_version"] == code_version()
+    assert summary["states"]["original"]["related_n"] > 0

@@ -141,6 +141,10 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
     from xlt.config import STATES
     from xlt.stages.states import find_states, label
 
+    from xlt import revisions
+    from xlt.keys import code_version
+
+    revisions.start_job()  # the hub commits this language's measurement loads (summary.json records them)
     code = base.lang.code
     states = find_states(base, request.states or list(STATES), request.explicit, None, warn)
     examples, pad_id, corpus = heldout_examples(base)
@@ -156,7 +160,8 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
     config = {"model": base.model.name, "lang": code, "task": base.task.name, "corpus": base.corpus.name,
               "size": base.corpus.size, "aggregation": base.aggregation.name, "tokens": base.tokens.name,
               "aligner": base.aligner.name, "seed": base.seed}
-    summary = {"config": config, "alignments": str(corpus.path),
+    summary = {"config": config, "code_version": code_version(), "revisions": revisions.loaded(),
+               "alignments": str(corpus.path),
                "heldout_sentences": len(examples), "definitions": DEFINITIONS, "states": results}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     np.savez_compressed(folder / "distances.npz", **{f"{n}_{k}": d for n, pair in distances.items()
