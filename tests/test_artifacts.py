@@ -23,17 +23,24 @@ def _build(path: str) -> None:
     build_once(path, _slow_builder)
 
 
+def run_in_processes(function, target: Path, count: int, timeout: float, stagger: float = 0.0) -> None:
+    """``function(str(target))`` in ``count`` forked processes started
+    ``stagger`` seconds apart; each must exit 0 within ``timeout``."""
+    context = mp.get_context("fork")
+    workers = [context.Process(target=function, args=(str(target),)) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+        time.sleep(stagger)
+    for worker in workers:
+        worker.join(timeout)
+        assert worker.exitcode == 0
+
+
 def test_two_processes_build_once(tmp_path, monkeypatch):
     counter = tmp_path / "counter.txt"
     monkeypatch.setenv("XLT_TEST_COUNTER", str(counter))
     target = tmp_path / "artifact"
-    context = mp.get_context("fork")
-    workers = [context.Process(target=_build, args=(str(target),)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(30)
-        assert worker.exitcode == 0
+    run_in_processes(_build, target, count=2, timeout=30)
     assert counter.read_text().count("built") == 1
     assert (target / "payload.txt").read_text() == "ok"
 
@@ -83,14 +90,7 @@ def test_waiters_of_a_failed_build_build_it_one_at_a_time(tmp_path, monkeypatch)
     log = tmp_path / "log.txt"
     monkeypatch.setenv("XLT_TEST_COUNTER", str(log))
     target = tmp_path / "artifact"
-    context = mp.get_context("fork")
-    workers = [context.Process(target=_build_or_fail, args=(str(target),)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-        time.sleep(0.1)
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    run_in_processes(_build_or_fail, target, count=3, timeout=60, stagger=0.1)
     events = [line.split() for line in log.read_text().splitlines() if line != "fail"]
     assert [kind for kind, _ in events] == ["start", "end", "start", "end"]  # two builds, never at once
     assert (target / "payload.txt").read_text() == "ok"
