@@ -161,8 +161,9 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     # Cells one eval set at a time (a cell and its baselines share it), so its
     # predictions are dropped after its last cell; rows, warnings and the
     # unmatched lines keep the cells' own order.
-    order = sorted(range(len(items)), key=lambda i: str(items[i][0][keys.index("eval_set")]))
-    last = {str(items[i][0][keys.index("eval_set")]): position for position, i in enumerate(order)}
+    eval_sets = [str(key[keys.index("eval_set")]) for key, _ in items]
+    order = sorted(range(len(items)), key=eval_sets.__getitem__)
+    last = {eval_sets[i]: position for position, i in enumerate(order)}
     for position, i in enumerate(order):
         key, group = items[i]
         cell = dict(zip(keys, key))
@@ -179,8 +180,8 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
                 unmatched.setdefault((row, mode, problem), []).append((i, cell))
         rows[i] = _summary_row(cell, group, bases, predictions, iterations if significance_tests else 0, markers,
                                ranks, cell_warnings[i])
-        if last[str(cell["eval_set"])] == position:
-            predictions.forget(str(cell["eval_set"]))
+        if last[eval_sets[i]] == position:
+            predictions.forget(eval_sets[i])
     warnings += [line for lines in cell_warnings for line in lines]
     for (_, mode, problem), where in sorted(unmatched.items(), key=lambda item: min(i for i, _ in item[1])):
         cells = [cell for _, cell in sorted(where, key=lambda pair: pair[0])]
