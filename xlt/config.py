@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterator, Optional, get_args, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from xlt.revisions import hub_repository
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -647,7 +649,7 @@ def _random_model(cfg: DictConfig) -> Optional[str]:
 
 def _hub_revision(cfg: DictConfig) -> Optional[str]:
     model = cfg.model
-    if model.revision is not None and (model.source != "hub" or os.path.isdir(str(model.pretrained))):
+    if model.revision is not None and not hub_repository(model):
         where = f"model.source={model.source}" if model.source != "hub" else f"the local directory {model.pretrained}"
         return f"model.revision={model.revision}: only a hub model has revisions, {where} has none"
     return None

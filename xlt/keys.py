@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlt import __version__
 from xlt.artifacts import config_hash, content_checksum
 from xlt.config import STATES, task_local
+from xlt.revisions import current, hub_repository, label, parse
 
 # Format version of each stage's output (see the rule above).
 STAGE_VERSION = {"align": 2, "adjust": 2, "finetune": 1}  # adjust 2: sentences whole, not cut at 128 subwords
@@ -308,9 +309,8 @@ def hub_sources(cfg: DictConfig, train_only: bool = False) -> list[tuple[str, st
     local directory, and with ``data=hub`` the task's hub datasets (those of
     its ``train_hub`` when ``train_only``)."""
     model = cfg.model
-    hub_model = model.source == "hub" and not OmegaConf.is_missing(model, "pretrained")
-    local = hub_model and os.path.isdir(str(model.pretrained))
-    sources = [("model", str(model.pretrained), model.revision)] if hub_model and not local else []
+    hub_model = not OmegaConf.is_missing(model, "pretrained") and hub_repository(model)
+    sources = [("model", str(model.pretrained), model.revision)] if hub_model else []
     if cfg.data.source == "hub":
         from xlt.tasks.registry import task_class
 
@@ -323,7 +323,6 @@ def hub_sources(cfg: DictConfig, train_only: bool = False) -> list[tuple[str, st
 def hub_revisions(cfg: DictConfig, train_only: bool = False) -> dict[str, str]:
     """``{label: commit sha}`` (``xlt.revisions.label``) of :func:`hub_sources`,
     resolved where the job runs; {} when nothing comes from the hub."""
-    from xlt.revisions import label
     from xlt.tasks.hub import dataset_revision
 
     datasets = {label(kind, repo, pin): dataset_revision(repo, pin)
@@ -338,7 +337,6 @@ def model_revision(cfg: DictConfig) -> dict[str, str]:
     if model.source != "hub":  # e5_small, tiny: no import of the loaders (xlt-align imports no torch)
         return {}
     from xlt.models.encoder import hub_revision
-    from xlt.revisions import label
 
     sha = hub_revision(model)
     return {label("model", str(model.pretrained), model.revision): sha} if sha else {}
@@ -347,8 +345,6 @@ def model_revision(cfg: DictConfig) -> dict[str, str]:
 def changed_revisions(recorded: dict[str, str]) -> str:
     """The recorded hub commits (``{label: sha}``) that their label no longer
     resolves to, as ``model:x at <old>, now <new>``; "" when none."""
-    from xlt.revisions import current, parse
-
     changed = []
     for text, sha in sorted(recorded.items()):
         kind, repo, pin = parse(text)

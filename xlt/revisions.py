@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -25,6 +26,14 @@ log = logging.getLogger(__name__)
 
 KINDS = ("model", "dataset")
 _SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_repository(model) -> bool:
+    """Whether ``model`` (a ``model`` config node) is loaded from a hub
+    repository, the one kind of model with commits: ``source=hub`` and a
+    ``pretrained`` that is a hub id, not a local directory (which is keyed
+    by its files' content instead)."""
+    return model.source == "hub" and not os.path.isdir(str(model.pretrained))
 
 
 def label(kind: str, repo: str, pin: str | None = None) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 from typing import Optional
 
 import torch
@@ -22,6 +21,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 
 from xlt.config import ModelConfig
 from xlt.errors import hub_errors
+from xlt.revisions import hub_repository, resolve
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,8 @@ def hub_revision(cfg: ModelConfig) -> str | None:
     """The commit sha of a hub model (``xlt.revisions.resolve``): what the
     loaders below load and what keys what is built from it; None for a local
     directory (keyed by its files' content) and non-hub sources."""
-    if cfg.source != "hub" or os.path.isdir(cfg.pretrained):
+    if not hub_repository(cfg):
         return None
-    from xlt.revisions import resolve
-
     with _loading(cfg, cfg.pretrained):
         return resolve("model", cfg.pretrained, cfg.revision)
 
@@ -114,7 +112,7 @@ def max_positions(encoder: PreTrainedModel) -> int | None:
 def _loading(cfg: ModelConfig, source: str):
     """Hub failures of a hub model as one line; a local directory's own
     errors (a corrupt file) are left as they are, they are not network ones."""
-    if cfg.source == "hub" and not os.path.isdir(source):
+    if hub_repository(cfg):
         return hub_errors(f"model '{source}' (model={cfg.name})",
                           "offline? use model=e5_small, or set model.pretrained to a local directory")
     return contextlib.nullcontext()
