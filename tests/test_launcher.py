@@ -120,6 +120,12 @@ def test_ctrl_c_stops_every_job(tmp_path, e5_dir):
         time.sleep(0.5)
     pids = [run["pid"] for run in probe_runs(tmp_path).values()]
     assert len(pids) == 2, proc.communicate()[1][-2000:]
+    # A job records its stop once it handles signals, from its first log line on
+    # (a Ctrl-C before that, while it imports, only reaches the launcher's summary):
+    # under load the second job can be a few seconds behind the probe's start.
+    logs = [tmp_path / "sweep" / str(job) / "train.log" for job in (0, 1)]
+    while not all(log.exists() and "code: xlt " in log.read_text() for log in logs) and time.time() < deadline:
+        time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]

@@ -202,9 +202,9 @@ def dispatch(cfg) -> float | None:
     if stopping.sweep_stop() is not None:  # an earlier job of this sweep was stopped: start no more
         record_stopped(cfg, stopping.note_lost(cfg.paths.output_dir), "not run", started)
         return None
-    announce(cfg)
     try:
-        with stopping.handling_signals():
+        with stopping.handling_signals():  # from the job's first line: a stop while it announces is recorded too
+            announce(cfg)
             if trains(cfg):  # xlt-align runs no Lightning: do not import it (and torch)
                 quiet_libraries()
             return run_command(cfg)
