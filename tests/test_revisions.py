@@ -257,6 +257,17 @@ def test_seeds_at_two_hub_commits_are_two_cells(hub, tmp_path):
     assert cells[NEW]["n_seeds"] == 1 and cells[NEW]["missing_seeds"] == 1  # the killed seed counts where it belongs
 
 
+def test_the_reports_provenance_names_the_commits_each_configuration_loaded(hub, tmp_path, capsys):
+    root = tmp_path / "runs"
+    finished_job(hub, root, "old-s1", OLD, 1, [1, 0, 1, 1])
+    finished_job(hub, root, "new-s2", NEW, 2, [0, 0, 1, 0])
+    assert report.main([str(root), "--out", str(tmp_path / "report")]) == 0
+    provenance = capsys.readouterr().out.split("## Provenance")[1]
+    assert "| hub commits |" in provenance
+    row = next(line for line in provenance.splitlines() if "| ru |" in line)  # one configuration, two seeds
+    assert row.endswith(f"| model:{MBERT}@{OLD[:12]}; model:{MBERT}@{NEW[:12]} |"), row
+
+
 # ---- end to end ---------------------------------------------------------------
 def tiny_hub_model(folder: Path, tokenizer_dir: str, seed: int) -> Path:
     """A 2-layer BERT with the tiny model's tokenizer, saved as a hub snapshot holds it."""

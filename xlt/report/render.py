@@ -218,17 +218,27 @@ def _job_list(title: str, jobs: pd.DataFrame) -> str:
 
 
 def _provenance(jobs: pd.DataFrame) -> pd.DataFrame:
-    """One row per config hash: what it is, its seeds, code versions, data checksums."""
+    """One row per config hash: what it is, its seeds, code versions, data
+    checksums and the hub commits its jobs loaded (two commits under one hash:
+    the repository moved between seeds, and the tables split the cell)."""
     runs = jobs.drop_duplicates(subset=["run_dir"])
+    revisions = sorted(c for c in runs.columns if str(c).startswith(results.REVISION_COLUMN))
     runs = runs.assign(ok_seed=runs["seed"].where(runs["status"] == "ok"),
-                       failed_seed=runs["seed"].where(runs["status"] != "ok"))
+                       failed_seed=runs["seed"].where(runs["status"] != "ok"),
+                       hub_commits=[_hub_commits(row, revisions) for _, row in runs.iterrows()])
     grouped = runs.groupby("config_hash", sort=True, dropna=False)
     return grouped.agg(
         task=("task", "first"), model=("model", "first"), lang=("lang", "first"), mode=("mode", "first"),
         seeds=("ok_seed", _join_seeds), failed_seeds=("failed_seed", _join_seeds),
         code_versions=("code_version", lambda s: ", ".join(sorted(set(s)))),
         data_checksums=("data_checksums", lambda s: " | ".join(sorted(set(s)))),
+        hub_commits=("hub_commits", lambda s: "; ".join(sorted(set(s) - {""}))),
     ).reset_index()
+
+
+def _hub_commits(run: pd.Series, columns: list[str]) -> str:
+    """``model:bert-base-multilingual-cased@1a2b3c4d5e6f, ...``: what one job loaded."""
+    return ", ".join(f"{c[len(results.REVISION_COLUMN):]}@{run[c][:12]}" for c in columns if isinstance(run[c], str))
 
 
 def _join_seeds(seeds: pd.Series) -> str:
@@ -321,11 +331,13 @@ def _markdown_table(table: Table) -> str:
 
 def _markdown_provenance(jobs: pd.DataFrame) -> str:
     lines = ["## Provenance", "",
-             "| config hash | task | model | lang | mode | seeds | failed seeds | code versions | data checksums |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config hash | task | model | lang | mode | seeds | failed seeds | code versions | data checksums "
+             "| hub commits |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for _, row in _provenance(jobs).iterrows():
         lines.append(f"| {row['config_hash']} | {row['task']} | {row['model']} | {row['lang']} | {row['mode']} "
-                     f"| {row['seeds']} | {row['failed_seeds']} | {row['code_versions']} | `{row['data_checksums']}` |")
+                     f"| {row['seeds']} | {row['failed_seeds']} | {row['code_versions']} | `{row['data_checksums']}` "
+                     f"| {row['hub_commits']} |")
     conflicts = {k: v for k, v in _checksum_conflicts(jobs).items() if len(v) > 1}
     for name, digests in sorted(conflicts.items()):
         lines.append(f"\nWARNING: data file {name} was read with different checksums: {', '.join(sorted(digests))}")
