@@ -18,6 +18,14 @@ seed; ``seeds.png|pdf`` plots it.
 models before adjustment, after it, and after each task's English
 fine-tuning (the first study's reader), mean over seeds.
 Copies nothing by hand: the report's tables are these files.
+
+``--keep-missing``: the rows of a model (or a whole task) with no finished job
+under SWEEP are kept from the tables already in --out, and printed as kept.
+A session can start on a fresh machine that has lost the job folders of
+finished stages (report, "What the machinery got wrong"); their rows stay as
+computed, while the models rerun since are recomputed, and every recomputed
+value that differs from the kept table is printed (none should: same code,
+same seeds).
 """
 
 from __future__ import annotations
@@ -215,10 +223,71 @@ def seeds_figure(frame: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+def read_table(path: Path) -> pd.DataFrame | None:
+    """A committed table, or None where there is none yet."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
+
+
+def keep_missing(new: pd.DataFrame, old: pd.DataFrame | None, name: str, labels: set[str], label_of,
+                 key: list[str], values: list[str]) -> pd.DataFrame:
+    """``new`` plus the rows of the committed table ``old`` (file ``name``) that
+    read a model not among ``labels`` (``label_of(row)``: the models a row
+    reads), the models recomputed now; rows both have are compared on ``values``."""
+    if old is None:
+        return new
+    new = new.reindex(columns=list(dict.fromkeys([*new.columns, *old.columns])))
+    reads = old.apply(lambda r: " vs ".join(label_of(r)), axis=1)
+    recomputed = old.apply(lambda r: set(label_of(r)) <= labels, axis=1)
+    kept = old[~recomputed]
+    for models, count in reads[~recomputed].value_counts(sort=False).items():
+        print(f"kept from {name}: {count} row(s) of {models} (no finished job here)")
+    both = old[recomputed].merge(new, on=key, how="inner", suffixes=(" kept", ""))
+    for _, r in both.iterrows():
+        for v in values:
+            a, b = r[f"{v} kept"], r[v]
+            if not (_same(a, b)):
+                print(f"DIFFERS from {name}: " + ", ".join(f"{k}={r[k]}" for k in key) + f": {v} {a} -> {b}")
+    return pd.concat([new, kept], ignore_index=True)
+
+
+def _same(a, b) -> bool:
+    """Equal values, floats to 1e-9 (a csv round trip), blanks equal."""
+    if pd.isna(a) and pd.isna(b):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def task_tables(task: str, jobs: pd.DataFrame, out: Path, keep: bool) -> None:
+    """``<task>.csv|md``; with ``keep``, merged with the committed rows of models not rerun."""
+    frame, markdown = table(task, jobs)
+    if keep:
+        labels = set(jobs["row"])
+        frame = keep_missing(frame, read_table(out / f"{task}.csv"), f"{task}.csv", labels,
+                             lambda r: [r["row"]] + ([r["against"]] if r["kind"] == "gain" else []),
+                             ["kind", "row", "against", "set", "metric", "lang"], ["mean", "std", "seeds", "marker", "gain", "p"])
+        order = {label: i for i, label in enumerate(ROWS.values())}
+        gain_order = {(row, base): i for i, (row, base, _) in enumerate(GAINS)}
+        cells_ = frame[frame["kind"] == "cell"].sort_values("row", key=lambda c: c.map(order), kind="stable")
+        gains = frame[frame["kind"] == "gain"]
+        gains = gains.iloc[sorted(range(len(gains)), key=lambda i: gain_order[(gains.iloc[i]["row"], gains.iloc[i]["against"])])]
+        spec = TASKS[task]
+        columns = [(s, m, lang) for s in spec["sets"] for m in spec["metrics"] for lang in LANGS]
+        cells_, gains = cells_.astype({"seeds": int}), gains.astype({"seeds": int})
+        frame = pd.concat([cells_, gains], ignore_index=True)
+        markdown = _markdown(cells_.assign(marker=cells_["marker"].fillna("")), gains, columns)
+    frame.to_csv(out / f"{task}.csv", index=False)
+    (out / f"{task}.md").write_text(markdown)
+    print(f"## {task}\n\n{markdown}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the folder of the task sweeps (multirun/study2/confirm)")
     parser.add_argument("--out", type=Path, required=True, help="where the tables go (docs/study2/confirm)")
+    parser.add_argument("--keep-missing", action="store_true",
+                        help="keep the rows of models and tasks with no finished job from the tables in --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     by_task = {task: ok_jobs(args.sweep / task) for task in TASKS if (args.sweep / task).is_dir()}
@@ -226,11 +295,17 @@ def main() -> None:
     if not by_task:
         raise SystemExit(f"confirm_table.py: no finished job under {args.sweep}/{{{','.join(TASKS)}}}")
     for task, jobs in by_task.items():
-        frame, markdown = table(task, jobs)
-        frame.to_csv(args.out / f"{task}.csv", index=False)
-        (args.out / f"{task}.md").write_text(markdown)
-        print(f"## {task}\n\n{markdown}")
+        task_tables(task, jobs, args.out, args.keep_missing)
     per_seed = seeds(by_task)
+    if args.keep_missing:  # per (task, lang, seed, model): a model not rerun keeps its committed seeds
+        labels = {f"{task}/{row}" for task, jobs in by_task.items() for row in set(jobs["row"])}
+        ids = ["task", "lang", "seed"]
+        old = read_table(args.out / "seeds.csv")
+        long = keep_missing(per_seed.melt(id_vars=ids, var_name="row", value_name="value").dropna(),
+                            None if old is None else old.melt(id_vars=ids, var_name="row", value_name="value").dropna(),
+                            "seeds.csv", labels, lambda r: [f"{r['task']}/{r['row']}"], [*ids, "row"], ["value"])
+        per_seed = long.pivot_table(index=ids, columns="row", values="value")
+        per_seed = per_seed[[label for label in ROWS.values() if label in per_seed.columns]].reset_index()
     per_seed.to_csv(args.out / "seeds.csv", index=False)
     (args.out / "seeds.md").write_text(seeds_markdown(per_seed))
     seeds_figure(per_seed, args.out)
@@ -238,6 +313,10 @@ def main() -> None:
     adjusted = pd.concat([jobs.assign(row=jobs["row"] + f" → {task}") for task, jobs in by_task.items()])
     if (adjusted["mode"] != "original").any():
         probes = study1.distances(adjusted)
+        if args.keep_missing:
+            probes = keep_missing(probes, read_table(args.out / "distances.csv"), "distances.csv", set(probes["row"]),
+                                  lambda r: [r["row"]],
+                                  ["row", "lang"], [c for c in probes.columns if c not in ("row", "lang")])
         probes.to_csv(args.out / "distances.csv", index=False)
         (args.out / "distances.md").write_text(study1.distances_markdown(probes))
         print(study1.distances_markdown(probes))
