@@ -140,6 +140,7 @@ def test_end_to_end_report(sweep: dict, capsys: pytest.CaptureFixture) -> None:
     assert "## Failed jobs (1)" in md
     assert "xnli/e5_small/hi/adjusted seed 2 [failed]: RuntimeError: CUDA out of memory" in md
     assert "## Provenance" in md and "xnli-adjusted-ru-30000" in md and "0.1.0+gitabc" in md
+    assert "| hub commits | environments |" in md
     assert "WARNING" not in md
 
 

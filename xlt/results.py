@@ -17,7 +17,9 @@ One job directory holds
        "states": {"adjusted": dir, "finetuned": checkpoint},   # the model states the job produced
        "error": "...",                              # failed and stopped ("stopped at fine-tuning by SIGTERM ...")
        "stage": "alignment" | "adjustment" | "fine-tuning" | "evaluation" | "start",   # stopped only
-       "runtime_s": float, ...extras (adjustment evidence, skipped sets, eval_notes)}
+       "runtime_s": float,
+       "environment": {"python", "packages": {"torch": ..., ...}, "cpu", "gpus": [...]},   # ok only; not identity
+       ...extras (adjustment evidence, skipped sets, eval_notes)}
 
   Every metric is a fraction in [0, 1] (accuracy, F1, exact match alike;
   reports print them as percentages).  ``report`` is what the task declares
@@ -92,13 +94,14 @@ def ok_results(cfg: DictConfig, metrics: dict[str, dict[str, float]], started: f
                data_checksums: dict[str, str], report: dict[str, Any]) -> dict[str, Any]:
     """The results.json of a finished job (extras may be added before ``write``);
     ``report`` is the task's ``{"title", "significance", "headline"}``."""
+    from xlt.environment import environment
     from xlt.keys import REVISIONS, code_commit, code_version, job_hash
     from xlt.revisions import loaded
 
     config = {**describe(cfg), "config_hash": job_hash(cfg, with_seed=False), "code_version": code_version(),
               "code_commit": code_commit(), "data_checksums": data_checksums, REVISIONS: loaded()}
     return {"config": config, "metrics": metrics, "report": report, "status": OK,
-            "runtime_s": round(time.time() - started, 1)}
+            "runtime_s": round(time.time() - started, 1), "environment": environment()}
 
 
 def finished(run_dir: str | Path, cfg: DictConfig, data_checksums: dict[str, str]) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from xlt import results
+from xlt import environment, results
 from xlt.errors import XltError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ AXES = ("corpus", "size", "aggregation", "tokens", "aligner")
 CONFIG_KEYS = ("task", "model", "lang", "mode", *AXES)
 JOB_COLUMNS = (
     *CONFIG_KEYS, "seed", "eval_set", "metric", "value", "n", "status", "error",
-    "config_hash", "code_version", "data_checksums", "runtime_s", "run_dir",
+    "config_hash", "code_version", "data_checksums", "runtime_s", "environment", "run_dir",
     "title", "significance", "headline", "mode_rank", "unread", "skipped_eval_sets",
 )
 KILLED_ERROR = "no results.json: killed or still running"
@@ -128,6 +128,7 @@ def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
         code_version=str(cfg.get("code_version", "")),
         data_checksums=json.dumps(cfg.get("data_checksums") or {}, sort_keys=True),
         runtime_s=data.get("runtime_s"),
+        environment=environment.summary(data.get("environment")),
         run_dir=str(run_dir),
         **task_report(data),
         mode_rank=mode_rank(cfg),

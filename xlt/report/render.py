@@ -219,8 +219,9 @@ def _job_list(title: str, jobs: pd.DataFrame) -> str:
 
 def _provenance(jobs: pd.DataFrame) -> pd.DataFrame:
     """One row per config hash: what it is, its seeds, code versions, data
-    checksums and the hub commits its jobs loaded (two commits under one hash:
-    the repository moved between seeds, and the tables split the cell)."""
+    checksums, the hub commits its jobs loaded (two commits under one hash:
+    the repository moved between seeds, and the tables split the cell) and
+    the environments they ran in (``xlt.environment``: not identity)."""
     runs = jobs.drop_duplicates(subset=["run_dir"])
     revisions = sorted(c for c in runs.columns if str(c).startswith(results.REVISION_COLUMN))
     runs = runs.assign(ok_seed=runs["seed"].where(runs["status"] == "ok"),
@@ -233,6 +234,7 @@ def _provenance(jobs: pd.DataFrame) -> pd.DataFrame:
         code_versions=("code_version", lambda s: ", ".join(sorted(set(s)))),
         data_checksums=("data_checksums", lambda s: " | ".join(sorted(set(s)))),
         hub_commits=("hub_commits", lambda s: "; ".join(sorted(set(s) - {""}))),
+        environments=("environment", lambda s: " · ".join(sorted(set(s.fillna("")) - {""}))),
     ).reset_index()
 
 
@@ -332,12 +334,12 @@ def _markdown_table(table: Table) -> str:
 def _markdown_provenance(jobs: pd.DataFrame) -> str:
     lines = ["## Provenance", "",
              "| config hash | task | model | lang | mode | seeds | failed seeds | code versions | data checksums "
-             "| hub commits |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| hub commits | environments |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, row in _provenance(jobs).iterrows():
         lines.append(f"| {row['config_hash']} | {row['task']} | {row['model']} | {row['lang']} | {row['mode']} "
                      f"| {row['seeds']} | {row['failed_seeds']} | {row['code_versions']} | `{row['data_checksums']}` "
-                     f"| {row['hub_commits']} |")
+                     f"| {row['hub_commits']} | {row['environments']} |")
     conflicts = {k: v for k, v in _checksum_conflicts(jobs).items() if len(v) > 1}
     for name, digests in sorted(conflicts.items()):
         lines.append(f"\nWARNING: data file {name} was read with different checksums: {', '.join(sorted(digests))}")
