@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer and those below.
 LAYERS = [
     {"xlt", "xlt.errors", "xlt.progress", "xlt.artifacts", "xlt.cores", "xlt.stopping", "xlt.rundir", "xlt.checkpoints",
-     "xlt.revisions"},
+     "xlt.revisions", "xlt.environment"},
     {"xlt.config"},
     {"xlt.data"},
     {"xlt.models"},
