@@ -124,7 +124,8 @@ def test_ctrl_c_stops_every_job(tmp_path, e5_dir):
     # (a Ctrl-C before that, while it imports, only reaches the launcher's summary):
     # under load the second job can be a few seconds behind the probe's start.
     logs = [tmp_path / "sweep" / str(job) / "train.log" for job in (0, 1)]
-    while not all(log.exists() and "code: xlt " in log.read_text() for log in logs) and time.time() < deadline:
+    while (not all(log.exists() and "code: xlt " in log.read_text() for log in logs) and time.time() < deadline
+           and proc.poll() is None):
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
