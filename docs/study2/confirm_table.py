@@ -114,11 +114,16 @@ def versus(jobs: pd.DataFrame, row: str, base: str, eval_set: str, metric: str) 
     return float(gain), significance.compare(test, metric, recs_a, recs_b, iterations=1000), len(common)
 
 
-def table(task: str, jobs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The task's 5-seed table and gains table, as one frame (csv) and markdown."""
+def task_columns(task: str) -> list[tuple[str, str, str]]:
+    """The (eval set, metric, language) columns of a task's tables."""
     spec = TASKS[task]
-    summary = cells(jobs, spec["metrics"])
-    columns = [(s, m, lang) for s in spec["sets"] for m in spec["metrics"] for lang in LANGS]
+    return [(s, m, lang) for s in spec["sets"] for m in spec["metrics"] for lang in LANGS]
+
+
+def table(task: str, jobs: pd.DataFrame) -> pd.DataFrame:
+    """The task's 5-seed table and gains table as one frame (``kind`` cell / gain)."""
+    summary = cells(jobs, TASKS[task]["metrics"])
+    columns = task_columns(task)
     rows = []
     for label in ROWS.values():
         for s, m, lang in columns:
@@ -137,8 +142,20 @@ def table(task: str, jobs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                 gains.append({"row": label, "against": base, "comparison": name, "set": s, "metric": m, "lang": lang,
                               "gain": gain, "p": p, "seeds": n})
     gains = pd.DataFrame(gains)
-    return pd.concat([frame.assign(kind="cell"), gains.assign(kind="gain")], ignore_index=True), \
-        _markdown(frame, gains, columns)
+    return pd.concat([frame.assign(kind="cell"), gains.assign(kind="gain")], ignore_index=True)
+
+
+def ordered(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A task frame's cells in ``ROWS`` order and its gains in ``GAINS`` order
+    (rows kept from a committed table come after the recomputed ones)."""
+    row_rank = {label: i for i, label in enumerate(ROWS.values())}
+    gain_rank = {(row, base): i for i, (row, base, _) in enumerate(GAINS)}
+    cells_ = frame[frame["kind"] == "cell"]
+    gains = frame[frame["kind"] == "gain"]
+    cells_ = cells_.assign(rank=cells_["row"].map(row_rank), marker=cells_["marker"].fillna(""))  # csv: "" reads as NaN
+    gains = gains.assign(rank=[gain_rank[pair] for pair in zip(gains["row"], gains["against"])])
+    return tuple(part.sort_values("rank", kind="stable").drop(columns="rank").astype({"seeds": int})
+                 for part in (cells_, gains))
 
 
 def _markdown(frame: pd.DataFrame, gains: pd.DataFrame, columns: list[tuple[str, str, str]]) -> str:
@@ -245,7 +262,7 @@ def keep_missing(new: pd.DataFrame, old: pd.DataFrame | None, name: str, labels:
     for _, r in both.iterrows():
         for v in values:
             a, b = r[f"{v} kept"], r[v]
-            if not (_same(a, b)):
+            if not _same(a, b):
                 print(f"DIFFERS from {name}: " + ", ".join(f"{k}={r[k]}" for k in key) + f": {v} {a} -> {b}")
     return pd.concat([new, kept], ignore_index=True)
 
@@ -261,23 +278,14 @@ def _same(a, b) -> bool:
 
 def task_tables(task: str, jobs: pd.DataFrame, out: Path, keep: bool) -> None:
     """``<task>.csv|md``; with ``keep``, merged with the committed rows of models not rerun."""
-    frame, markdown = table(task, jobs)
+    frame = table(task, jobs)
     if keep:
-        labels = set(jobs["row"])
-        frame = keep_missing(frame, read_table(out / f"{task}.csv"), f"{task}.csv", labels,
+        frame = keep_missing(frame, read_table(out / f"{task}.csv"), f"{task}.csv", set(jobs["row"]),
                              lambda r: [r["row"]] + ([r["against"]] if r["kind"] == "gain" else []),
                              ["kind", "row", "against", "set", "metric", "lang"], ["mean", "std", "seeds", "marker", "gain", "p"])
-        order = {label: i for i, label in enumerate(ROWS.values())}
-        gain_order = {(row, base): i for i, (row, base, _) in enumerate(GAINS)}
-        cells_ = frame[frame["kind"] == "cell"].sort_values("row", key=lambda c: c.map(order), kind="stable")
-        gains = frame[frame["kind"] == "gain"]
-        gains = gains.iloc[sorted(range(len(gains)), key=lambda i: gain_order[(gains.iloc[i]["row"], gains.iloc[i]["against"])])]
-        spec = TASKS[task]
-        columns = [(s, m, lang) for s in spec["sets"] for m in spec["metrics"] for lang in LANGS]
-        cells_, gains = cells_.astype({"seeds": int}), gains.astype({"seeds": int})
-        frame = pd.concat([cells_, gains], ignore_index=True)
-        markdown = _markdown(cells_.assign(marker=cells_["marker"].fillna("")), gains, columns)
-    frame.to_csv(out / f"{task}.csv", index=False)
+    cells_, gains = ordered(frame)
+    pd.concat([cells_, gains], ignore_index=True).to_csv(out / f"{task}.csv", index=False)
+    markdown = _markdown(cells_, gains, task_columns(task))
     (out / f"{task}.md").write_text(markdown)
     print(f"## {task}\n\n{markdown}")
 
