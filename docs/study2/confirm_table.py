@@ -269,7 +269,7 @@ def keep_missing(new: pd.DataFrame, old: pd.DataFrame | None, name: str, labels:
 
 def _same(a, b) -> bool:
     """Equal values, floats to 1e-9 (a csv round trip), blanks equal."""
-    if pd.isna(a) and pd.isna(b):
+    if all(pd.isna(v) or v == "" for v in (a, b)):  # a csv reads the blank marker back as NaN
         return True
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(a, b, rel_tol=1e-9)
