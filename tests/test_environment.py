@@ -16,7 +16,9 @@ def test_the_environment_names_the_libraries_and_the_hardware():
     assert env["packages"]["torch"] == metadata.version("torch")
     assert torch.__version__.startswith(env["packages"]["torch"].split("+")[0])
     assert set(env["packages"]) <= set(environment.PACKAGES) and "transformers" in env["packages"]
-    assert env["cpu"] and env["gpus"] == []  # the suite runs on CPUs
+    assert env["cpu"]
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0  # 0 in CI; a GPU workstation has some
+    assert env["gpus"] == [torch.cuda.get_device_name(i) for i in range(visible)]
     line = environment.summary({**env, "gpus": ["NVIDIA H100", "NVIDIA H100"]})
     assert line.startswith(f"{env['cpu']}, 2× NVIDIA H100; torch {env['packages']['torch']}, ")
     assert environment.summary(None) == "" and "no GPU;" in environment.summary(env)

@@ -29,8 +29,9 @@ case ${1:-} in
       for optional in predictions train.log; do
         [ -e "$job/$optional" ] && files+=("$rel/$optional")
       done
-      tar -C "$runs" -cJf "$archive.tmp" "${files[@]}"
-      mv "$archive.tmp" "$archive"
+      tmp=$(mktemp "$archive.XXXXXX")   # two packers at once each write their own file
+      tar -C "$runs" -cJf "$tmp" "${files[@]}"
+      mv "$tmp" "$archive"
       echo "packed $rel -> $archive ($(du -k "$archive" | cut -f1) KB)"
     done ;;
   unpack)
