@@ -172,6 +172,22 @@ def test_mixed_code_versions_warn_and_mark(tmp_path: Path) -> None:
     assert "% WARNING" in (tmp_path / "out" / "report.tex").read_text()
 
 
+def test_a_configuration_read_with_two_data_checksums_keeps_its_provenance_row_in_its_columns(tmp_path: Path) -> None:
+    """Two checksums of one configuration (its data changed between seeds) are
+    joined inside one cell: a ``|`` between them, even in a code span, splits
+    the GitHub table row and shifts every later column."""
+    root = tmp_path / "runs"
+    for seed, digest in ((1, "c0ffee"), (2, "decaf0")):
+        config = {**_config("original", "ru", seed), "data_checksums": {"xnli.test.tsv": digest}}
+        write_job(root, f"o{seed}", config, {"xnli.ru": {"accuracy": 0.5, "n": 1}}, {})
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    table = md.split("## Provenance", 1)[1].strip().splitlines()
+    header, row = table[0], next(line for line in table if line.startswith("| xnli-original-ru"))
+    assert "c0ffee" in row and "decaf0" in row
+    assert row.count("|") == header.count("|")
+
+
 def test_no_results_dir_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

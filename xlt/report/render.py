@@ -232,7 +232,8 @@ def _provenance(jobs: pd.DataFrame) -> pd.DataFrame:
         task=("task", "first"), model=("model", "first"), lang=("lang", "first"), mode=("mode", "first"),
         seeds=("ok_seed", _join_seeds), failed_seeds=("failed_seed", _join_seeds),
         code_versions=("code_version", lambda s: ", ".join(sorted(set(s)))),
-        data_checksums=("data_checksums", lambda s: " | ".join(sorted(set(s)))),
+        # "; " as between hub commits: a "|", even inside a code span, splits a GitHub table cell
+        data_checksums=("data_checksums", lambda s: "; ".join(sorted(set(s)))),
         hub_commits=("hub_commits", lambda s: "; ".join(sorted(set(s) - {""}))),
         environments=("environment", lambda s: " · ".join(sorted(set(s.fillna("")) - {""}))),
     ).reset_index()
