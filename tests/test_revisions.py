@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import write_composed_job
 from xlt import keys, report, results, revisions
@@ -319,8 +320,8 @@ def test_a_job_reruns_on_a_new_hub_commit_and_the_report_splits_the_cell(hub, tm
 
 @pytest.mark.slow
 def test_xlt_analyze_records_the_commit_it_measured(hub, tmp_path, tiny_cache):
-    """xlt-analyze's summary.json names the code and the hub commit of the
-    model it measured, as a job's results.json does."""
+    """xlt-analyze's summary.json names the code, the hub commit of the
+    model it measured and the environment, as a job's results.json does."""
     from xlt.analysis.cli import main
     from xlt.keys import code_version
     from xlt.models.encoder import model_path
@@ -334,4 +335,5 @@ def test_xlt_analyze_records_the_commit_it_measured(hub, tmp_path, tiny_cache):
     assert main(argv) == 0
     summary = json.loads((out / "ru" / "summary.json").read_text())
     assert summary["revisions"] == {"model:org/tiny-bert": OLD} and summary["code_version"] == code_version()
+    assert summary["environment"]["packages"]["torch"] == torch.__version__  # where it measured, as results.json
     assert summary["states"]["original"]["related_n"] > 0

@@ -142,6 +142,7 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
     from xlt.stages.states import find_states, label
 
     from xlt import revisions
+    from xlt.environment import environment
     from xlt.keys import code_version
 
     revisions.start_job()  # the hub commits this language's measurement loads (summary.json records them)
@@ -161,6 +162,7 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
               "size": base.corpus.size, "aggregation": base.aggregation.name, "tokens": base.tokens.name,
               "aligner": base.aligner.name, "seed": base.seed}
     summary = {"config": config, "code_version": code_version(), "revisions": revisions.loaded(),
+               "environment": environment(),  # where distances were measured (not identity), as in results.json
                "alignments": str(corpus.path),
                "heldout_sentences": len(examples), "definitions": DEFINITIONS, "states": results}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
