@@ -171,6 +171,50 @@ def test_hub_data_loads_the_resolved_commit_and_offline_without_a_cache_keeps_it
         load_hub("facebook/xnli", "hi", "test")  # loaded (datasets' own cache), but from which commit is unknown
 
 
+def cache_dataset_copy(root: Path, repo: str, sha: str, value: int, age_s: float) -> None:
+    """One processed copy of hub dataset ``repo`` at commit ``sha`` in
+    ``datasets``' own cache, laid out as ``load_dataset`` leaves it
+    (``<org>___<name>/default/0.0.0/<sha>/``), last written ``age_s`` ago."""
+    import os
+    import time
+
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    name = repo.split("/")[-1]
+    folder = root / repo.replace("/", "___") / "default" / "0.0.0" / sha
+    folder.mkdir(parents=True)
+    table = datasets.Dataset.from_dict({"x": [value]})
+    with ArrowWriter(path=str(folder / f"{name}-train.arrow")) as writer:
+        writer.write_table(table.data.table)
+    splits = datasets.SplitDict(dataset_name=name)
+    splits.add(datasets.SplitInfo(name="train", num_examples=1, dataset_name=name))
+    datasets.DatasetInfo(features=table.features, config_name="default", dataset_name=name,
+                         splits=splits).write_to_directory(str(folder))
+    os.utime(folder, (time.time() - age_s,) * 2)
+
+
+def test_offline_a_cached_copy_of_another_commit_than_the_job_resolved_is_one_line(hub, tmp_path, monkeypatch):
+    """Offline, ``datasets`` loads the newest cached copy whatever revision it
+    is asked for (checked here with datasets itself): a job pinned to the old
+    commit would read the new one's data and record the old sha."""
+    import datasets
+
+    from xlt.tasks.hub import load_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    cache_dataset_copy(tmp_path / "datasets", "org/tiny", OLD, value=1, age_s=100)
+    cache_dataset_copy(tmp_path / "datasets", "org/tiny", NEW, value=2, age_s=0)
+    hub.commit("dataset", "org/tiny", NEW)
+    assert load_hub("org/tiny", None, "train")["x"] == [2]  # main: the newest copy is its commit
+    with pytest.raises(XltError) as err:
+        load_hub("org/tiny", None, "train", revision=OLD)
+    assert str(err.value).startswith(f"org/tiny [train]: the job resolved commit {OLD[:12]} ({OLD}) but datasets "
+                                     f"loaded its cached copy of commit {NEW[:12]}")
+    assert "\n" not in str(err.value)
+
+
 # ---- keys ---------------------------------------------------------------------
 def test_a_new_model_commit_is_a_new_adjusted_model_alignment_and_checkpoint(hub, tmp_path):
     hub.commit("model", MBERT, OLD)

@@ -7,11 +7,21 @@ XTREME benchmark's ``google/xtreme`` configs ``MLQA.<context>.<question>``
 offsets into ``context``, as in the original MLQA json), not from the
 script-only ``facebook/mlqa``.  A spec may pin a ``revision`` (a sha, a
 branch or a tag); the one loaded is always a commit sha (``dataset_revision``).
+
+Offline (or when the hub does not answer), ``datasets`` loads the newest
+copy in its own cache whatever revision it is asked for; its cache folder
+is named by the commit the copy came from, so ``load_hub`` checks that
+commit against the one the job records (``loaded_commit``).
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from xlt.errors import XltError
+
+_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 def load_hub(path: str, name: str | None, split: str, revision: str | None = None):
@@ -31,7 +41,21 @@ def load_hub(path: str, name: str | None, split: str, revision: str | None = Non
         raise XltError(f"cannot load {path}" + (f" ({name})" if name else "") + f" [{split}] from the hub: {_first_line(err)}") from err
     if unresolved is not None:  # loaded, but from which commit is unknown: no result may claim it
         raise unresolved
+    copy = loaded_commit(dataset)
+    if copy is not None and copy != sha:
+        raise XltError(f"{path}" + (f" ({name})" if name else "") + f" [{split}]: the job resolved commit {sha[:12]} "
+                       f"({revision or 'main'}) but datasets loaded its cached copy of commit {copy[:12]} "
+                       "(offline it loads the newest cached copy, whatever the revision); load that commit "
+                       "once online, or pin the cached one (the task.hub spec's revision)")
     return dataset
+
+
+def loaded_commit(dataset) -> str | None:
+    """The hub commit ``datasets`` read ``dataset`` from: its cache folder
+    ``<repo>/<config>/<version>/<commit>/`` (None: not from a hub cache)."""
+    files = getattr(dataset, "cache_files", None) or []
+    folder = Path(files[0]["filename"]).parent.name if files else ""
+    return folder if _SHA.fullmatch(folder) else None
 
 
 def dataset_revision(path: str, revision: str | None = None) -> str:
