@@ -51,6 +51,29 @@ def test_unknown_trainer_argument_is_an_error(tmp_path, monkeypatch, capsys):
         "(see `python -c 'import lightning; help(lightning.Trainer)'`)"]
 
 
+@pytest.mark.parametrize("setting, says", [
+    ("+trainer.gradient_clip_val=abc", "`gradient_clip_val` should be an int or a float. Got abc."),
+    ("+trainer.gradient_clip_algorithm=foo", "`gradient_clip_algorithm` foo is invalid."),
+])
+def test_a_trainer_value_lightning_rejects_is_one_line(tmp_path, setting, says):
+    """A passed-on argument's value is checked by Lightning only when the
+    Trainer is built, in the job: its TypeError or MisconfigurationException
+    (a traceback, no results.json) becomes one line."""
+    with pytest.raises(XltError) as err:
+        make_trainer(compose(tmp_path, setting), 1, tmp_path / "ckpt", tmp_path / "logs")
+    message = str(err.value)
+    assert message.startswith("lightning.Trainer rejected the trainer settings: ") and says in message
+    assert "\n" not in message
+
+
+def test_a_callback_that_cannot_be_created_is_one_line(tmp_path):
+    cfg = compose(tmp_path, "trainer.callbacks=[{_target_: no_such_module.Callback}]")
+    with pytest.raises(XltError) as err:
+        make_trainer(cfg, 1, None, tmp_path / "logs")
+    assert str(err.value).startswith("cannot create a callback of trainer.callbacks: Error loading 'no_such_module.Callback'")
+    assert "\n" not in str(err.value)
+
+
 def test_logger_group_selects_a_lightning_logger(tmp_path):
     from lightning.pytorch.loggers import MLFlowLogger
 

@@ -84,7 +84,12 @@ def config_callbacks(cfg: DictConfig) -> list:
     try:
         return [instantiate(node, _convert_="all") for node in nodes]
     except Exception as err:  # noqa: BLE001
-        raise XltError(f"cannot create a callback of trainer.callbacks: {err.__cause__ or err}") from err
+        raise XltError(f"cannot create a callback of trainer.callbacks: {one_line(err.__cause__ or err)}") from err
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (Hydra's and Lightning's run over several)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def make_trainer(
@@ -104,6 +109,7 @@ def make_trainer(
     seconds, named ``stage`` (``trainer.enable_progress_bar=false``: neither).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from xlt.progress import is_terminal
     from xlt.tracking import CsvRecord
@@ -123,14 +129,17 @@ def make_trainer(
         kwargs["enable_progress_bar"] = False
         callbacks.append(ProgressLines(stage))
     callbacks.append(LastStepLogged())
-    trainer = L.Trainer(
-        **kwargs,
-        max_epochs=int(max_epochs),  # whole epochs (the config contract rejects a fraction)
-        enable_checkpointing=checkpoint_dir is not None,
-        default_root_dir=str(checkpoint_dir or log_dir),  # Lightning's own hpc_ckpt_*.ckpt (SIGUSR1) land here
-        callbacks=callbacks,
-        logger=list(loggers) if loggers is not None else [CsvRecord(log_dir)],
-    )
+    try:
+        trainer = L.Trainer(
+            **kwargs,
+            max_epochs=int(max_epochs),  # whole epochs (the config contract rejects a fraction)
+            enable_checkpointing=checkpoint_dir is not None,
+            default_root_dir=str(checkpoint_dir or log_dir),  # Lightning's own hpc_ckpt_*.ckpt (SIGUSR1) land here
+            callbacks=callbacks,
+            logger=list(loggers) if loggers is not None else [CsvRecord(log_dir)],
+        )
+    except (TypeError, ValueError, MisconfigurationException) as err:  # a value of a passed-on argument
+        raise XltError(f"lightning.Trainer rejected the trainer settings: {one_line(err)}") from err
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # no truncated checkpoint on a full disk
     return trainer
 
