@@ -42,6 +42,15 @@ def test_the_stage_commands_put_their_override_beside_the_others():
     assert cli.with_override(["xlt-align"], "command=align") == ["xlt-align", "command=align"]
 
 
+@pytest.mark.parametrize("command, entry", [("xlt-align", "align_main"), ("xlt-adjust", "adjust_main")])
+def test_an_error_names_the_command_the_user_typed(monkeypatch, capsys, command, entry):
+    monkeypatch.setattr(sys, "argv", [command, "lang=xx"])
+    with pytest.raises(SystemExit) as stop:
+        getattr(cli, entry)()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"{command}: error: unknown lang 'xx'")
+
+
 ALIGN_IMPORTS = """
 import atexit, sys
 atexit.register(lambda: print("imported:", *[m for m in ("torch", "lightning") if m in sys.modules]))

@@ -24,8 +24,17 @@ log = logging.getLogger("xlt")
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"xlt: error: {message}", file=sys.stderr)
+    print(f"{program()}: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def program() -> str:
+    """The command the user typed (``xlt-align``, ``xlt-adjust`` share
+    ``main``); ``xlt`` for ``python -m xlt`` and ``python -c``."""
+    import os
+
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name.startswith("xlt") and not name.endswith(".py") else "xlt"
 
 
 # Hydra's flags that print help only: the command line is not checked.  The
