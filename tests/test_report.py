@@ -210,6 +210,20 @@ def test_unreadable_results_are_skipped(sweep: dict, caplog: pytest.LogCaptureFi
     assert "## Skipped files (1)" in (sweep["out"] / "report.md").read_text()
 
 
+@pytest.mark.parametrize("edit", [{"report": {"headline": "accuracy"}}, {"metrics": {"xnli.ru": None}}])
+def test_a_malformed_report_field_or_eval_set_is_a_skipped_file_not_a_silently_dropped_table(
+        sweep: dict, edit: dict) -> None:
+    """A headline given as a string became the metric names "a,c,c,..." (no
+    table at all) and an eval set's null metrics vanished; both now skip the
+    file with a warning, as any other malformed results.json."""
+    bad = next(p for p in sorted(sweep["root"].rglob("results.json")))
+    bad.write_text(json.dumps({**json.loads(bad.read_text()), **edit}))
+    df = report.collect([sweep["root"]])
+    assert [s.split(":")[0] for s in df.attrs["skipped"]] == [str(bad)]
+    assert ("report.headline is 'accuracy'" in df.attrs["skipped"][0]
+            or "metrics['xnli.ru'] is None" in df.attrs["skipped"][0])
+
+
 def _ner_qa_tree(root: Path) -> dict:
     """NER (entity F1, permutation test) and QA (F1/EM in %, cross-lingual) jobs, 2 seeds."""
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "O"], ["B-LOC", "O", "O", "B-PER"]] * 40

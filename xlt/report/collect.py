@@ -147,9 +147,12 @@ def _job_rows(run_dir: Path) -> list[dict[str, Any]]:
 def task_report(data: dict[str, Any]) -> dict[str, str]:
     """What the job's task declared about its tables (results.json's ``report``)."""
     report = data.get("report") or {}
+    headline = report.get("headline") or []
+    if not isinstance(headline, list) or not all(isinstance(m, str) for m in headline):
+        raise ValueError(f"report.headline is {headline!r}, not a list of metric names")
     return {"title": str(report.get("title") or data["config"].get("task") or ""),
             "significance": str(report.get("significance") or ""),
-            "headline": ",".join(report.get("headline") or [])}
+            "headline": ",".join(headline)}
 
 
 def mode_rank(config: dict[str, Any]) -> int:
@@ -192,8 +195,8 @@ def _metric_rows(base: dict[str, Any], metrics: dict[str, Any]) -> Iterable[dict
     which the summary counts as a missing seed, and is reported by ``collect``.
     """
     for eval_set, values in metrics.items():
-        if not isinstance(values, dict):
-            continue
+        if not isinstance(values, dict):  # the whole set's metrics: not one seed's missing value
+            raise ValueError(f"metrics[{eval_set!r}] is {values!r}, not a table of metrics")
         for metric, value in values.items():
             if metric == "n":
                 continue
