@@ -24,11 +24,12 @@ without a GPU; ``xlt.stages.trainer.check_hardware`` runs in the job.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, get_args, get_type_hints
+from typing import Any, Callable, ClassVar, Iterator, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -470,6 +471,8 @@ class TrainerConfig:
     with ``+trainer.<arg>=<value>``; an unknown one is an error), plus the
     xlt-only keys in :data:`TRAINER_XLT_KEYS`."""
 
+    # Keys beyond these fields are lightning.Trainer arguments (_trainer_arguments checks them).
+    open_keys: ClassVar[bool] = True
     accelerator: str = choice("cpu", ACCELERATORS)
     devices: Any = ruled(1, _devices, "a count >= 1, -1 (all), 'auto', or a list of device indices")
     strategy: str = ruled("auto", _strategy, "a lightning strategy (see lightning.pytorch.strategies.StrategyRegistry)")
@@ -552,6 +555,36 @@ def field_problems(node: Any, schema: type, prefix: str = "", skip: tuple[str, .
             yield from field_problems(value, nested, f"{key}.")
 
 
+def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> Iterator[str]:
+    """One message per key of ``node`` that ``schema`` has no field for,
+    walking nested schemas.
+
+    Hydra adds a key given with ``+`` (``+corpus.sise=5``) to a typed node
+    without a word, and nothing reads it: the job would run with the
+    default and record the misspelt key as if it had been used.  Open keys
+    are by design only where something else checks them: a schema with
+    ``open_keys`` (the trainer's: lightning.Trainer arguments), a field typed
+    ``Any`` or ``dict`` (a logger's ``_target_`` node, ``task.local``), and
+    ``task.options``, merged into its task's schema (``registry.bind``)."""
+    names = [spec.name for spec in fields(schema)]
+    if not getattr(schema, "open_keys", False):
+        yield from (_unknown(node, str(key), prefix, names) for key in node if key not in names)
+    for name in names:
+        if name in node and not OmegaConf.is_missing(node, name):
+            nested = _dataclass_of(node[name])
+            if nested is not None:
+                yield from unknown_keys(node[name], nested, f"{prefix}{name}.")
+
+
+def _unknown(node: DictConfig, key: str, prefix: str, names: list[str]) -> str:
+    """``corpus.sise=5: corpus has no key sise (did you mean size? keys: ...)``."""
+    value = OmegaConf.to_container(node, resolve=False)[key]  # as given: an interpolation unresolved
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"{prefix}{key}={_shown(value)}: {prefix.rstrip('.') or 'the job config'} has no key {key} "
+            f"({hint}keys: {', '.join(names)})")
+
+
 def _dataclass_of(value: Any) -> Optional[type]:
     """The schema of a nested node: the node's own structured type (task
     options bound to their schema) or the field's dataclass type."""
@@ -587,10 +620,12 @@ def _dataclass_in(hint: Any) -> Optional[type]:
 
 
 def problems(cfg: DictConfig) -> Iterator[str]:
-    """Every problem of a composed job config, one line each: values outside
-    their field's choices and ranges, then the rules between fields.
+    """Every problem of a composed job config, one line each: keys no schema
+    has, required values left out, values outside their field's choices and
+    ranges, then the rules between fields.
     ``xlt-align`` trains nothing: its trainer settings are not its concern
     (checking them imports Lightning, a third of an align job's memory)."""
+    yield from unknown_keys(cfg, XltConfig)
     yield from (f"{key} is required: pass {key}=<value>" for key in _missing(cfg))
     yield from field_problems(cfg, XltConfig, skip=() if trains(cfg) else ("trainer",))
     for rule in RULES:
