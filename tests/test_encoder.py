@@ -126,3 +126,18 @@ def test_a_folder_the_loader_cannot_read_is_one_line(tmp_path):
     (tmp_path / "state").mkdir()
     with pytest.raises(XltError, match=rf"^cannot load the model in {tmp_path / 'state'} from disk \(ValueError: "):
         load_encoder(None, str(tmp_path), str(tmp_path / "state"))
+
+
+def test_a_folder_without_tokenizer_files_is_one_line_not_a_tokenizer_of_unknowns(tmp_path):
+    """transformers builds a tokenizer of the five BERT special tokens from a
+    config.json and weights alone: every word was [UNK], and the job trained."""
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8)).save_pretrained(tmp_path / "no-tokenizer")
+    model = ModelConfig(name="mine", source="hub", pretrained=str(tmp_path / "no-tokenizer"))
+    with pytest.raises(XltError) as err:
+        load_tokenizer(model, str(tmp_path))
+    folder = tmp_path / "no-tokenizer"
+    assert str(err.value) == (f"model.pretrained={folder} (model=mine): its tokenizer holds only its 5 special tokens, "
+                              f"no vocabulary (no tokenizer files in {folder}?); {MODEL_FOLDER}")

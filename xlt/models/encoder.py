@@ -73,10 +73,18 @@ def hub_revision(cfg: ModelConfig) -> str | None:
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
     """The model's tokenizer, read once per process: XLM-R's tokenizer.json
     (e5_small, tiny) takes seconds to parse, and a job asks for it in every
-    stage.  xlt never changes a tokenizer, so one object serves them all."""
+    stage.  xlt never changes a tokenizer, so one object serves them all.
+
+    One without a vocabulary is an error: from a folder without tokenizer
+    files transformers builds a BERT tokenizer of its special tokens alone,
+    which turns every word into [UNK] and trains on that without a word."""
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
-        return _tokenizer(source, hub_revision(cfg))
+        tokenizer = _tokenizer(source, hub_revision(cfg))
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise XltError(f"{_named(cfg, source)}: its tokenizer holds only its {len(tokenizer)} special tokens, no "
+                       f"vocabulary (no tokenizer files in {source}?); {MODEL_FOLDER}")
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,8 +144,14 @@ def _loading(cfg: ModelConfig, source: str):
     if hub_repository(cfg):
         return hub_errors(f"model '{source}' (model={cfg.name})",
                           "offline? use model=e5_small, or set model.pretrained to a local directory")
-    return folder_errors(f"model.pretrained={cfg.pretrained} (model={cfg.name})" if cfg.source == "hub"
-                         else f"model={cfg.name} ({source})")
+    return folder_errors(_named(cfg, source))
+
+
+def _named(cfg: ModelConfig, source: str) -> str:
+    """The model as the user chose it: the key that names its folder."""
+    if cfg.source == "hub":
+        return f"model.pretrained={cfg.pretrained} (model={cfg.name})"
+    return f"model={cfg.name} ({source})"
 
 
 def load_pooler(cfg: ModelConfig, cache_dir: str) -> Optional[nn.Module]:
