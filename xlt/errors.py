@@ -104,6 +104,8 @@ class hub_errors:  # noqa: N801 - used like a function: ``with hub_errors("model
     could not be loaded and the offline alternative, not a 100-line traceback.
     """
 
+    where = "the HuggingFace hub"
+
     def __init__(self, what: str, hint: str = "offline? use model=e5_small and data=shared, or local paths"):
         self.what, self.hint = what, hint
 
@@ -111,10 +113,37 @@ class hub_errors:  # noqa: N801 - used like a function: ``with hub_errors("model
         return self
 
     def __exit__(self, kind, err, tb) -> bool:
-        if err is None or isinstance(err, XltError) or not _is_hub_failure(err):
+        if err is None or isinstance(err, XltError) or not self.failed(err):
             return False
         reason = " ".join(str(err).split())[:300] or type(err).__name__
-        raise XltError(f"cannot load {self.what} from the HuggingFace hub ({type(err).__name__}: {reason}); {self.hint}") from None
+        raise XltError(f"cannot load {self.what} from {self.where} ({type(err).__name__}: {reason}); "
+                       f"{self.hint}") from None
+
+    @staticmethod
+    def failed(err: BaseException) -> bool:
+        return _is_hub_failure(err)
+
+
+# What a model folder holds: said by every error about one.
+MODEL_FOLDER = "a local model is a folder save_pretrained wrote: config.json, the weights and the tokenizer's files"
+
+
+class folder_errors(hub_errors):  # noqa: N801
+    """The same for a model folder on disk (``model.pretrained=/path``, a
+    state's directory): transformers' errors for a folder without weights
+    (OSError), with a config.json it cannot read or without tokenizer files
+    (ValueError, which blames a missing sentencepiece) are one line naming
+    the folder, not a traceback."""
+
+    where = "disk"
+
+    def __init__(self, what: str, hint: str = ""):
+        super().__init__(what, hint or MODEL_FOLDER)
+
+    @staticmethod
+    def failed(err: BaseException) -> bool:
+        names = {cls.__name__ for cls in type(err).__mro__}
+        return isinstance(err, (OSError, ValueError)) or "SafetensorError" in names
 
 
 def _is_hub_failure(err: BaseException) -> bool:

