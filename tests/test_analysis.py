@@ -289,3 +289,24 @@ def test_a_state_path_that_does_not_exist_is_one_line_before_any_work(tmp_path, 
     assert cli.main(["model=tiny", f"states.mine={tmp_path / 'typo'}", f"--out={tmp_path / 'analysis'}"]) == 2
     assert capsys.readouterr().err == f"xlt-analyze: error: states.mine={tmp_path / 'typo'}: no such file\n"
     assert not (tmp_path / "analysis").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "states.mine= is empty: give a model folder, a .ckpt or a job folder"),
+    ("{sweep}", "states.mine={sweep}: holds no model (no config.json; give a save_pretrained model folder"),
+])
+def test_a_state_path_that_holds_no_model_is_one_line_before_any_work(value, message, tmp_path, capsys, monkeypatch):
+    """states.mine=<a sweep folder> (or empty: ".") reached
+    AutoModel.from_pretrained after the other states were measured, a
+    ValueError traceback."""
+    from xlt.analysis import cli
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured with a state that is no model"))
+    out = tmp_path / "analysis"
+    assert cli.main(["model=tiny", "analysis.states=original", f"states.mine={value.format(sweep=sweep)}",
+                     f"--out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xlt-analyze: error: {message.format(sweep=sweep)}") and err.count("\n") == 1
+    assert not out.exists()

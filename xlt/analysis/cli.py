@@ -208,7 +208,7 @@ def run(request: Request, warn) -> int:
     from xlt.stages.states import label, require_state_path
 
     for name, path in request.explicit.items():  # a typo is not "not trained yet"
-        require_state_path(f"states.{name}", path)
+        require_state_path(f"states.{name}", name, path)
     ensure_writable(request.out)  # before minutes of measuring, not after
     # every language's config is checked before the first is measured
     configs = [compose_config(request.overrides, lang, request.out) for lang in request.langs]
