@@ -94,6 +94,7 @@ def test_six_jobs_on_two_gpus_one_crashing(tmp_path, e5_dir):
     for job in (0, 1, 3, 4, 5):  # per-job logs, as with the other launchers
         job_dir = tmp_path / "sweep" / str(job)
         assert (job_dir / "train.log").stat().st_size > 0 and (job_dir / ".hydra" / "config.yaml").exists()
+    assert list((tmp_path / "cwd").iterdir()) == []  # each training claimed an empty outputs/<date>/<time> here
 
 
 @pytest.mark.slow
