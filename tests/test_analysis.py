@@ -289,3 +289,65 @@ def test_a_state_path_that_does_not_exist_is_one_line_before_any_work(tmp_path, 
     assert cli.main(["model=tiny", f"states.mine={tmp_path / 'typo'}", f"--out={tmp_path / 'analysis'}"]) == 2
     assert capsys.readouterr().err == f"xlt-analyze: error: states.mine={tmp_path / 'typo'}: no such file\n"
     assert not (tmp_path / "analysis").exists()
+
+
+@pytest.mark.parametrize("argv, key", [(["--out"], "--out"), (["--out="], "--out"),
+                                       (["analysis.out="], "analysis.out")])
+def test_an_empty_out_is_one_line_not_the_working_directory(argv, key, tmp_path, capsys, monkeypatch):
+    """str(Path("")) is ".": the "--out needs a directory" check never fired
+    and the results went into the working directory."""
+    from xlt.analysis import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured into the working directory"))
+    assert cli.main(["model=tiny", *argv]) == 2
+    assert capsys.readouterr().err == f"xlt-analyze: error: {key} needs a directory (got an empty value)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "states.mine= is empty: give a model folder, a .ckpt or a job folder"),
+    ("{sweep}", "states.mine={sweep}: holds no model (no config.json; give a save_pretrained model folder"),
+])
+def test_a_state_path_that_holds_no_model_is_one_line_before_any_work(value, message, tmp_path, capsys, monkeypatch):
+    """states.mine=<a sweep folder> (or empty: ".") reached
+    AutoModel.from_pretrained after the other states were measured, a
+    ValueError traceback."""
+    from xlt.analysis import cli
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured with a state that is no model"))
+    out = tmp_path / "analysis"
+    assert cli.main(["model=tiny", "analysis.states=original", f"states.mine={value.format(sweep=sweep)}",
+                     f"--out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xlt-analyze: error: {message.format(sweep=sweep)}") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_bad_config_creates_no_out_folder(tmp_path, capsys):
+    """--out was created (ensure_writable) before the config was checked."""
+    from xlt.analysis.cli import main
+
+    assert main(["model=tiny", "lang=xx", f"--out={tmp_path / 'analysis'}"]) == 2
+    assert capsys.readouterr().err.startswith("xlt-analyze: error: unknown lang 'xx'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corpus_too_small_in_a_later_language_fails_before_the_first_is_measured(tiny_cache, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """lang=ru,hi with a corpus.size only ru's corpus holds: the size check
+    ran when hi's corpus was read, after ru was measured and written."""
+    from xlt.analysis import cli
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured before every corpus was checked"))
+    out = tmp_path / "analysis"
+    argv = ["model=tiny", "corpus=demo", f"corpus.path='{repo}/data/demo/parallel/en-{{lang}}.tsv'",
+            f"paths.cache_dir={tiny_cache}", "lang=ru,hi", "corpus.max_words=20", "corpus.size=380",
+            "analysis.states=original", f"--out={out}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xlt-analyze: error: corpus.size=380 but ") and "en-hi.tsv" in err and err.count("\n") == 1
+    assert not out.exists()

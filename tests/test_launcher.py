@@ -1,8 +1,11 @@
 """``hydra/launcher=local_gpus``: one job per (fake) GPU at a time, on CPU.
 
 The launcher only sets ``CUDA_VISIBLE_DEVICES`` in each job's process, so
-fake GPU ids on a CPU machine test its scheduling; a Hydra callback
-(tests/launcher_probe.py) records what each job saw and when it ran.
+fake GPU ids on a CPU machine test its scheduling: the sweep runs under
+``CUDA_VISIBLE_DEVICES=0,1``, which the launcher takes as the GPUs it may
+use (it checks the ids it is given against them, or against the GPUs torch
+counts when unset); a Hydra callback (tests/launcher_probe.py) records what
+each job saw and when it ran.
 """
 
 import json
@@ -19,13 +22,15 @@ from omegaconf import OmegaConf
 from hydra_plugins.xlt_local_gpus.launcher import Job, detect_gpus, order_shared_first, plan_slots, shared_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "data=demo", "task.train_limit=16", "task.eval_limit=4", "task.epochs=1",
-        "trainer.enable_progress_bar=false", "hydra/launcher=local_gpus"]
+TINY = ["model=tiny", "data=demo", f"data.root={REPO / 'data' / 'demo'}", "task.train_limit=16", "task.eval_limit=4",
+        "task.epochs=1", "trainer.enable_progress_bar=false", "hydra/launcher=local_gpus"]
+FAKE_GPUS = "0,1"  # CUDA_VISIBLE_DEVICES of the simulated sweeps: two GPUs this machine need not have
 
 
 def sweep(tmp_path: Path, e5_dir: str, *args: str, crash_job: int = -1, wait: bool = True):
     """``xlt -m`` with the probe callback and a fresh cache (the converted
-    tokenizer linked in), so every job really trains."""
+    tokenizer linked in), so every job really trains; run in an empty
+    working directory (``tmp_path/cwd``), where it should write nothing."""
     cache = tmp_path / "cache"
     if not cache.exists():
         cache.mkdir()
@@ -33,15 +38,16 @@ def sweep(tmp_path: Path, e5_dir: str, *args: str, crash_job: int = -1, wait: bo
     probe = ["+hydra.callbacks.probe._target_=tests.launcher_probe.Probe",
              f"+hydra.callbacks.probe.path={tmp_path / 'probe.jsonl'}", f"+hydra.callbacks.probe.crash_job={crash_job}"]
     command = [sys.executable, "-m", "xlt", "-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", *probe, *args]
-    env = {**os.environ, "XLT_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    env.pop("CUDA_VISIBLE_DEVICES", None)  # fake ids are checked against it
+    env = {**os.environ, "XLT_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": FAKE_GPUS}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
     if not wait:
         # SIGINT back to its default in the sweep: a suite started in the background
         # (`nohup make test &`) inherits SIGINT ignored, and Python then never raises
         # KeyboardInterrupt, so the Ctrl-C test would test nothing.
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def probe_runs(tmp_path: Path) -> dict[int, dict]:
@@ -88,6 +94,7 @@ def test_six_jobs_on_two_gpus_one_crashing(tmp_path, e5_dir):
     for job in (0, 1, 3, 4, 5):  # per-job logs, as with the other launchers
         job_dir = tmp_path / "sweep" / str(job)
         assert (job_dir / "train.log").stat().st_size > 0 and (job_dir / ".hydra" / "config.yaml").exists()
+    assert list((tmp_path / "cwd").iterdir()) == []  # each training claimed an empty outputs/<date>/<time> here
 
 
 @pytest.mark.slow
@@ -97,7 +104,8 @@ def test_cpu_pool_builds_a_shared_adjustment_once_and_counts_recorded_failures(t
     jobs fail inside xlt (missing data: results.json status failed, process
     exit 0), and the pool still reports them."""
     result = sweep(tmp_path, e5_dir, "mode=adjusted", "corpus=demo", "corpus.size=60", "corpus.heldout=10",
-                   f"data.root=data/demo,{tmp_path / 'missing'}", "task.lr=2e-5,3e-5",
+                   f"corpus.path='{REPO}/data/demo/parallel/en-{{lang}}.tsv'",
+                   f"data.root={REPO / 'data' / 'demo'},{tmp_path / 'missing'}", "task.lr=2e-5,3e-5",
                    "hydra.launcher.gpus=[]", "hydra.launcher.n_jobs=2", "hydra.launcher.order=given")
     assert result.returncode == 1 and "2 of 4 jobs failed" in result.stderr, result.stderr[-2000:]
     assert statuses(tmp_path) == {0: "ok", 1: "ok", 2: "failed", 3: "failed"}
@@ -172,6 +180,54 @@ def test_gpus_must_lie_inside_cuda_visible_devices(monkeypatch, capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip() == ("xlt: error: hydra.launcher.gpus: 0 not in CUDA_VISIBLE_DEVICES=4,5 "
                                                "(the GPUs this sweep may use; give ids from that list)")
+
+
+def test_gpus_must_be_on_this_machine(monkeypatch, capsys):
+    """Without CUDA_VISIBLE_DEVICES, gpus=[5] on a machine without GPU 5 was
+    accepted: the jobs were logged "GPU 5" and ran on CPU.  The launcher runs
+    its jobs here, so it checks them against the GPUs torch counts (two,
+    simulated)."""
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert plan_slots(None, None) == ["0", "1"] and plan_slots(["1"], None) == ["1"]
+    with pytest.raises(SystemExit) as stop:
+        plan_slots(["1", "5"], None)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("xlt: error: hydra.launcher.gpus: 5 not a GPU of this machine (GPUs here, as "
+                                       "torch counts them: 0,1; hydra.launcher.gpus=[] runs the jobs on CPU; "
+                                       "a GPU UUID or MIG name: list it in CUDA_VISIBLE_DEVICES)\n")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SystemExit):
+        plan_slots(["0"], None)
+    assert "0 not a GPU of this machine (GPUs here, as torch counts them: none;" in capsys.readouterr().err
+    assert plan_slots([], 2) == [None, None]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("hydra.launcher.gpus=[99]", "hydra.launcher.gpus: 99 not a GPU of this machine (GPUs here, as torch counts "),
+    ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs must be >= 1, got 0"),
+    ("hydra.launcher.order=foo", "hydra.launcher.order must be shared_first or given, got 'foo'"),
+    ("hydra.launcher.threads_per_job=-1", "hydra.launcher.threads_per_job must be >= 1"),
+])
+@pytest.mark.parametrize("sweep_dir", [True, False])
+def test_a_rejected_launcher_setting_writes_nothing(tmp_path, setting, message, sweep_dir):
+    """One line, exit 2, and no sweep folder: Hydra claimed the default one
+    (and wrote multirun.yaml into a given one) before the launcher saw its
+    settings.  The GPUs are checked where the jobs would run: here, with
+    no CUDA_VISIBLE_DEVICES, against what torch counts."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    given = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if sweep_dir else []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    no_data = f"data.root={tmp_path / 'no-data'}"  # a job that does start fails at once: no training
+    result = subprocess.run([sys.executable, "-m", "xlt", "-m", "model=tiny", no_data, "hydra/launcher=local_gpus",
+                             setting, *given], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"xlt: error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd"] and list(cwd.iterdir()) == []
 
 
 def test_builders_of_distinct_artifacts_go_first():

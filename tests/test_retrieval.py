@@ -268,6 +268,7 @@ def compose(tmp_path: Path, cache: Path, data_root: Path, *overrides: str):
         ("task.options.pooling=max", "task.options.pooling=max: valid: mean, cls"),
         ("task.options.layer=-1", "task.options.layer=-1: must be a layer index"),
         ("task.options.skip_special=true", None),
+        ("+task.options.checkpoints.mine=", "^task.options.checkpoints.mine= is empty: give a model folder"),
     ],
 )
 def test_options_are_checked(tmp_path, shared_data, override, message):
@@ -313,6 +314,23 @@ def test_retrieval_job_writes_results_predictions_and_figure(tmp_path, tiny_cach
 
 
 @pytest.mark.slow
+def test_a_checkpoints_path_that_is_no_model_fails_before_any_state_is_evaluated(tmp_path, tiny_cache, small_corpus):
+    """task.options.checkpoints.mine=<a sweep folder>: the original state
+    was evaluated and its predictions written, then AutoModel raised a
+    ValueError (a traceback, no results.json).  Now one line naming the
+    setting when the job starts, and nothing evaluated."""
+    from xlt.stages.job import run_job
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    out = tmp_path / "run"
+    cfg = compose(out, tiny_cache, small_corpus, "task.options.layer=1", "task.options.states=[original,mine]",
+                  f"+task.options.checkpoints.mine={sweep}")
+    with pytest.raises(XltError, match=rf"^task.options.checkpoints.mine={sweep}: holds no model \(no config.json"):
+        run_job(cfg)
+    assert not (out / "predictions").exists() and not (tiny_cache / "alignments").exists()
+
+
 def test_adjusted_and_adjusted_ft_are_one_adjustment(tmp_path, tiny_cache, small_corpus):
     """Fine-tuned with bf16 (a GPU's), evaluated with the default fp32
     trainer (a CPU's): the job's "adjusted" is the encoder the fine-tuning

@@ -78,3 +78,34 @@ def test_a_dry_run_in_the_same_process_leaves_no_multirun_behind(monkeypatch, ca
             assert sys.argv == argv  # a single job keeps its command line
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_a_training_job_of_a_sweep_claims_no_run_folder(monkeypatch, tmp_path):
+    """Every fit of a sweep's job saved ``hydra.run.dir`` around Lightning's
+    DDP launch by reading it, which resolved ``${xlt_fresh_dir:outputs/...}``
+    and created an empty ``outputs/<date>/<time>`` in the working directory
+    (``hydra.sweep.dir`` set or not).  Kept as written, nothing is created,
+    and the value is put back as it was."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from xlt import rundir
+    from xlt.contract import _composed
+    from xlt.stages.trainer import ddp_job
+
+    rundir.register()
+    monkeypatch.chdir(tmp_path)
+    cfg = _composed(["model=tiny", f"hydra.sweep.dir={tmp_path / 'sweep'}"], return_hydra_config=True)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    written = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    assert written.startswith("${xlt_fresh_dir:outputs/")
+    try:
+        HydraConfig.instance().set_config(cfg)
+        with ddp_job(tmp_path / "sweep" / "0"):
+            assert HydraConfig.get().run.dir == str(tmp_path / "sweep" / "0")  # where Lightning's DDP ranks run
+        assert OmegaConf.to_container(HydraConfig.get().run, resolve=False)["dir"] == written
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        HydraConfig.instance().cfg = None

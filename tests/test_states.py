@@ -68,13 +68,14 @@ def test_finetuned_state_loads_encoder_weights_from_checkpoint(tiny_cache, tmp_p
     checkpoint = finish_training(cfg, tmp_path / "run")
     assert json.loads((checkpoint.parent / TRAINING_RECORD).read_text())["task"]["name"] == "xnli"
     torch.save({"state_dict": {"head.weight": torch.zeros(1)}}, tmp_path / "bad.ckpt")
-    states = find_states(cfg, ["original_ft"], {"bad": str(tmp_path / "bad.ckpt")}, None, pytest.fail)
+    states = find_states(cfg, ["original_ft"], {"mine": str(checkpoint)}, None, pytest.fail)
     assert states[0].source == str(checkpoint)
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
     loaded = states[0].load().state_dict()
     assert saved and all(torch.equal(loaded[name.removeprefix("encoder.")], value) for name, value in saved.items())
-    with pytest.raises(XltError, match="no 'encoder"):
-        states[1].load()
+    assert [state.source for state in states] == [str(checkpoint)] * 2  # a checkpoint given by path: the same weights
+    with pytest.raises(XltError, match="no 'encoder"):  # before any state is loaded (it was when its turn came)
+        find_states(cfg, ["original_ft"], {"bad": str(tmp_path / "bad.ckpt")}, None, pytest.fail)
 
 
 def test_retrieval_finds_mbert_configured_checkpoints(tiny_cache, tmp_path):
@@ -275,3 +276,64 @@ def test_a_state_path_that_does_not_exist_is_an_error_before_any_work(tiny_cache
     with pytest.raises(XltError, match=r"^task.options.checkpoints.original_ft=/typo.ckpt: no such file$"):
         find_states(cfg, ["adjusted"], {"original_ft": "/typo.ckpt"}, None, pytest.fail, setting="task.options.checkpoints")
     assert built_adjustments == []
+
+
+def bad_state_paths(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[str, str]]:
+    """Paths that exist (or are empty) but hold no model state: value -> what the error says."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    untyped = tmp_path / "untyped"
+    untyped.mkdir()
+    (untyped / "config.json").write_text('{"hidden_size": 32}')
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    (weightless / "config.json").write_text('{"model_type": "bert"}')
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    no_encoder = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"head.weight": torch.zeros(1)}}, no_encoder)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"config": {"seed": 1}, "status": "ok", "metrics": {},
+                                                  "states": {"finetuned": str(tmp_path / "deleted.ckpt")}}))
+    return {"": ("", "is empty"), "sweep": (str(sweep), "holds no model (no config.json"),
+            "untyped": (str(untyped), "has a config.json without model_type"),
+            "weightless": (str(weightless), "holds no weights"),
+            "text": (str(text), "is not a checkpoint"), "no_encoder": (str(no_encoder), "no 'encoder.*' weights"),
+            "run": (str(run), f"records {tmp_path / 'deleted.ckpt'}, which does not exist")}
+
+
+def test_a_path_that_holds_no_model_state_is_one_line_before_any_work(tiny_cache, tmp_path, built_adjustments,
+                                                                      monkeypatch):
+    """A folder that is no model (a sweep folder; ``states.x=`` read as ``.``)
+    reached AutoModel.from_pretrained only when its state's turn came: a
+    ValueError traceback after the states before it were measured.  Now each
+    kind of path is checked for what loading it needs, before any state is
+    found, built or loaded; a model folder, a checkpoint and a job folder
+    recording one pass."""
+    from transformers import BertConfig, BertModel
+
+    from xlt.models import encoder as encoder_module
+
+    cfg = job(tmp_path, tiny_cache)
+    checkpoint = finish_training(cfg, tmp_path / "finished")
+    monkeypatch.setattr(encoder_module, "load_encoder", lambda *a, **k: pytest.fail("loaded a model before checking"))
+    for value, message in bad_state_paths(tmp_path, checkpoint).values():
+        with pytest.raises(XltError) as err:
+            find_states(cfg, ["original", "adjusted"], {"mine": value}, None, pytest.fail,
+                        setting="task.options.checkpoints")
+        assert str(err.value).startswith(f"task.options.checkpoints.mine={value}") and message in str(err.value)
+        assert "\n" not in str(err.value)
+    assert built_adjustments == []
+    model = tmp_path / "model"
+    BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(model)
+    run = tmp_path / "good_run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"config": {"seed": 1}, "status": "ok", "metrics": {},
+                                                  "states": {"finetuned": str(checkpoint), "adjusted": str(model)}}))
+    from xlt.stages.states import state_path_problem
+
+    for path in (model, checkpoint, run):
+        assert state_path_problem("states.mine", "mine", str(path)) is None

@@ -136,9 +136,10 @@ def check_jobs(argv: list[str]) -> None:
 
 def check_launcher(argv: list[str]) -> None:
     """An unknown launcher (``hydra/launcher=local_gpu``) is one line naming
-    the valid ones, and a launcher config with required fields left as
-    ``???`` (e.g. the Slurm partition) one line naming them, before any job
-    is submitted."""
+    the valid ones, a launcher config with required fields left as ``???``
+    (e.g. the Slurm partition) one line naming them, and a bad
+    ``local_gpus`` setting one line naming it (:func:`check_local_gpus`),
+    before any job is submitted."""
     from omegaconf import OmegaConf
 
     from xlt.contract import hydra_settings
@@ -153,6 +154,7 @@ def check_launcher(argv: list[str]) -> None:
             hydra_settings([*searchpath, f"hydra/launcher={chosen[-1]}"])
         except XltError as err:
             fail(str(err))
+        check_local_gpus(argv, chosen[-1])  # hydra/launcher=xlt_local_gpus: its schema's name
         return
     launcher = OmegaConf.load(path)
     given = {a.split("=", 1)[0].removeprefix("hydra.launcher.") for a in argv if a.startswith("hydra.launcher.")}
@@ -160,6 +162,32 @@ def check_launcher(argv: list[str]) -> None:
     if missing:
         fields = ", ".join(f"hydra.launcher.{k}" for k in missing)
         fail(f"hydra/launcher={chosen[-1]} needs {fields} (pass it, or set it in {path.relative_to(CONF_DIR.parent)})")
+    check_local_gpus(argv, chosen[-1])
+
+
+def check_local_gpus(argv: list[str], launcher: str) -> None:
+    """``local_gpus``'s settings (the GPUs exist, ``n_jobs``, ``order``...)
+    checked before Hydra starts: by the time the launcher is set up, Hydra
+    has claimed the sweep folder, and a bad setting left it behind (empty,
+    or with multirun.yaml).  Its jobs run on this machine, so its GPUs are
+    checked here; other launchers' jobs may run elsewhere."""
+    from xlt.contract import hydra_settings
+
+    if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv):
+        return
+    settings = [a for a in argv if a.lstrip("+~").startswith(("hydra.launcher.", "hydra.searchpath="))]
+    try:
+        node = hydra_settings([*settings, f"hydra/launcher={launcher}"]).launcher
+    except XltError as err:
+        fail(str(err))
+    if str(node.get("_target_", "")) != LOCAL_GPUS:
+        return
+    from hydra_plugins.xlt_local_gpus.launcher import check_settings
+
+    check_settings(**{key: value for key, value in node.items() if key != "_target_"})
+
+
+LOCAL_GPUS = "hydra_plugins.xlt_local_gpus.launcher.LocalGpusLauncher"
 
 
 def _hydra_app():

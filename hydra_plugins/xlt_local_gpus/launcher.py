@@ -103,18 +103,43 @@ def detect_gpus() -> List[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+ORDERS = ("shared_first", "given")
+
+
+def check_settings(gpus: Optional[Sequence[Any]] = None, n_jobs: Optional[int] = None,
+                   threads_per_job: Optional[int] = None, order: str = "shared_first",
+                   stop_grace_s: float = 10.0) -> List[Optional[str]]:
+    """The slots of these ``hydra.launcher.*`` settings, every one checked
+    first (one line naming it, exit 2).  Called before Hydra writes anything
+    for the sweep (``xlt.cli.check_launcher``; ``setup``, before the sweeper
+    writes multirun.yaml): a rejected setting leaves no sweep folder."""
+    from xlt.cli import fail
+
+    if order not in ORDERS:
+        fail(f"hydra.launcher.order must be {' or '.join(ORDERS)}, got '{order}'")
+    if threads_per_job is not None and threads_per_job < 1:
+        fail(f"hydra.launcher.threads_per_job must be >= 1 (null: this machine's cores // jobs at once), "
+             f"got {threads_per_job}")
+    if stop_grace_s < 0:
+        fail(f"hydra.launcher.stop_grace_s must be >= 0, got {stop_grace_s}")
+    return plan_slots(gpus, n_jobs)
+
+
 def plan_slots(gpus: Optional[Sequence[Any]], n_jobs: Optional[int]) -> List[Optional[str]]:
-    """One slot per job that may run at once: a GPU id, or None for CPU."""
+    """One slot per job that may run at once: a GPU id, or None for CPU.
+
+    The jobs run on this machine, so the GPUs they are given are checked
+    here, where they would be used: a GPU that is not there gave a job a
+    ``CUDA_VISIBLE_DEVICES`` naming nothing, and it ran on CPU while the
+    sweep said "GPU 5"."""
     from xlt.cli import fail
 
     ids = detect_gpus() if gpus is None else [str(g) for g in gpus]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    outside = [i for i in ids if visible is not None and i not in detect_gpus()]
-    if outside:  # a job's CUDA_VISIBLE_DEVICES names physical GPUs: stay inside this process's share
-        fail(f"hydra.launcher.gpus: {','.join(outside)} not in CUDA_VISIBLE_DEVICES={visible} "
-             "(the GPUs this sweep may use; give ids from that list)")
     if n_jobs is not None and n_jobs < 1:
         fail(f"hydra.launcher.n_jobs must be >= 1, got {n_jobs}")
+    missing = [] if gpus is None else [i for i in ids if i not in detect_gpus()]
+    if missing:
+        fail(missing_gpus(missing))
     if not ids:
         return [None] * (n_jobs or 1)
     if len(set(ids)) != len(ids):
@@ -123,6 +148,18 @@ def plan_slots(gpus: Optional[Sequence[Any]], n_jobs: Optional[int]) -> List[Opt
         fail(f"hydra.launcher.n_jobs={n_jobs} but only {len(ids)} GPUs ({','.join(ids)}): one job per GPU; "
              "use hydra.launcher.gpus=[] for CPU jobs")
     return ids[: n_jobs or len(ids)]
+
+
+def missing_gpus(missing: List[str]) -> str:
+    """The line for ``hydra.launcher.gpus`` naming GPUs this process cannot use."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # a job's CUDA_VISIBLE_DEVICES names physical GPUs: stay inside this process's share
+        return (f"hydra.launcher.gpus: {','.join(missing)} not in CUDA_VISIBLE_DEVICES={visible} "
+                "(the GPUs this sweep may use; give ids from that list)")
+    present = detect_gpus()
+    return (f"hydra.launcher.gpus: {','.join(missing)} not a GPU of this machine (GPUs here, as torch counts "
+            f"them: {','.join(present) or 'none'}; hydra.launcher.gpus=[] runs the jobs on CPU; "
+            "a GPU UUID or MIG name: list it in CUDA_VISIBLE_DEVICES)")
 
 
 def job_env(slot: Optional[str], threads: int) -> dict[str, str]:
@@ -193,19 +230,19 @@ class LocalGpusLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
+        self.slots: List[Optional[str]] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Check the settings now: the sweeper writes multirun.yaml after
+        setup, before ``launch``."""
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.slots = check_settings(self.gpus, self.n_jobs, self.threads_per_job, self.order, self.stop_grace_s)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from xlt.cli import fail
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        if self.order not in ("shared_first", "given"):
-            fail(f"hydra.launcher.order must be shared_first or given, got '{self.order}'")
-        slots = plan_slots(self.gpus, self.n_jobs)
+        slots = self.slots
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = self.threads_per_job or max(1, cores // len(slots))
         jobs = [self.prepare(initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]

@@ -68,9 +68,9 @@ def parse_args(argv: list[str]) -> Request:
     for arg in args:
         key, eq, value = arg.partition("=")
         if arg == "--out":
-            request.out = Path(next(args, ""))
+            request.out = out_dir(arg, next(args, ""))
         elif key in ("--out", "analysis.out") and eq:
-            request.out = Path(value)
+            request.out = out_dir(key, value)
         elif key == "analysis.states" and eq:
             request.states = [s for s in value.split(",") if s]
         elif key == "analysis.batch_size" and eq:
@@ -85,9 +85,15 @@ def parse_args(argv: list[str]) -> Request:
             raise XltError(f"unknown option {arg}; see xlt-analyze --help")
         else:
             request.overrides.append(arg)
-    if str(request.out) == "":
-        raise XltError("--out needs a directory")
     return request
+
+
+def out_dir(key: str, value: str) -> Path:
+    """The output folder given as ``key``; an empty value is an error, not
+    ``Path("")``, which is the working directory."""
+    if not value.strip():
+        raise XltError(f"{key} needs a directory (got an empty value)")
+    return Path(value)
 
 
 def positive_int(key: str, value: str) -> int:
@@ -134,25 +140,49 @@ def measure(state, examples, pad_id: int, batch_size: int) -> tuple[dict[str, An
     return summary, norms(related), norms(unrelated)
 
 
-def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dict[str, Any], dict]:
-    """Measure every available state on the held-out pairs of one language's
-    job config ``base`` and write its summary, distances and figure."""
-    from xlt.analysis.plots import plot_states
+@dataclass
+class Language:
+    """One language's inputs, all checked before any language is measured:
+    its job config, held-out examples (the corpus read, ``corpus.size``
+    checked) and model states."""
+
+    cfg: DictConfig
+    examples: list
+    pad_id: int
+    corpus: Any
+    states: list = field(default_factory=list)
+
+
+def prepare_languages(request: Request, configs: list[DictConfig], warn) -> list[Language]:
+    """Every language's held-out pairs, then every language's model states:
+    a corpus too small for ``corpus.size`` in the last language, or a state
+    it cannot find, stops the run before the first language is measured
+    (the states last: the adjusted one may be built, minutes of work)."""
     from xlt.config import STATES
-    from xlt.stages.states import find_states, label
+    from xlt.stages.states import find_states
+
+    languages = [Language(base, *heldout_examples(base)) for base in configs]
+    for language in languages:
+        language.states = find_states(language.cfg, request.states or list(STATES), request.explicit, None, warn)
+    return languages
+
+
+def analyze_language(request: Request, language: Language) -> tuple[str, dict[str, Any], dict]:
+    """Measure the states of one prepared language and write its summary,
+    distances and figure."""
+    from xlt.analysis.plots import plot_states
+    from xlt.stages.states import label
 
     from xlt import revisions
     from xlt.environment import environment
     from xlt.keys import code_version
 
-    revisions.start_job()  # the hub commits this language's measurement loads (summary.json records them)
+    base, examples = language.cfg, language.examples
     code = base.lang.code
-    states = find_states(base, request.states or list(STATES), request.explicit, None, warn)
-    examples, pad_id, corpus = heldout_examples(base)
     results, distances = {}, {}
-    for state in states:
+    for state in language.states:
         log.info("en-%s: measuring %s (%s)", code, state.name, state.source)
-        results[state.name], *pair = measure(state, examples, pad_id, request.batch_size)
+        results[state.name], *pair = measure(state, examples, language.pad_id, request.batch_size)
         if state.note:  # chosen otherwise than this config says (xlt.stages.states.adjusted_state)
             results[state.name]["note"] = state.note
         distances[state.name] = tuple(pair)
@@ -163,7 +193,7 @@ def analyze_language(request: Request, base: DictConfig, warn) -> tuple[str, dic
               "aligner": base.aligner.name, "seed": base.seed}
     summary = {"config": config, "code_version": code_version(), "revisions": revisions.loaded(),
                "environment": environment(),  # where distances were measured (not identity), as in results.json
-               "alignments": str(corpus.path),
+               "alignments": str(language.corpus.path),
                "heldout_sentences": len(examples), "definitions": DEFINITIONS, "states": results}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     np.savez_compressed(folder / "distances.npz", **{f"{n}_{k}": d for n, pair in distances.items()
@@ -191,30 +221,38 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def ensure_writable(out: Path) -> None:
-    """``--out`` exists (or can be made) and takes a file."""
-    import tempfile
+def check_writable(out: Path) -> None:
+    """``--out`` is a folder this process can write to, or can be made one.
+    Checked without creating anything (the folder is made when the first
+    language's results are written), so bad input leaves nothing behind."""
+    import os
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise XltError(f"--out {out} is not writable ({err.strerror}: {err.filename or out})") from None
+    existing = out.absolute()
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise XltError(f"--out {out} is not writable (not a directory: {existing})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise XltError(f"--out {out} is not writable (permission denied: {existing})")
 
 
 def run(request: Request, warn) -> int:
+    """Check every input of every language, then measure and write each:
+    bad input is one line before any state is measured or anything written."""
     from xlt.analysis.plots import plot_grid
     from xlt.stages.states import label, require_state_path
 
+    from xlt import revisions
+
     for name, path in request.explicit.items():  # a typo is not "not trained yet"
-        require_state_path(f"states.{name}", path)
-    ensure_writable(request.out)  # before minutes of measuring, not after
-    # every language's config is checked before the first is measured
+        require_state_path(f"states.{name}", name, path)
     configs = [compose_config(request.overrides, lang, request.out) for lang in request.langs]
+    check_writable(request.out)  # before minutes of measuring, not after
+    revisions.start_job()  # the hub commits this run loads (every summary.json records them)
+    languages = prepare_languages(request, configs, warn)
     summaries, grid = {}, {}
-    for base in configs:
-        code, summaries[code], grid[code] = analyze_language(request, base, warn)
+    for language in languages:
+        code, summaries[code], grid[code] = analyze_language(request, language)
     if len(grid) > 1:
         names = {n for states in grid.values() for n in states}
         plot_grid(grid, request.out / "grid", {n: label(n) for n in names})

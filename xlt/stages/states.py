@@ -22,16 +22,18 @@ analysing a finished sweep costs no training:
   ``task.head=bert`` into it), the record says so.
 
 A user may point any state (or a new one) at a directory or a ``.ckpt``;
-a path that does not exist is an error before any work (a typo must not
-read as "not trained yet").  A state that discovery cannot find is skipped
-with a warning, because a partial figure (say, before the fine-tuning jobs
-finish) is still useful.
+a path that does not exist, or holds no model state (a sweep folder, an
+empty value), is an error before any work (a typo must not read as "not
+trained yet", nor fail in transformers after other states were measured).
+A state that discovery cannot find is skipped with a warning, because a
+partial figure (say, before the fine-tuning jobs finish) is still useful.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
@@ -85,17 +87,27 @@ def encoder_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     come from anywhere, and unpickling arbitrary objects runs arbitrary code.
     xlt's own checkpoints hold only tensors and plain containers.
     """
+    weights, problem = _encoder_weights(checkpoint, mmap=False)
+    if problem:
+        raise XltError(f"{checkpoint} {problem}")
+    return weights
+
+
+def _encoder_weights(checkpoint: Path, mmap: bool) -> tuple[dict[str, torch.Tensor], str]:
+    """``(weights, "")``, or ``({}, why)`` when ``checkpoint`` holds no
+    encoder weights xlt can load (``why`` follows the file's name: "is ...").
+    ``mmap``: the tensors stay on disk (a check that reads no weights)."""
     try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any unreadable or unsafe file is the user's to fix
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise XltError(f"{checkpoint}: not loadable as weights only ({reason}); xlt does not unpickle "
-                       "arbitrary objects: point states.<name> at a Lightning .ckpt of xlt or a save_pretrained directory") from None
+        return {}, (f"is not loadable as weights only ({reason}); xlt does not unpickle arbitrary objects: "
+                    "point states.<name> at a Lightning .ckpt of xlt or a save_pretrained directory")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     weights = {k[len("encoder."):]: v for k, v in (state or {}).items() if k.startswith("encoder.")}
     if not weights:
-        raise XltError(f"{checkpoint}: no 'encoder.*' weights in its state_dict (not an xlt fine-tuning checkpoint?)")
-    return weights
+        return {}, "has no 'encoder.*' weights in its state_dict (not an xlt fine-tuning checkpoint?)"
+    return weights, ""
 
 
 def load_checkpoint_encoder(cfg: DictConfig, checkpoint: Path) -> PreTrainedModel:
@@ -282,8 +294,9 @@ def find_states(cfg: DictConfig, names: Iterable[str], explicit: Optional[Mappin
     path in ``explicit`` (the ``<setting>.<name>=<path>`` of the command
     line), in that order; fine-tuned states are fine-tunings of ``task``
     (default: ``cfg``'s own task), and ``adjusted`` the encoder they started
-    from (:func:`adjusted_state`).  A given path that does not exist is an
-    XltError before any state is looked for; a state discovery cannot find
+    from (:func:`adjusted_state`).  A given path that does not exist or
+    holds no model state (:func:`state_path_problem`) is an XltError before
+    any state is looked for; a state discovery cannot find
     is reported through ``warn`` and skipped; none at all is an XltError."""
     explicit = dict(explicit or {})
     wanted = list(names)
@@ -291,7 +304,7 @@ def find_states(cfg: DictConfig, names: Iterable[str], explicit: Optional[Mappin
     if unknown:
         raise XltError(f"unknown state(s) {', '.join(unknown)}; valid: {', '.join(STATES)} or a path per state")
     for name, path in explicit.items():
-        require_state_path(f"{setting}.{name}", path)
+        require_state_path(f"{setting}.{name}", name, path)
     order = wanted + [n for n in explicit if n not in wanted]
     follows = "adjusted" in order and "adjusted" not in explicit  # found after the states fine-tuned from it
     found = {name: find_state(name, cfg, explicit.get(name), task or cfg.task.name, warn)
@@ -304,10 +317,79 @@ def find_states(cfg: DictConfig, names: Iterable[str], explicit: Optional[Mappin
     return states
 
 
-def require_state_path(setting: str, path: str) -> None:
-    """A state path the user gave exists: ``<setting>=<path>: no such file``."""
-    if not Path(path).exists():
-        raise XltError(f"{setting}={path}: no such file")
+def require_state_path(setting: str, name: str, path: str) -> None:
+    """State ``name``'s path given as ``<setting>=<path>`` holds a model
+    state (:func:`state_path_problem`), else one XltError naming the setting."""
+    problem = state_path_problem(setting, name, path)
+    if problem:
+        raise XltError(problem)
+
+
+# What ``from_pretrained`` loads weights from (safetensors, or torch's weights-only .bin; sharded: their index).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def state_path_problem(setting: str, name: str, path: str) -> Optional[str]:
+    """Why ``<setting>=<path>`` cannot give state ``name``, or None.
+
+    Each kind of path ``path_state`` takes is checked for what loading it
+    needs, without loading any weights: a job folder records the state
+    (which is then checked), a folder is a save_pretrained model, a file a
+    weights-only checkpoint with encoder weights.  Checked before any state
+    is measured: a folder holding no model (a sweep folder; an empty value
+    read as ``.``) failed inside transformers, with a traceback, after the
+    states before it were measured.
+    """
+    if not str(path).strip():
+        return f"{setting}= is empty: give a model folder, a .ckpt or a job folder"
+    target = Path(path)
+    if not target.exists():
+        return f"{setting}={path}: no such file"
+    if (target / results.RESULTS_FILE).is_file():
+        try:
+            target = recorded_state(name, target)
+        except XltError as err:
+            return f"{setting}={path}: {err}"
+    where = "" if target == Path(path) else f"its {results.RESULTS_FILE} records {target}, which "
+    if not target.exists():
+        return f"{setting}={path}: {where}does not exist"
+    problem = model_folder_problem(target) if target.is_dir() else checkpoint_problem(target)
+    return f"{setting}={path}: {where}{problem}" if problem else None
+
+
+def model_folder_problem(folder: Path) -> Optional[str]:
+    """Why ``folder`` is no save_pretrained model (a config.json naming a
+    known model_type, and weights), or None; said of the folder: "holds ..."."""
+    from transformers import CONFIG_MAPPING
+
+    config = folder / "config.json"
+    if not config.is_file():
+        return (f"holds no model (no config.json; give a save_pretrained model folder, "
+                f"a .ckpt or a job folder with {results.RESULTS_FILE})")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"has an unreadable config.json ({type(err).__name__}: {err})".splitlines()[0]
+    if not model_type:
+        return "has a config.json without model_type (not a save_pretrained model folder)"
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return f"has model_type {model_type!r} in its config.json, not a transformers model type"
+    if not any((folder / weights).is_file() for weights in WEIGHT_FILES):
+        return f"holds no weights (none of {', '.join(WEIGHT_FILES)})"
+    return None
+
+
+def checkpoint_problem(checkpoint: Path) -> Optional[str]:
+    """Why the file ``checkpoint`` has no encoder weights xlt loads, or None
+    (said of the file: "is ...").
+    Mapped, not read (a 1.4 GB last.ckpt costs no memory), so only torch's
+    zip format is taken: what ``torch.save`` (1.6 and later) and xlt write."""
+    if not zipfile.is_zipfile(checkpoint):
+        return ("is not a checkpoint (not the zip archive torch.save writes; give a .ckpt, "
+                "a save_pretrained model folder or a job folder)")
+    _, problem = _encoder_weights(checkpoint, mmap=True)
+    return problem or None
 
 
 def find_state(name: str, cfg: DictConfig, path: Optional[str], task: str, warn: Warn) -> Optional[ModelState]:

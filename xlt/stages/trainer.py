@@ -417,7 +417,9 @@ def ddp_job(out: Path) -> Iterator[None]:
     env = {k: os.environ.get(k) for k in DDP_ENV}
     multirun = in_multirun()
     hydra_cfg = HydraConfig.get() if multirun else None
-    argv, run_dir = sys.argv, hydra_cfg.run.dir if multirun else None
+    # Kept as written, not resolved: reading it resolved ${xlt_fresh_dir:outputs/...}, which claims (creates)
+    # an empty outputs/<date>/<time> in the working directory for every training job of a sweep.
+    argv, run_dir = sys.argv, OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"] if multirun else None
     if multirun:
         sys.argv = [argv[0], *hydra_cfg.overrides.task]
         with read_write(hydra_cfg), open_dict(hydra_cfg):

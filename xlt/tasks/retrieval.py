@@ -16,7 +16,9 @@ pairs it compares (adjusted vs original, on the same queries).
 ``task.options.states=[original,adjusted]`` evaluates several in one job
 (for the per-layer figure).  A state discovery does not find is skipped
 with a warning; an unknown state name, or a ``task.options.checkpoints``
-path that does not exist, is an error before launch (``problems``).
+path that is empty or does not exist, is an error before launch
+(``problems``), and one that holds no model state an error when the job
+starts, before any state is evaluated (``xlt.stages.states``).
 "Adjusted" is the encoder the fine-tuned states found started from
 (``xlt.stages.states.adjusted_state``).
 
@@ -154,8 +156,10 @@ class RetrievalTask(StateEvaluationTask):
         if unknown:
             yield (f"task.options.states: unknown state {', '.join(repr(n) for n in unknown)}; valid: "
                    f"{', '.join(STATES)}, or a name given a path in task.options.checkpoints")
-        for name, path in given.items():
-            if not os.path.exists(str(path)):
+        for name, path in given.items():  # what each holds is checked where the job runs (xlt.stages.states)
+            if path is None or not str(path).strip():  # not "", which would be the working directory
+                yield f"task.options.checkpoints.{name}= is empty: give a model folder, a .ckpt or a job folder"
+            elif not os.path.exists(str(path)):
                 yield f"task.options.checkpoints.{name}={path}: no such file"
 
     @property
