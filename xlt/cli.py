@@ -165,6 +165,9 @@ def check_launcher(argv: list[str]) -> None:
     check_local_gpus(argv, chosen[-1])
 
 
+LOCAL_GPUS = "hydra_plugins.xlt_local_gpus.launcher.LocalGpusLauncher"
+
+
 def check_local_gpus(argv: list[str], launcher: str) -> None:
     """``local_gpus``'s settings (the GPUs exist, ``n_jobs``, ``order``...)
     checked before Hydra starts: by the time the launcher is set up, Hydra
@@ -185,9 +188,6 @@ def check_local_gpus(argv: list[str], launcher: str) -> None:
     from hydra_plugins.xlt_local_gpus.launcher import check_settings
 
     check_settings(**{key: value for key, value in node.items() if key != "_target_"})
-
-
-LOCAL_GPUS = "hydra_plugins.xlt_local_gpus.launcher.LocalGpusLauncher"
 
 
 def _hydra_app():

@@ -13,6 +13,12 @@ class MissingFileError(XltError):
     """A data file that does not exist (an evaluation set may then be skipped)."""
 
 
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (Hydra's, Lightning's and transformers'
+    run over several); its type's name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def require_file(path: str, what: str = "file") -> str:
     """Return ``path`` if it is a readable file, else raise XltError naming it."""
     import os
@@ -115,7 +121,7 @@ class hub_errors:  # noqa: N801 - used like a function: ``with hub_errors("model
     def __exit__(self, kind, err, tb) -> bool:
         if err is None or isinstance(err, XltError) or not self.failed(err):
             return False
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        reason = one_line(err)[:300]
         raise XltError(f"cannot load {self.what} from {self.where} ({type(err).__name__}: {reason}); "
                        f"{self.hint}") from None
 

@@ -28,6 +28,11 @@ KINDS = ("model", "dataset")
 _SHA = re.compile(r"[0-9a-f]{40}")
 
 
+def is_sha(text: str) -> bool:
+    """Whether ``text`` is a full commit sha (what a job records and keys by)."""
+    return bool(_SHA.fullmatch(text))
+
+
 def hub_repository(model) -> bool:
     """Whether ``model`` (a ``model`` config node) is loaded from a hub
     repository, the one kind of model with commits: ``source=hub`` and a
@@ -103,7 +108,7 @@ def current(kind: str, repo: str, pin: str | None = None) -> str:
     ``from_pretrained`` falls back to its cached files; an unknown repository
     or revision is an error."""
     wanted = pin or "main"
-    if _SHA.fullmatch(wanted):
+    if is_sha(wanted):
         return wanted
     from huggingface_hub import constants
 
@@ -139,6 +144,6 @@ def cached(kind: str, repo: str, revision: str) -> str:
         sha = ref.read_text(encoding="utf-8").strip()
     except OSError:
         raise OSError(f"offline (HF_HUB_OFFLINE=1) and no cached {kind} {repo} at revision {revision} ({ref} missing)") from None
-    if not _SHA.fullmatch(sha):
+    if not is_sha(sha):
         raise OSError(f"{ref} holds {sha[:60]!r}, not a commit sha")
     return sha

@@ -137,9 +137,10 @@ def plan_slots(gpus: Optional[Sequence[Any]], n_jobs: Optional[int]) -> List[Opt
     ids = detect_gpus() if gpus is None else [str(g) for g in gpus]
     if n_jobs is not None and n_jobs < 1:
         fail(f"hydra.launcher.n_jobs must be >= 1, got {n_jobs}")
-    missing = [] if gpus is None else [i for i in ids if i not in detect_gpus()]
+    present = detect_gpus() if gpus is not None and ids else ids  # read once (torch counts them)
+    missing = [i for i in ids if i not in present]
     if missing:
-        fail(missing_gpus(missing))
+        fail(missing_gpus(missing, present))
     if not ids:
         return [None] * (n_jobs or 1)
     if len(set(ids)) != len(ids):
@@ -150,13 +151,13 @@ def plan_slots(gpus: Optional[Sequence[Any]], n_jobs: Optional[int]) -> List[Opt
     return ids[: n_jobs or len(ids)]
 
 
-def missing_gpus(missing: List[str]) -> str:
-    """The line for ``hydra.launcher.gpus`` naming GPUs this process cannot use."""
+def missing_gpus(missing: List[str], present: List[str]) -> str:
+    """The line for ``hydra.launcher.gpus`` naming GPUs this process cannot
+    use (``present``: those it can, :func:`detect_gpus`)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:  # a job's CUDA_VISIBLE_DEVICES names physical GPUs: stay inside this process's share
         return (f"hydra.launcher.gpus: {','.join(missing)} not in CUDA_VISIBLE_DEVICES={visible} "
                 "(the GPUs this sweep may use; give ids from that list)")
-    present = detect_gpus()
     return (f"hydra.launcher.gpus: {','.join(missing)} not a GPU of this machine (GPUs here, as torch counts "
             f"them: {','.join(present) or 'none'}; hydra.launcher.gpus=[] runs the jobs on CPU; "
             "a GPU UUID or MIG name: list it in CUDA_VISIBLE_DEVICES)")

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlt import stopping
 from xlt.checkpoints import AtomicCheckpointIO
 from xlt.config import TRAINER_XLT_KEYS
-from xlt.errors import XltError
+from xlt.errors import XltError, one_line
 from xlt.rundir import in_multirun
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,6 @@ def config_callbacks(cfg: DictConfig) -> list:
         return [instantiate(node, _convert_="all") for node in nodes]
     except Exception as err:  # noqa: BLE001
         raise XltError(f"cannot create a callback of trainer.callbacks: {one_line(err.__cause__ or err)}") from err
-
-
-def one_line(err: BaseException) -> str:
-    """``err``'s message on one line (Hydra's and Lightning's run over several)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def make_trainer(

@@ -16,12 +16,9 @@ commit against the one the job records (``loaded_commit``).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from xlt.errors import XltError
-
-_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 def load_hub(path: str, name: str | None, split: str, revision: str | None = None):
@@ -55,7 +52,9 @@ def loaded_commit(dataset) -> str | None:
     ``<repo>/<config>/<version>/<commit>/`` (None: not from a hub cache)."""
     files = getattr(dataset, "cache_files", None) or []
     folder = Path(files[0]["filename"]).parent.name if files else ""
-    return folder if _SHA.fullmatch(folder) else None
+    from xlt.revisions import is_sha
+
+    return folder if is_sha(folder) else None
 
 
 def dataset_revision(path: str, revision: str | None = None) -> str:
