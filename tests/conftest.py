@@ -64,9 +64,13 @@ def process_state_is_per_test():
     another only on some runs: an in-process ``xlt --cfg job`` left Hydra's
     config set (mode None) and 13 job tests of the CI run crashed on it.
     Restored after each test: the environment, ``sys.argv``, Hydra's global
-    config, and ``xlt.stopping``'s record of a stopped sweep (which makes
-    later jobs of the process "not run").
+    config, ``xlt.stopping``'s record of a stopped sweep (which makes
+    later jobs of the process "not run"), and the root logger's handlers:
+    an in-process job's handler writes to that test's captured stderr,
+    closed after it, and a later test's log line became a "Logging error"
+    traceback in its own captured stderr (xlt-analyze's one-line error test).
     """
+    import logging
     import sys
 
     from hydra.core.global_hydra import GlobalHydra
@@ -75,9 +79,12 @@ def process_state_is_per_test():
     from xlt import stopping
 
     environ, argv, state = dict(os.environ), list(sys.argv), stopping._state
+    root, handlers = logging.getLogger(), list(logging.getLogger().handlers)
     try:
         yield
     finally:
+        for handler in [h for h in root.handlers if h not in handlers and not type(h).__module__.startswith("_pytest")]:
+            root.removeHandler(handler)
         os.environ.clear()
         os.environ.update(environ)
         sys.argv[:] = argv
