@@ -356,6 +356,52 @@ def test_retrieval_states_and_paths_are_checked_before_launch(monkeypatch, capsy
     assert one_line_error(monkeypatch, capsys, *overrides.split()) == WALKTHROUGH[overrides]
 
 
+# ---- files named where nothing reads them (audit: the task's own file was used, without a word) ----
+def test_a_language_file_entry_no_task_reads_is_one_line(monkeypatch, capsys, tmp_path):
+    """``lang.local.<task>.<key>`` replaces one task file for a language: a
+    task name no task has (wikiann for ner) or a key the task has no file
+    for left the task's own file in use."""
+    assert one_line_error(monkeypatch, capsys, "task=ner", "lang=es", "+lang.local.wikiann.eval=x.tsv") == (
+        "lang.local.wikiann: lang=es replaces files of task wikiann, and no task has that name "
+        "(tasks: ner, pawsx, qa, retrieval, xnli)")
+    assert one_line_error(monkeypatch, capsys, "task=ner", "lang=ru", "+lang.local.nerr.eval=x.tsv").startswith(
+        "lang.local.nerr: lang=ru replaces files of task nerr, and no task has that name (did you mean ner? ")
+    assert one_line_error(monkeypatch, capsys, "task=ner", "lang=ru", "+lang.local.ner.evl=x.tsv") == (
+        "lang.local.ner.evl: task=ner has no local file evl (its files: train, eval)")
+    validate(compose(["task=xnli", "lang=ru", "paths.output_dir=unused"]))  # ru's ner entry: another task's
+    # A task that only a searchpath folder has may be named by a language file, and run or not.
+    (tmp_path / "task").mkdir()
+    (tmp_path / "lang").mkdir()
+    (tmp_path / "task" / "mine.yaml").write_text((CONF_DIR / "task" / "ner.yaml").read_text().replace("name: ner", "name: mine"))
+    (tmp_path / "lang" / "xx.yaml").write_text("code: xx\nname: Testish\nlocal:\n  mine: {eval: c.tsv}\n")
+    for task in ("mine", "ner"):
+        cli.check_jobs([f"hydra.searchpath=[file://{tmp_path}]", "lang=xx", f"task={task}"])
+    # In the job, the searchpath is the running job's (HydraConfig), as a launcher's worker has it.
+    from hydra.core.hydra_config import HydraConfig
+
+    from xlt.contract import _composed
+
+    job = _composed([f"hydra.searchpath=[file://{tmp_path}]", "lang=xx", "task=ner", "paths.output_dir=unused"],
+                    return_hydra_config=True)
+    HydraConfig.instance().set_config(job)
+    try:
+        validate(compose([f"hydra.searchpath=[file://{tmp_path}]", "lang=xx", "task=ner", "paths.output_dir=unused"]))
+        with pytest.raises(XltError, match="^lang.local.mine: lang=xx replaces files of task mine, and no task"):
+            validate(compose([f"hydra.searchpath=[file://{tmp_path}]", "lang=xx", "task=ner", "paths.output_dir=unused"]),
+                     searchpath=[])
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_a_missing_links_file_is_one_line_before_the_corpus_is_read(monkeypatch, capsys):
+    """xlt-align read and tokenised the whole corpus (22 s for 29K pairs),
+    then said "alignment file not found", without the key."""
+    assert one_line_error(monkeypatch, capsys, "aligner.pharaoh_path=/nope/links.txt") == (
+        "aligner.pharaoh_path=/nope/links.txt: no such file (/nope/links.txt)")
+    with pytest.raises(XltError, match=r"^aligner.pharaoh_path=/nope/links.txt: no such file"):
+        validate(compose(["command=align", "aligner.pharaoh_path=/nope/links.txt", "paths.output_dir=unused"]))
+
+
 @pytest.mark.parametrize("show", [("--cfg", "job"), ("-c", "job"), ("--info",), ("--package", "task")])
 def test_a_dry_run_checks_the_config_as_a_run_would(monkeypatch, capsys, show):
     """``--cfg job`` (the README's dry run) skipped every check: an invalid

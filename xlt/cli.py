@@ -119,7 +119,7 @@ def check_jobs(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from xlt.contract import compose, hydra_settings, one_line, validate
+    from xlt.contract import compose, hydra_settings, one_line
 
     if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv):
         return
@@ -129,7 +129,7 @@ def check_jobs(argv: list[str]) -> None:
         check_sweep_syntax(argv, hydra)
         sweeps = preset_sweeps(first, hydra)
         for overrides in job_overrides([*sweeps, *argv]):
-            validate(compose([*overrides, "paths.output_dir=."]))
+            compose([*overrides, "paths.output_dir=."], check=True)
     except (HydraException, OmegaConfBaseException, XltError) as err:
         fail(one_line(err))
 

@@ -625,12 +625,14 @@ def _dataclass_in(hint: Any) -> Optional[type]:
     return next((arg for arg in get_args(hint) if is_dataclass(arg)), None)
 
 
-def problems(cfg: DictConfig) -> Iterator[str]:
+def problems(cfg: DictConfig, searchpath: Optional[list[str]] = None) -> Iterator[str]:
     """Every problem of a composed job config, one line each: keys no schema
     has, required values left out, values outside their field's choices and
     ranges, then the rules between fields.
     ``xlt-align`` trains nothing: its trainer settings are not its concern
-    (checking them imports Lightning, a third of an align job's memory)."""
+    (checking them imports Lightning, a third of an align job's memory).
+    ``searchpath``: the composition's ``hydra.searchpath`` (None: the
+    running job's), whose folders may hold the tasks a language file names."""
     yield from unknown_keys(cfg, XltConfig)
     yield from (f"{key} is required: pass {key}=<value>" for key in _missing(cfg))
     yield from field_problems(cfg, XltConfig, skip=() if trains(cfg) else ("trainer",))
@@ -638,6 +640,9 @@ def problems(cfg: DictConfig) -> Iterator[str]:
         message = rule(cfg)
         if message:
             yield message
+    message = _language_files(cfg, config_folders(searchpath))
+    if message:
+        yield message
 
 
 def trains(cfg: DictConfig) -> bool:
@@ -772,6 +777,48 @@ def _pharaoh_words(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _pharaoh_file(cfg: DictConfig) -> Optional[str]:
+    """The links file is there before the corpus is read (minutes for a
+    large one), and the error names the key that gave it."""
+    pharaoh = cfg.aligner.pharaoh_path
+    if pharaoh and not os.path.isfile(str(pharaoh)):
+        return f"aligner.pharaoh_path={pharaoh}: no such file ({os.path.abspath(str(pharaoh))})"
+    return None
+
+
+def _language_files(cfg: DictConfig, folders: Optional[list[Path]]) -> Optional[str]:
+    """``lang.local.<task>.<key>`` replaces one of a task's local files for
+    this language: an entry no task reads (``wikiann:`` for task ``ner``, a
+    key the task has no file for) would leave the task's own file in use,
+    without a word.  ``folders``: the config folders whose task files name
+    the tasks there are (None: one cannot be listed, names go unchecked)."""
+    local, task = cfg.lang.local, cfg.task
+    tasks = sorted({path.stem for folder in folders or [] for path in (folder / "task").glob("*.yaml")} | {task.name})
+    for name in local if folders is not None else []:
+        if name not in tasks:
+            close = difflib.get_close_matches(str(name), tasks, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            return (f"lang.local.{name}: lang={cfg.lang.code} replaces files of task {name}, and no task has that "
+                    f"name ({hint}tasks: {', '.join(tasks)})")
+    unknown = [key for key in (local.get(task.name) or {}) if key not in task.local]
+    if unknown:
+        return (f"lang.local.{task.name}.{unknown[0]}: task={task.name} has no local file {unknown[0]} "
+                f"(its files: {', '.join(task.local) or 'none'})")
+    return None
+
+
+def config_folders(searchpath: Optional[list[str]] = None) -> Optional[list[Path]]:
+    """xlt's config folder and those ``hydra.searchpath`` adds (``searchpath``,
+    else the running job's); None when one is not a folder (``pkg://``)."""
+    if searchpath is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        searchpath = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+    if any(str(entry).startswith("pkg://") for entry in searchpath):
+        return None
+    return [CONF_DIR, *(Path(str(entry).removeprefix("file://")) for entry in searchpath)]
+
+
 def _export_folder(cfg: DictConfig) -> Optional[str]:
     """``aligner.export`` is written into an existing folder, never a new one."""
     export = cfg.aligner.export
@@ -799,7 +846,7 @@ def _trainer_arguments(cfg: DictConfig) -> Optional[str]:
 
 RULES: tuple[Callable[[DictConfig], Optional[str]], ...] = (
     _batch_divides, _size_within_pool, _tokens_chosen, _random_model, _unread_pretrained, _hub_revision,
-    _continual_needs_corpus, _fast_align_flags, _objective_settings, _pharaoh_words,
+    _continual_needs_corpus, _fast_align_flags, _objective_settings, _pharaoh_words, _pharaoh_file,
     _export_folder, _trainer_arguments,
 )
 

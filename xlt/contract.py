@@ -18,18 +18,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from xlt import config
 from xlt.errors import XltError
 
 
-def compose(overrides: list[str]) -> DictConfig:
+def compose(overrides: list[str], check: bool = False) -> DictConfig:
     """The bound job config of ``overrides`` outside a Hydra app (tests,
     ``xlt-analyze``, bench).  ``paths.output_dir`` must be given (it is
     Hydra's run dir inside an app); ``hydra.searchpath=[file://DIR]`` adds a
-    folder of config groups (a new language, model or task YAML)."""
-    return bind(_composed(overrides))
+    folder of config groups (a new language, model or task YAML).
+    ``check`` validates it while those folders are known: a language file
+    may replace the files of a task that only a searchpath folder has."""
+    return bind(_composed(overrides, check=check))
 
 
 def hydra_settings(overrides: list[str]) -> DictConfig:
@@ -39,9 +41,9 @@ def hydra_settings(overrides: list[str]) -> DictConfig:
     return _composed(overrides, return_hydra_config=True).hydra
 
 
-def _composed(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
-    """Hydra's composition of ``overrides`` from xlt's config folder; a
-    composition error is one line."""
+def _composed(overrides: list[str], return_hydra_config: bool = False, check: bool = False) -> DictConfig:
+    """Hydra's composition of ``overrides`` from xlt's config folder (and
+    validated, with ``check``); a composition error is one line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -49,9 +51,16 @@ def _composed(overrides: list[str], return_hydra_config: bool = False) -> DictCo
     config.register_configs()
     try:
         with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config or check)
     except HydraException as err:
         raise XltError(one_line(err)) from None
+    if check:
+        searchpath = list(cfg.hydra.searchpath)
+        if not return_hydra_config:
+            with open_dict(cfg):
+                del cfg["hydra"]
+        validate(cfg, searchpath)
+    return cfg
 
 
 def bind(cfg: DictConfig) -> DictConfig:
@@ -63,12 +72,12 @@ def bind(cfg: DictConfig) -> DictConfig:
     return registry.bind(cfg)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, searchpath: list[str] | None = None) -> None:
     """Bind the task and check every key of a composed job config; raise
     the first problem as an XltError naming the key, its value and what is
-    allowed."""
+    allowed.  ``searchpath``: its ``hydra.searchpath`` (None: the running job's)."""
     bind(cfg)
-    for problem in config.problems(cfg):
+    for problem in config.problems(cfg, searchpath):
         raise XltError(problem)
     if config.trains(cfg):
         from xlt.tasks import registry

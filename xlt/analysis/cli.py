@@ -105,11 +105,9 @@ def positive_int(key: str, value: str) -> int:
 def compose_config(overrides: list[str], lang: Optional[str], out: Path) -> DictConfig:
     """The job config of ``overrides``, composed and validated exactly as
     ``xlt`` does it (every state then says which mode made it)."""
-    from xlt.contract import compose, validate
+    from xlt.contract import compose
 
-    cfg = compose(overrides + ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"])
-    validate(cfg)
-    return cfg
+    return compose(overrides + ([f"lang={lang}"] if lang else []) + [f"paths.output_dir={out}"], check=True)
 
 
 # ---------------------------------------------------------------------------
