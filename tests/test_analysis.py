@@ -305,6 +305,23 @@ def test_an_empty_out_is_one_line_not_the_working_directory(argv, key, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [["--out", "lang=ru"], ["--out=lang=ru"], ["--out", "+corpus.size=5"]])
+def test_an_override_given_as_out_is_one_line(argv, tmp_path, capsys, monkeypatch):
+    """``--out lang=ru`` (the folder left out) wrote into a folder named
+    "lang=ru" and measured the default language; ``./lang=ru`` still names one."""
+    from xlt.analysis import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "analyze_language", lambda *a: pytest.fail("measured"))
+    assert cli.main(["model=tiny", *argv]) == 2
+    value = argv[-1].removeprefix("--out=")
+    assert capsys.readouterr().err == (f"xlt-analyze: error: --out needs a directory, got the override {value} "
+                                       f"(write --out DIR {value}, or --out ./{value} for a folder of that name)\n")
+    assert list(tmp_path.iterdir()) == []
+    assert cli.parse_args(["--out", "./lang=ru"]).out == Path("./lang=ru")
+    assert cli.parse_args(["--out", "runs/lang=ru"]).out == Path("runs/lang=ru")
+
+
 @pytest.mark.parametrize("value, message", [
     ("", "states.mine= is empty: give a model folder, a .ckpt or a job folder"),
     ("{sweep}", "states.mine={sweep}: holds no model (no config.json; give a save_pretrained model folder"),

@@ -90,10 +90,27 @@ def parse_args(argv: list[str]) -> Request:
 
 def out_dir(key: str, value: str) -> Path:
     """The output folder given as ``key``; an empty value is an error, not
-    ``Path("")``, which is the working directory."""
+    ``Path("")``, which is the working directory, and so is an override
+    (``--out lang=ru``: the folder left out, the override taken for it and
+    the default language measured)."""
     if not value.strip():
         raise XltError(f"{key} needs a directory (got an empty value)")
+    if _is_override(value):
+        raise XltError(f"{key} needs a directory, got the override {value} (write {key} DIR {value}, "
+                       f"or {key} ./{value} for a folder of that name)")
     return Path(value)
+
+
+def _is_override(value: str) -> bool:
+    """``lang=ru``, ``+corpus.size=5``, ``states.adjusted=...``: a config
+    key of xlt's (or this command's) before an ``=``."""
+    from dataclasses import fields
+
+    from xlt.config import XltConfig
+
+    name, eq, _ = value.partition("=")
+    roots = {spec.name for spec in fields(XltConfig)} | {"states", "analysis", "experiment", "hydra"}
+    return bool(eq) and name.lstrip("+~").split(".")[0].split("/")[0] in roots
 
 
 def positive_int(key: str, value: str) -> int:
