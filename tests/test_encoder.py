@@ -43,7 +43,9 @@ def test_a_random_model_is_the_same_in_every_call_and_leaves_the_callers_rng(tin
 NOT_A_MODEL = {
     "missing": "no such directory on this machine",
     "file": "not a directory",
-    "empty": "no config.json in this directory, not a saved model",
+    "empty": "holds no model (no config.json)",
+    "weightless": "holds no weights (none of model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+                  "pytorch_model.bin.index.json)",
 }
 
 
@@ -65,9 +67,13 @@ def test_a_model_folder_that_is_no_model_is_one_line_before_any_work(tmp_path, k
         folder.write_text("")
     elif kind == "empty":
         folder.mkdir()
+    elif kind == "weightless":  # what a state path is checked for too (xlt.stages.states)
+        from transformers import BertConfig
+
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(folder)
     cfg = job(tmp_path, str(folder))
     validate(cfg)
-    expected = f"model.pretrained={folder}: {NOT_A_MODEL[kind]} ({MODEL_FOLDER})"
+    expected = f"model.pretrained={folder}: {NOT_A_MODEL[kind]}; {MODEL_FOLDER}"
     with pytest.raises(XltError) as err:
         run_job(cfg)
     assert str(err.value) == expected
@@ -84,7 +90,7 @@ def test_the_command_line_says_it_in_one_line_and_records_it(tmp_path, monkeypat
                                       f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(SystemExit) as stop:
         cli.main()
-    message = f"model.pretrained={empty}: no config.json in this directory, not a saved model ({MODEL_FOLDER})"
+    message = f"model.pretrained={empty}: holds no model (no config.json); {MODEL_FOLDER}"
     assert stop.value.code == 2 and capsys.readouterr().err == f"xlt: error: {message}\n"
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (record["status"], record["error"]) == ("failed", message)
@@ -98,7 +104,8 @@ def test_a_path_names_a_folder_whether_or_not_it_exists(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for folder in (tmp_path / "m", tmp_path / "home" / "m"):
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text("{}")
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+        (folder / "model.safetensors").write_text("")  # named, not read, by the check
     named = {"./m": "./m", "m": "m", "~/m": str(tmp_path / "home" / "m"), str(tmp_path / "m"): str(tmp_path / "m")}
     for given, folder in named.items():
         model = ModelConfig(name="x", source="hub", pretrained=given)
@@ -111,17 +118,17 @@ def test_a_path_names_a_folder_whether_or_not_it_exists(tmp_path, monkeypatch):
 
 
 def test_a_folder_the_loader_cannot_read_is_one_line(tmp_path):
-    """A config.json without weights, or a folder given as a model state:
+    """Weights that cannot be read, or a folder given as a model state:
     transformers' OSError / ValueError traceback became one line naming it."""
     from transformers import BertConfig
 
-    folder = tmp_path / "config-only"
+    folder = tmp_path / "torn"
     BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=8).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")  # a copy cut short
     with pytest.raises(XltError) as err:
         load_encoder(ModelConfig(name="mine", source="hub", pretrained=str(folder)), str(tmp_path))
-    assert str(err.value).startswith(f"cannot load model.pretrained={folder} (model=mine) from disk (OSError: Error no "
-                                     f"file named model.safetensors")
+    assert str(err.value).startswith(f"cannot load model.pretrained={folder} (model=mine) from disk (")
     assert str(err.value).endswith(f"; {MODEL_FOLDER}") and "\n" not in str(err.value)
     (tmp_path / "state").mkdir()
     with pytest.raises(XltError, match=rf"^cannot load the model in {tmp_path / 'state'} from disk \(ValueError: "):

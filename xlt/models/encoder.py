@@ -11,8 +11,10 @@ An adjusted model is just another directory passed as ``path``.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -50,14 +52,40 @@ def local_model(cfg: ModelConfig) -> str | None:
     folder = local_folder(cfg.pretrained) if cfg.source == "hub" else None
     if folder is None:
         return None
-    given = f"model.pretrained={cfg.pretrained}"
-    if not os.path.exists(folder):
-        raise XltError(f"{given}: no such directory on this machine ({MODEL_FOLDER})")
-    if not os.path.isdir(folder):
-        raise XltError(f"{given}: not a directory ({MODEL_FOLDER})")
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise XltError(f"{given}: no config.json in this directory, not a saved model ({MODEL_FOLDER})")
+    problem = ("no such directory on this machine" if not os.path.exists(folder) else
+               "not a directory" if not os.path.isdir(folder) else saved_model_problem(Path(folder)))
+    if problem:
+        raise XltError(f"model.pretrained={cfg.pretrained}: {problem}; {MODEL_FOLDER}")
     return folder
+
+
+# The weights of a save_pretrained folder, whole or sharded (an index).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def saved_model_problem(folder: Path, give: str = "") -> Optional[str]:
+    """Why ``folder`` is no save_pretrained model (a config.json naming a
+    known model_type, and weights), or None; said of the folder ("holds
+    ..."), ``give`` added to the no-config.json case (what else a reader
+    takes).  Read without loading weights: a model path and a model state
+    are checked by it before any work."""
+    from transformers import CONFIG_MAPPING
+
+    config = folder / "config.json"
+    if not config.is_file():
+        return f"holds no model (no config.json{give})"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"has an unreadable config.json ({type(err).__name__}: {err})".splitlines()[0]
+    if not model_type:
+        return "has a config.json without model_type (not a save_pretrained model folder)"
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return f"has model_type {model_type!r} in its config.json, not a transformers model type"
+    if not any((folder / weights).is_file() for weights in WEIGHT_FILES):
+        return f"holds no weights (none of {', '.join(WEIGHT_FILES)})"
+    return None
 
 
 def hub_revision(cfg: ModelConfig) -> str | None:

@@ -45,6 +45,7 @@ from transformers import PreTrainedModel
 from xlt import results
 from xlt.config import STATES
 from xlt.errors import XltError
+from xlt.models.encoder import saved_model_problem
 from xlt.keys import (ADJUSTMENT_TRAINER_FREE, BOOKKEEPING, BUILD_FIELDS, REVISIONS, TRAINING_RECORD, adjusted_dir,
                       adjustment_settings, adjustment_trainer_of, stale_build, starts_adjusted, training_config)
 
@@ -326,10 +327,6 @@ def require_state_path(setting: str, name: str, path: str) -> None:
 
 
 # What ``from_pretrained`` loads weights from (safetensors, or torch's weights-only .bin; sharded: their index).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
 def state_path_problem(setting: str, name: str, path: str) -> Optional[str]:
     """Why ``<setting>=<path>`` cannot give state ``name``, or None.
 
@@ -354,30 +351,10 @@ def state_path_problem(setting: str, name: str, path: str) -> Optional[str]:
     where = "" if target == Path(path) else f"its {results.RESULTS_FILE} records {target}, which "
     if not target.exists():
         return f"{setting}={path}: {where}does not exist"
-    problem = model_folder_problem(target) if target.is_dir() else checkpoint_problem(target)
+    problem = (saved_model_problem(target, give=f"; give a save_pretrained model folder, a .ckpt or a job folder "
+                                               f"with {results.RESULTS_FILE}")
+               if target.is_dir() else checkpoint_problem(target))
     return f"{setting}={path}: {where}{problem}" if problem else None
-
-
-def model_folder_problem(folder: Path) -> Optional[str]:
-    """Why ``folder`` is no save_pretrained model (a config.json naming a
-    known model_type, and weights), or None; said of the folder: "holds ..."."""
-    from transformers import CONFIG_MAPPING
-
-    config = folder / "config.json"
-    if not config.is_file():
-        return (f"holds no model (no config.json; give a save_pretrained model folder, "
-                f"a .ckpt or a job folder with {results.RESULTS_FILE})")
-    try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as err:
-        return f"has an unreadable config.json ({type(err).__name__}: {err})".splitlines()[0]
-    if not model_type:
-        return "has a config.json without model_type (not a save_pretrained model folder)"
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        return f"has model_type {model_type!r} in its config.json, not a transformers model type"
-    if not any((folder / weights).is_file() for weights in WEIGHT_FILES):
-        return f"holds no weights (none of {', '.join(WEIGHT_FILES)})"
-    return None
 
 
 def checkpoint_problem(checkpoint: Path) -> Optional[str]:
