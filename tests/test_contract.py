@@ -151,7 +151,7 @@ def schema_groups() -> list[str]:
 def test_every_typed_node_but_the_trainer_rejects_an_added_key():
     """The trainer takes any lightning.Trainer argument (checked against its
     signature), task.options its kind's schema, a logger its class's
-    arguments, task.local a file per evaluation set: those stay open."""
+    arguments, task.local / task.hub the names its kind reads: those stay open."""
     assert {"model", "model.random", "corpus", "adjustment", "task", "trainer"} <= set(schema_groups())
     for group in schema_groups():
         cfg = compose(["model=tiny", f"+{group}.zz=1", "paths.output_dir=unused"])
@@ -165,8 +165,20 @@ def test_every_typed_node_but_the_trainer_rejects_an_added_key():
         validate(compose(["+zz=1", "paths.output_dir=unused"]))
     with pytest.raises(XltError, match=r"^corpus.sise=5: corpus has no key sise"):  # xlt-align too
         validate(compose(["command=align", "+corpus.sise=5", "paths.output_dir=unused"]))
-    validate(compose(["+trainer.gradient_clip_val=1.0", "+task.local.extra=x.tsv", "+logger.flush_logs_every_n_steps=10",
-                      "paths.output_dir=unused"]))
+    validate(compose(["+trainer.gradient_clip_val=1.0", "+logger.flush_logs_every_n_steps=10", "paths.output_dir=unused"]))
+
+
+def test_a_task_file_or_dataset_the_kind_does_not_read_is_one_line(monkeypatch, capsys):
+    """Hydra's own error for ``task.local.trian=x`` advises ``+task.local.trian=x``,
+    which composed and was read by nothing: the job trained on the default file."""
+    assert one_line_error(monkeypatch, capsys, "+task.local.trian=x.tsv") == (
+        "task.local.trian: task=xnli (kind pair_classification) reads no file of that name "
+        "(did you mean train? its files: train, eval, english)")
+    assert one_line_error(monkeypatch, capsys, "task=qa", "+task.hub.xquad_en={path:x}") == (
+        "task.hub.xquad_en: task=qa (kind qa) reads no dataset of that name (did you mean xquad? its datasets: "
+        "train, xquad, mlqa, tydiqa)")
+    assert one_line_error(monkeypatch, capsys, "task=retrieval", "+task.local.eval=x") == (
+        "task.local.eval: task=retrieval (kind retrieval) reads no file of that name (its files: tatoeba)")
 
 
 # ---- model.pretrained where the source does not read it (audit: e5_small trained, "/nope" recorded) ----

@@ -29,6 +29,7 @@ Shapes:
 
 from __future__ import annotations
 
+import difflib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ class Task(ABC):
     # The same for ``data=hub``: the ``task.hub`` datasets training reads
     # (their commits key the checkpoint, ``xlt.keys.hub_sources``).
     train_hub: ClassVar[tuple[str, ...]] = ("train",)
+    # The ``task.local`` files and ``task.hub`` datasets the kind reads, by
+    # key: an entry of another name (``+task.local.trian=...``, as Hydra's own
+    # error for ``task.local.trian=...`` advises) would be read by nothing.
+    local_files: ClassVar[tuple[str, ...]] = ("train", "eval")
+    hub_sets: ClassVar[tuple[str, ...]] = ("train", "eval")
     # ``task.options`` that only the evaluation reads: a sweep over them
     # reuses one fine-tuned model (``xlt.keys.training_config``).
     evaluation_options: ClassVar[tuple[str, ...]] = ()
@@ -111,6 +117,13 @@ class Task(ABC):
         unknown = [name for name in cfg.task.eval_sets if name not in valid]
         if unknown:
             yield f"task.eval_sets: unknown {', '.join(unknown)} for task={cfg.task.name}; valid: {', '.join(valid)}"
+        for field, names, what in (("local", cls.local_files, "file"), ("hub", cls.hub_sets, "dataset")):
+            unread = [str(key) for key in cfg.task[field] if key not in names]
+            if unread:
+                close = difflib.get_close_matches(unread[0], names, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                yield (f"task.{field}.{unread[0]}: task={cfg.task.name} (kind {cls.kind}) reads no {what} of that name "
+                       f"({hint}its {what}s: {', '.join(names)})")
 
     def local_path(self, key: str, lang: str | None = None, **fmt: str) -> str:
         """The local file ``task.local.<key>`` (or the language's own,

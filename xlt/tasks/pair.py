@@ -114,6 +114,7 @@ class PairClassificationTask(FineTuningTask):
 
     kind = "pair_classification"
     options_schema = PairOptions
+    local_files = ("train", "eval", "english")  # english: the source-language set of mixed-language evaluation
     evaluation_options = ("mixed_seed",)
 
     @classmethod

@@ -291,6 +291,8 @@ class QaTask(FineTuningTask):
     label_keys = ("start_positions", "end_positions")
     train_inputs = ("train", "xquad_en")  # training drops the English XQuAD paragraphs (drop_overlap)
     train_hub = ("train", "xquad")
+    local_files = ("train", "xquad", "xquad_en", "mlqa", "tydiqa")
+    hub_sets = ("train", "xquad", "mlqa", "tydiqa")
     evaluation_options = ("n_best", "max_answer_length", "mlqa_split", "mlqa_metric", "cross_lingual")
 
     @classmethod

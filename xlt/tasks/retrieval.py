@@ -140,6 +140,8 @@ class RetrievalTask(StateEvaluationTask):
 
     kind = "retrieval"
     options_schema = RetrievalOptions
+    local_files = ("tatoeba",)  # LASER's tatoeba folder (task.options.source=tatoeba_local)
+    hub_sets = ("eval",)
     significance = "sign_flip"  # per-query correctness, paired over queries
 
     @classmethod
