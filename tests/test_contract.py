@@ -379,7 +379,10 @@ def test_a_language_file_entry_no_task_reads_is_one_line(monkeypatch, capsys, tm
     assert one_line_error(monkeypatch, capsys, "task=ner", "lang=ru", "+lang.local.nerr.eval=x.tsv").startswith(
         "lang.local.nerr: lang=ru replaces files of task nerr, and no task has that name (did you mean ner? ")
     assert one_line_error(monkeypatch, capsys, "task=ner", "lang=ru", "+lang.local.ner.evl=x.tsv") == (
-        "lang.local.ner.evl: task=ner has no local file evl (its files: train, eval)")
+        "lang.local.ner.evl: task=ner (kind ner) reads no file of that name (did you mean eval? its files: train, eval)")
+    unlisted = compose(["task=ner", "lang=es", "+lang.local.wikiann.eval=x.tsv", "paths.output_dir=unused"])
+    for source in ("pkg://elsewhere.conf", "structured://x"):  # a source that cannot be listed: names unchecked
+        validate(unlisted, searchpath=[source])
     validate(compose(["task=xnli", "lang=ru", "paths.output_dir=unused"]))  # ru's ner entry: another task's
     # A task that only a searchpath folder has may be named by a language file, and run or not.
     (tmp_path / "task").mkdir()

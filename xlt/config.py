@@ -787,36 +787,36 @@ def _pharaoh_file(cfg: DictConfig) -> Optional[str]:
 
 
 def _language_files(cfg: DictConfig, folders: Optional[list[Path]]) -> Optional[str]:
-    """``lang.local.<task>.<key>`` replaces one of a task's local files for
-    this language: an entry no task reads (``wikiann:`` for task ``ner``, a
-    key the task has no file for) would leave the task's own file in use,
-    without a word.  ``folders``: the config folders whose task files name
-    the tasks there are (None: one cannot be listed, names go unchecked)."""
-    local, task = cfg.lang.local, cfg.task
-    tasks = sorted({path.stem for folder in folders or [] for path in (folder / "task").glob("*.yaml")} | {task.name})
-    for name in local if folders is not None else []:
+    """``lang.local.<task>`` replaces a task's local files for this language:
+    an entry for a task no config folder has (``wikiann:`` where the task is
+    ``ner``) would leave the task's own file in use, without a word (the keys
+    under it are the task kind's to check: ``Task.problems``).  ``folders``:
+    the config folders whose task files name the tasks there are (None: one
+    cannot be listed, names go unchecked)."""
+    if folders is None:
+        return None
+    tasks = sorted({path.stem for folder in folders for path in (folder / "task").glob("*.yaml")} | {cfg.task.name})
+    for name in cfg.lang.local:
         if name not in tasks:
             close = difflib.get_close_matches(str(name), tasks, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             return (f"lang.local.{name}: lang={cfg.lang.code} replaces files of task {name}, and no task has that "
                     f"name ({hint}tasks: {', '.join(tasks)})")
-    unknown = [key for key in (local.get(task.name) or {}) if key not in task.local]
-    if unknown:
-        return (f"lang.local.{task.name}.{unknown[0]}: task={task.name} has no local file {unknown[0]} "
-                f"(its files: {', '.join(task.local) or 'none'})")
     return None
 
 
 def config_folders(searchpath: Optional[list[str]] = None) -> Optional[list[Path]]:
     """xlt's config folder and those ``hydra.searchpath`` adds (``searchpath``,
-    else the running job's); None when one is not a folder (``pkg://``)."""
+    else the running job's; Hydra reads an entry without a scheme as a
+    folder); None when one is not a folder (``pkg://``)."""
     if searchpath is None:
         from hydra.core.hydra_config import HydraConfig
 
         searchpath = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
-    if any(str(entry).startswith("pkg://") for entry in searchpath):
+    folders = [str(entry).removeprefix("file://") for entry in searchpath]
+    if any("://" in folder for folder in folders):  # pkg://, a plugin's source
         return None
-    return [CONF_DIR, *(Path(str(entry).removeprefix("file://")) for entry in searchpath)]
+    return [CONF_DIR, *map(Path, folders)]
 
 
 def _export_folder(cfg: DictConfig) -> Optional[str]:

@@ -117,12 +117,15 @@ class Task(ABC):
         unknown = [name for name in cfg.task.eval_sets if name not in valid]
         if unknown:
             yield f"task.eval_sets: unknown {', '.join(unknown)} for task={cfg.task.name}; valid: {', '.join(valid)}"
-        for field, names, what in (("local", cls.local_files, "file"), ("hub", cls.hub_sets, "dataset")):
-            unread = [str(key) for key in cfg.task[field] if key not in names]
+        language = cfg.lang.local.get(cfg.task.name) or {}  # lang.local.<task>: this language's own files
+        for key, node, names, what in (("task.local", cfg.task.local, cls.local_files, "file"),
+                                       ("task.hub", cfg.task.hub, cls.hub_sets, "dataset"),
+                                       (f"lang.local.{cfg.task.name}", language, cls.local_files, "file")):
+            unread = [str(name) for name in node if name not in names]
             if unread:
                 close = difflib.get_close_matches(unread[0], names, n=1)
                 hint = f"did you mean {close[0]}? " if close else ""
-                yield (f"task.{field}.{unread[0]}: task={cfg.task.name} (kind {cls.kind}) reads no {what} of that name "
+                yield (f"{key}.{unread[0]}: task={cfg.task.name} (kind {cls.kind}) reads no {what} of that name "
                        f"({hint}its {what}s: {', '.join(names)})")
 
     def local_path(self, key: str, lang: str | None = None, **fmt: str) -> str:
