@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Optional, get_args, get_type_hints
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -39,10 +39,18 @@ from xlt.revisions import hub_repository
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def group_options(group: str) -> list[str]:
+def group_options(group: str, folders: Iterable[Path] = (CONF_DIR,)) -> list[str]:
     """The options of a config group shipped in ``conf/`` (``mode``:
-    adjusted, continual, original): its YAML files are the one list."""
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+    adjusted, continual, original), or in ``folders``: its YAML files are
+    the one list."""
+    return sorted({path.stem for folder in folders for path in (Path(folder) / group).glob("*.yaml")})
+
+
+def did_you_mean(given: str, valid: Iterable[str]) -> str:
+    """``"did you mean size? "`` for a near miss among ``valid``, else ``""``
+    (the start of a message's parenthesis that lists the valid names)."""
+    close = difflib.get_close_matches(given, list(valid), n=1)
+    return f"did you mean {close[0]}? " if close else ""
 
 # ---------------------------------------------------------------------------
 # Valid values (one place; the modules that act on them import them)
@@ -585,10 +593,8 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> Iterator[s
 def _unknown(node: DictConfig, key: str, prefix: str, names: list[str]) -> str:
     """``corpus.sise=5: corpus has no key sise (did you mean size? keys: ...)``."""
     value = OmegaConf.to_container(node, resolve=False)[key]  # as given: an interpolation unresolved
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
     return (f"{prefix}{key}={_shown(value)}: {prefix.rstrip('.') or 'the job config'} has no key {key} "
-            f"({hint}keys: {', '.join(names)})")
+            f"({did_you_mean(key, names)}keys: {', '.join(names)})")
 
 
 def _dataclass_of(value: Any) -> Optional[type]:
@@ -795,13 +801,11 @@ def _language_files(cfg: DictConfig, folders: Optional[list[Path]]) -> Optional[
     cannot be listed, names go unchecked)."""
     if folders is None:
         return None
-    tasks = sorted({path.stem for folder in folders for path in (folder / "task").glob("*.yaml")} | {cfg.task.name})
+    tasks = sorted({*group_options("task", folders), cfg.task.name})
     for name in cfg.lang.local:
         if name not in tasks:
-            close = difflib.get_close_matches(str(name), tasks, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
             return (f"lang.local.{name}: lang={cfg.lang.code} replaces files of task {name}, and no task has that "
-                    f"name ({hint}tasks: {', '.join(tasks)})")
+                    f"name ({did_you_mean(str(name), tasks)}tasks: {', '.join(tasks)})")
     return None
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers import CONFIG_MAPPING, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from xlt.config import ModelConfig
 from xlt.errors import MODEL_FOLDER, XltError, folder_errors, hub_errors
@@ -70,8 +70,6 @@ def saved_model_problem(folder: Path, give: str = "") -> Optional[str]:
     ..."), ``give`` added to the no-config.json case (what else a reader
     takes).  Read without loading weights: a model path and a model state
     are checked by it before any work."""
-    from transformers import CONFIG_MAPPING
-
     config = folder / "config.json"
     if not config.is_file():
         return f"holds no model (no config.json{give})"

@@ -29,7 +29,6 @@ Shapes:
 
 from __future__ import annotations
 
-import difflib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from xlt.config import task_local
+from xlt.config import did_you_mean, task_local
 from xlt.data.words import FEATURE_CHUNK  # examples per tokenizer call (this module's chunks read it)
 from xlt.errors import XltError
 from xlt.models.inputs import model_inputs
@@ -123,10 +122,8 @@ class Task(ABC):
                                        (f"lang.local.{cfg.task.name}", language, cls.local_files, "file")):
             unread = [str(name) for name in node if name not in names]
             if unread:
-                close = difflib.get_close_matches(unread[0], names, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
                 yield (f"{key}.{unread[0]}: task={cfg.task.name} (kind {cls.kind}) reads no {what} of that name "
-                       f"({hint}its {what}s: {', '.join(names)})")
+                       f"({did_you_mean(unread[0], names)}its {what}s: {', '.join(names)})")
 
     def local_path(self, key: str, lang: str | None = None, **fmt: str) -> str:
         """The local file ``task.local.<key>`` (or the language's own,
