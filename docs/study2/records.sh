@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# Study 2's finished job records, kept in the repository.
+# Study 2's finished job records, kept in the repository, per machine class.
 #
 # xlt's caches resume a stage across sessions only while the machine keeps
 # them; a session that starts on a fresh machine has lost every job folder.
 # So each finished (status ok) job of the confirm stage is packed, once, into
-# docs/study2/confirm/records/<task>-<stage>-<job>.tar.xz: its results.json,
-# resolved config (.hydra), per-example predictions (what the significance
-# tests read) and train.log.  `unpack` puts them back under the sweep folders;
-# a rerun of confirm.sh at the same code version then skips those jobs
-# (xlt.results.finished: same config, seed, code and data, predictions there)
-# and xlt-report reads them as it reads any job.
-#   usage: bash docs/study2/records.sh pack|unpack   (from the study checkout;
-#          STUDY_RUNS as for confirm.sh, default multirun/study2)
+# docs/study2/confirm/records/<machine>/<task>-<stage>-<job>.tar.xz: its
+# results.json, resolved config (.hydra), per-example predictions (what the
+# significance tests read), train.log and machine.txt (the CPU it ran on).
+# `unpack` puts back the records of this machine's class under the sweep
+# folders; a rerun of confirm.sh at the same code version then skips those
+# jobs (xlt.results.finished: same config, seed, code and data, predictions
+# there) and xlt-report reads them as it reads any job.
+#
+# Why per machine class: the same job at the same code and data gives
+# other numbers on another CPU (an AMD EPYC against an Intel Xeon: up to
+# 0.5 points of entity F1), while two Intel Xeon machines agree to the last
+# digit; the paired tests must not pair predictions of two classes.
+#   usage: bash docs/study2/records.sh pack|unpack|machine   (from the study
+#          checkout; STUDY_RUNS as for confirm.sh, default multirun/study2;
+#          STUDY_MACHINE overrides the class read from /proc/cpuinfo)
 set -euo pipefail
 runs=${STUDY_RUNS:-multirun/study2}/confirm
-store=$(cd "$(dirname "$0")" && pwd)/confirm/records
+cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+case $cpu in
+  *AMD*EPYC*) class=amd-epyc ;;
+  *Intel*Xeon*) class=intel-xeon ;;
+  *) class=$(printf '%s' "$cpu" | tr 'A-Z' 'a-z' | sed 's/([a-z]*)//g; s/[^a-z0-9]\{1,\}/-/g; s/^-//; s/-$//') ;;
+esac
+machine=${STUDY_MACHINE:-$class}
+store=$(cd "$(dirname "$0")" && pwd)/confirm/records/$machine
 case ${1:-} in
+  machine) echo "$machine ($cpu)" ;;
   pack)
     mkdir -p "$store"
     for results in "$runs"/*/*/*/results.json; do
@@ -25,7 +40,8 @@ case ${1:-} in
       archive=$store/${rel//\//-}.tar.xz
       [ -e "$archive" ] && continue
       python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["status"] != "ok")' "$results" || continue
-      files=("$rel/results.json" "$rel/.hydra")
+      [ -e "$job/machine.txt" ] || echo "$cpu" > "$job/machine.txt"   # packed in the session that ran it
+      files=("$rel/results.json" "$rel/.hydra" "$rel/machine.txt")
       for optional in predictions train.log; do
         [ -e "$job/$optional" ] && files+=("$rel/$optional")
       done
@@ -39,7 +55,7 @@ case ${1:-} in
     for archive in "$store"/*.tar.xz; do
       [ -e "$archive" ] || continue
       tar -C "$runs" --skip-old-files -xJf "$archive"   # a job folder already here is kept as it is
-      echo "unpacked $(basename "$archive" .tar.xz)"
+      echo "unpacked $machine/$(basename "$archive" .tar.xz)"
     done ;;
-  *) echo "usage: records.sh pack|unpack" >&2; exit 2 ;;
+  *) echo "usage: records.sh pack|unpack|machine" >&2; exit 2 ;;
 esac
