@@ -3,11 +3,13 @@ handler runs, nothing is flushed), as a preempted node or an OOM killer would.
 
     python tests/kill_at_step.py N xlt-overrides...
     XLT_TEST_SIGNAL=SIGTERM python tests/kill_at_step.py N ...   (a polite stop instead)
-    XLT_TEST_STAGE=adjustment ...   (after adjustment step N; also: alignment, evaluation, done-json)
+    XLT_TEST_STAGE=adjustment ...   (after adjustment step N; also: alignment, evaluation, done-json,
+                                     adjustment-done)
 
 ``alignment`` signals as the aligner starts, ``evaluation`` at the first
 predicted batch, ``done-json`` between the weights-only save of a finished
-training and the write of its done.json.  The signal is sent once per process
+training and the write of its done.json, ``adjustment-done`` as the
+adjustment's finished weights are kept (before the encoder is measured and saved).  The signal is sent once per process
 (``XLT_TEST_SIGNAL_TWICE=SIGINT``: that one right after it, one stop delivered
 twice, as a scheduler's SIGTERM and the local launcher's forwarded SIGINT).
 """
@@ -46,6 +48,11 @@ def main() -> None:
         from xlt.models.adjust import AdjustModule
 
         AdjustModule.on_train_batch_end = after_step
+    elif stage == "adjustment-done":  # as the adjustment's finished weights are saved, before the encoder is
+        import xlt.stages.adjust as adjust
+
+        keep = adjust.keep_weights_only
+        adjust.keep_weights_only = lambda *args: (keep(*args), fire())
     elif stage == "alignment":
         import xlt.data.align as align
 
@@ -57,10 +64,10 @@ def main() -> None:
         predict_step = FineTuneModule.predict_step
         FineTuneModule.predict_step = lambda self, *args: fire() or predict_step(self, *args)
     elif stage == "done-json":
-        import xlt.stages.job as job
+        import xlt.checkpoints as checkpoints
 
-        write_json = job.write_json
-        job.write_json = lambda path, obj: (str(path).endswith("done.json") and fire()) or write_json(path, obj)
+        write_json = checkpoints.write_json
+        checkpoints.write_json = lambda path, obj: (str(path).endswith("done.json") and fire()) or write_json(path, obj)
     else:
         raise SystemExit(f"unknown XLT_TEST_STAGE {stage}")
     sys.argv = ["xlt", *sys.argv[2:]]

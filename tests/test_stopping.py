@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from xlt import stopping
 
@@ -130,14 +131,96 @@ def test_a_signal_at_any_stage_is_recorded_and_exits_non_zero(tmp_path, stage, s
     assert not (run / "predictions").exists() or not list((run / "predictions").iterdir()) or stage == "evaluation"
 
 
+def adjusted_folder(cache: Path) -> Path:
+    (folder,) = [p for p in (cache / "adjusted").iterdir() if p.is_dir() and not p.name.endswith(".resume")]
+    return folder
+
+
+def same_weights(a: Path, b: Path) -> list[str]:
+    """The tensors of two saved encoders that differ (none: bit-identical)."""
+    from safetensors.torch import load_file
+
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert first.keys() == second.keys()
+    return [k for k in first if not torch.equal(first[k], second[k])]
+
+
+def adjust(tmp_path: Path, cache: str, *args: str, step: int | None = None, stage: str = "adjustment",
+           signame: str = "SIGTERM") -> subprocess.CompletedProcess:
+    """``xlt-adjust`` on the demo corpus (10 steps, a checkpoint every 4);
+    with ``step``, signalled after that adjustment step."""
+    overrides = ["command=adjust", *ADJUSTED, "trainer.checkpoint_every_n_steps=4", f"hydra.run.dir={tmp_path / cache}-run"]
+    env = {**os.environ, "XLT_TEST_SIGNAL": signame, "XLT_TEST_STAGE": stage, "XLT_CACHE_DIR": str(tmp_path / cache)}
+    run = [str(REPO / "tests" / "kill_at_step.py"), str(step)] if step is not None else ["-m", "xlt"]
+    return subprocess.run([sys.executable, *run, *SMALL, *overrides, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The adjusted encoder of an uninterrupted ``xlt-adjust`` run."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    done = adjust(tmp_path, "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return adjusted_folder(tmp_path / "cache")
+
+
 @pytest.mark.slow
-def test_xlt_adjust_stopped_keeps_no_artifact(tmp_path):
-    """``xlt-adjust`` (SIGTERM during the adjustment's training) exits 143
-    and leaves no adjusted model: the next run builds it."""
-    stopped = signalled(tmp_path, "adjustment", "SIGTERM", "command=adjust", *ADJUSTED, f"hydra.run.dir={tmp_path / 'run'}")
+@pytest.mark.parametrize("signame, step, resumed", [("SIGTERM", 2, 2), ("SIGKILL", 6, 4)], ids=["sigterm", "sigkill"])
+def test_a_stopped_adjustment_resumes_to_the_uninterrupted_weights(tmp_path, uninterrupted, signame, step, resumed):
+    """SIGTERM at adjustment step 2 writes the step-2 checkpoint and exits 143;
+    SIGKILL at step 6 leaves the step-4 one.  Either way no adjusted model
+    is kept, and the rerun resumes there (not from step 0: the log and the
+    evidence say so), mid-epoch, and ends bit-identical to an uninterrupted
+    run, with the same probe trajectory and curve.  Before, a stop anywhere
+    in the adjustment lost all of it (an hour of mBERT at 250K pairs)."""
+    stopped = adjust(tmp_path, "cache", step=step, signame=signame)
+    assert stopped.returncode == (143 if signame == "SIGTERM" else -9), stopped.stderr[-3000:]
+    adjusted = tmp_path / "cache" / "adjusted"
+    # No adjusted model: only its checkpoints (and, after SIGKILL, the killed builder's temporary folder).
+    (checkpoints,) = [p for p in adjusted.iterdir() if p.is_dir() and ".tmp" not in p.name]
+    assert checkpoints.name == uninterrupted.name + ".resume"
+    saved = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == resumed and "optimizer_states" in saved
+    if signame == "SIGTERM":
+        assert (f"xlt: error: stopped at adjustment by SIGTERM (checkpoint at step 2 in {checkpoints / 'last.ckpt'})"
+                in stopped.stderr)
+
+    rerun = adjust(tmp_path, "cache")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"adjustment: resumed from step {resumed}" in (tmp_path / "cache-run" / "train.log").read_text()
+    folder = adjusted_folder(tmp_path / "cache")
+    assert not checkpoints.exists()  # gone once the adjusted model is in place
+    assert same_weights(folder, uninterrupted) == []
+    evidence = json.loads((folder / "evidence.json").read_text())
+    reference = json.loads((uninterrupted / "evidence.json").read_text())
+    assert evidence["resumed_from_step"] == resumed and reference["resumed_from_step"] == 0
+    assert evidence["steps"] == reference["steps"] == 10
+    assert evidence["during"] == reference["during"] and len(evidence["during"]) >= 2  # probes before and after the stop
+    assert evidence["adjusted"] == reference["adjusted"]
+    # The curve survives the stop: the rows before it, then the resumed steps, once each.
+    assert (folder / "logs" / "metrics.csv").read_text() == (uninterrupted / "logs" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_an_adjustment_stopped_after_its_training_keeps_the_trained_weights(tmp_path, uninterrupted):
+    """A stop after the last step, while the held-out distances are measured
+    and the encoder saved (study 2 lost a 12-minute adjustment 34 s after
+    its last step): the finished weights stay in the checkpoint folder and
+    the rerun measures and saves them without training again."""
+    stopped = adjust(tmp_path, "cache", step=0, stage="adjustment-done")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    assert "xlt: error: stopped at adjustment by SIGTERM" in stopped.stderr
-    assert [p.name for p in (tmp_path / "cache" / "adjusted").iterdir() if not p.name.endswith(".lock")] == []
+    assert ("stopped at adjustment by SIGTERM (the adjustment had finished training; a rerun measures and saves it)"
+            in stopped.stderr)
+    rerun = adjust(tmp_path, "cache")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    log = (tmp_path / "cache-run" / "train.log").read_text()
+    assert "adjustment: its training had finished (10 steps" in log and "adjustment: resumed" not in log
+    folder = adjusted_folder(tmp_path / "cache")
+    assert same_weights(folder, uninterrupted) == []
+    evidence = json.loads((folder / "evidence.json").read_text())
+    assert evidence["resumed_from_step"] == evidence["steps"] == 10
+    assert evidence["during"] == json.loads((uninterrupted / "evidence.json").read_text())["during"]
 
 
 @pytest.mark.slow
@@ -149,9 +232,10 @@ def test_a_stopped_sweep_names_its_lost_jobs_and_exits_non_zero(tmp_path):
     stopped = signalled(tmp_path, "adjustment", "SIGTERM", "-m", *ADJUSTED, "seed=1,2", f"hydra.sweep.dir={sweep}")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     last = stopped.stderr.strip().splitlines()[-1]
-    assert last == (f"xlt: error: the sweep was stopped at adjustment by SIGTERM: 2 job(s) did not finish: "
-                    f"{sweep}/0 (stopped at adjustment by SIGTERM); "
-                    f"{sweep}/1 (not run: the sweep was stopped at adjustment by SIGTERM)")
+    (checkpoint,) = (tmp_path / "cache" / "adjusted").glob("*.resume/last.ckpt")  # job 0's adjustment resumes from it
+    stop = f"stopped at adjustment by SIGTERM (checkpoint at step 2 in {checkpoint})"
+    assert last == (f"xlt: error: the sweep was {stop}: 2 job(s) did not finish: "
+                    f"{sweep}/0 ({stop}); {sweep}/1 (not run: the sweep was {stop})")
     records = [json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")]
     assert [r["status"] for r in records] == ["stopped", "stopped"]
     assert [r["config"]["seed"] for r in records] == [1, 2]

@@ -172,6 +172,16 @@ def usable_state(folder: Path, shapes: dict[str, tuple] | None) -> State:
     return State("resume", path, resumable[path])
 
 
+def keep_weights_only(trainer, folder: Path) -> None:
+    """A finished training keeps its weights (``last.ckpt``, marked by
+    ``done.json``); the optimizer state, twice the weights, only served resuming."""
+    trainer.save_checkpoint(folder / LAST, weights_only=True)  # collective: every rank calls it
+    if trainer.global_rank == 0:
+        write_json(folder / DONE, {"global_step": trainer.global_step})
+        for stale in beside_last(folder):
+            stale.unlink()
+
+
 def beside_last(folder: Path) -> list[Path]:
     """The checkpoints of ``folder`` beside ``last.ckpt`` (Lightning's
     ``hpc_ckpt_*``, an older xlt's ``last-v*``): resume candidates while the

@@ -53,7 +53,8 @@ from xlt.config import STATES, task_local
 from xlt.revisions import current, hub_repository, label, local_folder, parse
 
 # Format version of each stage's output (see the rule above).
-STAGE_VERSION = {"align": 2, "adjust": 2, "finetune": 1}  # adjust 2: sentences whole, not cut at 128 subwords
+STAGE_VERSION = {"align": 2, "adjust": 3, "finetune": 1}
+# adjust 2: sentences whole, not cut at 128 subwords; 3: dropout seeded per batch (a resumed adjustment is exact)
 # Format version of the align stage's output for aggregation=subword only, on
 # top of STAGE_VERSION["align"] (see the rule above; :func:`subword_version`).
 #   1: corpus.max_words counts subwords a side, longer pairs dropped from the
@@ -558,6 +559,14 @@ def adjusted_dir(cfg: DictConfig) -> Path:
     """Where the adjusted encoder of ``cfg`` lives in the cache."""
     name = f"{cfg.model.name}-{cfg.lang.code}-{cfg.corpus.name}-{cfg.corpus.size}-{cfg.aggregation.name}-{cfg.tokens.name}-s{cfg.seed}"
     return Path(cfg.paths.cache_dir) / "adjusted" / f"{name}-{config_hash(adjusted_key(cfg))}"
+
+
+def adjustment_checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where the adjustment of ``cfg`` keeps its checkpoints while it trains
+    (beside the adjusted encoder, same key): a stopped adjustment resumes
+    from them; removed once the adjusted encoder is in place."""
+    target = adjusted_dir(cfg)
+    return target.with_name(target.name + ".resume")
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:

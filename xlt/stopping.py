@@ -11,10 +11,11 @@ its jobs.
 * ``stage(name)`` says what the job is doing (``alignment``,
   ``adjustment``, ``fine-tuning``, ``evaluation``), so the record says
   where it stopped.
-* Outside fine-tuning the handler raises ``Stopped`` at once: alignments and
+* Outside training the handler raises ``Stopped`` at once: alignments and
   adjusted models are built in a temporary directory and renamed into place,
   evaluation writes atomically, so nothing half-written is kept.
-* During fine-tuning (``deferred()``) it only notes the signal: the
+* While the adjustment or the fine-tuning trains (``deferred()``) it only
+  notes the signal: the
   ``StopSignal`` callback writes ``last.ckpt`` at the next step boundary and
   then raises ``Stopped`` (a second signal stops at once, unless it comes
   within ``DUPLICATE_S`` of the first: one stop delivered twice, as when a
@@ -161,16 +162,17 @@ def in_stage(name: str) -> Callable[[Callable], Callable]:
 
 
 @contextmanager
-def deferred() -> Iterator[None]:
+def deferred(after: str = "training had finished; a rerun evaluates") -> Iterator[None]:
     """A signal only notes the request (``StopSignal`` stops at a step
-    boundary); one that came while deferred stops the job when it ends."""
+    boundary); one that came while deferred stops the job when it ends,
+    saying ``after`` (what the block finished, what a rerun does)."""
     _state.deferred = True
     try:
         yield
     finally:
         _state.deferred = False
     if _state.signum is not None:
-        raise Stopped(_state.signum, current_stage(), "training had finished; a rerun evaluates")
+        raise Stopped(_state.signum, current_stage(), after)
 
 
 def previous_handler(signum: int) -> Callable | None:

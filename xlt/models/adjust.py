@@ -30,9 +30,9 @@ Efficiency choices (measured in bench/):
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -47,6 +47,7 @@ from xlt.models.pooling import pool_spans
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+RECORD_KEY = "xlt_adjustment"  # AdjustModule.record in a checkpoint
 
 
 def reduce_squared(diff: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -338,7 +339,15 @@ def paper_warmup(warmup_sentences: int, batch_size: int):
 
 class AdjustModule(L.LightningModule):
     """Trains the encoder with Eq. 1 (or its contrastive variant: ``loss.objective``);
-    the adjusted encoder is ``self.encoder``."""
+    the adjusted encoder is ``self.encoder``.
+
+    ``seed``: each batch's dropout is seeded from (seed, epoch, batch), as the
+    fine-tuning's is (``xlt.models.finetune.batch_seed``), so an adjustment
+    resumed from a checkpoint trains exactly as an uninterrupted one.
+    ``record`` is what the adjustment's evidence gathers while it trains
+    (the held-out probes' trajectory, the contrastive counters, the seconds
+    spent training); it travels in every checkpoint, the finished weights'
+    included, so a resumed adjustment reports its whole run."""
 
     def __init__(
         self,
@@ -350,12 +359,16 @@ class AdjustModule(L.LightningModule):
         dropout: bool = True,
         freeze_embeddings: bool = False,
         warmup_unit: str = "steps",
+        seed: int | None = None,
     ):
         super().__init__()
         self.encoder = encoder.train()
         self.loss = loss  # plain attribute: the frozen reference is not trained or checkpointed
         self.lr, self.reg_weight, self.warmup_ratio, self.dropout = lr, reg_weight, warmup_ratio, dropout
         self.warmup_unit = check_warmup_unit(warmup_unit)
+        self.seed = seed
+        self.trajectory: list[dict[str, Any]] = []
+        self.seconds_before, self.started = 0.0, None
         if freeze_embeddings:
             encoder.get_input_embeddings().weight.requires_grad_(False)
 
@@ -365,11 +378,16 @@ class AdjustModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Without dropout f equals f0 at step 0, so the regularizer is exact.
         self.encoder.train(self.dropout)
+        self.started = time.monotonic()
 
     def on_train_end(self) -> None:
         self.loss.warn_without_negatives("adjustment")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.seed is not None:
+            from xlt.models.finetune import batch_seed
+
+            torch.manual_seed(batch_seed(self.seed, self.current_epoch, batch_idx, 0))
         terms = self.loss(self.encoder, batch)
         total = terms["pairs"] + self.reg_weight * terms["regularizer"]
         size = int(batch["size"])
@@ -377,6 +395,29 @@ class AdjustModule(L.LightningModule):
         self.log("adjust/pairs", terms["pairs"], batch_size=size)
         self.log("adjust/regularizer", terms["regularizer"], batch_size=size)
         return total
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent training, over every run of this adjustment."""
+        return self.seconds_before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return {"trajectory": self.trajectory, "batches": self.loss.batches,
+                "without_negatives": self.loss.without_negatives, "seconds": self.seconds}
+
+    def restore(self, record: dict[str, Any]) -> None:
+        """Take up the ``record`` of a checkpoint (an earlier run of this adjustment)."""
+        self.trajectory = list(record["trajectory"])
+        self.loss.batches, self.loss.without_negatives = record["batches"], record["without_negatives"]
+        self.seconds_before, self.started = float(record["seconds"]), None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RECORD_KEY] = self.record
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RECORD_KEY in checkpoint:
+            self.restore(checkpoint[RECORD_KEY])
 
     def configure_optimizers(self):
         trainable = [p for p in self.encoder.parameters() if p.requires_grad]

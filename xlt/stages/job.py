@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlt import results as results_file
 from xlt import stopping
 from xlt.artifacts import lock_unless_read_only, write_json, write_jsonl
-from xlt.checkpoints import DONE, LAST, State, beside_last, shapes_of, usable_state
+from xlt.checkpoints import LAST, State, keep_weights_only, shapes_of, usable_state
 from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
@@ -180,16 +180,6 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
             keep_weights_only(trainer, checkpoints)
     return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False,
                      "processes": trainer.world_size, "micro_batch": micro_batch}
-
-
-def keep_weights_only(trainer: L.Trainer, checkpoints: Path) -> None:
-    """A finished training keeps its weights (``last.ckpt``, marked by
-    ``done.json``); the optimizer state, twice the weights, only served resuming."""
-    trainer.save_checkpoint(checkpoints / LAST, weights_only=True)  # collective: every rank calls it
-    if trainer.global_rank == 0:
-        write_json(checkpoints / DONE, {"global_step": trainer.global_step})
-        for stale in beside_last(checkpoints):
-            stale.unlink()
 
 
 def check_max_length(cfg: DictConfig, task, tokenizer, encoder) -> None:

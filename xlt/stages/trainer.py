@@ -219,7 +219,8 @@ class StopSignal(L.Callback):
 
     ``xlt.stopping`` notes SIGTERM (``scancel``, a plain kill), SIGINT
     (Ctrl-C) and SIGUSR2 (what submitit asks Slurm to send
-    ``signal_delay_s`` before a preemption or a time-out) while fine-tuning;
+    ``signal_delay_s`` before a preemption or a time-out) while a stage
+    trains (the adjustment, the fine-tuning);
     Lightning also notes SIGTERM (``trainer.received_sigterm``).  A signal
     handler may run in the middle of an optimizer step, so it only sets a
     flag; the checkpoint is written here, at the next step boundary, and then
@@ -241,7 +242,8 @@ class StopSignal(L.Callback):
             return
         trainer.save_checkpoint(self.path)
         log.warning("stop requested: checkpoint at step %d written to %s", trainer.global_step, self.path)
-        raise stopping.Stopped(signum or signal.SIGTERM, "fine-tuning", f"checkpoint at step {trainer.global_step} in {self.path}")
+        raise stopping.Stopped(signum or signal.SIGTERM, stopping.current_stage(),
+                               f"checkpoint at step {trainer.global_step} in {self.path}")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """SIGTERM noticed by Lightning between two steps (it raises before the
