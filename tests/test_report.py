@@ -172,6 +172,32 @@ def test_mixed_code_versions_warn_and_mark(tmp_path: Path) -> None:
     assert "% WARNING" in (tmp_path / "out" / "report.tex").read_text()
 
 
+def test_a_test_pairing_jobs_of_two_environments_is_warned_about(tmp_path: Path) -> None:
+    """Seed 2's adjusted job ran on another CPU than its original baseline:
+    the paired test mixes the machines' difference with the models' (study 2:
+    an AMD EPYC and an Intel Xeon gave the same NER job numbers 0.5 points
+    apart), so the report says so, once for the row, naming the two jobs.
+    Seed 1 (same machine) and jobs that recorded no environment are not
+    flagged."""
+    root = tmp_path / "runs"
+    intel = {"python": "3.11", "packages": {"torch": "2.13.0+cpu"}, "cpu": "Intel(R) Xeon(R) Processor", "gpus": []}
+    amd = {**intel, "cpu": "AMD EPYC 7763"}
+    for seed, (theirs, mine) in {1: (intel, intel), 2: (intel, amd), 3: (None, amd)}.items():
+        for mode, env in (("original", theirs), ("adjusted", mine)):
+            run = root / f"{mode}-{seed}"
+            write_nli_job(root, run.name, mode, "ru", seed)
+            if env:
+                record = json.loads((run / "results.json").read_text())
+                (run / "results.json").write_text(json.dumps({**record, "environment": env}))
+    assert report.main([str(root), "--out", str(tmp_path / "out")]) == 0
+    warnings = [line for line in (tmp_path / "out" / "report.md").read_text().splitlines() if line.startswith("- WARNING")]
+    crossed = [line for line in warnings if "different environments" in line]
+    assert len(crossed) == 1, warnings
+    assert crossed[0].startswith("- WARNING: xnli/e5_small/ru/adjusted on xnli.ru against original: ")
+    assert "(1 of 3 seeds; seed 2: AMD EPYC 7763, no GPU; torch 2.13.0+cpu in " in crossed[0]
+    assert f"{root / 'adjusted-2'}, Intel(R) Xeon(R) Processor, no GPU; torch 2.13.0+cpu in {root / 'original-2'})" in crossed[0]
+
+
 def test_a_configuration_read_with_two_data_checksums_keeps_its_provenance_row_in_its_columns(tmp_path: Path) -> None:
     """Two checksums of one configuration (its data changed between seeds) are
     joined inside one cell: a ``|`` between them, even in a code span, splits

@@ -3,10 +3,12 @@
 Neither is part of a job's identity (a rerun on another machine must not
 redo every finished job), but both move results at the level of seed noise:
 study 2's NER original model, rerun at the same code and data on a fresh
-machine, moved a seed's entity F1 by up to 0.14 points on ru and 0.52 on hi (which of CPU and
-library builds did it, nothing had recorded).  results.json records
-the environment (``ok_results``) and xlt-report's Provenance table lists the
-environments each configuration's seeds ran in.
+machine, moved a seed's entity F1 by up to 0.14 points on ru and 0.52 on hi
+(an AMD EPYC against an Intel Xeon; two Intel Xeons, same library versions,
+agreed to the last digit).  results.json records the environment
+(``ok_results``); xlt-report's Provenance table lists the environments each
+configuration's seeds ran in, and a paired test between jobs of two
+environments is a warning (``xlt.report.summarise``).
 """
 
 from __future__ import annotations

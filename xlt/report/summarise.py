@@ -182,7 +182,7 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
                                ranks, cell_warnings[i])
         if last[eval_sets[i]] == position:
             predictions.forget(eval_sets[i])
-    warnings += [line for lines in cell_warnings for line in lines]
+    warnings += list(dict.fromkeys(line for lines in cell_warnings for line in lines))  # one per table row, not per metric
     for (_, mode, problem), where in sorted(unmatched.items(), key=lambda item: min(i for i, _ in item[1])):
         cells = [cell for _, cell in sorted(where, key=lambda pair: pair[0])]
         warnings.append(_unmatched_warning(_cell_name(cells[0], keys, groups), mode, problem, cells))
@@ -410,9 +410,34 @@ def _significance(cell: dict[str, Any], ok: pd.DataFrame, base_ok: pd.DataFrame,
     recs_b = [predictions.get(runs_b[s], cell["eval_set"]) for s in common]
     if not common or any(not r for r in recs_a + recs_b):
         return math.nan, 0
+    if crossed := _crossed_environments(ok, base_ok, common):
+        warnings.append(f"{describe(cell)} on {cell['eval_set']} against {base_ok['mode'].iloc[0]}: {crossed}")
     test = next((t for t in ok["significance"] if t), "")
     if test not in significance.TESTS:
         warnings.append(f"{cell['task']} {cell['eval_set']}: no significance test named {test!r} "
                         f"(valid: {', '.join(significance.TESTS)}); not tested")
         return math.nan, 0
     return significance.compare(test, cell["metric"], recs_a, recs_b, iterations), len(common)
+
+
+def _crossed_environments(ok: pd.DataFrame, base_ok: pd.DataFrame, seeds: list[int]) -> str:
+    """What a paired test mixes when a seed's two jobs ran in different
+    environments (``xlt.environment``: CPU, GPUs, library versions), or "".
+
+    The same job at the same code and data gives other numbers on another
+    CPU class (study 2: up to 0.5 points of entity F1 between an AMD EPYC
+    and an Intel Xeon; two Intel Xeons agreed to the last digit), so such a
+    test's p-value mixes the machines' difference with the models'.  Jobs
+    that recorded no environment (older xlt) are not compared."""
+    def by_seed(frame: pd.DataFrame) -> dict[int, tuple[str, str]]:
+        return {int(s): (env if isinstance(env, str) else "", str(run))
+                for s, env, run in zip(frame["seed"], frame["environment"], frame["run_dir"])}
+
+    mine, theirs = by_seed(ok), by_seed(base_ok)
+    crossed = [s for s in seeds if mine[s][0] and theirs[s][0] and mine[s][0] != theirs[s][0]]
+    if not crossed:
+        return ""
+    first = crossed[0]
+    return (f"the paired test pairs jobs that ran in different environments ({len(crossed)} of {len(seeds)} seeds; "
+            f"seed {first}: {mine[first][0]} in {mine[first][1]}, {theirs[first][0]} in {theirs[first][1]}): "
+            "machines move a job's numbers at the level of seed noise, so its p-value mixes the two")
