@@ -49,10 +49,12 @@ def main() -> None:
 
         AdjustModule.on_train_batch_end = after_step
     elif stage == "adjustment-done":  # as the adjustment's finished weights are saved, before the encoder is
-        import xlt.stages.adjust as adjust
+        import xlt.stages.trainer as trainer
+        from xlt.models.adjust import AdjustModule
 
-        keep = adjust.keep_weights_only
-        adjust.keep_weights_only = lambda *args: (keep(*args), fire())
+        keep = trainer.keep_weights_only
+        trainer.keep_weights_only = lambda lit, folder: (
+            keep(lit, folder), isinstance(lit.lightning_module, AdjustModule) and fire())
     elif stage == "alignment":
         import xlt.data.align as align
 

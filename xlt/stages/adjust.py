@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,13 @@ from omegaconf import DictConfig
 
 from xlt import stopping
 from xlt.artifacts import build_once, write_json
-from xlt.checkpoints import LAST, State, keep_weights_only, shapes_of, usable_state
+from xlt.checkpoints import State, shapes_of, usable_state
 from xlt.checkpoints import load as load_checkpoint
 from xlt.errors import XltError
 from xlt.keys import adjusted_dir, adjustment_checkpoint_dir, corpus_path
 from xlt.stages.align import align_stage, aligned_examples
-from xlt.stages.trainer import as_rank_zero, make_trainer, one_device
-from xlt.tracking import rewind_curve, stage_run
+from xlt.stages.trainer import as_rank_zero, fit_resumable, make_trainer, one_device
+from xlt.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,6 @@ def fit_adjustment(cfg: DictConfig, module, examples: list, probe: list, pad: in
                    state: State) -> int:
     """Train ``module`` from ``state`` (fresh, or a checkpoint to resume) to
     the end, keep its finished weights in ``checkpoints``, return the steps."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from xlt.models.adjust import collate_aligned
     from xlt.models.finetune import EpochShuffleSampler, ListDataset, SamplerPosition
 
@@ -137,23 +134,15 @@ def fit_adjustment(cfg: DictConfig, module, examples: list, probe: list, pad: in
         collate_fn=lambda idx: collate_aligned([examples[i] for i in idx], pad, idx),
     )
     probe_cb = DistanceProbe(probe[:PROBE_PAIRS], pad, reference, every=max(1, len(loader) * settings.epochs // PROBES))
-    resume = state.path  # None when fresh
-    # The curve: CSV beside the checkpoints (rewound to the resumed step; copied into the artifact at the end),
-    # and the tracker's own run in the job's logs/ (never the job's run), whichever process of a DDP job builds it.
+    # The curve: CSV beside the checkpoints (copied into the artifact at the end), and the tracker's own run
+    # in the job's logs/ (never the job's run), whichever process of a DDP job builds it.
     with as_rank_zero(), stage_run(cfg, "adjust", checkpoints / "logs", Path(cfg.paths.output_dir) / "logs") as loggers:
         trainer = make_trainer(
             cfg, max_epochs=settings.epochs, checkpoint_dir=checkpoints, log_dir=checkpoints / "logs",
             callbacks=[SamplerPosition(loader), probe_cb], loggers=loggers, stage="adjustment", **adjustment_trainer(),
         )
-        rewind_curve(loggers, state.step, checkpoints.name)
-        log.info("adjustment: resumed from step %d (%s)", state.step, resume) if resume else log.info("adjustment: from step 0")
-        with stopping.deferred("the adjustment had finished training; a rerun measures and saves it"):
-            try:
-                trainer.fit(module, loader, ckpt_path=str(resume) if resume else None, weights_only=True)
-            except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
-                raise stopping.Stopped(signal.SIGTERM, "adjustment",
-                                       f"checkpoint at step {trainer.global_step} in {checkpoints / LAST}") from stop
-            keep_weights_only(trainer, checkpoints)
+        fit_resumable(trainer, module, loader, state, checkpoints, loggers, "adjustment",
+                      finished="the adjustment had finished training; a rerun measures and saves it")
     return trainer.global_step
 
 

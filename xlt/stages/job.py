@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlt import results as results_file
 from xlt import stopping
 from xlt.artifacts import lock_unless_read_only, write_json, write_jsonl
-from xlt.checkpoints import LAST, State, keep_weights_only, shapes_of, usable_state
+from xlt.checkpoints import State, shapes_of, usable_state
 from xlt.checkpoints import load as load_checkpoint
 from xlt.contract import validate
 from xlt.errors import XltError
@@ -34,7 +33,7 @@ from xlt.models.inputs import model_inputs
 from xlt.revisions import start_job
 from xlt.stages.adjust import adjust_stage
 from xlt.stages.align import align_stage, aligned_examples, heldout_sentences
-from xlt.stages.trainer import check_hardware, ddp_job, describe_progress, make_trainer, one_device
+from xlt.stages.trainer import check_hardware, ddp_job, describe_progress, fit_resumable, make_trainer, one_device
 from xlt.tracking import log_kept, log_results, mark_tracked, rewind_curve, stage_run
 
 log = logging.getLogger(__name__)
@@ -152,8 +151,6 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
     unusable one is set aside and the training goes on from the last good state.
     A stop signal writes the checkpoint at the next step boundary, then stops.
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from xlt.models.finetune import SamplerPosition, task_loader
 
     trainer = make_trainer(cfg, cfg.task.epochs, checkpoints, out / "logs", loggers=loggers, use_distributed_sampler=False)
@@ -168,17 +165,9 @@ def fine_tune(cfg: DictConfig, module, task, tokenizer, train: list, checkpoints
             # (they are logged again); a job that reuses another's training has no curve of it.
             rewind_curve(loggers, state.step, checkpoints.name)
             return trainer, {**load_finished(module, state), "processes": trainer.world_size, "micro_batch": micro_batch}
-        resume, resumed = state.path, state.step
-        rewind_curve(loggers, resumed, checkpoints.name)
-        log.info("training: resumed from step %d (%s)", resumed, resume) if resume else log.info("training: from step 0")
-        with ddp_job(out), stopping.deferred():
-            try:
-                trainer.fit(module, loader, ckpt_path=str(resume) if resume else None, weights_only=True)
-            except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
-                raise stopping.Stopped(signal.SIGTERM, "fine-tuning",
-                                       f"checkpoint at step {trainer.global_step} in {checkpoints / LAST}") from stop
-            keep_weights_only(trainer, checkpoints)
-    return trainer, {"resumed_from_step": resumed, "steps": trainer.global_step, "reused_checkpoint": False,
+        with ddp_job(out):
+            fit_resumable(trainer, module, loader, state, checkpoints, loggers, "training")
+    return trainer, {"resumed_from_step": state.step, "steps": trainer.global_step, "reused_checkpoint": False,
                      "processes": trainer.world_size, "micro_batch": micro_batch}
 
 

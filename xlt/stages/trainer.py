@@ -21,7 +21,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from xlt import stopping
-from xlt.checkpoints import AtomicCheckpointIO
+from xlt.checkpoints import LAST, AtomicCheckpointIO, State, keep_weights_only
 from xlt.config import TRAINER_XLT_KEYS
 from xlt.errors import XltError, one_line
 from xlt.rundir import in_multirun
@@ -137,6 +137,36 @@ def make_trainer(
         raise XltError(f"lightning.Trainer rejected the trainer settings: {one_line(err)}") from err
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # no truncated checkpoint on a full disk
     return trainer
+
+
+def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, state: State, checkpoints: Path,
+                  loggers: list, label: str, finished: str = "training had finished; a rerun evaluates") -> None:
+    """Train ``module`` from ``state`` (fresh, or the checkpoint to resume
+    from) to the end, then keep its weights only (``keep_weights_only``):
+    the shared path of the adjustment and the fine-tuning.
+
+    The CSV curve is rewound to the resumed step, the log says where the
+    training starts (``<label>: resumed from step N``), a stop signal is
+    deferred to the next step boundary (``StopSignal`` checkpoints there;
+    one noted after the last step stops the job once the weights are kept,
+    saying ``finished``), and Lightning's own SIGTERM exit, which is 0,
+    becomes ``Stopped`` naming the checkpoint."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from xlt.tracking import rewind_curve
+
+    rewind_curve(loggers, state.step, checkpoints.name)
+    if state.path:
+        log.info("%s: resumed from step %d (%s)", label, state.step, state.path)
+    else:
+        log.info("%s: from step 0", label)
+    with stopping.deferred(finished):
+        try:
+            trainer.fit(module, loader, ckpt_path=str(state.path) if state.path else None, weights_only=True)
+        except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM: a stopped job has not finished
+            raise stopping.Stopped(signal.SIGTERM, stopping.current_stage(),
+                                   f"checkpoint at step {trainer.global_step} in {checkpoints / LAST}") from stop
+        keep_weights_only(trainer, checkpoints)
 
 
 class ProgressLines(L.Callback):
