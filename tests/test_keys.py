@@ -335,3 +335,30 @@ def test_every_tasks_evaluation_options_are_its_options():
 
     for kind, cls in KINDS.items():
         assert set(cls.evaluation_options) <= {f.name for f in fields(cls.options_schema)}, kind
+
+
+def test_every_spelling_of_the_data_folder_is_one_key(tmp_path):
+    """``/data``, ``/x/../data`` and a link to it are one folder: one adjusted
+    model, one checkpoint, one job result.  Before, a rerun of a finished sweep
+    with ``XLT_DATA_DIR`` spelled another way ran every job again."""
+    root = tmp_path / "data"
+    shutil.copytree(DEMO / "nli", root / "nli")
+    (root / "pairs.tsv").write_text("".join(f"the house {i}\tthe casa {i}\n" for i in range(50)), encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(root)
+    spellings = [root, tmp_path / "elsewhere" / ".." / "data", tmp_path / "link"]
+    found = []
+    for spelling in spellings:
+        cfg = compose(tmp_path, "data=demo", f"data.root={spelling}", "mode=adjusted", "corpus=local",
+                      "corpus.path='{data_root}/pairs.tsv'", "corpus.size=10", "corpus.heldout=5")
+        assert cfg.data.root == str(root.resolve())
+        found.append((keys.adjusted_dir(cfg), keys.checkpoint_dir(cfg), keys.job_hash(cfg), keys.data_checksums(cfg)))
+    assert found[0] == found[1] == found[2]
+    assert str(root.resolve() / "pairs.tsv") in found[0][3]
+
+
+def test_a_relative_data_folder_is_read_from_where_the_job_starts(tmp_path, monkeypatch):
+    shutil.copytree(DEMO / "nli", tmp_path / "data" / "nli")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(tmp_path, "data=demo", "data.root=data")
+    assert cfg.data.root == str((tmp_path / "data").resolve())

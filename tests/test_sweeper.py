@@ -93,3 +93,11 @@ def test_dropped_original_jobs_still_give_every_row_its_baseline(tmp_path, tiny_
     assert "duplicate" not in report.stdout + report.stderr
     gains = text[text.index("## XNLI — xnli accuracy: gain over original by size"):].split("##")[1]  # titled by the task
     assert "| adjusted (size=120) |" in gains and "| adjusted (size=240) |" in gains, text  # both rows against the one original
+
+
+def test_two_spellings_of_one_data_folder_are_one_job(tmp_path):
+    """The sweeper spells ``data.root`` as the job will (``xlt.config.canonical_data_root``)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    jobs, configs = planned("mode=original", f"data.root={tmp_path / 'data'},{tmp_path / 'link'}")
+    assert len(jobs) == 1

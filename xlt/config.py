@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from xlt.revisions import hub_repository
 
@@ -532,6 +532,24 @@ class XltConfig:
     logger: Any = None  # conf/logger: a _target_ node (lightning.pytorch.loggers.*); None = CSV in logs/
     seed: int = number(1, ge=0, lt=2**32)
     command: str = choice("run", COMMANDS)
+
+
+def canonical_data_root(cfg: DictConfig) -> DictConfig:
+    """Spell ``data.root`` as its real absolute path, in place.
+
+    Keys and results.json name data files by path (beside their content), so
+    ``/data``, ``/home/me/../../data`` and a link to it must be one spelling:
+    otherwise a rerun of a finished sweep from another spelling of the same
+    folder (``XLT_DATA_DIR`` set differently in a new shell) runs every job
+    again, adjustments included.  A relative root is taken from the folder the
+    job starts in, where it is read."""
+    if cfg.get("data") is None or OmegaConf.is_missing(cfg.data, "root") or cfg.data.root in (None, ""):
+        return cfg
+    real = os.path.realpath(os.path.expanduser(str(cfg.data.root)))
+    if real != cfg.data.root:
+        with open_dict(cfg):
+            cfg.data.root = real
+    return cfg
 
 
 def register_configs() -> None:

@@ -64,7 +64,9 @@ def _composed(overrides: list[str], return_hydra_config: bool = False, check: bo
 
 
 def bind(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with its task options typed by the task's schema (in place)."""
+    """``cfg`` with its data root spelled canonically and its task options
+    typed by the task's schema (in place)."""
+    config.canonical_data_root(cfg)
     if not config.trains(cfg):
         return cfg
     from xlt.tasks import registry  # imports torch

@@ -13,12 +13,15 @@
 #          after `make install`; STAGE as "ner contrastive"; default: by class;
 #          STUDY_DIR: the study checkout, default ../wt/study2)
 set -euo pipefail
+# The data root is spelled canonically (/work/shared/data, not /work/main/../shared/data):
+# the pinned version keys a job's finished result by the data files' paths as
+# spelled, and the committed records were made with the canonical spelling.
 main=$(cd "$(dirname "$0")/../.." && pwd)
 study=${STUDY_DIR:-$main/../wt/study2}
 logs=$study/../study2-logs
 [ -d "$study" ] || git -C "$main" worktree add --detach "$study" 29639b6
 mkdir -p "$logs"
-export PATH=$main/.venv/bin:$PATH PYTHONPATH=$study XLT_DATA_DIR=${XLT_DATA_DIR:-$main/../shared/data} \
+export PATH=$main/.venv/bin:$PATH PYTHONPATH=$study XLT_DATA_DIR=$(cd "${XLT_DATA_DIR:-$main/../shared/data}" && pwd -P) \
   HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$study"
 class=$(bash "$main/docs/study2/records.sh" machine)

@@ -43,13 +43,14 @@ def job_identity(config: DictConfig) -> Optional[str]:
     output folder left out), or None for a config that is not an xlt job."""
     if not {"mode", "paths", "hydra"} <= set(config):
         return None
+    from xlt.config import canonical_data_root
     from xlt.keys import job_hash
 
     cfg = copy.deepcopy(config)
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.paths.output_dir = "."
-    return job_hash(cfg)
+    return job_hash(canonical_data_root(cfg))  # as the job will spell it
 
 
 class XltSweeper(BasicSweeper):
