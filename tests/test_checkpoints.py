@@ -182,3 +182,55 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(1000)}}, path)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_checkpoint_is_streamed_to_its_file_not_serialised_in_memory(tmp_path):
+    """An mBERT checkpoint with its optimizer state is 2 GB: held in memory
+    before the write, it would need that much RAM again."""
+    import tracemalloc
+
+    state = {"global_step": 1, "state_dict": {"w": torch.ones(10_000_000)}}  # 40 MB
+    tracemalloc.start()
+    try:
+        AtomicCheckpointIO().save_checkpoint(state, tmp_path / "last.ckpt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB of Python memory for a 40 MB checkpoint"
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]["w"], state["state_dict"]["w"])
+
+
+def test_a_disk_that_fills_during_the_write_is_one_line(tmp_path, monkeypatch):
+    """torch.save turns the file's ENOSPC into a RuntimeError; xlt still says
+    "no space left" and keeps the previous checkpoint."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(1000)}}, path)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    class FillsUp:
+        def __init__(self, raw):
+            self.raw, self.count = raw, 0
+
+        def write(self, data):
+            self.count += len(data)
+            if self.count > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.raw.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.raw, name)
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
+    with pytest.raises(XltError, match=r"no space left on device writing .*last.ckpt: needs [0-9.]+ MB"):
+        io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.ones(1_000_000)}}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_tensor_bytes_counts_each_storage_once():
+    from xlt.checkpoints import tensor_bytes
+
+    w = torch.ones(100)
+    assert tensor_bytes({"a": w, "b": [w, w[:10]], "c": (torch.zeros(5, dtype=torch.float64), "text", 3)}) == 400 + 40

@@ -24,14 +24,13 @@ removed once the training is done.  The cache may be shared by a lab, so:
   A weights-only ``last.ckpt`` without ``done.json`` is a finished training
   stopped before it wrote ``done.json``: it is marked done.
 * **Writes are atomic and a full disk is one line.**  ``AtomicCheckpointIO``
-  serialises in memory, checks the free space, writes a temporary file next
+  checks the free space, streams the checkpoint into a temporary file next
   to the target and renames it; a failed write leaves the previous
   checkpoint as it was, never a truncated one.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -214,34 +213,83 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own writer stages the file in ``$TMPDIR`` and copies it over
     the target when that is another file system (a cluster's cache usually
     is): a full disk then truncates the previous ``last.ckpt``.  Here the
-    space is checked first (the size is known once serialised) and a failed
-    write removes its temporary file, so the previous checkpoint stays whole.
+    space is checked first (against the bytes of the checkpoint's tensors,
+    which a checkpoint at least takes) and a failed write removes its
+    temporary file, so the previous checkpoint stays whole.  The checkpoint
+    is streamed to the file, never serialised in memory first: with the
+    optimizer state an mBERT checkpoint is 2 GB, which would be held twice.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         import torch
 
         path = Path(path)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        data = buffer.getbuffer()
+        needed = tensor_bytes(checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(path.parent).free < len(data):
-            raise disk_full(path, needed=len(data))
+        if shutil.disk_usage(path.parent).free < needed:
+            raise disk_full(path, needed=needed)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        out = _Recorded(os.fdopen(fd, "wb"))
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
+            with out:
+                torch.save(checkpoint, out)
                 out.flush()
                 os.fsync(out.fileno())
             mask = os.umask(0)
             os.umask(mask)
             os.chmod(tmp, 0o666 & ~mask)
             os.replace(tmp, path)
-        except OSError as err:
-            if no_space(err):
-                raise disk_full(path, needed=len(data)) from None
+        except (OSError, RuntimeError) as err:
+            # torch reports a failed write of its file object as a RuntimeError
+            # ("unexpected pos"): the OSError underneath says why.
+            if no_space(err) or (out.error is not None and no_space(out.error)):
+                raise disk_full(path, needed=max(needed, out.written)) from None
             raise
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+class _Recorded:
+    """A binary file that keeps the error of a failed write and counts bytes
+    (``torch.save`` replaces the error with its own)."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.error, self.written = raw, None, 0
+
+    def write(self, data) -> int:
+        try:
+            count = self.raw.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+        self.written += count or 0
+        return count
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, tell, seek...
+        return getattr(self.raw, name)
+
+    def __enter__(self) -> "_Recorded":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.raw.close()
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensor storages in a (nested) checkpoint: what
+    its file holds at least (``torch.save`` writes each storage once, raw)."""
+    import torch
+
+    seen: dict[tuple, int] = {}
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            seen[(item.device.type, item.device.index, storage.data_ptr())] = storage.nbytes()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return sum(seen.values())
