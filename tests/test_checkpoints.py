@@ -222,6 +222,12 @@ def test_a_disk_that_fills_during_the_write_is_one_line(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.raw, name)
 
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.raw.close()
+
     monkeypatch.setattr(os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
     with pytest.raises(XltError, match=r"no space left on device writing .*last.ckpt: needs [0-9.]+ MB"):
         io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.ones(1_000_000)}}, path)

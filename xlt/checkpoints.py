@@ -229,12 +229,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if shutil.disk_usage(path.parent).free < needed:
             raise disk_full(path, needed=needed)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        out = _Recorded(os.fdopen(fd, "wb"))
+        raw = os.fdopen(fd, "wb")
+        out = _Recorded(raw)
         try:
-            with out:
+            with raw:
                 torch.save(checkpoint, out)
-                out.flush()
-                os.fsync(out.fileno())
+                raw.flush()
+                os.fsync(raw.fileno())
             mask = os.umask(0)
             os.umask(mask)
             os.chmod(tmp, 0o666 & ~mask)
@@ -243,7 +244,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             # torch reports a failed write of its file object as a RuntimeError
             # ("unexpected pos"): the OSError underneath says why.
             if no_space(err) or (out.error is not None and no_space(out.error)):
-                raise disk_full(path, needed=max(needed, out.written)) from None
+                raise disk_full(path, needed=needed) from None
             raise
         finally:
             if os.path.exists(tmp):
@@ -251,29 +252,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _Recorded:
-    """A binary file that keeps the error of a failed write and counts bytes
-    (``torch.save`` replaces the error with its own)."""
+    """A binary file that keeps the error of a failed write (``torch.save``
+    replaces it with its own)."""
 
     def __init__(self, raw) -> None:
-        self.raw, self.error, self.written = raw, None, 0
+        self.raw, self.error = raw, None
 
     def write(self, data) -> int:
         try:
-            count = self.raw.write(data)
+            return self.raw.write(data)
         except OSError as err:
             self.error = err
             raise
-        self.written += count or 0
-        return count
 
     def __getattr__(self, name: str) -> Any:  # flush, fileno, tell, seek...
         return getattr(self.raw, name)
-
-    def __enter__(self) -> "_Recorded":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.raw.close()
 
 
 def tensor_bytes(obj: Any) -> int:
