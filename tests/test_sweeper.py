@@ -101,3 +101,37 @@ def test_two_spellings_of_one_data_folder_are_one_job(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "data")
     jobs, configs = planned("mode=original", f"data.root={tmp_path / 'data'},{tmp_path / 'link'}")
     assert len(jobs) == 1
+
+
+# A rule between fields that only a combination of swept values breaks: with the contrastive objective,
+# tokens=cls and adjustment.batch_size=1 leave every batch one pair (no negatives); each value alone is valid.
+BAD_COMBINATION = ("mode=adjusted", "adjustment.objective=contrastive", "tokens=all,cls", "adjustment.batch_size=32,1")
+
+
+def test_a_combination_that_breaks_a_rule_stops_the_sweep_before_any_job(capsys):
+    """``xlt``'s own check composes one job per swept value, which passes
+    here; the sweeper checks every job it composes, so the one bad
+    combination is one line and exit 2 instead of a failed job mid-sweep."""
+    from xlt import cli
+
+    cli.check_jobs(["-m", *BAD_COMBINATION])  # every value is valid: no exit
+    with pytest.raises(SystemExit) as stop:
+        planned(*BAD_COMBINATION)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("xlt: error: adjustment.batch_size=1: with tokens=cls every batch holds one pair"), err
+    assert ("(the sweep's job mode=adjusted adjustment.objective=contrastive tokens=cls adjustment.batch_size=1; "
+            "no job was launched)") in err
+    jobs, _ = planned(*BAD_COMBINATION[:-1], "adjustment.batch_size=32,2")  # the same sweep without the bad value
+    assert len(jobs) == 4
+
+
+@pytest.mark.slow
+def test_the_bad_combination_leaves_no_sweep_folder(tmp_path):
+    """The command line's path: one line, exit 2, and Hydra made no sweep folder."""
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-m", "xlt", "-m", "model=tiny", *BAD_COMBINATION, f"hydra.sweep.dir={sweep}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("xlt: error: adjustment.batch_size=1: "), result.stderr
+    assert not sweep.exists()
