@@ -344,6 +344,46 @@ def test_duplicate_seed_counts_once(tmp_path: Path) -> None:
     assert any("duplicate" in w for w in summary.attrs["warnings"])
 
 
+def test_an_original_cell_expects_the_seeds_of_the_cells_compared_with_it(tmp_path: Path) -> None:
+    """Original seeds 1-2 against adjusted 1-5: the original cell showed no
+    gap (it expected only its own seeds) while the gain set a 5-seed mean
+    against a 2-seed one."""
+    root = tmp_path / "runs"
+    for seed in (1, 2, 3, 4, 5):
+        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed)
+        if seed <= 2:
+            write_nli_job(root, f"o{seed}", "original", "ru", seed)
+    summary = report.summarise(report.collect([root])).set_index("mode")
+    assert (summary.loc["original", "expected_seeds"], summary.loc["original", "missing_seeds"]) == (5, 3)
+    assert (summary.loc["adjusted", "expected_seeds"], summary.loc["adjusted", "missing_seeds"]) == (5, 0)
+    assert report.main([str(root), "--out", str(tmp_path / "out"), "--no-significance"]) == 0
+    original = next(line for line in (tmp_path / "out" / "report.md").read_text().splitlines()
+                    if line.startswith("| original"))
+    assert "(3/5 missing)" in original, original
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_seed_without_predictions_is_named_and_left_out_of_the_test(tmp_path: Path, damage: str) -> None:
+    """A run whose per-example predictions are missing (or empty) dropped the
+    whole test without a word: the `*` vanished as if not significant.  Now
+    the run is named, and the test uses the other common seeds."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        write_nli_job(root, f"o{seed}", "original", "ru", seed)
+        write_nli_job(root, f"a{seed}", "adjusted", "ru", seed)
+    complete = report.summarise(report.collect([root])).set_index("mode").loc["adjusted"]
+    predictions = root / "a2" / "predictions" / "xnli.ru.jsonl"
+    predictions.unlink() if damage == "deleted" else predictions.write_text("")
+    summary = report.summarise(report.collect([root]))
+    adjusted = summary.set_index("mode").loc["adjusted"]
+    assert complete["seeds_vs_original"] == 3 and adjusted["seeds_vs_original"] == 2
+    assert adjusted["p_vs_original"] < 0.05 and adjusted["p_vs_original"] != complete["p_vs_original"]
+    assert adjusted["mean"] == complete["mean"]  # the score itself still counts every seed
+    assert [w for w in summary.attrs["warnings"] if "per-example" in w] == [
+        "xnli/e5_small/ru/adjusted on xnli.ru against original: no per-example predictions (predictions/xnli.ru.jsonl "
+        f"missing, empty or unreadable) in {root / 'a2'}; tested on the other 2 common seed(s)"]
+
+
 # ---- configs written by the real writer (xlt.results) -----------------------------
 
 

@@ -46,7 +46,9 @@ SAME_BASELINE = ("task", "eval_set", "lang", "model", "metric")
 
 @dataclass(frozen=True)
 class Marker:
-    """``symbol`` when a cell beats its ``baseline`` mode at p < ``alpha``."""
+    """``symbol`` when a cell differs from its ``baseline`` mode at p < ``alpha``
+    (the paper's two-sided tests: a significant loss is marked as a gain is;
+    the gain's sign says which)."""
 
     symbol: str
     baseline: str
@@ -155,6 +157,7 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     by_setting = _index_by_setting(groups, keys)
     settings = {key: cell_settings(group, df.attrs.get("config_columns", [])) for key, group in groups.items()}
     unmatched: dict[tuple[tuple, str, str], list[tuple[int, dict[str, Any]]]] = {}  # (table row, mode, why) -> its cells
+    awaited: dict[tuple, set[int]] = {}  # an original cell -> the seeds of the cells compared with it
     items = list(groups.items())
     rows: list[dict[str, Any]] = [{} for _ in items]
     cell_warnings: list[list[str]] = [[] for _ in items]
@@ -175,6 +178,8 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
             candidates = by_setting.get((mode, *(cell[k] for k in SAME_BASELINE)), [])
             base_key, problem = _pick_baseline(key, candidates, mode, settings, groups)
             bases[mode] = None if base_key is None else groups[base_key]
+            if base_key is not None and mode == "original":  # the seeds its dependents expect of it
+                awaited.setdefault(base_key, set()).update(int(seed) for seed in group["seed"])
             if problem:
                 row = tuple(v for k, v in cell.items() if k not in ("eval_set", "metric"))
                 unmatched.setdefault((row, mode, problem), []).append((i, cell))
@@ -182,6 +187,9 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
                                ranks, cell_warnings[i])
         if last[eval_sets[i]] == position:
             predictions.forget(eval_sets[i])
+    for i, (key, group) in enumerate(items):
+        if key in awaited:
+            _expect_seeds(rows[i], awaited[key] | set(int(seed) for seed in group["seed"]))
     warnings += list(dict.fromkeys(line for lines in cell_warnings for line in lines))  # one per table row, not per metric
     for (_, mode, problem), where in sorted(unmatched.items(), key=lambda item: min(i for i, _ in item[1])):
         cells = [cell for _, cell in sorted(where, key=lambda pair: pair[0])]
@@ -385,6 +393,15 @@ def _summary_row(cell: dict[str, Any], group: pd.DataFrame, bases: dict[str, pd.
     return row
 
 
+def _expect_seeds(row: dict[str, Any], expected: set[int]) -> None:
+    """An original cell expects every seed its cells compare with it have
+    (with 2 of 5 seeds it showed no gap, and their gains set a 5-seed mean
+    against a 2-seed one), as a cell expects its baseline's."""
+    seeds = {int(seed) for seed in row["seeds"].split(",") if seed}
+    expected |= seeds
+    row.update(expected_seeds=len(expected), missing_seeds=len(expected - seeds))
+
+
 def marker_text(row: dict[str, Any], markers: tuple[Marker, ...]) -> str:
     """The symbols of every marker the cell earns, comma-separated.
 
@@ -402,14 +419,24 @@ def marker_text(row: dict[str, Any], markers: tuple[Marker, ...]) -> str:
 def _significance(cell: dict[str, Any], ok: pd.DataFrame, base_ok: pd.DataFrame, predictions: _Predictions,
                   iterations: int, warnings: list[str]) -> tuple[float, int]:
     """p-value of the cell vs its baseline on their common seeds, with the
-    test the cell's task declared, and how many seeds that was."""
+    test the cell's task declared, and how many seeds that was.  A seed whose
+    per-example predictions are missing, empty or unreadable in either run is
+    left out of the test, with a warning naming the run: a dropped seed (or a
+    dropped test) must not pass for "not significant"."""
     runs_a = dict(zip(ok["seed"].astype(int), ok["run_dir"]))
     runs_b = dict(zip(base_ok["seed"].astype(int), base_ok["run_dir"]))
-    common = sorted(set(runs_a) & set(runs_b))
-    recs_a = [predictions.get(runs_a[s], cell["eval_set"]) for s in common]
-    recs_b = [predictions.get(runs_b[s], cell["eval_set"]) for s in common]
-    if not common or any(not r for r in recs_a + recs_b):
+    records = {s: (predictions.get(runs_a[s], cell["eval_set"]), predictions.get(runs_b[s], cell["eval_set"]))
+               for s in sorted(set(runs_a) & set(runs_b))}
+    common = [s for s, (a, b) in records.items() if a and b]
+    lacking = [run for s, pair in records.items() for run, recs in zip((runs_a[s], runs_b[s]), pair) if not recs]
+    if lacking:
+        kept = f"tested on the other {len(common)} common seed(s)" if common else "not tested"
+        warnings.append(f"{describe(cell)} on {cell['eval_set']} against {base_ok['mode'].iloc[0]}: no per-example "
+                        f"predictions ({results.PREDICTIONS_DIR}/{cell['eval_set']}.jsonl missing, empty or unreadable) "
+                        f"in {', '.join(lacking)}; {kept}")
+    if not common:
         return math.nan, 0
+    recs_a, recs_b = [records[s][0] for s in common], [records[s][1] for s in common]
     if crossed := _crossed_environments(ok, base_ok, common):
         warnings.append(f"{describe(cell)} on {cell['eval_set']} against {base_ok['mode'].iloc[0]}: {crossed}")
     test = next((t for t in ok["significance"] if t), "")
