@@ -362,6 +362,27 @@ def test_an_original_cell_expects_the_seeds_of_the_cells_compared_with_it(tmp_pa
     assert "(3/5 missing)" in original, original
 
 
+def test_a_row_whose_languages_ran_with_different_settings_is_named(tmp_path: Path) -> None:
+    """ru at task.lr=5e-5 and hi at 1e-2 (in both modes) made one row whose
+    label named neither: the setting differs between languages, never within one."""
+    root = tmp_path / "runs"
+    for mode in ("original", "adjusted"):
+        for lang, lr in (("ru", "5e-05"), ("hi", "0.01")):
+            for seed in (1, 2):
+                write_composed_job(root, f"{mode}-{lang}-{seed}", ["model=tiny", "corpus=demo", f"mode={mode}",
+                                                                   f"lang={lang}", f"seed={seed}", f"task.lr={lr}"],
+                                   [1, 0, 1, 1], eval_set=f"xnli.{lang}")
+    summary = report.summarise(report.collect([root]))
+    assert sorted(w for w in summary.attrs["warnings"] if "language columns" in w) == [
+        f"xnli/tiny/{mode}: its language columns ran with different settings, which its row label does not name: "
+        "task.lr (hi: 0.01, ru: 5e-05)" for mode in ("adjusted", "original")]
+    same = tmp_path / "same"
+    for lang in ("ru", "hi"):
+        write_composed_job(same, lang, ["model=tiny", "mode=original", f"lang={lang}", "seed=1"], [1, 0, 1, 1],
+                           eval_set=f"xnli.{lang}")
+    assert not [w for w in report.summarise(report.collect([same])).attrs["warnings"] if "language columns" in w]
+
+
 @pytest.mark.parametrize("damage", ["deleted", "emptied"])
 def test_a_seed_without_predictions_is_named_and_left_out_of_the_test(tmp_path: Path, damage: str) -> None:
     """A run whose per-example predictions are missing (or empty) dropped the

@@ -156,6 +156,7 @@ def summarise(df: pd.DataFrame, iterations: int = 1000, significance_tests: bool
     predictions = _Predictions()
     by_setting = _index_by_setting(groups, keys)
     settings = {key: cell_settings(group, df.attrs.get("config_columns", [])) for key, group in groups.items()}
+    warnings += _rows_across_languages(groups, keys, settings)
     unmatched: dict[tuple[tuple, str, str], list[tuple[int, dict[str, Any]]]] = {}  # (table row, mode, why) -> its cells
     awaited: dict[tuple, set[int]] = {}  # an original cell -> the seeds of the cells compared with it
     items = list(groups.items())
@@ -335,6 +336,34 @@ def _pick_baseline(key: tuple, candidates: list[tuple], mode: str, settings: dic
         return None, ""
     closest = min(found, key=lambda other: (len(found[other]), -_ok_seeds(groups[other]).size))
     return None, "; ".join(found[closest])
+
+
+def _rows_across_languages(groups: dict[tuple, pd.DataFrame], keys: list[str],
+                           settings: dict[tuple, dict[str, str | None]]) -> list[str]:
+    """A warning per table row whose language columns ran with different
+    settings.  Row labels name the settings that differ within a language
+    (``swept_axes``), so ru at ``task.lr=5e-05`` and hi at ``0.01`` made one
+    row saying neither; each cell and its test are still right.  The
+    language's own values (``lang.*``) and settings a cell does not read are
+    not compared."""
+    rows: dict[tuple, dict[str, dict[str, str]]] = {}  # row -> setting -> lang -> value
+    for key in groups:
+        cell = dict(zip(keys, key))
+        row = tuple(v for k, v in cell.items() if k not in ("lang", "eval_set", "metric"))
+        values = rows.setdefault(row, {})
+        for name, value in settings[key].items():
+            if value is not None and name not in AXES and not name.startswith("lang."):
+                values.setdefault(name, {}).setdefault(str(cell["lang"]), value)
+    lines = []
+    for row, values in rows.items():
+        differing = {name: by_lang for name, by_lang in values.items() if len(set(by_lang.values())) > 1}
+        if differing:
+            cell = dict(zip([k for k in keys if k not in ("lang", "eval_set", "metric")], row))
+            shown = "; ".join(f"{name} (" + ", ".join(f"{lang}: {v}" for lang, v in sorted(by_lang.items())) + ")"
+                              for name, by_lang in sorted(differing.items()))
+            lines.append(f"{cell['task']}/{cell['model']}/{cell['mode']}: its language columns ran with different "
+                         f"settings, which its row label does not name: {shown}")
+    return lines
 
 
 def _unmatched_warning(name: str, mode: str, problem: str, cells: list[dict[str, Any]]) -> str:
