@@ -376,6 +376,13 @@ def test_a_row_whose_languages_ran_with_different_settings_is_named(tmp_path: Pa
     assert sorted(w for w in summary.attrs["warnings"] if "language columns" in w) == [
         f"xnli/tiny/{mode}: its language columns ran with different settings, which its row label does not name: "
         "task.lr (hi: 0.01, ru: 5e-05)" for mode in ("adjusted", "original")]
+    for lang, lr in (("ru", "5e-05"), ("hi", "0.01")):  # a second adjusted row, at another corpus size
+        write_composed_job(root, f"small-{lang}", ["model=tiny", "corpus=demo", "corpus.size=100", "mode=adjusted",
+                                                   f"lang={lang}", "seed=1", f"task.lr={lr}"], [1, 0, 1, 1],
+                           eval_set=f"xnli.{lang}")
+    named = sorted(w.split(":")[0] for w in report.summarise(report.collect([root])).attrs["warnings"]
+                   if "language columns" in w)
+    assert named == ["xnli/tiny/adjusted (size=100)", "xnli/tiny/adjusted (size=1000)", "xnli/tiny/original"], named
     same = tmp_path / "same"
     for lang in ("ru", "hi"):
         write_composed_job(same, lang, ["model=tiny", "mode=original", f"lang={lang}", "seed=1"], [1, 0, 1, 1],

@@ -346,22 +346,21 @@ def _rows_across_languages(groups: dict[tuple, pd.DataFrame], keys: list[str],
     row saying neither; each cell and its test are still right.  The
     language's own values (``lang.*``) and settings a cell does not read are
     not compared."""
-    rows: dict[tuple, dict[str, dict[str, str]]] = {}  # row -> setting -> lang -> value
+    rows: dict[tuple, tuple[dict[str, Any], dict[str, dict[str, str]]]] = {}  # row -> (a cell, setting -> lang -> value)
     for key in groups:
         cell = dict(zip(keys, key))
         row = tuple(v for k, v in cell.items() if k not in ("lang", "eval_set", "metric"))
-        values = rows.setdefault(row, {})
+        values = rows.setdefault(row, (cell, {}))[1]
         for name, value in settings[key].items():
             if value is not None and name not in AXES and not name.startswith("lang."):
                 values.setdefault(name, {}).setdefault(str(cell["lang"]), value)
     lines = []
-    for row, values in rows.items():
+    for cell, values in rows.values():
         differing = {name: by_lang for name, by_lang in values.items() if len(set(by_lang.values())) > 1}
         if differing:
-            cell = dict(zip([k for k in keys if k not in ("lang", "eval_set", "metric")], row))
             shown = "; ".join(f"{name} (" + ", ".join(f"{lang}: {v}" for lang, v in sorted(by_lang.items())) + ")"
                               for name, by_lang in sorted(differing.items()))
-            lines.append(f"{cell['task']}/{cell['model']}/{cell['mode']}: its language columns ran with different "
+            lines.append(f"{_cell_name(cell, keys, groups, lang=False)}: its language columns ran with different "
                          f"settings, which its row label does not name: {shown}")
     return lines
 
@@ -374,13 +373,15 @@ def _unmatched_warning(name: str, mode: str, problem: str, cells: list[dict[str,
             f"{len(cells)} cell(s) ({', '.join(families)}; {', '.join(metrics)})")
 
 
-def _cell_name(cell: dict[str, Any], keys: list[str], groups: dict[tuple, pd.DataFrame]) -> str:
+def _cell_name(cell: dict[str, Any], keys: list[str], groups: dict[tuple, pd.DataFrame], lang: bool = True) -> str:
     """``xnli/e5_small/ru/adjusted (size=1000, task.lr=0.01)``: the table row of a cell,
-    by the axes that tell its mode's cells apart."""
+    by the axes that tell its mode's cells apart (``lang=False``: the row
+    across its language columns, ``xnli/e5_small/adjusted (...)``)."""
     axes = [*AXES, *keys[len(CELL):]]
     mine = [dict(zip(keys, other)) for other in groups if dict(zip(keys, other))["mode"] == cell["mode"]]
     shown = [f"{a}={cell[a]}" for a in axes if cell[a] and len({m[a] for m in mine}) > 1]
-    return describe(cell) + (f" ({', '.join(shown)})" if shown else "")
+    name = describe(cell) if lang else f"{cell['task']}/{cell['model']}/{cell['mode']}"
+    return name + (f" ({', '.join(shown)})" if shown else "")
 
 
 def _ok_seeds(group: pd.DataFrame) -> np.ndarray:
